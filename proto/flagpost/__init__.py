@@ -1,0 +1,1 @@
+"""Flagpost's gRPC contract (generated protobuf modules live in flagpost.v1)."""

@@ -1,0 +1,1 @@
+"""Generated modules for package flagpost.v1. Regenerate with `make proto`."""

@@ -1,0 +1,163 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_MIGRATION_DETECTION: _ClassVar[EventType]
+    EVENT_TYPE_MIGRATION_EXECUTION: _ClassVar[EventType]
+
+class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_STATUS_UNSPECIFIED: _ClassVar[EventStatus]
+    EVENT_STATUS_SUCCESS: _ClassVar[EventStatus]
+    EVENT_STATUS_FAILED: _ClassVar[EventStatus]
+    EVENT_STATUS_WARNING: _ClassVar[EventStatus]
+    EVENT_STATUS_NOT_NEEDED: _ClassVar[EventStatus]
+    EVENT_STATUS_PARTIAL: _ClassVar[EventStatus]
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_MIGRATION_DETECTION: EventType
+EVENT_TYPE_MIGRATION_EXECUTION: EventType
+EVENT_STATUS_UNSPECIFIED: EventStatus
+EVENT_STATUS_SUCCESS: EventStatus
+EVENT_STATUS_FAILED: EventStatus
+EVENT_STATUS_WARNING: EventStatus
+EVENT_STATUS_NOT_NEEDED: EventStatus
+EVENT_STATUS_PARTIAL: EventStatus
+
+class HostFacts(_message.Message):
+    __slots__ = ("hostname", "os", "kernel", "agent_version", "config_version", "disk_free_bytes", "machine_id")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    os: str
+    kernel: str
+    agent_version: str
+    config_version: str
+    disk_free_bytes: int
+    machine_id: str
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., agent_version: _Optional[str] = ..., config_version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., machine_id: _Optional[str] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "facts")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    facts: HostFacts
+    def __init__(self, token: _Optional[str] = ..., facts: _Optional[_Union[HostFacts, _Mapping]] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("agent_id", "credential", "checkin_interval_seconds")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    CHECKIN_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    credential: str
+    checkin_interval_seconds: int
+    def __init__(self, agent_id: _Optional[str] = ..., credential: _Optional[str] = ..., checkin_interval_seconds: _Optional[int] = ...) -> None: ...
+
+class ErrorDetail(_message.Message):
+    __slots__ = ("failing_step", "file_path", "errno", "errno_name", "exception_type", "line", "rollback", "rollback_error", "backup_path")
+    FAILING_STEP_FIELD_NUMBER: _ClassVar[int]
+    FILE_PATH_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BACKUP_PATH_FIELD_NUMBER: _ClassVar[int]
+    failing_step: str
+    file_path: str
+    errno: int
+    errno_name: str
+    exception_type: str
+    line: int
+    rollback: str
+    rollback_error: str
+    backup_path: str
+    def __init__(self, failing_step: _Optional[str] = ..., file_path: _Optional[str] = ..., errno: _Optional[int] = ..., errno_name: _Optional[str] = ..., exception_type: _Optional[str] = ..., line: _Optional[int] = ..., rollback: _Optional[str] = ..., rollback_error: _Optional[str] = ..., backup_path: _Optional[str] = ...) -> None: ...
+
+class MigrationEvent(_message.Message):
+    __slots__ = ("event_id", "event_type", "status", "error_message", "error_detail", "migration_from", "migration_to", "occurred_at", "system_info", "run_id", "message")
+    class SystemInfoEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FROM_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_TO_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_INFO_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    event_type: EventType
+    status: EventStatus
+    error_message: str
+    error_detail: ErrorDetail
+    migration_from: str
+    migration_to: str
+    occurred_at: _timestamp_pb2.Timestamp
+    system_info: _containers.ScalarMap[str, str]
+    run_id: str
+    message: str
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., status: _Optional[_Union[EventStatus, str]] = ..., error_message: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., system_info: _Optional[_Mapping[str, str]] = ..., run_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CheckInRequest(_message.Message):
+    __slots__ = ("agent_id", "facts", "events")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    facts: HostFacts
+    events: _containers.RepeatedCompositeFieldContainer[MigrationEvent]
+    def __init__(self, agent_id: _Optional[str] = ..., facts: _Optional[_Union[HostFacts, _Mapping]] = ..., events: _Optional[_Iterable[_Union[MigrationEvent, _Mapping]]] = ...) -> None: ...
+
+class Action(_message.Message):
+    __slots__ = ("action_id", "kind", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    kind: str
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, action_id: _Optional[str] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CheckInResponse(_message.Message):
+    __slots__ = ("acknowledged_event_ids", "next_checkin_seconds", "actions")
+    ACKNOWLEDGED_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CHECKIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    acknowledged_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    next_checkin_seconds: int
+    actions: _containers.RepeatedCompositeFieldContainer[Action]
+    def __init__(self, acknowledged_event_ids: _Optional[_Iterable[str]] = ..., next_checkin_seconds: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ...) -> None: ...

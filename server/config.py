@@ -1,0 +1,126 @@
+"""The server's one typed, frozen configuration object.
+
+Loaded once per process: defaults, then a TOML file, then ``FLAGPOST_*`` environment variables,
+then command-line overrides. This is the only module of the server that reads the environment,
+and it reads it only through the mapping it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from server.errors import ConfigError
+
+ENV_PREFIX = "FLAGPOST_"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Every setting of ``flagpost-server``. Field names are the TOML keys; the environment
+    variable for a field is ``FLAGPOST_`` + its upper-cased name (``FLAGPOST_DATABASE_URL``)."""
+
+    database_url: str = "sqlite+aiosqlite:///flagpost.db"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051  # 0 picks a free port (tests)
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080  # 0 picks a free port (tests)
+    state_dir: Path = Path("flagpost-state")
+    # Check-in cadence the server asks agents to keep, and how health is derived from it.
+    checkin_interval_seconds: int = 60
+    stale_after_intervals: int = 3  # stale after 3 missed intervals
+    offline_after_intervals: int = 10
+    # Ingest limits (each violation is a clean INVALID_ARGUMENT naming the limit).
+    max_events_per_checkin: int = 500
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Group commit: one writer batches many check-ins into one transaction.
+    ingest_queue_max_events: int = 50_000
+    ingest_batch_max_events: int = 2_000
+    ingest_batch_max_wait_ms: int = 2
+    retry_after_ms: int = 2_000
+    # Web
+    history_page_size: int = 50
+    # Start-up: migrate the schema instead of refusing to start when it is behind.
+    auto_upgrade: bool = False
+    log_level: str = "INFO"
+    log_sql: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _coerce(name: str, value: Any, target: Any) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if target is int:
+            if isinstance(value, bool):
+                raise ValueError("a boolean is not an integer")
+            return int(value)
+        if target is Path:
+            return Path(value)
+        if target is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config {name}: {exc}") from exc
+    raise ConfigError(f"config {name}: unsupported type {target!r}")
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Build the config: defaults < TOML file < environment < overrides (command-line flags).
+
+    ``env`` defaults to ``os.environ``; tests pass their own mapping. ``None`` values in
+    ``overrides`` mean "flag not given" and are skipped. Unknown keys are an error, not ignored.
+    """
+    environ = os.environ if env is None else env
+    hints = get_type_hints(ServerConfig)
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    values: dict[str, Any] = {}
+
+    config_path = path
+    if config_path is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_path = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_path is not None:
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path}: {exc}") from exc
+        section = data.get("server", data)
+        for key, value in section.items():
+            if key not in fields:
+                raise ConfigError(f"config file {config_path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value, hints[key])
+
+    for name in fields:
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = _coerce(name, env_value, hints[name])
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value, hints[key])
+
+    return ServerConfig(**values)

@@ -1,0 +1,88 @@
+"""The one exception tree of the server.
+
+Each error names its gRPC status code and HTTP status here, once; the gRPC interceptor
+(``server.grpc.interceptors``) and the aiohttp middleware (``server.web.middleware``) are the only
+places that turn these into wire statuses.
+"""
+
+from __future__ import annotations
+
+
+class FlagpostError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    grpc_code: str = "INTERNAL"  # a name of grpc.StatusCode
+    http_status: int = 500
+    reason: str = "internal"  # short machine-readable reason (metrics label, JSON "error")
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(FlagpostError):
+    """Bad input. ``field`` is a dotted path such as ``events[3].event_id``."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    http_status = 400
+    reason = "invalid_argument"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class Unauthenticated(FlagpostError):
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+    reason = "unauthenticated"
+
+
+class PermissionDenied(FlagpostError):
+    grpc_code = "PERMISSION_DENIED"
+    http_status = 403
+    reason = "permission_denied"
+
+
+class NotFound(FlagpostError):
+    grpc_code = "NOT_FOUND"
+    http_status = 404
+    reason = "not_found"
+
+
+class Conflict(FlagpostError):
+    grpc_code = "FAILED_PRECONDITION"
+    http_status = 409
+    reason = "conflict"
+
+
+class ResourceExhausted(FlagpostError):
+    """The server sheds load; clients retry after ``retry_after_ms`` (with jitter)."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_status = 503
+    reason = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class Unavailable(FlagpostError):
+    """A dependency (the database) is unreachable; the operation is safe to retry."""
+
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+    reason = "unavailable"
+
+
+class SchemaOutOfDate(FlagpostError):
+    """The database schema is behind the code: run ``flagpost-server db upgrade``."""
+
+    reason = "schema_out_of_date"
+
+
+class ConfigError(FlagpostError):
+    """The server's own configuration is invalid."""
+
+    reason = "config"

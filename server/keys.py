@@ -1,0 +1,25 @@
+"""Typed aiohttp application state: every ``web.AppKey`` the server uses, declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from server.config import ServerConfig
+
+
+@dataclass
+class BoundPorts:
+    """Ports actually bound (differ from the config when it asks for port 0)."""
+
+    grpc: int = 0
+    web: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+CONFIG = web.AppKey("config", ServerConfig)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+PORTS = web.AppKey("ports", BoundPorts)
