@@ -1,0 +1,236 @@
+"""The `make run` demo: a Flagpost server on SQLite in a temp dir and four local agents.
+
+    healthy   a legacy v1 config that migrates to v4       (detection + execution success)
+    invalid   a legacy config with a syntax error on line 3 (detection failed)
+    readonly  a legacy config in a read-only directory    (execution failed, rolled back)
+    current   a config already at v4                      (detection not needed)
+
+The read-only failure is a real OS error: as root (which ignores permission bits) that agent
+runs as the unprivileged user ``nobody`` through setpriv; as a normal user the directory's mode
+is enough.
+
+``--smoke`` waits until the four outcomes are in the History, prints them and exits (the demo test
+uses it); otherwise the demo runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+PY = sys.executable
+LEGACY_CONFIG = """\
+# aggregator agent configuration (legacy layout)
+server_url = https://flagpost.example.net:50051
+agent_token = {token}
+check_interval = 300
+log_level = info
+"""
+INVALID_CONFIG = """\
+# aggregator agent configuration (legacy layout)
+server_url = https://flagpost.example.net:50051
+this line has no equals sign
+check_interval = 300
+"""
+CURRENT_CONFIG = {
+    "config_version": 4,
+    "server": {"url": "https://flagpost.example.net:50051", "proxy": ""},
+    "checkin": {"interval_seconds": 300},
+    "logging": {"level": "info"},
+    "secrets_file": "secrets.json",
+}
+EXPECTED = {
+    "healthy": {"migration_detection_success", "migration_execution_success"},
+    "invalid": {"migration_detection_failed"},
+    "readonly": {"migration_execution_failed"},
+    "current": {"migration_detection_not_needed"},
+}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def write_agent_roots(base: Path, unprivileged: pwd.struct_passwd | None) -> dict[str, Path]:
+    roots: dict[str, Path] = {}
+    for name in EXPECTED:
+        root = base / "agents" / name
+        (root / "var" / "lib").mkdir(parents=True)
+        roots[name] = root
+    for name in ("healthy", "invalid", "readonly"):
+        legacy = roots[name] / "etc" / "aggregator"
+        legacy.mkdir(parents=True)
+        text = INVALID_CONFIG if name == "invalid" else LEGACY_CONFIG.format(token=f"demo-{name}")
+        (legacy / "agent.conf").write_text(text)
+    current = roots["current"] / "etc" / "flagpost"
+    current.mkdir(parents=True)
+    (current / "agent.json").write_text(json.dumps(CURRENT_CONFIG, indent=2) + "\n")
+    secrets = current / "secrets.json"
+    secrets.write_text(json.dumps({"agent_token": "demo-current"}) + "\n")
+    secrets.chmod(0o600)
+
+    # The read-only agent: its legacy config dir cannot be changed by the user it runs as.
+    ro = roots["readonly"]
+    (ro / "etc" / "flagpost").mkdir(parents=True)
+    if unprivileged is not None:
+        for path in [ro, *ro.rglob("*")]:
+            os.chown(path, unprivileged.pw_uid, unprivileged.pw_gid)
+        os.chown(ro / "etc" / "aggregator", 0, 0)
+        os.chown(ro / "etc" / "aggregator" / "agent.conf", 0, 0)
+    (ro / "etc" / "aggregator").chmod(0o555)
+    return roots
+
+
+def agent_command(root: Path, *args: str, user: pwd.struct_passwd | None = None) -> list[str]:
+    command = [PY, "-m", "agent", "--root", str(root), *args]
+    if user is not None:
+        command = [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--clear-groups",
+            *command,
+        ]
+    return command
+
+
+def wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited early with code {proc.returncode}")
+            continue
+        sys.stdout.write(f"  [server] {line}")
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise SystemExit(f"server did not print {prefix!r} within {timeout}s")
+
+
+def outcomes_by_host(web_url: str) -> dict[str, set[str]]:
+    with urllib.request.urlopen(f"{web_url}/api/v1/events?limit=200", timeout=5) as response:  # noqa: S310
+        events = json.load(response)["events"]
+    seen: dict[str, set[str]] = {}
+    for event in events:
+        seen.setdefault(event["system_info"].get("config_path", ""), set()).add(event["outcome"])
+    return seen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="exit once all outcomes are stored")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args()
+
+    repo = Path(__file__).resolve().parent.parent
+    base = Path(tempfile.mkdtemp(prefix="flagpost-demo-"))
+    base.chmod(0o755)  # the unprivileged agent must reach its root
+    unprivileged = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+    roots = write_agent_roots(base, unprivileged)
+
+    env = dict(os.environ)
+    env.update(
+        FLAGPOST_DATABASE_URL=f"sqlite+aiosqlite:///{base / 'flagpost.db'}",
+        FLAGPOST_STATE_DIR=str(base / "server-state"),
+        FLAGPOST_CHECKIN_INTERVAL_SECONDS="5",
+        FLAGPOST_GRPC_PORT="50051" if port_free(50051) else "0",
+        FLAGPOST_WEB_PORT="8080" if port_free(8080) else "0",
+    )
+    children: list[subprocess.Popen[str]] = []
+
+    def stop_all(*_: object) -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    try:
+        print(f"demo: state in {base}")
+        subprocess.run([PY, "-m", "server", "db", "upgrade"], env=env, cwd=repo, check=True)
+        server = subprocess.Popen(
+            [PY, "-m", "server", "serve"],
+            env=env,
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        children.append(server)
+        grpc_addr = wait_for_line(server, "grpc: ", 30)
+        web_url = wait_for_line(server, "web: ", 30).removesuffix("/history")
+        token = subprocess.run(
+            [PY, "-m", "server", "token", "create", "--uses", str(len(roots)), "--expires", "1h"],
+            env=env,
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for name, root in roots.items():
+            user = unprivileged if name == "readonly" else None
+            enroll = ["enroll", "--server", grpc_addr, "--token", token]
+            subprocess.run(agent_command(root, *enroll, user=user), cwd=repo, check=True)
+            children.append(
+                subprocess.Popen(agent_command(root, "run", user=user), cwd=repo, text=True)
+            )
+
+        print()
+        print(f"History: {web_url}/history")
+        print(f"grpc: {grpc_addr}")
+        print("Enroll another agent by hand (see README, 'Five-minute tour'):")
+        print(
+            f"  FLAGPOST_DATABASE_URL={env['FLAGPOST_DATABASE_URL']} flagpost-server token create"
+        )
+        print()
+
+        if args.smoke:
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                seen = outcomes_by_host(web_url)
+                got = {
+                    name: set().union(*(v for k, v in seen.items() if f"/agents/{name}/" in k))
+                    for name in EXPECTED
+                }
+                if all(EXPECTED[name] <= got[name] for name in EXPECTED):
+                    for name in EXPECTED:
+                        print(f"demo: {name}: {', '.join(sorted(got[name]))}")
+                    print("demo: all four outcomes are in the History")
+                    return 0
+                time.sleep(0.5)
+            print(f"demo: timed out; outcomes seen: {outcomes_by_host(web_url)}", file=sys.stderr)
+            return 1
+
+        print("Press Ctrl-C to stop.")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    finally:
+        stop_all()
+        if args.smoke:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sys.exit(main())
