@@ -138,6 +138,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="exit once all outcomes are stored")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--web-port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port")
     args = parser.parse_args()
 
     repo = Path(__file__).resolve().parent.parent
@@ -151,8 +153,9 @@ def main() -> int:
         FLAGPOST_DATABASE_URL=f"sqlite+aiosqlite:///{base / 'flagpost.db'}",
         FLAGPOST_STATE_DIR=str(base / "server-state"),
         FLAGPOST_CHECKIN_INTERVAL_SECONDS="5",
-        FLAGPOST_GRPC_PORT="50051" if port_free(50051) else "0",
-        FLAGPOST_WEB_PORT="8080" if port_free(8080) else "0",
+        # The usual ports when they are free, any free port otherwise.
+        FLAGPOST_GRPC_PORT=str(args.grpc_port if port_free(args.grpc_port) else 0),
+        FLAGPOST_WEB_PORT=str(args.web_port if port_free(args.web_port) else 0),
     )
     children: list[subprocess.Popen[str]] = []
 

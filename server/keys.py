@@ -8,6 +8,8 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
+from server.services import Services
+from server.services.bus import EventBus
 
 
 @dataclass
@@ -23,3 +25,5 @@ CONFIG = web.AppKey("config", ServerConfig)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 PORTS = web.AppKey("ports", BoundPorts)
+SERVICES = web.AppKey("services", Services)
+BUS = web.AppKey("bus", EventBus)

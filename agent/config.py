@@ -1,0 +1,233 @@
+"""The agent's one typed, frozen configuration object.
+
+Layers, lowest first: defaults < TOML file < ``FLAGPOST_AGENT_*`` environment < command-line flags.
+The TOML file is ``--config`` if given, else ``<root>/etc/flagpost-agent/agent.toml`` when it
+exists. This is the only agent module that reads the environment, and only through the mapping
+passed to :func:`load_config` (``os.environ`` when none is given).
+
+TOML keys (all optional)::
+
+    root = "/"                        # every path hangs off it
+    state_dir = "/var/lib/flagpost-agent"   # default: <root>/var/lib/flagpost-agent
+    server = "127.0.0.1:50051"        # default: the address stored at enrollment
+    checkin_interval_seconds = 60
+    max_events_per_checkin = 200
+    max_batch_bytes = 1000000
+    max_chunks_per_cycle = 50
+    rpc_timeout_seconds = 10
+    log_level = "INFO"
+    crash_at = ""                     # test-only fault injection point
+    [retry]
+    initial_seconds = 1
+    max_seconds = 300
+    multiplier = 2
+    once_attempts = 3
+
+Environment: ``FLAGPOST_AGENT_`` + upper-cased key (``FLAGPOST_AGENT_CHECKIN_INTERVAL_SECONDS``);
+retry keys are ``FLAGPOST_AGENT_RETRY_INITIAL_SECONDS`` and so on.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLAGPOST_AGENT_"
+LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+
+
+class AgentConfigError(Exception):
+    """The agent's configuration (TOML, environment or flags) is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(max, initial * m**n)]."""
+
+    initial: timedelta = timedelta(seconds=1)
+    maximum: timedelta = timedelta(seconds=300)
+    multiplier: float = 2.0
+    once_attempts: int = 3  # check-in attempts of `flagpost-agent once` before giving up
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Every setting of ``flagpost-agent``; build it with :func:`load_config`."""
+
+    root: Path = Path("/")
+    state_dir_override: Path | None = None
+    server: str = ""
+    checkin_interval: timedelta = timedelta(seconds=60)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    max_events_per_checkin: int = 200
+    max_batch_bytes: int = 1_000_000
+    max_chunks_per_cycle: int = 50
+    rpc_timeout: timedelta = timedelta(seconds=10)
+    crash_at: str = ""
+    log_level: str = "INFO"
+    config_file: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        """Outbox, credentials, backups and the migration journal live here."""
+        if self.state_dir_override is not None:
+            return self.state_dir_override
+        return self.root / "var/lib/flagpost-agent"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.db"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.state_dir / "credentials.json"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "migration-journal.json"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.state_dir / "backups"
+
+
+def _as_int(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise AgentConfigError(f"{name}: expected an integer, got a boolean")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise AgentConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise AgentConfigError(f"{name}: must be >= {minimum}, got {number}")
+    return number
+
+
+def _as_float(name: str, value: Any, minimum: float) -> float:
+    if isinstance(value, bool):
+        raise AgentConfigError(f"{name}: expected a number, got a boolean")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AgentConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number < minimum:
+        raise AgentConfigError(f"{name}: must be >= {minimum}, got {number}")
+    return number
+
+
+def _seconds(name: str, value: Any, minimum: float = 0.0) -> timedelta:
+    return timedelta(seconds=_as_float(name, value, minimum))
+
+
+_RETRY_KEYS = ("initial_seconds", "max_seconds", "multiplier", "once_attempts")
+_TOP_KEYS = (
+    "root",
+    "state_dir",
+    "server",
+    "checkin_interval_seconds",
+    "max_events_per_checkin",
+    "max_batch_bytes",
+    "max_chunks_per_cycle",
+    "rpc_timeout_seconds",
+    "crash_at",
+    "log_level",
+)
+
+
+def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> AgentConfig:
+    """Layer ``values`` (flat keys; retry keys prefixed ``retry_``) over ``config``."""
+    changes: dict[str, Any] = {}
+    retry_changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{source} {key}"
+        if key == "root":
+            changes["root"] = Path(str(value))
+        elif key == "state_dir":
+            changes["state_dir_override"] = Path(str(value)) if str(value) else None
+        elif key == "server":
+            changes["server"] = str(value)
+        elif key == "checkin_interval_seconds":
+            changes["checkin_interval"] = _seconds(name, value, 0.01)
+        elif key == "rpc_timeout_seconds":
+            changes["rpc_timeout"] = _seconds(name, value, 0.01)
+        elif key in ("max_events_per_checkin", "max_batch_bytes", "max_chunks_per_cycle"):
+            changes[key] = _as_int(name, value, 1)
+        elif key == "crash_at":
+            changes["crash_at"] = str(value)
+        elif key == "log_level":
+            level = str(value).upper()
+            if level not in LOG_LEVELS:
+                raise AgentConfigError(f"{name}: unknown log level {value!r}")
+            changes["log_level"] = level
+        elif key == "retry_initial_seconds":
+            retry_changes["initial"] = _seconds(name, value)
+        elif key == "retry_max_seconds":
+            retry_changes["maximum"] = _seconds(name, value)
+        elif key == "retry_multiplier":
+            retry_changes["multiplier"] = _as_float(name, value, 1.0)
+        elif key == "retry_once_attempts":
+            retry_changes["once_attempts"] = _as_int(name, value, 1)
+        else:
+            raise AgentConfigError(f"{source}: unknown setting {key!r}")
+    if retry_changes:
+        changes["retry"] = replace(config.retry, **retry_changes)
+    return replace(config, **changes)
+
+
+def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "retry":
+            if not isinstance(value, dict):
+                raise AgentConfigError(f"{path}: [retry] must be a table")
+            for sub, subvalue in value.items():
+                if sub not in _RETRY_KEYS:
+                    raise AgentConfigError(f"{path}: unknown setting retry.{sub}")
+                flat[f"retry_{sub}"] = subvalue
+        elif key in _TOP_KEYS:
+            flat[key] = value
+        else:
+            raise AgentConfigError(f"{path}: unknown setting {key!r}")
+    return flat
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    keys = _TOP_KEYS + tuple(f"retry_{key}" for key in _RETRY_KEYS)
+    return {key: env[ENV_PREFIX + key.upper()] for key in keys if ENV_PREFIX + key.upper() in env}
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> AgentConfig:
+    """Build the config: defaults < TOML < ``FLAGPOST_AGENT_*`` env < ``cli`` (flat keys, as in
+    the TOML, ``None`` values ignored). Raises :class:`AgentConfigError` on any invalid value."""
+    env = os.environ if env is None else env
+    cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
+    env_values = _from_env(env)
+    # The root decides where the default TOML file is: flags first, then the environment.
+    root = Path(str(cli_values.get("root", env_values.get("root", "/"))))
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    explicit = config_file is not None
+    toml_path = config_file if config_file is not None else root / "etc/flagpost-agent/agent.toml"
+    config = AgentConfig()
+    if explicit or toml_path.exists():
+        try:
+            with toml_path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as exc:
+            raise AgentConfigError(f"{toml_path}: cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise AgentConfigError(f"{toml_path}: {exc}") from exc
+        config = _apply(config, _flatten_toml(data, toml_path), str(toml_path))
+        config = replace(config, config_file=toml_path)
+    config = _apply(config, env_values, "environment")
+    config = _apply(config, cli_values, "command line")
+    return config

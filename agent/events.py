@@ -1,0 +1,90 @@
+"""Building ``MigrationEvent`` protos: ids, timestamps, error detail, system info."""
+
+from __future__ import annotations
+
+import errno as errno_module
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agent.uuid7 import uuid7_str
+from flagpost.v1 import agent_pb2
+
+DETECTION = agent_pb2.EVENT_TYPE_MIGRATION_DETECTION
+EXECUTION = agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION
+SUCCESS = agent_pb2.EVENT_STATUS_SUCCESS
+FAILED = agent_pb2.EVENT_STATUS_FAILED
+WARNING = agent_pb2.EVENT_STATUS_WARNING
+NOT_NEEDED = agent_pb2.EVENT_STATUS_NOT_NEEDED
+PARTIAL = agent_pb2.EVENT_STATUS_PARTIAL
+
+MAX_MESSAGE_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Structured failure detail (mirrors ``flagpost.v1.ErrorDetail``)."""
+
+    failing_step: str = ""
+    file_path: str = ""
+    errno: int = 0
+    exception_type: str = ""
+    line: int = 0
+    rollback: str = ""
+    rollback_error: str = ""
+    backup_path: str = ""
+
+    @property
+    def errno_name(self) -> str:
+        return errno_module.errorcode.get(self.errno, "") if self.errno else ""
+
+    def to_proto(self) -> agent_pb2.ErrorDetail:
+        return agent_pb2.ErrorDetail(
+            failing_step=self.failing_step,
+            file_path=self.file_path,
+            errno=self.errno,
+            errno_name=self.errno_name,
+            exception_type=self.exception_type,
+            line=self.line,
+            rollback=self.rollback,
+            rollback_error=self.rollback_error,
+            backup_path=self.backup_path,
+        )
+
+
+def short(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def migration_event(
+    *,
+    event_type: int,
+    status: int,
+    run_id: str,
+    message: str,
+    system_info: Mapping[str, str],
+    error_message: str = "",
+    error: ErrorInfo | None = None,
+    migration_from: str = "",
+    migration_to: str = "",
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> agent_pb2.MigrationEvent:
+    """A complete MigrationEvent; ``event_id`` defaults to a new UUIDv7, ``occurred_at`` to now."""
+    event = agent_pb2.MigrationEvent(
+        event_id=event_id or uuid7_str(),
+        event_type=event_type,
+        status=status,
+        message=short(message),
+        error_message=error_message,
+        migration_from=migration_from,
+        migration_to=migration_to,
+        run_id=run_id,
+    )
+    if error is not None:
+        event.error_detail.CopyFrom(error.to_proto())
+    event.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
+    event.system_info.update(dict(system_info))
+    return event

@@ -1,0 +1,218 @@
+"""The vocabulary of migrations: detection results, file operations, steps and migrations.
+
+A step never touches the disk itself: it reads through a :class:`FileView` and returns the file
+operations that take the config from its ``from_version`` to its ``to_version``. The engine
+executes them (atomically, journaled, after a backup), and a dry run plays them onto a
+:class:`PlannedView` instead, so what a dry run prints is exactly what a real run would do.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class DetectionError(Exception):
+    """The config on disk cannot be read, parsed or validated.
+
+    ``str(error)`` is the full human-readable message (``agent.conf:7: expected 'key = value'``).
+    It never contains secret values.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        line: int = 0,
+        errno: int = 0,
+        exception_type: str = "ConfigParseError",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+        self.errno = errno
+        self.exception_type = exception_type
+
+    @property
+    def errno_name(self) -> str:
+        return errno_module.errorcode.get(self.errno, "") if self.errno else ""
+
+    @classmethod
+    def from_os_error(cls, path: Path, exc: OSError) -> DetectionError:
+        """A detection failure for an unreadable file, carrying its errno."""
+        code = exc.errno or 0
+        name = errno_module.errorcode.get(code, "")
+        reason = exc.strerror or str(exc)
+        return cls(
+            f"{path}: cannot read: [{name or code}] {reason}",
+            path=path,
+            errno=code,
+            exception_type=type(exc).__name__,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    """What is on disk: ``version`` None means no config was found at all."""
+
+    version: str | None
+    path: Path | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFile:
+    """Create or replace ``path`` with ``data`` and permission bits ``mode``."""
+
+    path: Path
+    data: bytes
+    mode: int
+
+    def describe(self) -> str:
+        return f"write {self.path} ({len(self.data)} bytes, mode {self.mode:04o})"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFile:
+    """Delete ``path``."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+
+FileOp = WriteFile | RemoveFile
+
+
+class FileView(Protocol):
+    """Read access to the files a migration looks at (the disk, or the disk plus planned ops)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def exists(self, path: Path) -> bool: ...
+
+    def read_bytes(self, path: Path) -> bytes: ...
+
+    def mode(self, path: Path) -> int: ...
+
+
+class DiskView:
+    """The real filesystem under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def exists(self, path: Path) -> bool:
+        return path.is_file()
+
+    def read_bytes(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def mode(self, path: Path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _planned_removal(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(errno_module.ENOENT, "No such file (planned removal)", str(path))
+
+
+class PlannedView:
+    """``base`` with file operations played on top, in memory (dry runs and planning)."""
+
+    def __init__(self, base: FileView) -> None:
+        self._base = base
+        self._files: dict[Path, tuple[bytes, int] | None] = {}
+
+    @property
+    def root(self) -> Path:
+        return self._base.root
+
+    def apply(self, op: FileOp) -> None:
+        """Record ``op`` as done."""
+        if isinstance(op, WriteFile):
+            self._files[op.path] = (op.data, op.mode)
+        else:
+            self._files[op.path] = None
+
+    def exists(self, path: Path) -> bool:
+        if path in self._files:
+            return self._files[path] is not None
+        return self._base.exists(path)
+
+    def read_bytes(self, path: Path) -> bytes:
+        if path in self._files:
+            entry = self._files[path]
+            if entry is None:
+                raise _planned_removal(path)
+            return entry[0]
+        return self._base.read_bytes(path)
+
+    def mode(self, path: Path) -> int:
+        if path in self._files:
+            entry = self._files[path]
+            if entry is None:
+                raise _planned_removal(path)
+            return entry[1]
+        return self._base.mode(path)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One versioned step: ``plan`` returns the file operations from ``from_version`` to
+    ``to_version``; it may raise :class:`DetectionError` if the input is not what it expects."""
+
+    name: str
+    from_version: str
+    to_version: str
+    description: str
+    plan: Callable[[FileView], Sequence[FileOp]]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """A chain of steps for one config.
+
+    ``detect`` says which version is on disk (raising :class:`DetectionError` for a bad config);
+    ``files`` lists, from the root, every file a run may touch (all are backed up if present);
+    ``verify`` runs after the last step and raises :class:`DetectionError` if the result is wrong
+    (the engine also checks that ``detect`` reports ``current_version``).
+    """
+
+    id: str
+    title: str
+    current_version: str
+    detect: Callable[[FileView], Detected]
+    files: Callable[[Path], Sequence[Path]]
+    steps: tuple[Step, ...]
+    verify: Callable[[FileView], None] | None = None
+
+    def path_from(self, version: str) -> list[Step]:
+        """The steps from ``version`` to ``current_version``; raises :class:`DetectionError` if
+        there is no such path."""
+        by_source = {step.from_version: step for step in self.steps}
+        path: list[Step] = []
+        current = version
+        while current != self.current_version:
+            step = by_source.get(current)
+            if step is None or len(path) > len(self.steps):
+                raise DetectionError(
+                    f"{self.id}: no migration path from version {version} "
+                    f"to {self.current_version}",
+                    exception_type="NoMigrationPath",
+                )
+            path.append(step)
+            current = step.to_version
+        return path

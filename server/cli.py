@@ -1,0 +1,211 @@
+"""``flagpost-server``: serve, manage the schema, create enrollment tokens.
+
+    flagpost-server [--config FILE] serve [--database-url URL] [--grpc-port N] [--web-port N]
+                                          [--state-dir DIR] [--auto-upgrade]
+    flagpost-server [--config FILE] db upgrade | db downgrade REV | db current
+    flagpost-server [--config FILE] token create [--uses N] [--expires 24h|30m|7d|never]
+
+Flags override the config file and ``FLAGPOST_*`` environment (``load_config(overrides=…)``).
+Exit codes: 0 ok, 1 error, 2 usage error or database schema out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from server.config import ServerConfig, load_config
+from server.errors import ConfigError, FlagpostError, SchemaOutOfDate
+from server.logging import setup_logging
+
+log = logging.getLogger("server.cli")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # also: schema out of date (the operator must act before starting)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``30m``, ``24h``, ``7d``, ``90s`` -> timedelta; ``never`` -> None."""
+    if text.strip().lower() == "never":
+        return None
+    match = _DURATION.match(text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 30m, 24h, 7d or never"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be 0..65535 (0 = any free port)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="flagpost-server", description="Flagpost server: gRPC check-ins and the History."
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (or FLAGPOST_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db_url = argparse.ArgumentParser(add_help=False)
+    db_url.add_argument("--database-url", help="override database_url")
+
+    serve = commands.add_parser("serve", parents=[db_url], help="run gRPC and web servers")
+    serve.add_argument("--grpc-port", type=_port)
+    serve.add_argument("--web-port", type=_port)
+    serve.add_argument("--state-dir", type=Path)
+    serve.add_argument(
+        "--auto-upgrade",
+        action="store_true",
+        default=None,
+        help="migrate the schema at start instead of refusing to start",
+    )
+
+    db = commands.add_parser("db", help="database schema (alembic)")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_commands.add_parser("upgrade", parents=[db_url], help="migrate to the newest schema")
+    downgrade = db_commands.add_parser("downgrade", parents=[db_url], help="migrate down")
+    downgrade.add_argument("revision", help='target revision ("base" empties the database)')
+    db_commands.add_parser("current", parents=[db_url], help="print the current revision")
+
+    token = commands.add_parser("token", help="enrollment tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser(
+        "create", parents=[db_url], help="create a token and print it (shown once)"
+    )
+    create.add_argument("--uses", type=_positive_int, default=1, help="enrollments allowed")
+    create.add_argument(
+        "--expires",
+        type=parse_duration,
+        default=timedelta(hours=24),
+        help="lifetime: 30m, 24h, 7d or never (default 24h)",
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "database_url": getattr(args, "database_url", None),
+        "grpc_port": getattr(args, "grpc_port", None),
+        "web_port": getattr(args, "web_port", None),
+        "state_dir": getattr(args, "state_dir", None),
+        "auto_upgrade": getattr(args, "auto_upgrade", None),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``flagpost-server``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"flagpost-server: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config)
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(config))
+        if args.command == "db":
+            return _db(config, args)
+        return asyncio.run(_token_create(config, args.uses, args.expires))
+    except SchemaOutOfDate as exc:
+        print(f"flagpost-server: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except FlagpostError as exc:
+        print(f"flagpost-server: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _db(config: ServerConfig, args: argparse.Namespace) -> int:
+    from server.storage import schema
+
+    if args.db_command == "upgrade":
+        schema.upgrade(config.database_url)
+        print(f"database at revision {schema.current_revision(config.database_url)}")
+    elif args.db_command == "downgrade":
+        schema.downgrade(config.database_url, args.revision)
+        print(f"database at revision {schema.current_revision(config.database_url) or 'base'}")
+    else:
+        current = schema.current_revision(config.database_url)
+        head = schema.head_revision()
+        state = "up to date" if current == head else "run `flagpost-server db upgrade`"
+        print(f"{current or 'base'} (head: {head}; {state})")
+    return EXIT_OK
+
+
+async def _token_create(config: ServerConfig, uses: int, expires: timedelta | None) -> int:
+    from server.services import enrollment
+    from server.storage import schema
+    from server.storage.db import create_engine, make_sessionmaker
+
+    engine = create_engine(config)
+    try:
+        await schema.assert_schema_current(engine)
+        token = await enrollment.create_token(make_sessionmaker(engine), uses, expires)
+    finally:
+        await engine.dispose()
+    print(token)
+    return EXIT_OK
+
+
+async def _serve(config: ServerConfig) -> int:
+    from server.app import start_server
+
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():  # second signal: leave now
+            os._exit(128 + signum)
+        log.info("received %s: shutting down (again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        print(f"grpc: {config.grpc_host}:{running.grpc_port}", flush=True)
+        print(f"web: {running.web_url}/history", flush=True)
+        await stop.wait()
+    finally:
+        await running.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The gRPC transport: validation/conversion, the one interceptor, the servicer, the server."""

@@ -1,0 +1,155 @@
+"""The one gRPC server interceptor: authentication and the FlagpostError -> status mapping.
+
+(a) Every method outside ``PUBLIC_METHODS`` / ``PUBLIC_SERVICE_PREFIXES`` needs
+    ``authorization: Bearer <credential>`` metadata; the authenticated agent id is handed to
+    the servicer through the ``CURRENT_AGENT`` contextvar (read it with ``current_agent_id()``).
+(b) A FlagpostError becomes the status named by ``err.grpc_code`` with its message
+    (ResourceExhausted adds trailing metadata ``retry-after-ms``); any other exception becomes
+    INTERNAL with a generic message, logged here with its traceback. Nowhere else decides a
+    status code.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from server.errors import FlagpostError, ResourceExhausted, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+PUBLIC_METHODS = frozenset({"/flagpost.v1.AgentService/Enroll"})
+PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+RETRY_AFTER_KEY = "retry-after-ms"
+
+CURRENT_AGENT: contextvars.ContextVar[str] = contextvars.ContextVar("flagpost_agent_id")
+
+Authenticate = Callable[[str], Awaitable[str]]
+
+
+def current_agent_id() -> str:
+    """The agent authenticated for the RPC being served."""
+    try:
+        return CURRENT_AGENT.get()
+    except LookupError:
+        raise Unauthenticated("no authenticated agent for this call") from None
+
+
+def is_public(method: str) -> bool:
+    """True for methods callable without a credential (Enroll, health, reflection)."""
+    return method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES)
+
+
+def bearer_token(metadata: Any) -> str:
+    """The credential of an ``authorization: Bearer …`` header, else Unauthenticated."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            break
+    raise Unauthenticated("missing `authorization: Bearer <agent credential>` metadata")
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, FlagpostError):
+        code = getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
+        trailing: tuple[tuple[str, str], ...] = ()
+        if isinstance(exc, ResourceExhausted):
+            trailing = ((RETRY_AFTER_KEY, str(exc.retry_after_ms)),)
+        log.info("%s -> %s: %s", method, code.name, exc.message)
+        await context.abort(code, exc.message, trailing_metadata=trailing)
+    log.error("%s failed unexpectedly", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+
+class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates and maps errors for every RPC (see module docstring)."""
+
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+
+    async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        if not is_public(method):
+            agent_id = await self._authenticate(bearer_token(context.invocation_metadata()))
+            CURRENT_AGENT.set(agent_id)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if is_public(method):
+            return handler  # streaming health Watch / reflection: nothing to add
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(
+        self, method: str, behavior: Callable[..., Any]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                await self._enter(method, context)
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(context, method, exc)
+
+        return wrapped
+
+    def _wrap_stream(
+        self, method: str, behavior: Callable[..., Any]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                await self._enter(method, context)
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+                else:
+                    for item in result:
+                        yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(context, method, exc)
+
+        return wrapped

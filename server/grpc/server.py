@@ -1,0 +1,50 @@
+"""The grpc.aio server factory: AgentService + standard health + reflection, one interceptor."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flagpost.v1 import agent_pb2, agent_pb2_grpc
+from server.config import ServerConfig
+from server.grpc.interceptors import FlagpostInterceptor
+from server.grpc.servicer import AgentServicer
+from server.services import Services
+
+AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+async def create_grpc_server(
+    config: ServerConfig, services: Services
+) -> tuple[grpc.aio.Server, int]:
+    """Build the grpc.aio server bound to ``config.grpc_host:grpc_port`` (0 = a free port).
+
+    Registers AgentService behind the FlagpostInterceptor, the standard health service (SERVING
+    for "" and flagpost.v1.AgentService) and reflection for all three services. Returns
+    ``(server, bound_port)``; the caller starts it and stops it (``await server.stop(grace)``).
+    """
+    server = grpc.aio.server(
+        interceptors=[FlagpostInterceptor(services.authenticator.authenticate)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
+        ],
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(services), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", AGENT_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (AGENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.grpc_host}:{config.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    if not port:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    return server, int(port)

@@ -1,0 +1,44 @@
+"""AgentService: thin. Validate via ``convert``, call the services, build the response.
+
+Status codes are never decided here: errors propagate to ``interceptors.FlagpostInterceptor``.
+"""
+
+from __future__ import annotations
+
+from flagpost.v1 import agent_pb2
+from server.grpc import convert
+from server.grpc.interceptors import current_agent_id
+from server.services import Services, enrollment
+
+
+class AgentServicer:
+    """flagpost.v1.AgentService; register with ``add_AgentServiceServicer_to_server``."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._config = services.config
+
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: object
+    ) -> agent_pb2.EnrollResponse:
+        """Trade an enrollment token and host facts for an agent id and credential."""
+        token, facts = convert.enroll_from_proto(request)
+        agent_id, credential = await enrollment.enroll(
+            self._services.sessions, token, facts, self._config.checkin_interval_seconds
+        )
+        return agent_pb2.EnrollResponse(
+            agent_id=agent_id,
+            credential=credential,
+            checkin_interval_seconds=self._config.checkin_interval_seconds,
+        )
+
+    async def CheckIn(
+        self, request: agent_pb2.CheckInRequest, context: object
+    ) -> agent_pb2.CheckInResponse:
+        """Store the check-in's events (ack only after commit) and refresh the agent's facts."""
+        checkin = convert.checkin_from_proto(request, current_agent_id(), self._config)
+        await self._services.ingest.submit(checkin.agent_id, checkin.facts, checkin.events)
+        return agent_pb2.CheckInResponse(
+            acknowledged_event_ids=checkin.ack_ids,
+            next_checkin_seconds=self._config.checkin_interval_seconds,
+        )

@@ -1,0 +1,25 @@
+"""Services: the business operations. They own transactions and call the storage layer.
+
+``Services`` bundles what the transports (gRPC servicer, web handlers) need, built once per
+process by ``server.app``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.config import ServerConfig
+from server.services.agents import Authenticator
+from server.services.ingest import IngestWriter
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The running server's service objects."""
+
+    config: ServerConfig
+    sessions: async_sessionmaker[AsyncSession]
+    authenticator: Authenticator
+    ingest: IngestWriter

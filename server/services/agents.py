@@ -1,0 +1,117 @@
+"""Agents: authenticating their credentials, revoking them, deriving their health.
+
+Authentication keeps a tiny in-process cache of *successful* lookups (credential hash ->
+agent id) for ``AUTH_CACHE_TTL`` seconds, so a busy agent's check-ins do not each pay a SELECT.
+Consequence, by design: revoking an agent takes effect on this process within that TTL
+(``revoke`` also clears the local cache at once). Failures are never cached.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.config import ServerConfig
+from server.domain import AgentHealth, AgentSummary
+from server.errors import NotFound, PermissionDenied, Unauthenticated
+from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
+from server.storage import agents as agents_db
+
+AUTH_CACHE_TTL = 5.0
+AUTH_CACHE_MAX = 100_000
+
+
+class Authenticator:
+    """Turns a bearer credential into an agent id (see the module docstring for caching)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ttl_seconds: float = AUTH_CACHE_TTL,
+    ) -> None:
+        self._sessions = sessions
+        self._ttl = ttl_seconds
+        self._cache: dict[str, tuple[str, float]] = {}
+        self.lookups = 0  # database lookups (cache misses), for metrics
+
+    async def authenticate(self, credential: str) -> str:
+        """The agent id owning ``credential``. Raises Unauthenticated for a missing, unknown,
+        expired or revoked credential and PermissionDenied for a revoked agent."""
+        if not credential.startswith(CREDENTIAL_PREFIX) or len(credential) > 128:
+            raise Unauthenticated("invalid agent credential")
+        digest = secret_hash(credential)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        self.lookups += 1
+        async with self._sessions() as session:
+            record = await agents_db.find_credential(session, digest)
+        if record is None or record.credential_revoked:
+            raise Unauthenticated("invalid agent credential")
+        if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+            raise Unauthenticated("agent credential has expired")
+        if record.agent_revoked:
+            raise PermissionDenied("this agent has been revoked")
+        if len(self._cache) >= AUTH_CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (record.agent_id, now + self._ttl)
+        return record.agent_id
+
+    def forget(self, agent_id: str) -> None:
+        """Drop cached lookups for ``agent_id`` (after a revocation)."""
+        for digest in [d for d, (a, _) in self._cache.items() if a == agent_id]:
+            del self._cache[digest]
+
+
+async def revoke(
+    sessions: async_sessionmaker[AsyncSession],
+    agent_id: str,
+    authenticator: Authenticator | None = None,
+) -> None:
+    """Revoke ``agent_id``: its check-ins get PERMISSION_DENIED from now on (other server
+    processes: within AUTH_CACHE_TTL). Raises NotFound for an unknown agent."""
+    async with sessions() as session, session.begin():
+        found = await agents_db.set_revoked(session, agent_id, datetime.now(UTC))
+    if not found:
+        raise NotFound(f"no agent {agent_id}")
+    if authenticator is not None:
+        authenticator.forget(agent_id)
+
+
+def agent_health(
+    last_checkin_at: datetime | None, now: datetime, config: ServerConfig
+) -> AgentHealth:
+    """Online / stale / offline from the last check-in and the configured interval."""
+    if last_checkin_at is None:
+        return AgentHealth.NEVER
+    interval = timedelta(seconds=config.checkin_interval_seconds)
+    silent = now - last_checkin_at
+    if silent <= interval * config.stale_after_intervals:
+        return AgentHealth.ONLINE
+    if silent <= interval * config.offline_after_intervals:
+        return AgentHealth.STALE
+    return AgentHealth.OFFLINE
+
+
+async def get_agent(
+    sessions: async_sessionmaker[AsyncSession], config: ServerConfig, agent_id: str
+) -> AgentSummary:
+    """One agent with its derived health. Raises NotFound."""
+    async with sessions() as session:
+        record = await agents_db.get_agent(session, agent_id)
+    if record is None:
+        raise NotFound(f"no agent {agent_id}")
+    return AgentSummary(
+        id=record.id,
+        hostname=record.hostname,
+        os=record.os,
+        agent_version=record.agent_version,
+        config_version=record.config_version,
+        enrolled_at=record.enrolled_at,
+        last_checkin_at=record.last_checkin_at,
+        revoked=record.revoked,
+        health=agent_health(record.last_checkin_at, datetime.now(UTC), config),
+    )

@@ -1,0 +1,186 @@
+"""The event bus: wake-ups for live History streams, within one process and across replicas.
+
+The bus never carries events, only "History rows up to id N have been committed" wake-ups; every
+stream then reads the rows themselves from the database (``id > its cursor``), so a stream shows
+only what is saved and a wake-up that is lost or repeated costs nothing but a query.
+
+- :class:`EventBus` fans wake-ups out in-process: each stream holds a :class:`Subscription`,
+  a coalescing flag (a slow stream never queues anything up).
+- :class:`PostgresEventBus` adds a ``LISTEN`` connection (:class:`server.storage.notify.
+  HistoryListener`): writers on any replica ``pg_notify`` inside their transaction
+  (:func:`server.storage.notify.announce_history_commit`), every replica hears it and wakes its
+  own streams.
+
+The ingest writer calls :meth:`EventBus.publish_committed` after each commit that stored rows
+(the local fast path; on PostgreSQL the notification reaches the other replicas by itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from aiohttp import web
+
+from server.config import ServerConfig
+from server.storage.notify import HistoryListener
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """One stream's wake-up flag. Create with :meth:`EventBus.subscribe`; use as a context
+    manager (or call :meth:`close`) so the bus forgets it."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._flag = asyncio.Event()
+        self._hint: int | None = None
+        self._look = False  # a wake-up without an id: the stream must query
+        self.closed = False
+
+    def _wake(self, max_id: int | None) -> None:
+        if max_id is None:
+            self._look = True
+        elif self._hint is None or max_id > self._hint:
+            self._hint = max_id
+        self._flag.set()
+
+    def _end(self) -> None:
+        self.closed = True
+        self._flag.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a wake-up; True if one came (or the bus is
+        closing: check :attr:`closed`), False on timeout."""
+        if self._flag.is_set():
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await self._flag.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def take(self, cursor: int) -> bool:
+        """Consume pending wake-ups; True when a stream at ``cursor`` has something to read
+        (an announced id above ``cursor``, or a wake-up that named no id)."""
+        self._flag.clear()
+        hint, look = self._hint, self._look
+        self._hint, self._look = None, False
+        return look or (hint is not None and hint > cursor)
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        self._bus._subscribers.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EventBus:
+    """In-process fan-out of commit wake-ups (the whole bus for SQLite: one server process)."""
+
+    kind = "local"
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+        self._ending = False
+        self.published = 0  # wake-ups received (local publishes plus notifications)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> Subscription:
+        """A new subscription; already ended when the bus is shutting down."""
+        sub = Subscription(self)
+        if self._ending:
+            sub._end()
+        else:
+            self._subscribers.add(sub)
+        return sub
+
+    def publish_committed(self, max_id: int | None = None) -> None:
+        """Wake every stream: History rows up to ``max_id`` are committed (``None``: something
+        may be new). Call it only AFTER the commit. Never blocks, never raises."""
+        self.published += 1
+        for sub in self._subscribers:
+            sub._wake(max_id)
+
+    def end_streams(self) -> None:
+        """End every subscription, now and later (server shutdown: streams finish their
+        responses so the web server can stop without waiting for its shutdown timeout)."""
+        self._ending = True
+        for sub in list(self._subscribers):
+            sub._end()
+        self._subscribers.clear()
+
+    async def start(self) -> None:
+        """Start receiving wake-ups from other processes (nothing to do in-process)."""
+
+    async def close(self) -> None:
+        """Stop: end every stream and release connections (idempotent)."""
+        self.end_streams()
+
+
+class PostgresEventBus(EventBus):
+    """:class:`EventBus` plus PostgreSQL ``LISTEN``: wake-ups from every replica."""
+
+    kind = "postgresql"
+
+    def __init__(self, database_url: str, *, ping_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.listener = HistoryListener(
+            database_url, self.publish_committed, ping_seconds=ping_seconds
+        )
+
+    async def start(self) -> None:
+        """Open the ``LISTEN`` connection (raises when PostgreSQL cannot be reached)."""
+        await self.listener.start()
+
+    async def close(self) -> None:
+        """End every stream, then close the ``LISTEN`` connection (idempotent)."""
+        self.end_streams()
+        await self.listener.close()
+
+
+def create_bus(config: ServerConfig) -> EventBus:
+    """The bus for ``config``: in-process for SQLite, LISTEN/NOTIFY for PostgreSQL."""
+    if config.is_sqlite:
+        return EventBus()
+    return PostgresEventBus(config.database_url)
+
+
+async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: create and start the bus for ``app[keys.CONFIG]``, store it in
+    ``app[keys.BUS]``, close it on cleanup. Goes right after the database context."""
+    from server import keys  # here, not at the top: server.keys imports this module
+
+    bus = create_bus(app[keys.CONFIG])
+    await bus.start()
+    app[keys.BUS] = bus
+    log.info("event bus started (%s)", bus.kind)
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
+async def end_streams_on_shutdown(app: web.Application) -> None:
+    """``on_shutdown`` hook: end live streams before aiohttp waits for open requests."""
+    from server import keys
+
+    bus = app.get(keys.BUS)
+    if bus is not None:
+        bus.end_streams()

@@ -1,0 +1,178 @@
+"""SQL for agents and their credentials. Returns plain dataclasses, never ORM rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.domain import HostFacts
+from server.storage.models import Agent, AgentCredential
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An agent as stored (health is derived by the service layer)."""
+
+    id: str
+    hostname: str
+    os: str
+    kernel: str
+    agent_version: str
+    config_version: str
+    disk_free_bytes: int
+    machine_id: str
+    enrolled_at: datetime
+    last_checkin_at: datetime | None
+    checkin_interval_seconds: int
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRecord:
+    """What authentication needs to know about a presented credential."""
+
+    agent_id: str
+    agent_revoked: bool
+    credential_revoked: bool
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckinUpdate:
+    """One agent's check-in: when, and its refreshed host facts (None: keep the old ones)."""
+
+    agent_id: str
+    at: datetime
+    facts: HostFacts | None
+
+
+def _fact_columns(facts: HostFacts) -> dict[str, Any]:
+    return {
+        "hostname": facts.hostname,
+        "os": facts.os,
+        "kernel": facts.kernel,
+        "agent_version": facts.agent_version,
+        "config_version": facts.config_version,
+        "disk_free_bytes": facts.disk_free_bytes,
+        "machine_id": facts.machine_id,
+        "facts": dataclasses.asdict(facts),
+    }
+
+
+async def create_agent(
+    session: AsyncSession,
+    agent_id: str,
+    facts: HostFacts,
+    enrolled_at: datetime,
+    checkin_interval_seconds: int,
+) -> None:
+    """Insert a new, never-checked-in agent."""
+    session.add(
+        Agent(
+            id=agent_id,
+            enrolled_at=enrolled_at,
+            last_checkin_at=None,
+            checkin_interval_seconds=checkin_interval_seconds,
+            revoked=False,
+            revoked_at=None,
+            **_fact_columns(facts),
+        )
+    )
+    await session.flush()
+
+
+async def record_checkins(session: AsyncSession, updates: Sequence[CheckinUpdate]) -> None:
+    """Set ``last_checkin_at`` (and the facts, when given) for many agents in two
+    executemany UPDATEs by primary key."""
+    with_facts = [
+        {"id": u.agent_id, "last_checkin_at": u.at, **_fact_columns(u.facts)}
+        for u in updates
+        if u.facts is not None
+    ]
+    without_facts = [
+        {"id": u.agent_id, "last_checkin_at": u.at} for u in updates if u.facts is None
+    ]
+    for rows in (with_facts, without_facts):
+        if rows:
+            await session.execute(update(Agent), rows)
+
+
+async def get_agent(session: AsyncSession, agent_id: str) -> AgentRecord | None:
+    """The agent with ``agent_id``, or None."""
+    row = await session.get(Agent, agent_id)
+    if row is None:
+        return None
+    return AgentRecord(
+        id=row.id,
+        hostname=row.hostname,
+        os=row.os,
+        kernel=row.kernel,
+        agent_version=row.agent_version,
+        config_version=row.config_version,
+        disk_free_bytes=row.disk_free_bytes,
+        machine_id=row.machine_id,
+        enrolled_at=row.enrolled_at,
+        last_checkin_at=row.last_checkin_at,
+        checkin_interval_seconds=row.checkin_interval_seconds,
+        revoked=row.revoked,
+    )
+
+
+async def set_revoked(session: AsyncSession, agent_id: str, at: datetime) -> bool:
+    """Revoke an agent (its credentials stop working). False when no such agent."""
+    result = await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id)
+        .values(revoked=True, revoked_at=at)
+        .returning(Agent.id)
+    )
+    return result.first() is not None
+
+
+async def store_credential(
+    session: AsyncSession,
+    agent_id: str,
+    secret_hash: str,
+    created_at: datetime,
+    expires_at: datetime | None = None,
+) -> None:
+    """Keep the SHA-256 hex of a new agent credential."""
+    session.add(
+        AgentCredential(
+            agent_id=agent_id,
+            secret_hash=secret_hash,
+            created_at=created_at,
+            expires_at=expires_at,
+            revoked_at=None,
+        )
+    )
+    await session.flush()
+
+
+async def find_credential(session: AsyncSession, secret_hash: str) -> CredentialRecord | None:
+    """Look a credential up by its hash (unique index), with its agent's revoked flag."""
+    result = await session.execute(
+        select(
+            AgentCredential.agent_id,
+            Agent.revoked,
+            AgentCredential.revoked_at,
+            AgentCredential.expires_at,
+        )
+        .join(Agent, Agent.id == AgentCredential.agent_id)
+        .where(AgentCredential.secret_hash == secret_hash)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    return CredentialRecord(
+        agent_id=row.agent_id,
+        agent_revoked=bool(row.revoked),
+        credential_revoked=row.revoked_at is not None,
+        expires_at=row.expires_at,
+    )

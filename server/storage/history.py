@@ -1,0 +1,164 @@
+"""Read queries behind the History page and ``/api/v1/events``.
+
+Every query is ``<filters> ORDER BY update_events.id DESC LIMIT n`` with a keyset cursor
+(``id < before_id``), never OFFSET, so each page costs the same however deep it is. All values
+reach the database as bound parameters; the same statements run on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, Select, and_, false, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.domain import EventFilter, EventStatus, EventType, StoredEvent, outcome_name
+from server.storage.models import Agent, UpdateEvent
+
+# outcome name ("migration_execution_failed") -> (event_type, status)
+_OUTCOMES: dict[str, tuple[str, str]] = {
+    outcome_name(event_type, status): (event_type.value, status.value)
+    for event_type in EventType
+    for status in EventStatus
+}
+
+
+def known_event_type_filters() -> frozenset[str]:
+    """Every value ``EventFilter.event_types`` accepts: event types and outcome names."""
+    return frozenset({t.value for t in EventType} | set(_OUTCOMES))
+
+
+def _event_type_condition(values: tuple[str, ...]) -> ColumnElement[bool]:
+    """``event_type IN (...)`` OR ``(event_type, status) = outcome`` for outcome names."""
+    plain = [v for v in values if v not in _OUTCOMES]
+    clauses: list[ColumnElement[bool]] = []
+    if plain:
+        clauses.append(UpdateEvent.event_type.in_(plain))
+    for value in values:
+        if value in _OUTCOMES:
+            event_type, status = _OUTCOMES[value]
+            clauses.append(and_(UpdateEvent.event_type == event_type, UpdateEvent.status == status))
+    return or_(*clauses) if clauses else false()
+
+
+def _text_condition(text: str) -> ColumnElement[bool]:
+    """Case-insensitive substring match; ``%``, ``_`` and the escape character are escaped
+    (``autoescape``) and the pattern is a bound parameter."""
+    columns: list[Any] = [
+        UpdateEvent.message,
+        UpdateEvent.error_message,
+        Agent.hostname,
+        UpdateEvent.event_id,
+        UpdateEvent.run_id,
+    ]
+    return or_(*(column.icontains(text, autoescape=True) for column in columns))
+
+
+def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of ``f`` (all bound parameters)."""
+    where: list[ColumnElement[bool]] = []
+    if f.migration_only:
+        where.append(UpdateEvent.category == "migration")
+    if f.severities:
+        where.append(UpdateEvent.severity.in_([str(s) for s in f.severities]))
+    if f.event_types:
+        where.append(_event_type_condition(f.event_types))
+    if f.agent_id is not None:
+        where.append(UpdateEvent.agent_id == f.agent_id)
+    if f.since is not None:
+        where.append(UpdateEvent.occurred_at >= f.since)
+    if f.until is not None:
+        where.append(UpdateEvent.occurred_at <= f.until)
+    if f.text:
+        where.append(_text_condition(f.text))
+    if f.before_id is not None:
+        where.append(UpdateEvent.id < f.before_id)
+    if f.after_id is not None:
+        where.append(UpdateEvent.id > f.after_id)
+    return where
+
+
+def _select_events() -> Select[*tuple[Any, ...]]:
+    """Every column a :class:`StoredEvent` needs, with the agent's hostname."""
+    return select(
+        UpdateEvent.id,
+        UpdateEvent.event_id,
+        UpdateEvent.agent_id,
+        Agent.hostname,
+        UpdateEvent.category,
+        UpdateEvent.event_type,
+        UpdateEvent.status,
+        UpdateEvent.severity,
+        UpdateEvent.message,
+        UpdateEvent.error_message,
+        UpdateEvent.error_detail,
+        UpdateEvent.migration_from,
+        UpdateEvent.migration_to,
+        UpdateEvent.run_id,
+        UpdateEvent.system_info,
+        UpdateEvent.occurred_at,
+        UpdateEvent.received_at,
+    ).join(Agent, Agent.id == UpdateEvent.agent_id)
+
+
+def _stored(row: Row[*tuple[Any, ...]]) -> StoredEvent:
+    return StoredEvent(
+        id=row.id,
+        event_id=row.event_id,
+        agent_id=row.agent_id,
+        hostname=row.hostname,
+        category=row.category,
+        event_type=row.event_type,
+        status=row.status,
+        severity=row.severity,
+        message=row.message or "",
+        error_message=row.error_message or "",
+        error_detail=dict(row.error_detail or {}),
+        migration_from=row.migration_from or "",
+        migration_to=row.migration_to or "",
+        run_id=row.run_id or None,
+        system_info={str(k): str(v) for k, v in (row.system_info or {}).items()},
+        occurred_at=row.occurred_at,
+        received_at=row.received_at,
+    )
+
+
+async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEvent]:
+    """Events matching ``f``, newest (highest id) first.
+
+    Returns up to ``f.limit + 1`` rows: the extra row tells the caller an older page exists
+    (the service trims it and derives the next cursor). ``before_id`` / ``after_id`` bound the
+    id range exclusively; ``since`` / ``until`` bound ``occurred_at`` inclusively.
+    """
+    stmt = _select_events().where(*_conditions(f))
+    result = await session.execute(stmt.order_by(UpdateEvent.id.desc()).limit(f.limit + 1))
+    return [_stored(row) for row in result]
+
+
+async def query_events_after(
+    session: AsyncSession, f: EventFilter, after_id: int, upto_id: int, limit: int
+) -> list[StoredEvent]:
+    """Events matching ``f`` with ``after_id < id <= upto_id``, oldest first, at most ``limit``
+    (the live stream's read: ascending, so advancing the cursor never skips a row).
+    ``f.before_id`` / ``f.after_id`` / ``f.limit`` are ignored."""
+    f = replace(f, before_id=None, after_id=None)
+    stmt = _select_events().where(
+        *_conditions(f), UpdateEvent.id > after_id, UpdateEvent.id <= upto_id
+    )
+    result = await session.execute(stmt.order_by(UpdateEvent.id.asc()).limit(limit))
+    return [_stored(row) for row in result]
+
+
+async def max_event_id(session: AsyncSession) -> int:
+    """The highest History id, 0 when there are no events (the live stream's horizon)."""
+    value = (await session.execute(select(func.max(UpdateEvent.id)))).scalar_one()
+    return 0 if value is None else int(value)
+
+
+async def list_agents(session: AsyncSession) -> list[tuple[str, str]]:
+    """Every agent as ``(id, hostname)``, ordered by hostname then id (the agent filter)."""
+    result = await session.execute(
+        select(Agent.id, Agent.hostname).order_by(Agent.hostname, Agent.id)
+    )
+    return [(row.id, row.hostname) for row in result]

@@ -1,0 +1,50 @@
+"""The web transport: History page, JSON API, health endpoint (aiohttp + Jinja2).
+
+``setup_web(app)`` is called by ``server.app.create_app``; it expects ``keys.CONFIG`` to be set and
+``keys.SESSIONS`` / ``keys.ENGINE`` to be available once the app has started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from server.web.middleware import error_middleware, security_headers
+from server.web.routes import add_routes
+
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
+TEMPLATES_DIR = WEB_ROOT / "templates"
+STATIC_DIR = WEB_ROOT / "static"
+
+
+def setup_web(app: web.Application) -> None:
+    """Register templates (autoescaped), ``/static``, the routes, the error middleware and the
+    security headers on ``app``."""
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "xml"), default_for_string=True, default=True
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["static_url"] = _static_url(app)
+    app.middlewares.append(error_middleware)
+    app.on_response_prepare.append(security_headers)
+    add_routes(app)
+    app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
+
+
+def _static_url(app: web.Application) -> Callable[[str], str]:
+    """A template helper: ``static_url('style.css')`` -> ``/static/style.css?v=<hash>``."""
+
+    def static_url(filename: str) -> str:
+        return str(app.router["static"].url_for(filename=filename))
+
+    return static_url

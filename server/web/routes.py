@@ -1,0 +1,56 @@
+"""HTTP handlers: parse and validate the request, call a service, render the result.
+
+No SQL and no status-code decisions here: bad input raises ``InvalidArgument`` (mapped to 400 by
+``server.web.middleware``), services raise ``Unavailable`` when the database is down.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from server import keys
+from server.services import history as history_service
+from server.web.params import parse_event_filter
+from server.web.views import history_page, page_json
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """``GET /``: the History for now (a fleet overview comes later)."""
+    raise web.HTTPFound("/history")
+
+
+async def history(request: web.Request) -> web.StreamResponse:
+    """``GET /history``: the filterable, keyset-paginated History page."""
+    config = request.app[keys.CONFIG]
+    sessions = request.app[keys.SESSIONS]
+    f = parse_event_filter(request.query, config.history_page_size)
+    page = await history_service.list_events(sessions, f)
+    agents = await history_service.list_agent_choices(sessions)
+    view = history_page(page, agents, default_limit=config.history_page_size, now=datetime.now(UTC))
+    return aiohttp_jinja2.render_template("history.html", request, {"page": view})
+
+
+async def api_events(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/events``: the History as JSON, same filters and cursor."""
+    config = request.app[keys.CONFIG]
+    f = parse_event_filter(request.query, config.history_page_size)
+    page = await history_service.list_events(request.app[keys.SESSIONS], f)
+    return web.json_response(page_json(page))
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """``GET /healthz``: 200 when the database answers ``SELECT 1``, 503 otherwise."""
+    if await history_service.database_ok(request.app[keys.ENGINE]):
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the web's routes on ``app``."""
+    app.router.add_get("/", index, name="index")
+    app.router.add_get("/history", history, name="history")
+    app.router.add_get("/api/v1/events", api_events, name="api_events")
+    app.router.add_get("/healthz", healthz, name="healthz")

@@ -1,0 +1,382 @@
+"""View models for the History page and its JSON twin.
+
+Templates only ever see these dataclasses (built from domain objects), never ORM rows. Every string
+that came from an agent stays a plain ``str`` here: the templates autoescape it.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from server.domain import (
+    Category,
+    EventFilter,
+    EventPage,
+    EventStatus,
+    EventType,
+    Severity,
+    StoredEvent,
+    outcome_name,
+)
+from server.web.params import filter_url, format_time, is_filtered
+
+
+@dataclass(frozen=True, slots=True)
+class SeverityStyle:
+    """How a severity looks: colour (``css_class``), an icon name and a text label."""
+
+    key: str
+    label: str
+    icon: str  # name of an inline SVG icon in templates/icons.html
+    css_class: str
+
+
+SEVERITY_STYLES: dict[str, SeverityStyle] = {
+    Severity.ERROR: SeverityStyle("error", "Error", "error", "sev-error"),
+    Severity.WARNING: SeverityStyle("warning", "Warning", "warning", "sev-warning"),
+    Severity.SUCCESS: SeverityStyle("success", "Success", "success", "sev-success"),
+    Severity.INFO: SeverityStyle("info", "Info", "info", "sev-info"),
+}
+
+OUTCOME_LABELS: dict[str, str] = {
+    outcome_name(EventType.MIGRATION_DETECTION, EventStatus.SUCCESS): "Detection: migration needed",
+    outcome_name(EventType.MIGRATION_DETECTION, EventStatus.FAILED): "Detection failed",
+    outcome_name(EventType.MIGRATION_DETECTION, EventStatus.NOT_NEEDED): "Detection: up to date",
+    outcome_name(EventType.MIGRATION_DETECTION, EventStatus.WARNING): "Detection: warning",
+    outcome_name(EventType.MIGRATION_DETECTION, EventStatus.PARTIAL): "Detection: partial",
+    outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.SUCCESS): "Execution succeeded",
+    outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.FAILED): "Execution failed",
+    outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.PARTIAL): "Execution partial",
+    outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.WARNING): "Execution: warning",
+    outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.NOT_NEEDED): "Execution: nothing to do",
+}
+
+EVENT_TYPE_LABELS: dict[str, str] = {
+    EventType.MIGRATION_DETECTION: "Detection",
+    EventType.MIGRATION_EXECUTION: "Execution",
+}
+
+_ROLLBACK_LABELS: dict[str, tuple[str, str]] = {
+    "succeeded": ("Rolled back successfully", "good"),
+    "failed": ("Rollback FAILED", "bad"),
+    "not_started": ("Rollback not started", "bad"),
+}
+
+
+def severity_style(severity: str) -> SeverityStyle:
+    """The style of a severity; an unknown value is shown neutrally under its own name."""
+    style = SEVERITY_STYLES.get(severity)
+    if style is not None:
+        return style
+    return SeverityStyle(severity, severity.capitalize() or "Unknown", "info", "sev-info")
+
+
+def outcome_label(event_type: str, status: str) -> str:
+    """Human label of an outcome ("Execution failed"); a readable fallback for others."""
+    name = outcome_name(event_type, status)
+    if name in OUTCOME_LABELS:
+        return OUTCOME_LABELS[name]
+    kind = event_type.replace("_", " ").strip().capitalize() or "Event"
+    return f"{kind}: {status.replace('_', ' ')}" if status else kind
+
+
+def relative_time(then: datetime, now: datetime) -> str:
+    """``"5 minutes ago"`` style age of ``then`` at ``now``."""
+    seconds = (now - then).total_seconds()
+    if seconds < -60:
+        return "in the future (agent clock ahead)"
+    if seconds < 45:
+        return "just now"
+    for unit, size, limit in (
+        ("minute", 60, 60),
+        ("hour", 3600, 24),
+        ("day", 86400, 30),
+        ("month", 86400 * 30, 12),
+    ):
+        count = int(seconds // size)
+        if count < limit:
+            count = max(count, 1)
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    years = max(int(seconds // (86400 * 365)), 1)
+    return f"{years} year{'s' if years != 1 else ''} ago"
+
+
+def display_time(value: datetime) -> str:
+    """``2026-01-31 14:30:05 UTC``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class DetailItem:
+    """One labelled fact in an event's expanded detail."""
+
+    label: str
+    value: str
+    mono: bool = False  # paths, errno, exception names: monospace
+    tone: str = ""  # "", "good" or "bad"
+
+
+def _pick(detail: Mapping[str, Any], *keys: str) -> Any:
+    """The first present, non-empty value among ``keys`` (snake_case and camelCase spellings)."""
+    for key in keys:
+        value = detail.get(key)
+        if value not in (None, "", 0):
+            return value
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def error_items(detail: Mapping[str, Any]) -> tuple[DetailItem, ...]:
+    """The structured error detail as labelled items, in reading order."""
+    items: list[DetailItem] = []
+    step = _pick(detail, "failing_step", "failingStep")
+    if step is not None:
+        items.append(DetailItem("Failing step", str(step), mono=True))
+    path = _pick(detail, "file_path", "filePath", "path")
+    if path is not None:
+        items.append(DetailItem("File", str(path), mono=True))
+    number = _as_int(_pick(detail, "errno"))
+    name = _pick(detail, "errno_name", "errnoName")
+    if number is not None or name is not None:
+        if name is None and number is not None:
+            name = errno_codes.errorcode.get(number)
+        if name is not None and number is not None:
+            text = f"{name} (errno {number})"
+        else:
+            text = str(name) if name is not None else f"errno {number}"
+        items.append(DetailItem("OS error", text, mono=True))
+    exc_type = _pick(detail, "exception_type", "exceptionType")
+    if exc_type is not None:
+        items.append(DetailItem("Exception", str(exc_type), mono=True))
+    line = _as_int(_pick(detail, "line"))
+    if line is not None and line > 0:
+        items.append(DetailItem("Line", str(line), mono=True))
+    rollback = _pick(detail, "rollback")
+    if rollback is not None:
+        label, tone = _ROLLBACK_LABELS.get(str(rollback), (str(rollback), ""))
+        items.append(DetailItem("Rollback", label, tone=tone))
+    rollback_error = _pick(detail, "rollback_error", "rollbackError")
+    if rollback_error is not None:
+        items.append(DetailItem("Rollback error", str(rollback_error), mono=True, tone="bad"))
+    backup = _pick(detail, "backup_path", "backupPath")
+    if backup is not None:
+        items.append(DetailItem("Backup", str(backup), mono=True))
+    return tuple(items)
+
+
+def pretty_json(value: Any) -> str:
+    """Indented, key-sorted JSON for the raw-detail view."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One History row and its expanded detail."""
+
+    id: int
+    event_id: str
+    agent_id: str
+    hostname: str
+    category: str
+    is_migration: bool
+    event_type: str
+    status: str
+    outcome: str
+    outcome_label: str
+    severity: SeverityStyle
+    message: str
+    summary: str  # what the collapsed row shows: message, else error, else outcome
+    error_message: str
+    migration_from: str
+    migration_to: str
+    transition: str  # "1 → 2", "" when neither version is known
+    occurred_iso: str
+    occurred_display: str
+    occurred_relative: str
+    received_iso: str
+    received_display: str
+    run_id: str | None
+    run_url: str | None
+    error_items: tuple[DetailItem, ...]
+    system_items: tuple[tuple[str, str], ...]
+    detail_json: str
+
+
+def _transition(source: str, target: str) -> str:
+    if not source and not target:
+        return ""
+    return f"{source or '?'} → {target or '?'}"
+
+
+def event_row(event: StoredEvent, now: datetime) -> EventRow:
+    """Build the view model of one event (``now`` anchors the relative time)."""
+    label = outcome_label(event.event_type, event.status)
+    return EventRow(
+        id=event.id,
+        event_id=event.event_id,
+        agent_id=event.agent_id,
+        hostname=event.hostname,
+        category=event.category,
+        is_migration=event.category == Category.MIGRATION,
+        event_type=event.event_type,
+        status=event.status,
+        outcome=event.outcome,
+        outcome_label=label,
+        severity=severity_style(event.severity),
+        message=event.message,
+        summary=event.message or event.error_message or label,
+        error_message=event.error_message,
+        migration_from=event.migration_from,
+        migration_to=event.migration_to,
+        transition=_transition(event.migration_from, event.migration_to),
+        occurred_iso=event.occurred_at.astimezone(UTC).isoformat(),
+        occurred_display=display_time(event.occurred_at),
+        occurred_relative=relative_time(event.occurred_at, now),
+        received_iso=event.received_at.astimezone(UTC).isoformat(),
+        received_display=display_time(event.received_at),
+        run_id=event.run_id,
+        run_url=f"/runs/{quote(event.run_id, safe='')}" if event.run_id else None,
+        error_items=error_items(event.error_detail),
+        system_items=tuple(sorted(event.system_info.items())),
+        detail_json=pretty_json(event.error_detail),
+    )
+
+
+def event_json(event: StoredEvent) -> dict[str, Any]:
+    """The JSON shape of one event in ``/api/v1/events``."""
+    return {
+        "id": event.id,
+        "event_id": event.event_id,
+        "agent_id": event.agent_id,
+        "hostname": event.hostname,
+        "category": event.category,
+        "event_type": event.event_type,
+        "status": event.status,
+        "outcome": event.outcome,
+        "severity": event.severity,
+        "message": event.message,
+        "error_message": event.error_message,
+        "error_detail": event.error_detail,
+        "migration_from": event.migration_from,
+        "migration_to": event.migration_to,
+        "run_id": event.run_id,
+        "system_info": event.system_info,
+        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
+        "received_at": event.received_at.astimezone(UTC).isoformat(),
+    }
+
+
+def page_json(page: EventPage) -> dict[str, Any]:
+    """The body of ``GET /api/v1/events``."""
+    return {
+        "events": [event_json(e) for e in page.events],
+        "next_before": page.next_before_id,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """An option of the filter form (checkbox or select option)."""
+
+    value: str
+    label: str
+    selected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FilterForm:
+    """The filter form's current values."""
+
+    migration_only: bool
+    severities: tuple[Choice, ...]
+    event_types: tuple[Choice, ...]
+    agents: tuple[Choice, ...]
+    since: str
+    until: str
+    q: str
+    limit: int | None  # only when it differs from the default page size
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Everything ``history.html`` renders."""
+
+    rows: tuple[EventRow, ...]
+    form: FilterForm
+    filtered: bool
+    paged: bool  # showing an older page (a cursor is set)
+    older_url: str | None
+    newest_url: str
+    clear_url: str
+
+
+def _filter_form(
+    f: EventFilter, agents: Iterable[tuple[str, str]], default_limit: int
+) -> FilterForm:
+    chosen_types = set(f.event_types)
+    type_choices = [
+        Choice(t.value, EVENT_TYPE_LABELS[t], t.value in chosen_types) for t in EventType
+    ]
+    # Outcome names are accepted in the URL; keep them as (uncheckable) form choices.
+    type_choices.extend(
+        Choice(value, OUTCOME_LABELS.get(value, value), True)
+        for value in f.event_types
+        if value not in EVENT_TYPE_LABELS
+    )
+    agent_choices = [Choice(agent_id, host, agent_id == f.agent_id) for agent_id, host in agents]
+    if f.agent_id and not any(c.selected for c in agent_choices):
+        agent_choices.append(Choice(f.agent_id, f"unknown agent {f.agent_id}", True))
+    chosen_severities = {s.value for s in f.severities}
+    return FilterForm(
+        migration_only=f.migration_only,
+        severities=tuple(
+            Choice(s.value, SEVERITY_STYLES[s].label, s.value in chosen_severities)
+            for s in Severity
+        ),
+        event_types=tuple(type_choices),
+        agents=tuple(agent_choices),
+        since=format_time(f.since) if f.since else "",
+        until=format_time(f.until) if f.until else "",
+        q=f.text or "",
+        limit=f.limit if f.limit != default_limit else None,
+    )
+
+
+def history_page(
+    page: EventPage,
+    agents: Iterable[tuple[str, str]],
+    *,
+    default_limit: int,
+    now: datetime,
+    path: str = "/history",
+) -> HistoryPage:
+    """The History page's view model: rows, the filter form and pagination links."""
+    f = page.filters
+    return HistoryPage(
+        rows=tuple(event_row(e, now) for e in page.events),
+        form=_filter_form(f, agents, default_limit),
+        filtered=is_filtered(f),
+        paged=f.before_id is not None,
+        older_url=(
+            filter_url(path, f, default_limit, before_id=page.next_before_id)
+            if page.next_before_id is not None
+            else None
+        ),
+        newest_url=filter_url(path, f, default_limit),
+        clear_url=path,
+    )

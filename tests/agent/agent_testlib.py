@@ -1,0 +1,141 @@
+"""Helpers for the agent tests (a uniquely named module: tests/ has no __init__ files)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[2]
+PROTO = REPO / "proto"
+try:
+    import flagpost.v1  # noqa: F401
+except ImportError:  # the editable install does not map proto/flagpost (see the agent report)
+    sys.path.insert(0, str(PROTO))
+
+from flagpost.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
+
+NOBODY = 65534
+CREDENTIAL = "cred-secret-xyz-0123456789"
+ENROLL_TOKEN = "enroll-token-abc"
+AGENT_TOKEN = "tok-SECRET-legacy-42"
+
+LEGACY_CONF = f"""# aggregator agent config
+server_url = https://flagpost.example:8443
+agent_token = {AGENT_TOKEN}
+check_interval = 30
+
+log_level = info
+proxy = http://proxy.local:3128
+"""
+
+
+def write_legacy(root: Path, text: str = LEGACY_CONF, mode: int = 0o640) -> Path:
+    """A v1 config under ``root``."""
+    path = root / "etc/aggregator/agent.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``directory``: relative path -> (bytes, permission bits)."""
+    result = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            result[str(path.relative_to(directory))] = (
+                path.read_bytes(),
+                stat.S_IMODE(path.stat().st_mode),
+            )
+    return result
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    """Environment for an agent subprocess: no inherited FLAGPOST_AGENT_*, proto importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGPOST_AGENT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROTO), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+def run_agent(
+    *args: str, env: dict[str, str] | None = None, as_nobody: bool = False, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m agent ARGS`` in a subprocess (optionally as the unprivileged ``nobody``)."""
+    command = [sys.executable, "-m", "agent", *args]
+    if as_nobody:
+        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                   *command]
+    return subprocess.run(
+        command, env=env or agent_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, check=False,
+    )
+
+
+@dataclass
+class FakeServer:
+    """A real gRPC AgentService on 127.0.0.1:<port 0> whose answers tests can script."""
+
+    address: str = ""
+    checkins: list[agent_pb2.CheckInRequest] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    stored: dict[str, agent_pb2.MigrationEvent] = field(default_factory=dict)
+    enrolls: list[agent_pb2.EnrollRequest] = field(default_factory=list)
+    # Each failure: (code, details, trailing metadata) answered to one CheckIn, in order.
+    failures: list[tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]] = field(
+        default_factory=list
+    )
+    reject_event_ids: set[str] = field(default_factory=set)
+    ack_none: bool = False
+    next_checkin_seconds: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+    def __init__(self, state: FakeServer) -> None:
+        self.state = state
+
+    def Enroll(self, request, context):  # type: ignore[no-untyped-def]
+        with self.state.lock:
+            self.state.enrolls.append(request)
+        if request.token != ENROLL_TOKEN:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "enrollment token unknown or expired")
+        return agent_pb2.EnrollResponse(
+            agent_id="agent-0001", credential=CREDENTIAL, checkin_interval_seconds=30
+        )
+
+    def CheckIn(self, request, context):  # type: ignore[no-untyped-def]
+        state = self.state
+        with state.lock:
+            state.checkins.append(request)
+            state.metadata.append(dict(context.invocation_metadata()))
+            failure = state.failures.pop(0) if state.failures else None
+        if failure is not None:
+            code, details, trailing = failure
+            if trailing:
+                context.set_trailing_metadata(trailing)
+            context.abort(code, details)
+        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {CREDENTIAL}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad credential")
+        for index, event in enumerate(request.events):
+            if event.event_id in state.reject_event_ids:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"events[{index}].occurred_at: timestamp out of range",
+                )
+        with state.lock:
+            for event in request.events:
+                state.stored.setdefault(event.event_id, event)
+        acked = [] if state.ack_none else [event.event_id for event in request.events]
+        return agent_pb2.CheckInResponse(
+            acknowledged_event_ids=acked, next_checkin_seconds=state.next_checkin_seconds
+        )
+
+

@@ -1,0 +1,267 @@
+"""Ingest load generator: N simulated agents send realistic MigrationEvents over real gRPC.
+
+    python -m tests.bench.ingest --db sqlite --agents 64 --inflight 64 --seconds 10
+
+Starts a real ``flagpost-server serve`` (SQLite in a temp dir, or a fresh PostgreSQL database),
+enrolls the agents, then drives check-ins of ``--events`` events each from ``--procs`` separate
+client processes, ``--inflight`` outstanding in total. Every check-in is acknowledged only after
+its events are committed, so events/s are durable events. Prints check-ins/s, events/s, p50/p99
+latency, and the server's CPU time and RSS. ``--prefill N`` stores N events first (the
+"2 million rows already stored" case). A figure printer, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.events import uuid7
+from flagpost.v1 import agent_pb2, agent_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+EACCES_MESSAGE = "[Errno 13] Permission denied: '/etc/aggregator/agent.conf'"
+PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    checkins: int
+    events: int
+    errors: int
+    latencies_ms: list[float]
+
+
+def make_event(run_id: str, i: int) -> agent_pb2.MigrationEvent:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    failed = i % 7 == 0
+    event = agent_pb2.MigrationEvent(
+        event_id=str(uuid7()),
+        event_type=agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION
+        if i % 2
+        else agent_pb2.EVENT_TYPE_MIGRATION_DETECTION,
+        status=agent_pb2.EVENT_STATUS_FAILED if failed else agent_pb2.EVENT_STATUS_SUCCESS,
+        message="Config migrated 1 -> 4" if not failed else "Execution failed: permission denied",
+        error_message=EACCES_MESSAGE if failed else "",
+        migration_from="1",
+        migration_to="4",
+        occurred_at=stamp,
+        run_id=run_id,
+        system_info={
+            "hostname": f"bench-host-{i % 1000}",
+            "os": "Debian GNU/Linux 12 (bookworm)",
+            "kernel": "6.1.0-bench",
+            "python": "3.11.7",
+            "agent_version": "0.1.0",
+            "config_path": "/etc/flagpost/agent.json",
+            "disk_free_bytes": "52428800000",
+            "uid": "0",
+        },
+    )
+    if failed:
+        event.error_detail.failing_step = "move_legacy_config"
+        event.error_detail.errno = 13
+        event.error_detail.errno_name = "EACCES"
+        event.error_detail.rollback = "succeeded"
+    return event
+
+
+async def drive(
+    target: str, agents: list[tuple[str, str]], inflight: int, seconds: float, per: int
+) -> WorkerResult:
+    latencies: list[float] = []
+    checkins = events = errors = 0
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+
+        async def one_lane(lane: int) -> None:
+            nonlocal checkins, events, errors
+            agent_id, credential = agents[lane % len(agents)]
+            metadata = (("authorization", f"Bearer {credential}"),)
+            n = 0
+            while time.monotonic() < deadline:
+                run_id = str(uuid.uuid4())
+                batch = [make_event(run_id, n + k) for k in range(per)]
+                n += per
+                request = agent_pb2.CheckInRequest(
+                    agent_id=agent_id,
+                    facts=agent_pb2.HostFacts(hostname=f"bench-{lane}", agent_version="0.1.0"),
+                    events=batch,
+                )
+                started = time.perf_counter()
+                try:
+                    response = await stub.CheckIn(request, metadata=metadata, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                latencies.append((time.perf_counter() - started) * 1000)
+                checkins += 1
+                events += len(response.acknowledged_event_ids)
+
+        await asyncio.gather(*(one_lane(i) for i in range(inflight)))
+    return WorkerResult(checkins, events, errors, latencies)
+
+
+def worker(args: tuple[str, list[tuple[str, str]], int, float, int]) -> WorkerResult:
+    return asyncio.run(drive(*args))
+
+
+def enroll(target: str, token: str, count: int) -> list[tuple[str, str]]:
+    result = []
+    with grpc.insecure_channel(target) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        for i in range(count):
+            response = stub.Enroll(
+                agent_pb2.EnrollRequest(
+                    token=token,
+                    facts=agent_pb2.HostFacts(hostname=f"bench-{i}", machine_id=f"bench-{i}"),
+                )
+            )
+            result.append((response.agent_id, response.credential))
+    return result
+
+
+def server_env(db: str, workdir: Path) -> tuple[dict[str, str], str | None]:
+    env = dict(os.environ)
+    env["FLAGPOST_STATE_DIR"] = str(workdir / "state")
+    env["FLAGPOST_GRPC_PORT"] = "0"
+    env["FLAGPOST_WEB_PORT"] = "0"
+    pg_name = None
+    if db == "sqlite":
+        env["FLAGPOST_DATABASE_URL"] = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    else:
+        pg_name = f"flagpost_bench_{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'CREATE DATABASE "{pg_name}"'],
+            check=True,
+        )
+        env["FLAGPOST_DATABASE_URL"] = f"{PG_BASE}/{pg_name}"
+    return env, pg_name
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Flagpost ingest benchmark")
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--agents", type=int, default=64)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--events", type=int, default=10, help="events per check-in")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--prefill", type=int, default=0, help="events stored before the run")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="flagpost-bench-"))
+    env, pg_name = server_env(args.db, workdir)
+    cli(env, "db", "upgrade")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        target = ""
+        assert server.stdout is not None
+        for line in server.stdout:
+            if line.startswith("grpc: "):
+                target = line.removeprefix("grpc: ").strip()
+                break
+        token = cli(env, "token", "create", "--uses", str(args.agents))
+        agents = enroll(target, token, args.agents)
+        if args.prefill:
+            prefill(target, agents, args.prefill)
+        proc = psutil.Process(server.pid)
+        cpu_before = proc.cpu_times()
+        lanes = max(1, args.inflight // args.procs)
+        jobs = [(target, agents, lanes, args.seconds, args.events)] * args.procs
+        started = time.perf_counter()
+        with mp.get_context("spawn").Pool(args.procs) as pool:
+            results = pool.map(worker, jobs)
+        elapsed = time.perf_counter() - started
+        cpu_after = proc.cpu_times()
+        rss_mb = proc.memory_info().rss / 2**20
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if pg_name:
+            subprocess.run(
+                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
+                check=False,
+            )
+
+    latencies = sorted(x for r in results for x in r.latencies_ms)
+    checkins = sum(r.checkins for r in results)
+    events = sum(r.events for r in results)
+    errors = sum(r.errors for r in results)
+    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    p50 = statistics.median(latencies) if latencies else float("nan")
+    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
+    print(
+        f"db={args.db} prefill={args.prefill} agents={args.agents} inflight={args.inflight} "
+        f"events/checkin={args.events} seconds={elapsed:.1f}"
+    )
+    print(
+        f"checkins/s={checkins / elapsed:,.0f} events/s={events / elapsed:,.0f} "
+        f"p50={p50:.1f}ms p99={p99:.1f}ms errors={errors} "
+        f"server_cpu={cpu / elapsed * 100:.0f}% server_rss={rss_mb:.0f}MiB"
+    )
+    return 0
+
+
+def prefill(target: str, agents: list[tuple[str, str]], total: int) -> None:
+    """Store ``total`` events through the real ingest path (500 per check-in, 8 in flight)."""
+    per = 500
+    rounds = max(1, total // (per * 8))
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            agent_id, credential = agents[0]
+            metadata = (("authorization", f"Bearer {credential}"),)
+
+            async def lane() -> None:
+                for _ in range(rounds):
+                    run_id = str(uuid.uuid4())
+                    request = agent_pb2.CheckInRequest(
+                        agent_id=agent_id, events=[make_event(run_id, k) for k in range(per)]
+                    )
+                    await stub.CheckIn(request, metadata=metadata, timeout=120)
+
+            await asyncio.gather(*(lane() for _ in range(8)))
+
+    started = time.perf_counter()
+    asyncio.run(run())
+    print(f"prefill: {rounds * per * 8:,} events in {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
