@@ -17,6 +17,7 @@ class Category(StrEnum):
 class EventType(StrEnum):
     MIGRATION_DETECTION = "migration_detection"
     MIGRATION_EXECUTION = "migration_execution"
+    AGENT_NOTICE = "agent_notice"  # category AGENT: quarantine notices and other agent events
 
 
 class EventStatus(StrEnum):

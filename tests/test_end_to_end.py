@@ -216,4 +216,4 @@ async def test_healthy_config_migrates_then_reports_not_needed(
     assert outcomes(events)[2:] == ["migration_detection_not_needed"]
     assert len(backups(root)) == 1
     html = await history_html(running_server, severity="info")
-    assert "not needed" in html.lower()
+    assert "migration_detection_not_needed" in html and "Detection: up to date" in html

@@ -236,7 +236,34 @@ def _load_secrets(view: FileView, path: Path) -> str:
 
 
 def read_version(view: FileView) -> tuple[str | None, Path | None, Settings | None]:
-    """The version on disk, its main file and its validated settings (all None: nothing found)."""
+    """The version on disk, its main file and its validated settings (all None: nothing found).
+
+    A :class:`DetectionError` carries the version the failing file belongs to (``version``)."""
+    try:
+        return _read_version(view)
+    except DetectionError as exc:
+        if not exc.version:
+            exc.version = _version_by_location(view)
+        raise
+
+
+def _version_by_location(view: FileView) -> str:
+    """The version a file's location (and config_version, if readable) suggests."""
+    root = view.root
+    if view.exists(json_conf(root)):
+        try:
+            version = json.loads(view.read_bytes(json_conf(root))).get("config_version")
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return str(version) if version in (3, 4) else ""
+    if view.exists(new_conf(root)):
+        return "2"
+    if view.exists(legacy_conf(root)):
+        return "1"
+    return ""
+
+
+def _read_version(view: FileView) -> tuple[str | None, Path | None, Settings | None]:
     root = view.root
     if view.exists(json_conf(root)):
         path = json_conf(root)

@@ -204,6 +204,7 @@ class MigrationEngine:
                     exception_type=exc.exception_type,
                     line=exc.line,
                 ),
+                migration_from=exc.version,
                 migration_to=migration.current_version,
                 system_info=self._system_info(path),
             )

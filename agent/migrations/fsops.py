@@ -132,7 +132,10 @@ class BackupEntry:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """The backup of one run: ``backup_dir/manifest.json`` plus ``backup_dir/files/*``."""
+    """The backup of one run: ``backup_dir/manifest.json`` plus ``backup_dir/files/*``.
+
+    The manifest lists, for each saved file, original path, backup name, SHA-256, mode and size.
+    """
 
     run_id: str
     created_at: str
@@ -142,10 +145,17 @@ class Manifest:
     missing_dirs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """``files``: the saved copies (``backup_name`` is relative to the backup dir);
+        ``absent``: paths that did not exist (a rollback deletes them)."""
         return {
             "run_id": self.run_id,
             "created_at": self.created_at,
-            "entries": [asdict(entry) for entry in self.entries],
+            "files": [
+                {k: v for k, v in asdict(entry).items() if k != "existed"}
+                for entry in self.entries
+                if entry.existed
+            ],
+            "absent": [entry.original_path for entry in self.entries if not entry.existed],
             "missing_dirs": list(self.missing_dirs),
         }
 
@@ -154,7 +164,10 @@ class Manifest:
         return cls(
             run_id=str(data["run_id"]),
             created_at=str(data["created_at"]),
-            entries=tuple(BackupEntry(**entry) for entry in data["entries"]),
+            entries=(
+                *(BackupEntry(existed=True, **entry) for entry in data["files"]),
+                *(BackupEntry(original_path=str(path), existed=False) for path in data["absent"]),
+            ),
             missing_dirs=tuple(data.get("missing_dirs", ())),
         )
 
@@ -180,10 +193,10 @@ def create_backup(paths: Iterable[Path], backup_dir: Path, run_id: str) -> Manif
             entries.append(BackupEntry(original_path=str(path), existed=False))
             continue
         data = path.read_bytes()
-        name = f"{index:03d}_{path.name}"
-        atomic_write(files_dir / name, data, 0o600)
+        name = f"files/{index:03d}_{path.name}"
+        atomic_write(backup_dir / name, data, 0o600)
         original_sum = sha256_bytes(data)
-        if sha256_file(files_dir / name) != original_sum or sha256_file(path) != original_sum:
+        if sha256_file(backup_dir / name) != original_sum or sha256_file(path) != original_sum:
             raise BackupError(f"backup of {path} does not match the original (checksum)")
         entries.append(
             BackupEntry(
@@ -233,7 +246,7 @@ def restore_backup(manifest: Manifest, backup_dir: Path) -> None:
                 continue
             if _matches(path, entry):
                 continue
-            data = (backup_dir / "files" / entry.backup_name).read_bytes()
+            data = (backup_dir / entry.backup_name).read_bytes()
             if sha256_bytes(data) != entry.sha256:
                 raise RollbackError(f"backup copy {entry.backup_name} is corrupt (checksum)")
             atomic_write(path, data, entry.mode)

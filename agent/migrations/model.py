@@ -32,8 +32,10 @@ class DetectionError(Exception):
         line: int = 0,
         errno: int = 0,
         exception_type: str = "ConfigParseError",
+        version: str = "",
     ) -> None:
         super().__init__(message)
+        self.version = version  # the version whose file failed, "" if unknown
         self.message = message
         self.path = path
         self.line = line

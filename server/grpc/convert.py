@@ -9,6 +9,7 @@ PermissionDenied (the credential is valid, it just does not speak for that agent
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +23,6 @@ from server.domain import (
     HostFacts,
     NewEvent,
     severity_for,
-    uuid_is_valid,
 )
 from server.errors import InvalidArgument, PermissionDenied
 
@@ -38,6 +38,14 @@ MAX_MACHINE_ID = 128
 MAX_TOKEN = 128
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_AHEAD = timedelta(hours=24)
+_EARLIEST_SECONDS = int(EARLIEST_OCCURRED_AT.timestamp())
+_MAX_AHEAD_SECONDS = int(MAX_CLOCK_AHEAD.total_seconds())
+
+# The canonical hyphenated form, either case: what ``domain.uuid_is_valid`` accepts, ~10x faster
+# (validation runs for every event of every check-in).
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
+)
 
 _EVENT_TYPES = {
     agent_pb2.EVENT_TYPE_MIGRATION_DETECTION: EventType.MIGRATION_DETECTION,
@@ -79,6 +87,13 @@ def _text(value: str, field: str, limit: int) -> str:
     return value
 
 
+def _event_text(value: str, index: int, name: str, limit: int) -> str:
+    """``_text`` for ``events[index].name``; the field path is only built for an error."""
+    if len(value) > limit or "\x00" in value:
+        _text(value, f"events[{index}].{name}", limit)
+    return value
+
+
 def facts_from_proto(
     msg: agent_pb2.HostFacts, field: str = "facts", *, require_hostname: bool = True
 ) -> HostFacts:
@@ -107,82 +122,91 @@ def enroll_from_proto(request: agent_pb2.EnrollRequest) -> tuple[str, HostFacts]
     return token, facts_from_proto(request.facts)
 
 
-def _error_detail(msg: agent_pb2.ErrorDetail, field: str) -> dict[str, Any]:
+def _error_detail(msg: agent_pb2.ErrorDetail, index: int) -> dict[str, Any]:
     detail: dict[str, Any] = {}
     for descriptor, value in msg.ListFields():  # only fields set to a non-default value
         name = descriptor.name
         if isinstance(value, str):
-            detail[name] = _text(value, f"{field}.{name}", MAX_DETAIL_STRING)
+            detail[name] = _event_text(value, index, f"error_detail.{name}", MAX_DETAIL_STRING)
         else:
             detail[name] = int(value)
     return detail
 
 
-def _occurred_at(event: agent_pb2.MigrationEvent, field: str, now: datetime) -> datetime:
+def _occurred_at(event: agent_pb2.MigrationEvent, index: int, now_seconds: int) -> datetime:
+    field = f"events[{index}].occurred_at"
     if not event.HasField("occurred_at"):
         raise InvalidArgument("is required", field=field)
-    try:
-        when: datetime = event.occurred_at.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidArgument(f"is not a valid timestamp ({exc})", field=field) from exc
-    if when < EARLIEST_OCCURRED_AT:
+    stamp = event.occurred_at
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not 0 <= nanos < 1_000_000_000:
+        raise InvalidArgument(f"is not a valid timestamp (nanos={nanos})", field=field)
+    if seconds < _EARLIEST_SECONDS:
         raise InvalidArgument("is before 2000-01-01 (agent clock wrong?)", field=field)
-    if when > now + MAX_CLOCK_AHEAD:
+    if seconds > now_seconds + _MAX_AHEAD_SECONDS:
         raise InvalidArgument("is more than 24h in the future (agent clock wrong?)", field=field)
-    return when
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
 
 
 def event_from_proto(
     event: agent_pb2.MigrationEvent, index: int, agent_id: str, now: datetime
 ) -> NewEvent:
     """Validate one MigrationEvent (``index`` names it in errors) into a NewEvent."""
-    at = f"events[{index}]"
-    if not uuid_is_valid(event.event_id):
-        raise InvalidArgument("must be a UUID", field=f"{at}.event_id")
+    return _event(event, index, agent_id, int(now.timestamp()))
+
+
+def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: int) -> NewEvent:
+    event_id = event.event_id
+    if _UUID.match(event_id) is None:
+        raise InvalidArgument("must be a UUID", field=f"events[{index}].event_id")
     event_type = _EVENT_TYPES.get(event.event_type)
     if event_type is None:
         raise InvalidArgument(
             "must be EVENT_TYPE_MIGRATION_DETECTION or EVENT_TYPE_MIGRATION_EXECUTION",
-            field=f"{at}.event_type",
+            field=f"events[{index}].event_type",
         )
     status = _STATUSES.get(event.status)
     if status is None:
-        raise InvalidArgument("is unspecified or unknown", field=f"{at}.status")
+        raise InvalidArgument("is unspecified or unknown", field=f"events[{index}].status")
     allowed = ALLOWED_STATUSES[event_type]
     if status not in allowed:
         names = "|".join(sorted(str(s) for s in allowed))
         raise InvalidArgument(
-            f"{status} is not allowed for {event_type} (allowed: {names})", field=f"{at}.status"
+            f"{status} is not allowed for {event_type} (allowed: {names})",
+            field=f"events[{index}].status",
         )
     run_id: str | None = None
     if event.run_id:
-        if not uuid_is_valid(event.run_id):
-            raise InvalidArgument("must be empty or a UUID", field=f"{at}.run_id")
+        if _UUID.match(event.run_id) is None:
+            raise InvalidArgument("must be empty or a UUID", field=f"events[{index}].run_id")
         run_id = event.run_id.lower()
-    occurred_at = _occurred_at(event, f"{at}.occurred_at", now)
-    if len(event.system_info) > MAX_SYSTEM_INFO_ENTRIES:
+    occurred_at = _occurred_at(event, index, now_s)
+    info = event.system_info
+    if len(info) > MAX_SYSTEM_INFO_ENTRIES:
         raise InvalidArgument(
-            f"has {len(event.system_info)} entries, at most {MAX_SYSTEM_INFO_ENTRIES} allowed",
-            field=f"{at}.system_info",
+            f"has {len(info)} entries, at most {MAX_SYSTEM_INFO_ENTRIES} allowed",
+            field=f"events[{index}].system_info",
         )
     system_info: dict[str, str] = {}
-    for key, value in sorted(event.system_info.items()):
-        _text(key, f"{at}.system_info", MAX_SYSTEM_INFO_KEY)
-        system_info[key] = _text(value, f"{at}.system_info[{key!r}]", MAX_SYSTEM_INFO_VALUE)
+    for key, value in sorted(info.items()):
+        _event_text(key, index, "system_info", MAX_SYSTEM_INFO_KEY)
+        if len(value) > MAX_SYSTEM_INFO_VALUE or "\x00" in value:
+            _text(value, f"events[{index}].system_info[{key!r}]", MAX_SYSTEM_INFO_VALUE)
+        system_info[key] = value
     return NewEvent(
-        event_id=event.event_id.lower(),
+        event_id=event_id.lower(),
         agent_id=agent_id,
         category=Category.MIGRATION,
-        event_type=str(event_type),
+        event_type=event_type.value,
         status=status,
         severity=severity_for(status),
-        message=_text(event.message, f"{at}.message", MAX_MESSAGE),
-        error_message=_text(event.error_message, f"{at}.error_message", MAX_ERROR_MESSAGE),
-        error_detail=_error_detail(event.error_detail, f"{at}.error_detail")
+        message=_event_text(event.message, index, "message", MAX_MESSAGE),
+        error_message=_event_text(event.error_message, index, "error_message", MAX_ERROR_MESSAGE),
+        error_detail=_error_detail(event.error_detail, index)
         if event.HasField("error_detail")
         else {},
-        migration_from=_text(event.migration_from, f"{at}.migration_from", MAX_VERSION),
-        migration_to=_text(event.migration_to, f"{at}.migration_to", MAX_VERSION),
+        migration_from=_event_text(event.migration_from, index, "migration_from", MAX_VERSION),
+        migration_to=_event_text(event.migration_to, index, "migration_to", MAX_VERSION),
         run_id=run_id,
         system_info=system_info,
         occurred_at=occurred_at,
@@ -205,7 +229,7 @@ def checkin_from_proto(
             "(send the rest in the next check-in)",
             field="events",
         )
-    now = now or datetime.now(UTC)
+    now_s = int((now or datetime.now(UTC)).timestamp())
     facts = (
         facts_from_proto(request.facts, require_hostname=False)
         if request.HasField("facts")
@@ -216,7 +240,7 @@ def checkin_from_proto(
     events: list[NewEvent] = []
     seen: set[str] = set()
     for index, message in enumerate(request.events):
-        event = event_from_proto(message, index, agent_id, now)
+        event = _event(message, index, agent_id, now_s)
         if event.event_id not in seen:
             seen.add(event.event_id)
             events.append(event)

@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, replace
 
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from server.domain import EventFilter, EventPage
+from server.domain import EventFilter, EventPage, StoredEvent
 from server.errors import Unavailable
 from server.storage import history as history_store
 
 log = logging.getLogger(__name__)
 
 AgentChoice = tuple[str, str]  # (agent id, hostname)
+_DB_DOWN = (OperationalError, InterfaceError, OSError)
+
+
+def _page(rows: list[StoredEvent], f: EventFilter) -> EventPage:
+    has_older = len(rows) > f.limit
+    events = rows[: f.limit]
+    next_before = events[-1].id if has_older and events else None
+    return EventPage(events=events, next_before_id=next_before, filters=f)
+
+
+def _unavailable(what: str, exc: BaseException) -> Unavailable:
+    log.warning("%s failed: %s", what, type(exc).__name__)
+    return Unavailable("the database is unavailable")
 
 
 async def list_events(sessions: async_sessionmaker[AsyncSession], f: EventFilter) -> EventPage:
@@ -32,13 +46,65 @@ async def list_events(sessions: async_sessionmaker[AsyncSession], f: EventFilter
     try:
         async with sessions() as session, session.begin():
             rows = await history_store.query_events(session, f)
-    except (OperationalError, InterfaceError, OSError) as exc:
-        log.warning("history query failed: %s", type(exc).__name__)
-        raise Unavailable("the database is unavailable") from exc
-    has_older = len(rows) > f.limit
-    events = rows[: f.limit]
-    next_before = events[-1].id if has_older and events else None
-    return EventPage(events=events, next_before_id=next_before, filters=f)
+    except _DB_DOWN as exc:
+        raise _unavailable("history query", exc) from exc
+    return _page(rows, f)
+
+
+async def list_events_live(
+    sessions: async_sessionmaker[AsyncSession], f: EventFilter
+) -> tuple[EventPage, int]:
+    """Like :func:`list_events`, plus the live stream's starting cursor: the highest History id
+    when the page was read. The page never shows a row above that cursor, so a stream started
+    from it shows every newer row exactly once (no gap, no duplicate)."""
+    try:
+        async with sessions() as session, session.begin():
+            horizon = await history_store.max_event_id(session)
+            bounded = f if f.before_id is not None else replace(f, before_id=horizon + 1)
+            rows = await history_store.query_events(session, bounded)
+    except _DB_DOWN as exc:
+        raise _unavailable("history query", exc) from exc
+    return _page(rows, f), horizon
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBatch:
+    """What one read of the live stream found."""
+
+    events: list[StoredEvent]  # rows matching the filter, oldest first
+    cursor: int  # every row with an id up to here has been examined (matching or not)
+    more: bool  # the batch was full: read again from ``cursor``
+
+
+async def latest_event_id(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """The highest History id (0 when empty): where a stream with no cursor starts."""
+    try:
+        async with sessions() as session, session.begin():
+            return await history_store.max_event_id(session)
+    except _DB_DOWN as exc:
+        raise _unavailable("history horizon query", exc) from exc
+
+
+async def read_new_events(
+    sessions: async_sessionmaker[AsyncSession], f: EventFilter, after_id: int, limit: int
+) -> StreamBatch:
+    """Events matching ``f`` committed after ``after_id``, oldest first, at most ``limit``.
+
+    Reads up to the highest id visible when it starts (all lower ids are committed: History
+    writers take ``server.storage.notify.lock_history_writes``), so the returned cursor can
+    advance past rows that do not match without ever skipping one that was not yet visible."""
+    try:
+        async with sessions() as session, session.begin():
+            upto = await history_store.max_event_id(session)
+            if upto <= after_id:
+                return StreamBatch([], after_id, False)
+            rows = await history_store.query_events_after(session, f, after_id, upto, limit + 1)
+    except _DB_DOWN as exc:
+        raise _unavailable("history stream query", exc) from exc
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return StreamBatch(rows, rows[-1].id, True)
+    return StreamBatch(rows, upto, False)
 
 
 async def list_agent_choices(sessions: async_sessionmaker[AsyncSession]) -> list[AgentChoice]:
@@ -46,9 +112,8 @@ async def list_agent_choices(sessions: async_sessionmaker[AsyncSession]) -> list
     try:
         async with sessions() as session, session.begin():
             return await history_store.list_agents(session)
-    except (OperationalError, InterfaceError, OSError) as exc:
-        log.warning("agent list query failed: %s", type(exc).__name__)
-        raise Unavailable("the database is unavailable") from exc
+    except _DB_DOWN as exc:
+        raise _unavailable("agent list query", exc) from exc
 
 
 async def database_ok(engine: AsyncEngine, timeout_seconds: float = 3.0) -> bool:

@@ -1,35 +1,60 @@
 """Group-commit ingest: many check-ins, one transaction.
 
-Transports call ``IngestWriter.submit``; it enqueues the check-in on a bounded queue (the bound
+Transports call ``IngestWriter.submit``; it encodes the check-in's events into driver-ready rows
+(on the caller's task, so this overlaps the commit in progress), queues the check-in (the bound
 counts events, ``ingest_queue_max_events``) and waits. One writer task takes everything queued,
-up to ``ingest_batch_max_events`` or ``ingest_batch_max_wait_ms``, inserts the events (duplicates
-by ``event_id`` ignored) and updates the agents' facts and ``last_checkin_at`` in ONE
-transaction, commits, and only then resolves each check-in's future: an acknowledgement always
-means "durably stored".
+up to ``ingest_batch_max_events``, inserts the events (duplicates by ``event_id`` ignored) and
+updates the agents' ``last_checkin_at`` and facts in ONE transaction, commits, and only then
+resolves each check-in's future: an acknowledgement always means "durably stored".
+
+Batching: a busy server needs no timer, the check-ins that arrive while one batch commits form
+the next. Only when the writer wakes from idle does it wait ``ingest_batch_max_wait_ms`` for
+company.
+
+Agent updates are coalesced: one UPDATE per agent per batch, and none at all when this process
+wrote the same facts for that agent less than ``LAST_SEEN_RESOLUTION`` ago (so
+``last_checkin_at`` is exact to within that resolution; health is derived in whole intervals).
 
 Failure handling: a full queue raises ResourceExhausted at once (clients retry after
-``retry_after_ms``); a database error fails that batch's check-ins with Unavailable (retryable,
-nothing acknowledged) and the writer carries on with the next batch. ``stop()`` refuses new
-check-ins, drains and commits everything already queued, then ends the task.
+``retry_after_ms``); while the database is known to be unreachable (``DatabaseHealth``)
+check-ins fail fast with Unavailable; a database error fails that batch's check-ins with
+Unavailable (retryable, nothing stored, nothing acknowledged) and the writer carries on. A batch
+that fails for a data reason (a constraint) is retried one check-in at a time, so one poisoned
+check-in cannot keep failing everyone else's. ``stop()`` refuses new check-ins, drains and
+commits everything already queued, then ends the task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import HostFacts, NewEvent
 from server.errors import ResourceExhausted, Unavailable
+from server.services.health import DatabaseHealth
 from server.storage import agents as agents_db
 from server.storage import events as events_db
 
 log = logging.getLogger(__name__)
+
+LAST_SEEN_RESOLUTION = 1.0  # seconds
+# Errors that mean "the database is unreachable or busy" rather than "this data is bad".
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    OSError,
+    TimeoutError,
+    ConnectionError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,47 +65,83 @@ class IngestResult:
     duplicates: int  # events already stored (or repeated within the batch)
 
 
+@dataclass(frozen=True, slots=True)
+class CommittedBatch:
+    """What one committed transaction stored (handed to commit listeners, e.g. the live bus)."""
+
+    max_id: int | None  # highest update_events.id inserted, None when nothing new
+    stored: int
+    agent_ids: frozenset[str]
+
+
+CommitListener = Callable[[CommittedBatch], None]
+
+
 @dataclass(slots=True)
 class _Checkin:
     agent_id: str
     facts: HostFacts | None
-    events: Sequence[NewEvent]
+    event_ids: list[str]
+    rows: list[events_db.Row]
+    sent: int  # events in the request (before de-duplication)
     future: asyncio.Future[IngestResult]
+    submitted: float
     cost: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cost = max(1, len(self.events))  # an empty check-in still takes a slot
+        self.cost = max(1, len(self.rows))  # an empty check-in still takes a slot
 
 
-_STOP = object()
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unreachable (retry later), not bad data."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OUTAGE_ERRORS)
 
 
 class IngestWriter:
-    """The single writer. Counters are plain attributes (read them for metrics)."""
+    """The single writer. Counters are plain attributes (``server.metrics`` reads them)."""
 
-    def __init__(self, config: ServerConfig, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        health: DatabaseHealth | None = None,
+        observe_latency: Callable[[float], None] | None = None,
+    ) -> None:
         self._config = config
         self._sessions = sessions
-        self._queue: asyncio.Queue[_Checkin | object] = asyncio.Queue()
+        self._dialect = "sqlite" if config.is_sqlite else "postgresql"
+        self._health = health
+        self._observe_latency = observe_latency
+        self._pending: deque[_Checkin] = deque()
+        self._wakeup = asyncio.Event()
         self._queued_cost = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._written: dict[str, tuple[HostFacts | None, float]] = {}
+        self._listeners: list[CommitListener] = []
         # Counters
         self.checkins = 0  # check-ins committed and acknowledged
         self.events_stored = 0  # rows inserted
-        self.duplicates = 0  # events ignored as already stored
-        self.rejected = 0  # check-ins refused (queue full, stopping) or failed (database error)
+        self.duplicates = 0  # events ignored as already stored (or repeated in a request)
+        self.rejected = 0  # check-ins refused (queue full, stopping, db down) or failed
         self.batches = 0  # transactions committed
         self.failed_batches = 0
 
     @property
     def queued_events(self) -> int:
-        """Events (at least one per check-in) waiting for the writer."""
+        """Events (at least one per check-in) waiting for the writer or being committed."""
         return self._queued_cost
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener`` (synchronously, on the loop) after every committed batch."""
+        self._listeners.append(listener)
 
     def start(self) -> None:
         """Start the writer task on the running loop (idempotent)."""
@@ -91,108 +152,179 @@ class IngestWriter:
 
     async def stop(self) -> None:
         """Refuse new check-ins, commit everything queued, then end the writer (idempotent)."""
-        if self._closing:
-            if self._task is not None:
-                await asyncio.shield(self._task)
-            return
         self._closing = True
-        if self._task is None:
-            return
-        self._queue.put_nowait(_STOP)
-        await asyncio.shield(self._task)
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     async def submit(
-        self, agent_id: str, facts: HostFacts | None, events: Sequence[NewEvent]
+        self, agent_id: str, facts: HostFacts | None, events: Sequence[NewEvent], sent: int = -1
     ) -> IngestResult:
         """Queue one validated check-in and wait until it is committed.
 
-        Raises ResourceExhausted when the queue is full, Unavailable when the server is stopping
-        or the database failed (in both cases nothing of this check-in was stored)."""
+        ``events`` are unique by event_id; ``sent`` is how many the request carried (default
+        ``len(events)``; the difference counts as duplicates). Raises ResourceExhausted when the
+        queue is full, Unavailable when the server is stopping, the database is known to be
+        down or the commit failed (in every case nothing of this check-in was stored)."""
         if self._closing or not self.running:
             self.rejected += 1
             raise Unavailable("the server is shutting down; retry shortly")
-        item = _Checkin(agent_id, facts, events, asyncio.get_running_loop().create_future())
-        if self._queued_cost + item.cost > self._config.ingest_queue_max_events:
+        if self._health is not None and not self._health.available:
+            self.rejected += 1
+            raise Unavailable("the database is unavailable; retry later")
+        cost = max(1, len(events))
+        if self._queued_cost + cost > self._config.ingest_queue_max_events:
             self.rejected += 1
             raise ResourceExhausted(
                 "the server is busy; retry later", retry_after_ms=self._config.retry_after_ms
             )
+        now = datetime.now(UTC)
+        item = _Checkin(
+            agent_id=agent_id,
+            facts=facts,
+            event_ids=[e.event_id for e in events],
+            rows=events_db.encode_events(events, now, self._dialect),
+            sent=len(events) if sent < 0 else sent,
+            future=asyncio.get_running_loop().create_future(),
+            submitted=time.perf_counter(),
+        )
         self._queued_cost += item.cost
-        self._queue.put_nowait(item)
+        self._pending.append(item)
+        self._wakeup.set()
         # If the caller goes away its future is cancelled, but the check-in still commits.
         return await item.future
 
     async def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = await self._queue.get()
-            if first is _STOP:
-                break
-            assert isinstance(first, _Checkin)
-            batch, stop = await self._collect(first)
+        wait = self._config.ingest_batch_max_wait_ms / 1000
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                if wait > 0 and not self._closing:
+                    await asyncio.sleep(wait)  # woken from idle: let a few more arrive
+                continue
+            batch = self._take()
             try:
                 await self._commit(batch)
+            except Exception:  # never let the writer die; _commit already failed the futures
+                log.exception("ingest writer error")
             finally:
                 self._queued_cost -= sum(item.cost for item in batch)
 
-    async def _collect(self, first: _Checkin) -> tuple[list[_Checkin], bool]:
-        """Gather more check-ins until the batch is full or the wait is over."""
-        loop = asyncio.get_running_loop()
-        batch = [first]
-        size = first.cost
-        deadline = loop.time() + self._config.ingest_batch_max_wait_ms / 1000
-        while size < self._config.ingest_batch_max_events:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if item is _STOP:
-                return batch, True
-            assert isinstance(item, _Checkin)
+    def _take(self) -> list[_Checkin]:
+        limit = self._config.ingest_batch_max_events
+        batch = [self._pending.popleft()]
+        size = batch[0].cost
+        while self._pending and size + self._pending[0].cost <= limit:
+            item = self._pending.popleft()
             batch.append(item)
             size += item.cost
-        return batch, False
+        return batch
 
-    async def _commit(self, batch: list[_Checkin]) -> None:
-        unique: dict[str, NewEvent] = {}
-        for item in batch:
-            for event in item.events:
-                unique.setdefault(event.event_id, event)
-        now = datetime.now(UTC)
+    def _agent_updates(
+        self, batch: list[_Checkin], now: datetime, mono: float
+    ) -> list[agents_db.CheckinUpdate]:
         facts: dict[str, HostFacts | None] = {}
         for item in batch:  # the newest facts of each agent win; a check-in without keeps them
             if item.facts is not None or item.agent_id not in facts:
                 facts[item.agent_id] = item.facts
-        updates = [agents_db.CheckinUpdate(a, now, f) for a, f in facts.items()]
+        updates = []
+        for agent_id, agent_facts in facts.items():
+            written = self._written.get(agent_id)
+            if (
+                written is not None
+                and mono - written[1] < LAST_SEEN_RESOLUTION
+                and (agent_facts is None or agent_facts == written[0])
+            ):
+                continue  # this process wrote the same facts for it a moment ago
+            updates.append(agents_db.CheckinUpdate(agent_id, now, agent_facts))
+        return updates
+
+    async def _commit(self, batch: list[_Checkin]) -> None:
+        seen: set[str] = set()
+        rows: list[events_db.Row] = []
+        for item in batch:
+            for event_id, row in zip(item.event_ids, item.rows, strict=True):
+                if event_id not in seen:
+                    seen.add(event_id)
+                    rows.append(row)
+        now = datetime.now(UTC)
+        mono = time.monotonic()
+        updates = self._agent_updates(batch, now, mono)
         try:
             async with self._sessions() as session, session.begin():
-                inserted = await events_db.insert_events_returning_ids(
-                    session, list(unique.values()), now
-                )
+                conn = await session.connection()
+                inserted = await events_db.insert_rows(conn, rows)
                 await agents_db.record_checkins(session, updates)
-        except Exception:  # any failure: nothing of this batch is stored; keep the writer alive
-            self.failed_batches += 1
-            self.rejected += len(batch)
-            log.exception("ingest batch of %d check-ins failed; nothing stored", len(batch))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(
-                        Unavailable("could not store the check-in; retry later")
-                    )
+        except Exception as exc:  # nothing of this batch is stored; keep the writer alive
+            self._batch_failed(batch, exc)
+            if not is_outage(exc) and len(batch) > 1:
+                log.warning("retrying a failed batch of %d check-ins one by one", len(batch))
+                for item in batch:
+                    await self._commit([item])
+            else:
+                self._fail(batch)
             return
+        for update in updates:
+            self._written[update.agent_id] = (
+                update.facts if update.facts is not None else self._known_facts(update.agent_id),
+                mono,
+            )
+        self._resolve(batch, inserted)
+
+    def _known_facts(self, agent_id: str) -> HostFacts | None:
+        written = self._written.get(agent_id)
+        return written[0] if written is not None else None
+
+    def _batch_failed(self, batch: list[_Checkin], exc: Exception) -> None:
+        self.failed_batches += 1
+        if is_outage(exc):
+            log.warning(
+                "ingest batch of %d check-ins failed, database unavailable (%s); nothing stored",
+                len(batch),
+                type(exc).__name__,
+            )
+            if self._health is not None:
+                self._health.report_failure(exc)
+        else:
+            log.error(
+                "ingest batch of %d check-ins failed; nothing stored", len(batch), exc_info=exc
+            )
+
+    def _fail(self, batch: list[_Checkin]) -> None:
+        self.rejected += len(batch)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(Unavailable("could not store the check-in; retry later"))
+
+    def _resolve(self, batch: list[_Checkin], inserted: list[tuple[int, str]]) -> None:
+        new_ids = {event_id for _, event_id in inserted}
         self.batches += 1
         self.checkins += len(batch)
         self.events_stored += len(inserted)
-        self.duplicates += sum(len(item.events) for item in batch) - len(inserted)
-        claimed: set[str] = set()
+        self.duplicates += sum(item.sent for item in batch) - len(inserted)
+        done = time.perf_counter()
+        observe = self._observe_latency
         for item in batch:
-            new = {e.event_id for e in item.events} & inserted - claimed
-            claimed |= new
+            new = 0
+            for event_id in item.event_ids:
+                if event_id in new_ids:
+                    new_ids.discard(event_id)  # a repeat in a later check-in is a duplicate
+                    new += 1
+            if observe is not None:
+                observe(done - item.submitted)
             if not item.future.done():
-                item.future.set_result(IngestResult(len(new), len(item.events) - len(new)))
+                item.future.set_result(IngestResult(new, item.sent - new))
+        if self._listeners:
+            committed = CommittedBatch(
+                max_id=max((row_id for row_id, _ in inserted), default=None),
+                stored=len(inserted),
+                agent_ids=frozenset(item.agent_id for item in batch),
+            )
+            for listener in self._listeners:
+                try:
+                    listener(committed)
+                except Exception:
+                    log.exception("commit listener failed")

@@ -1,36 +1,164 @@
-"""Writes to ``update_events`` (the History). Reads live in ``server.storage.history``."""
+"""Writes to ``update_events`` (the History). Reads live in ``server.storage.history``.
+
+The ingest hot path stays off the ORM: each check-in's events are encoded once into plain
+driver-ready tuples (``encode_events``; JSON serialised, timestamps in the dialect's storage
+form, the same form SQLAlchemy's types write and read back), and ``insert_rows`` sends them as
+driver-level SQL with ``ON CONFLICT (event_id) DO NOTHING RETURNING``:
+
+- SQLite: multi-row ``VALUES`` statements in a few fixed chunk sizes (powers of 4 up to 1024
+  rows), so the handful of distinct statements stay in the driver's statement cache;
+- PostgreSQL: one statement per batch, whatever its size, with one array per column
+  (``INSERT … SELECT * FROM unnest($1::varchar[], …)``), prepared once per connection.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from server.domain import NewEvent
-from server.storage.models import UpdateEvent
+
+Row = tuple[Any, ...]
+
+COLUMNS = (
+    "event_id",
+    "agent_id",
+    "category",
+    "event_type",
+    "status",
+    "severity",
+    "message",
+    "error_message",
+    "error_detail",
+    "migration_from",
+    "migration_to",
+    "run_id",
+    "system_info",
+    "occurred_at",
+    "received_at",
+)
+_PG_TYPES = (
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "text",
+    "text",
+    "jsonb",
+    "varchar",
+    "varchar",
+    "varchar",
+    "jsonb",
+    "timestamptz",
+    "timestamptz",
+)
+_SQLITE_CHUNKS = (1024, 256, 64, 16, 4, 1)  # 1024 rows x 15 columns < SQLite's 32766 variables
+_EMPTY_JSON = "{}"
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _row(event: NewEvent, received_at: datetime) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "agent_id": event.agent_id,
-        "category": str(event.category),
-        "event_type": event.event_type,
-        "status": str(event.status),
-        "severity": str(event.severity),
-        "message": event.message,
-        "error_message": event.error_message,
-        "error_detail": event.error_detail,
-        "migration_from": event.migration_from,
-        "migration_to": event.migration_to,
-        "run_id": event.run_id,
-        "system_info": event.system_info,
-        "occurred_at": event.occurred_at,
-        "received_at": received_at,
-    }
+def _json_text(value: dict[str, Any]) -> str:
+    return _json(value) if value else _EMPTY_JSON
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """A UTC timestamp as SQLAlchemy stores it on SQLite (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def encode_events(events: Sequence[NewEvent], received_at: datetime, dialect: str) -> list[Row]:
+    """Driver-ready rows (``COLUMNS`` order) for ``insert_rows`` on ``dialect``."""
+    if dialect == "sqlite":
+        received: Any = sqlite_timestamp(received_at)
+        return [
+            (
+                e.event_id,
+                e.agent_id,
+                e.category.value,
+                e.event_type,
+                e.status.value,
+                e.severity.value,
+                e.message,
+                e.error_message,
+                _json_text(e.error_detail),
+                e.migration_from,
+                e.migration_to,
+                e.run_id,
+                _json_text(e.system_info),
+                sqlite_timestamp(e.occurred_at),
+                received,
+            )
+            for e in events
+        ]
+    if dialect != "postgresql":  # pragma: no cover - only the two supported backends reach here
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    return [
+        (
+            e.event_id,
+            e.agent_id,
+            e.category.value,
+            e.event_type,
+            e.status.value,
+            e.severity.value,
+            e.message,
+            e.error_message,
+            _json_text(e.error_detail),
+            e.migration_from,
+            e.migration_to,
+            e.run_id,
+            _json_text(e.system_info),
+            e.occurred_at,
+            received_at,
+        )
+        for e in events
+    ]
+
+
+def _sqlite_insert(rows: int) -> str:
+    group = "(" + ",".join("?" * len(COLUMNS)) + ")"
+    return (
+        f"INSERT INTO update_events ({','.join(COLUMNS)}) VALUES "
+        + ",".join([group] * rows)
+        + " ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+    )
+
+
+_SQLITE_INSERTS = {size: _sqlite_insert(size) for size in _SQLITE_CHUNKS}
+_PG_INSERT = (
+    f"INSERT INTO update_events ({','.join(COLUMNS)}) SELECT * FROM unnest("
+    + ",".join(f"${i}::{t}[]" for i, t in enumerate(_PG_TYPES, start=1))
+    + ") ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+)
+
+
+async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> list[tuple[int, str]]:
+    """Insert encoded ``rows`` in the connection's transaction, skipping any whose ``event_id``
+    is already stored. Returns ``(id, event_id)`` of every row actually inserted."""
+    if not rows:
+        return []
+    inserted: list[tuple[int, str]] = []
+    if conn.dialect.name == "postgresql":
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        result = await conn.exec_driver_sql(_PG_INSERT, tuple(columns))
+        inserted.extend((int(r[0]), str(r[1])) for r in result.fetchall())
+        return inserted
+    start = 0
+    total = len(rows)
+    for size in _SQLITE_CHUNKS:
+        while total - start >= size:
+            params = tuple(value for row in rows[start : start + size] for value in row)
+            result = await conn.exec_driver_sql(_SQLITE_INSERTS[size], params)
+            inserted.extend((int(r[0]), str(r[1])) for r in result.fetchall())
+            start += size
+    return inserted
 
 
 async def insert_events(
@@ -38,7 +166,7 @@ async def insert_events(
 ) -> int:
     """Insert ``events`` in the session's transaction, skipping any whose ``event_id`` is already
     stored (``INSERT … ON CONFLICT (event_id) DO NOTHING``). Returns the number of rows actually
-    inserted. Rows go out as multi-row VALUES batches (SQLAlchemy "insertmanyvalues")."""
+    inserted."""
     return len(await insert_events_returning_ids(session, events, received_at))
 
 
@@ -48,14 +176,12 @@ async def insert_events_returning_ids(
     """Like ``insert_events`` but returns the ``event_id`` of every row actually inserted."""
     if not events:
         return set()
-    dialect = session.get_bind().dialect.name
-    rows = [_row(event, received_at) for event in events]
-    stmt: postgresql.Insert | sqlite.Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(UpdateEvent).on_conflict_do_nothing(index_elements=["event_id"])
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(UpdateEvent).on_conflict_do_nothing(index_elements=["event_id"])
-    else:  # pragma: no cover - only the two supported backends reach here
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    result = await session.execute(stmt.returning(UpdateEvent.event_id), rows)
-    return set(result.scalars().all())
+    conn = await session.connection()
+    rows = encode_events(events, received_at, conn.dialect.name)
+    return {event_id for _, event_id in await insert_rows(conn, rows)}
+
+
+async def count_events(conn: AsyncConnection) -> int:
+    """How many events are stored (a full count: for benchmarks and tests, not hot paths)."""
+    result = await conn.exec_driver_sql("SELECT count(*) FROM update_events")
+    return int(result.scalar_one())

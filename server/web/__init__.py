@@ -1,7 +1,8 @@
-"""The web transport: History page, JSON API, health endpoint (aiohttp + Jinja2).
+"""The web transport: History page, its live stream, JSON API, health endpoint (aiohttp + Jinja2).
 
 ``setup_web(app)`` is called by ``server.app.create_app``; it expects ``keys.CONFIG`` to be set and
-``keys.SESSIONS`` / ``keys.ENGINE`` to be available once the app has started.
+``keys.SESSIONS`` / ``keys.ENGINE`` (and ``keys.BUS`` for live updates, see
+``server.services.bus.bus_ctx``) to be available once the app has started.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from server.services.bus import end_streams_on_shutdown
 from server.web.middleware import error_middleware, security_headers
 from server.web.routes import add_routes
 
@@ -36,6 +38,7 @@ def setup_web(app: web.Application) -> None:
     )
     env.globals["static_url"] = _static_url(app)
     app.middlewares.append(error_middleware)
+    app.on_shutdown.append(end_streams_on_shutdown)
     app.on_response_prepare.append(security_headers)
     add_routes(app)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)

@@ -14,6 +14,7 @@ from aiohttp import web
 from server import keys
 from server.services import history as history_service
 from server.web.params import parse_event_filter
+from server.web.sse import history_stream
 from server.web.views import history_page, page_json
 
 
@@ -23,13 +24,24 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def history(request: web.Request) -> web.StreamResponse:
-    """``GET /history``: the filterable, keyset-paginated History page."""
+    """``GET /history``: the filterable, keyset-paginated History page; its first page
+    carries the URL and cursor of its live stream (``/history/stream``) when a bus runs."""
     config = request.app[keys.CONFIG]
     sessions = request.app[keys.SESSIONS]
     f = parse_event_filter(request.query, config.history_page_size)
-    page = await history_service.list_events(sessions, f)
+    live_after: int | None = None
+    if f.before_id is None and keys.BUS in request.app:
+        page, live_after = await history_service.list_events_live(sessions, f)
+    else:
+        page = await history_service.list_events(sessions, f)
     agents = await history_service.list_agent_choices(sessions)
-    view = history_page(page, agents, default_limit=config.history_page_size, now=datetime.now(UTC))
+    view = history_page(
+        page,
+        agents,
+        default_limit=config.history_page_size,
+        now=datetime.now(UTC),
+        live_after=live_after,
+    )
     return aiohttp_jinja2.render_template("history.html", request, {"page": view})
 
 
@@ -52,5 +64,6 @@ def add_routes(app: web.Application) -> None:
     """Register the web's routes on ``app``."""
     app.router.add_get("/", index, name="index")
     app.router.add_get("/history", history, name="history")
+    app.router.add_get("/history/stream", history_stream, name="history_stream")
     app.router.add_get("/api/v1/events", api_events, name="api_events")
     app.router.add_get("/healthz", healthz, name="healthz")

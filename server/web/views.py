@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno as errno_codes
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -323,6 +323,8 @@ class HistoryPage:
     older_url: str | None
     newest_url: str
     clear_url: str
+    live_url: str | None  # the live stream of this view (first pages only), without its cursor
+    live_after: int | None  # the stream cursor: the highest id when the page was read
 
 
 def _filter_form(
@@ -364,9 +366,12 @@ def history_page(
     default_limit: int,
     now: datetime,
     path: str = "/history",
+    live_after: int | None = None,
 ) -> HistoryPage:
-    """The History page's view model: rows, the filter form and pagination links."""
+    """The History page's view model: rows, the filter form and pagination links. With
+    ``live_after`` (and no ``before`` cursor) the page also carries its live stream's URL."""
     f = page.filters
+    live = live_after is not None and f.before_id is None
     return HistoryPage(
         rows=tuple(event_row(e, now) for e in page.events),
         form=_filter_form(f, agents, default_limit),
@@ -379,4 +384,11 @@ def history_page(
         ),
         newest_url=filter_url(path, f, default_limit),
         clear_url=path,
+        live_url=stream_url(f, default_limit) if live else None,
+        live_after=live_after if live else None,
     )
+
+
+def stream_url(f: EventFilter, default_limit: int, path: str = "/history/stream") -> str:
+    """The live stream URL for the filters of ``f`` (no cursor, no page size)."""
+    return filter_url(path, replace(f, before_id=None, limit=default_limit), default_limit)

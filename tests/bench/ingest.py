@@ -29,7 +29,7 @@ import grpc
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.events import uuid7
+from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def make_event(run_id: str, i: int) -> agent_pb2.MigrationEvent:
     stamp.GetCurrentTime()
     failed = i % 7 == 0
     event = agent_pb2.MigrationEvent(
-        event_id=str(uuid7()),
+        event_id=uuid7_str(),
         event_type=agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION
         if i % 2
         else agent_pb2.EVENT_TYPE_MIGRATION_DETECTION,

@@ -15,6 +15,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
     EVENT_TYPE_MIGRATION_DETECTION: _ClassVar[EventType]
     EVENT_TYPE_MIGRATION_EXECUTION: _ClassVar[EventType]
+    EVENT_TYPE_AGENT_NOTICE: _ClassVar[EventType]
 
 class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_MIGRATION_DETECTION: EventType
 EVENT_TYPE_MIGRATION_EXECUTION: EventType
+EVENT_TYPE_AGENT_NOTICE: EventType
 EVENT_STATUS_UNSPECIFIED: EventStatus
 EVENT_STATUS_SUCCESS: EventStatus
 EVENT_STATUS_FAILED: EventStatus

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
-# pytest puts tests/ on sys.path; its tests/agent directory would shadow the real `agent`
-# package (a namespace package wins over the editable install's finder). The repo goes first.
-_REPO = str(Path(__file__).resolve().parents[2])
-if sys.path[:1] != [_REPO]:
-    sys.path.insert(0, _REPO)
+import grpc
+import pytest
+from agent_testlib import FakeServer, FakeServicer
 
-import grpc  # noqa: E402
-import pytest  # noqa: E402
-from agent_testlib import FakeServer, FakeServicer  # noqa: E402
-
-from flagpost.v1 import agent_pb2_grpc  # noqa: E402
+from flagpost.v1 import agent_pb2_grpc
 
 
 @pytest.fixture

@@ -78,11 +78,14 @@ def test_full_migration_1_to_4(tmp_path: Path, outbox: Outbox) -> None:
     entry = entries[legacy]
     assert entry.existed and entry.size == len(original) and entry.mode == 0o640
     assert entry.sha256 == hashlib.sha256(original).hexdigest()
-    copy = result.backup_dir / "files" / entry.backup_name
+    copy = result.backup_dir / entry.backup_name
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == entry.sha256
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     assert not entries[secrets_file(root)].existed
     assert str(root / "etc/flagpost") in manifest.missing_dirs
+    raw = json.loads((result.backup_dir / "manifest.json").read_text())
+    assert [f["original_path"] for f in raw["files"]] == [str(legacy)]
+    assert str(secrets_file(root)) in raw["absent"]
 
     # Events are in the outbox; the journal is gone; no secret anywhere in them.
     stored = outbox.events()
@@ -130,6 +133,7 @@ def test_bad_config_is_a_failed_detection_event(tmp_path: Path, outbox: Outbox) 
     assert event.error_message == "agent.conf:8: expected 'key = value'"
     assert event.message == "Detection failed: agent.conf:8: expected 'key = value'"
     assert event.error_detail.line == 8
+    assert (event.migration_from, event.migration_to) == ("1", "4")
     assert event.error_detail.exception_type == "ConfigParseError"
     assert event.error_detail.file_path == str(root / "etc/aggregator/agent.conf")
     assert snapshot(root) == before

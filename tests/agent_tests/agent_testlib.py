@@ -12,14 +12,10 @@ from pathlib import Path
 
 import grpc
 
-REPO = Path(__file__).resolve().parents[2]
-PROTO = REPO / "proto"
-try:
-    import flagpost.v1  # noqa: F401
-except ImportError:  # the editable install does not map proto/flagpost (see the agent report)
-    sys.path.insert(0, str(PROTO))
+from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
-from flagpost.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+
 
 NOBODY = 65534
 CREDENTIAL = "cred-secret-xyz-0123456789"
@@ -58,9 +54,8 @@ def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def agent_env(**extra: str) -> dict[str, str]:
-    """Environment for an agent subprocess: no inherited FLAGPOST_AGENT_*, proto importable."""
+    """Environment for an agent subprocess: no inherited FLAGPOST_AGENT_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGPOST_AGENT_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROTO), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
 
