@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lagpost/v1/agent.proto\x12\x0b\x66lagpost.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\tHostFacts\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\t\x12\x17\n\x0f\x64isk_free_bytes\x18\x06 \x01(\x04\x12\x12\n\nmachine_id\x18\x07 \x01(\t\"E\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x16.flagpost.v1.HostFacts\"X\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12 \n\x18\x63heckin_interval_seconds\x18\x03 \x01(\r\"\xbe\x01\n\x0b\x45rrorDetail\x12\x14\n\x0c\x66\x61iling_step\x18\x01 \x01(\t\x12\x11\n\tfile_path\x18\x02 \x01(\t\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x12\n\nerrno_name\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\x12\x0c\n\x04line\x18\x06 \x01(\r\x12\x10\n\x08rollback\x18\x07 \x01(\t\x12\x16\n\x0erollback_error\x18\x08 \x01(\t\x12\x13\n\x0b\x62\x61\x63kup_path\x18\t \x01(\t\"\xb4\x03\n\x0eMigrationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\nevent_type\x18\x02 \x01(\x0e\x32\x16.flagpost.v1.EventType\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.flagpost.v1.EventStatus\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12.\n\x0c\x65rror_detail\x18\x05 \x01(\x0b\x32\x18.flagpost.v1.ErrorDetail\x12\x16\n\x0emigration_from\x18\x06 \x01(\t\x12\x14\n\x0cmigration_to\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\x0bsystem_info\x18\t \x03(\x0b\x32+.flagpost.v1.MigrationEvent.SystemInfoEntry\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\x1a\x31\n\x0fSystemInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x0e\x43heckInRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12%\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x16.flagpost.v1.HostFacts\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.flagpost.v1.MigrationEvent\"\x89\x01\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x06params\x18\x03 \x03(\x0b\x32\x1f.flagpost.v1.Action.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x0f\x43heckInResponse\x12\x1e\n\x16\x61\x63knowledged_event_ids\x18\x01 \x03(\t\x12\x1c\n\x14next_checkin_seconds\x18\x02 \x01(\r\x12$\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x13.flagpost.v1.Action*\x8c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45VENT_TYPE_MIGRATION_DETECTION\x10\x01\x12\"\n\x1e\x45VENT_TYPE_MIGRATION_EXECUTION\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_AGENT_NOTICE\x10\x03*\xaf\x01\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_STATUS_SUCCESS\x10\x01\x12\x17\n\x13\x45VENT_STATUS_FAILED\x10\x02\x12\x18\n\x14\x45VENT_STATUS_WARNING\x10\x03\x12\x1b\n\x17\x45VENT_STATUS_NOT_NEEDED\x10\x04\x12\x18\n\x14\x45VENT_STATUS_PARTIAL\x10\x05\x32\x97\x01\n\x0c\x41gentService\x12\x41\n\x06\x45nroll\x12\x1a.flagpost.v1.EnrollRequest\x1a\x1b.flagpost.v1.EnrollResponse\x12\x44\n\x07\x43heckIn\x12\x1b.flagpost.v1.CheckInRequest\x1a\x1c.flagpost.v1.CheckInResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lagpost/v1/agent.proto\x12\x0b\x66lagpost.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\tHostFacts\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\t\x12\x17\n\x0f\x64isk_free_bytes\x18\x06 \x01(\x04\x12\x12\n\nmachine_id\x18\x07 \x01(\t\"E\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x16.flagpost.v1.HostFacts\"X\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12 \n\x18\x63heckin_interval_seconds\x18\x03 \x01(\r\"\xbe\x01\n\x0b\x45rrorDetail\x12\x14\n\x0c\x66\x61iling_step\x18\x01 \x01(\t\x12\x11\n\tfile_path\x18\x02 \x01(\t\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x12\n\nerrno_name\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\x12\x0c\n\x04line\x18\x06 \x01(\r\x12\x10\n\x08rollback\x18\x07 \x01(\t\x12\x16\n\x0erollback_error\x18\x08 \x01(\t\x12\x13\n\x0b\x62\x61\x63kup_path\x18\t \x01(\t\"\xb4\x03\n\x0eMigrationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\nevent_type\x18\x02 \x01(\x0e\x32\x16.flagpost.v1.EventType\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.flagpost.v1.EventStatus\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12.\n\x0c\x65rror_detail\x18\x05 \x01(\x0b\x32\x18.flagpost.v1.ErrorDetail\x12\x16\n\x0emigration_from\x18\x06 \x01(\t\x12\x14\n\x0cmigration_to\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\x0bsystem_info\x18\t \x03(\x0b\x32+.flagpost.v1.MigrationEvent.SystemInfoEntry\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\x1a\x31\n\x0fSystemInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x0e\x43heckInRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12%\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x16.flagpost.v1.HostFacts\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.flagpost.v1.MigrationEvent\x12+\n\x0brun_updates\x18\x04 \x03(\x0b\x32\x16.flagpost.v1.RunUpdate\x12\'\n\tlog_lines\x18\x05 \x03(\x0b\x32\x14.flagpost.v1.LogLine\x12\x1f\n\x17\x61\x63knowledged_action_ids\x18\x06 \x03(\t\"]\n\nStepResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\r\"\xb2\x03\n\tRunUpdate\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.flagpost.v1.RunState\x12\x12\n\nsteps_done\x18\x04 \x01(\r\x12\x13\n\x0bsteps_total\x18\x05 \x01(\r\x12&\n\x05steps\x18\x06 \x03(\x0b\x32\x17.flagpost.v1.StepResult\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmigration_id\x18\t \x01(\t\x12\x16\n\x0emigration_from\x18\n \x01(\t\x12\x14\n\x0cmigration_to\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\x1e\n\x16requested_by_action_id\x18\r \x01(\t\x12/\n\x0boccurred_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xec\x01\n\x07LogLine\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x34\n\x08metadata\x18\x07 \x03(\x0b\x32\".flagpost.v1.LogLine.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb9\x01\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x06params\x18\x03 \x03(\x0b\x32\x1f.flagpost.v1.Action.ParamsEntry\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x06LogAck\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\"\xcf\x01\n\x0f\x43heckInResponse\x12\x1e\n\x16\x61\x63knowledged_event_ids\x18\x01 \x03(\t\x12\x1c\n\x14next_checkin_seconds\x18\x02 \x01(\r\x12$\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x13.flagpost.v1.Action\x12#\n\x1b\x61\x63knowledged_run_update_ids\x18\x04 \x03(\t\x12\x33\n\x16\x61\x63knowledged_log_lines\x18\x05 \x03(\x0b\x32\x13.flagpost.v1.LogAck*\x8c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45VENT_TYPE_MIGRATION_DETECTION\x10\x01\x12\"\n\x1e\x45VENT_TYPE_MIGRATION_EXECUTION\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_AGENT_NOTICE\x10\x03*\xaf\x01\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_STATUS_SUCCESS\x10\x01\x12\x17\n\x13\x45VENT_STATUS_FAILED\x10\x02\x12\x18\n\x14\x45VENT_STATUS_WARNING\x10\x03\x12\x1b\n\x17\x45VENT_STATUS_NOT_NEEDED\x10\x04\x12\x18\n\x14\x45VENT_STATUS_PARTIAL\x10\x05*\xd0\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x1c\n\x18RUN_STATE_AWAITING_INPUT\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x15\n\x11RUN_STATE_PARTIAL\x10\x06\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x07\x32\x97\x01\n\x0c\x41gentService\x12\x41\n\x06\x45nroll\x12\x1a.flagpost.v1.EnrollRequest\x1a\x1b.flagpost.v1.EnrollResponse\x12\x44\n\x07\x43heckIn\x12\x1b.flagpost.v1.CheckInRequest\x1a\x1c.flagpost.v1.CheckInResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MIGRATIONEVENT_SYSTEMINFOENTRY']._loaded_options = None
   _globals['_MIGRATIONEVENT_SYSTEMINFOENTRY']._serialized_options = b'8\001'
+  _globals['_LOGLINE_METADATAENTRY']._loaded_options = None
+  _globals['_LOGLINE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_ACTION_PARAMSENTRY']._loaded_options = None
   _globals['_ACTION_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1398
-  _globals['_EVENTTYPE']._serialized_end=1538
-  _globals['_EVENTSTATUS']._serialized_start=1541
-  _globals['_EVENTSTATUS']._serialized_end=1716
+  _globals['_EVENTTYPE']._serialized_start=2468
+  _globals['_EVENTTYPE']._serialized_end=2608
+  _globals['_EVENTSTATUS']._serialized_start=2611
+  _globals['_EVENTSTATUS']._serialized_end=2786
+  _globals['_RUNSTATE']._serialized_start=2789
+  _globals['_RUNSTATE']._serialized_end=2997
   _globals['_HOSTFACTS']._serialized_start=74
   _globals['_HOSTFACTS']._serialized_end=223
   _globals['_ENROLLREQUEST']._serialized_start=225
@@ -52,14 +56,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MIGRATIONEVENT']._serialized_end=1016
   _globals['_MIGRATIONEVENT_SYSTEMINFOENTRY']._serialized_start=967
   _globals['_MIGRATIONEVENT_SYSTEMINFOENTRY']._serialized_end=1016
-  _globals['_CHECKINREQUEST']._serialized_start=1018
-  _globals['_CHECKINREQUEST']._serialized_end=1136
-  _globals['_ACTION']._serialized_start=1139
-  _globals['_ACTION']._serialized_end=1276
-  _globals['_ACTION_PARAMSENTRY']._serialized_start=1231
-  _globals['_ACTION_PARAMSENTRY']._serialized_end=1276
-  _globals['_CHECKINRESPONSE']._serialized_start=1278
-  _globals['_CHECKINRESPONSE']._serialized_end=1395
-  _globals['_AGENTSERVICE']._serialized_start=1719
-  _globals['_AGENTSERVICE']._serialized_end=1870
+  _globals['_CHECKINREQUEST']._serialized_start=1019
+  _globals['_CHECKINREQUEST']._serialized_end=1256
+  _globals['_STEPRESULT']._serialized_start=1258
+  _globals['_STEPRESULT']._serialized_end=1351
+  _globals['_RUNUPDATE']._serialized_start=1354
+  _globals['_RUNUPDATE']._serialized_end=1788
+  _globals['_LOGLINE']._serialized_start=1791
+  _globals['_LOGLINE']._serialized_end=2027
+  _globals['_LOGLINE_METADATAENTRY']._serialized_start=1980
+  _globals['_LOGLINE_METADATAENTRY']._serialized_end=2027
+  _globals['_ACTION']._serialized_start=2030
+  _globals['_ACTION']._serialized_end=2215
+  _globals['_ACTION_PARAMSENTRY']._serialized_start=2170
+  _globals['_ACTION_PARAMSENTRY']._serialized_end=2215
+  _globals['_LOGACK']._serialized_start=2217
+  _globals['_LOGACK']._serialized_end=2255
+  _globals['_CHECKINRESPONSE']._serialized_start=2258
+  _globals['_CHECKINRESPONSE']._serialized_end=2465
+  _globals['_AGENTSERVICE']._serialized_start=3000
+  _globals['_AGENTSERVICE']._serialized_end=3151
 # @@protoc_insertion_point(module_scope)

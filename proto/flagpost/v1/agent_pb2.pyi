@@ -25,6 +25,17 @@ class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_STATUS_WARNING: _ClassVar[EventStatus]
     EVENT_STATUS_NOT_NEEDED: _ClassVar[EventStatus]
     EVENT_STATUS_PARTIAL: _ClassVar[EventStatus]
+
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_PENDING: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_AWAITING_INPUT: _ClassVar[RunState]
+    RUN_STATE_SUCCEEDED: _ClassVar[RunState]
+    RUN_STATE_FAILED: _ClassVar[RunState]
+    RUN_STATE_PARTIAL: _ClassVar[RunState]
+    RUN_STATE_CANCELLED: _ClassVar[RunState]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_MIGRATION_DETECTION: EventType
 EVENT_TYPE_MIGRATION_EXECUTION: EventType
@@ -35,6 +46,14 @@ EVENT_STATUS_FAILED: EventStatus
 EVENT_STATUS_WARNING: EventStatus
 EVENT_STATUS_NOT_NEEDED: EventStatus
 EVENT_STATUS_PARTIAL: EventStatus
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_PENDING: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_AWAITING_INPUT: RunState
+RUN_STATE_SUCCEEDED: RunState
+RUN_STATE_FAILED: RunState
+RUN_STATE_PARTIAL: RunState
+RUN_STATE_CANCELLED: RunState
 
 class HostFacts(_message.Message):
     __slots__ = ("hostname", "os", "kernel", "agent_version", "config_version", "disk_free_bytes", "machine_id")
@@ -128,17 +147,94 @@ class MigrationEvent(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., status: _Optional[_Union[EventStatus, str]] = ..., error_message: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., system_info: _Optional[_Mapping[str, str]] = ..., run_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
-    __slots__ = ("agent_id", "facts", "events")
+    __slots__ = ("agent_id", "facts", "events", "run_updates", "log_lines", "acknowledged_action_ids")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    LOG_LINES_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_ACTION_IDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     facts: HostFacts
     events: _containers.RepeatedCompositeFieldContainer[MigrationEvent]
-    def __init__(self, agent_id: _Optional[str] = ..., facts: _Optional[_Union[HostFacts, _Mapping]] = ..., events: _Optional[_Iterable[_Union[MigrationEvent, _Mapping]]] = ...) -> None: ...
+    run_updates: _containers.RepeatedCompositeFieldContainer[RunUpdate]
+    log_lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    acknowledged_action_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., facts: _Optional[_Union[HostFacts, _Mapping]] = ..., events: _Optional[_Iterable[_Union[MigrationEvent, _Mapping]]] = ..., run_updates: _Optional[_Iterable[_Union[RunUpdate, _Mapping]]] = ..., log_lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., acknowledged_action_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StepResult(_message.Message):
+    __slots__ = ("index", "name", "status", "error", "duration_ms")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    status: str
+    error: str
+    duration_ms: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class RunUpdate(_message.Message):
+    __slots__ = ("update_id", "run_id", "state", "steps_done", "steps_total", "steps", "started_at", "finished_at", "migration_id", "migration_from", "migration_to", "error_message", "requested_by_action_id", "occurred_at")
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FROM_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_TO_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    update_id: str
+    run_id: str
+    state: RunState
+    steps_done: int
+    steps_total: int
+    steps: _containers.RepeatedCompositeFieldContainer[StepResult]
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    migration_id: str
+    migration_from: str
+    migration_to: str
+    error_message: str
+    requested_by_action_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, update_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_id: _Optional[str] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., error_message: _Optional[str] = ..., requested_by_action_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("run_id", "seq", "timestamp", "level", "source", "message", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    seq: int
+    timestamp: _timestamp_pb2.Timestamp
+    level: str
+    source: str
+    message: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., level: _Optional[str] = ..., source: _Optional[str] = ..., message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "kind", "params")
+    __slots__ = ("action_id", "kind", "params", "expires_at")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,17 +245,31 @@ class Action(_message.Message):
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     kind: str
     params: _containers.ScalarMap[str, str]
-    def __init__(self, action_id: _Optional[str] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, action_id: _Optional[str] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LogAck(_message.Message):
+    __slots__ = ("run_id", "seqs")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, run_id: _Optional[str] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("acknowledged_event_ids", "next_checkin_seconds", "actions")
+    __slots__ = ("acknowledged_event_ids", "next_checkin_seconds", "actions", "acknowledged_run_update_ids", "acknowledged_log_lines")
     ACKNOWLEDGED_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_RUN_UPDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_LOG_LINES_FIELD_NUMBER: _ClassVar[int]
     acknowledged_event_ids: _containers.RepeatedScalarFieldContainer[str]
     next_checkin_seconds: int
     actions: _containers.RepeatedCompositeFieldContainer[Action]
-    def __init__(self, acknowledged_event_ids: _Optional[_Iterable[str]] = ..., next_checkin_seconds: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ...) -> None: ...
+    acknowledged_run_update_ids: _containers.RepeatedScalarFieldContainer[str]
+    acknowledged_log_lines: _containers.RepeatedCompositeFieldContainer[LogAck]
+    def __init__(self, acknowledged_event_ids: _Optional[_Iterable[str]] = ..., next_checkin_seconds: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., acknowledged_run_update_ids: _Optional[_Iterable[str]] = ..., acknowledged_log_lines: _Optional[_Iterable[_Union[LogAck, _Mapping]]] = ...) -> None: ...
