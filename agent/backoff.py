@@ -11,8 +11,10 @@ from agent.config import RetrySettings
 class Backoff:
     """Delays for consecutive failures: attempt n waits uniform(0, min(max, initial * m**n)).
 
-    A server hint (``retry-after-ms``) raises the delay to at least the hint, still capped at
-    the maximum. :meth:`reset` after a success starts again from the initial delay.
+    A server hint (``retry-after-ms``) is honoured with full jitter too: the delay is the hint
+    plus uniform(0, max(hint, ceiling)), so agents told "come back in 2 s" at the same moment
+    spread over the following window instead of returning together; never below the hint, capped
+    at the maximum. :meth:`reset` after a success starts again from the initial delay.
     """
 
     def __init__(self, settings: RetrySettings, rng: random.Random | None = None) -> None:
@@ -37,10 +39,12 @@ class Backoff:
         """The delay before the next retry; counts one more failure."""
         ceiling = self.ceiling(self._attempt)
         self._attempt += 1
-        delay = self._rng.uniform(0.0, ceiling)
-        if hint is not None:
-            delay = max(delay, min(hint.total_seconds(), self._settings.maximum.total_seconds()))
-        return timedelta(seconds=delay)
+        maximum = self._settings.maximum.total_seconds()
+        if hint is None:
+            return timedelta(seconds=self._rng.uniform(0.0, ceiling))
+        floor = min(max(0.0, hint.total_seconds()), maximum)
+        delay = floor + self._rng.uniform(0.0, max(floor, ceiling))
+        return timedelta(seconds=min(delay, max(maximum, floor)))
 
     def longest(self) -> timedelta:
         """The maximum delay, for failures retrying soon cannot fix (revoked credential)."""

@@ -6,9 +6,14 @@ the outbox has more (at most ``max_chunks`` requests per cycle), and always at l
 
 * UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (``retry-after-ms`` trailing metadata is
   honoured), and anything unexpected: retryable; the caller backs off (:mod:`agent.backoff`).
-* INVALID_ARGUMENT naming ``events[i]``: that event is quarantined and the rest retried at once;
-  without an index the chunk is halved (a single event is quarantined): nothing blocks the queue.
+* INVALID_ARGUMENT naming ``events[i]``: that event is quarantined (with a warning notice queued
+  about it, see :meth:`agent.outbox.Outbox.quarantine`) and the rest retried at once; without an
+  index the chunk is halved (a single event is quarantined): nothing blocks the queue.
 * UNAUTHENTICATED, PERMISSION_DENIED: not retryable soon; logged clearly, long back-off.
+
+After UNAVAILABLE the channel is closed and the next cycle opens a fresh one, so the moment the
+agent reconnects is decided by its own jittered backoff, not by gRPC's internal reconnect backoff
+(which grows to two minutes and is the same for every agent).
 
 Events are never deleted except by an acknowledgement.
 """
@@ -57,6 +62,7 @@ class CheckInResult:
     auth_failed: bool = False
     retry_after: timedelta | None = None
     actions: tuple[agent_pb2.Action, ...] = field(default_factory=tuple)
+    more: bool = False  # stopped at max_chunks with events left: go again soon
 
 
 def _retry_after(error: grpc.RpcError) -> timedelta | None:
@@ -79,12 +85,19 @@ class CheckInClient:
         self._target = target
         self._credentials = credentials
         self._timeout = timeout.total_seconds()
-        self._channel = grpc.insecure_channel(target)
-        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._channel: grpc.Channel | None = None
+        self._stub: agent_pb2_grpc.AgentServiceStub | None = None
+
+    @property
+    def target(self) -> str:
+        return self._target
 
     def close(self) -> None:
-        """Close the channel (idempotent)."""
-        self._channel.close()
+        """Close the channel (idempotent); a later cycle opens a new one."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._stub = None
 
     def __enter__(self) -> CheckInClient:
         return self
@@ -92,13 +105,20 @@ class CheckInClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _send(self, facts: agent_pb2.HostFacts, events: list[agent_pb2.MigrationEvent]
-              ) -> agent_pb2.CheckInResponse:
+    def _send(
+        self, facts: agent_pb2.HostFacts, events: list[agent_pb2.MigrationEvent]
+    ) -> agent_pb2.CheckInResponse:
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(self._target)
+            self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         request = agent_pb2.CheckInRequest(
             agent_id=self._credentials.agent_id, facts=facts, events=events
         )
         metadata = (("authorization", f"Bearer {self._credentials.credential}"),)
-        return self._stub.CheckIn(request, metadata=metadata, timeout=self._timeout)
+        response: agent_pb2.CheckInResponse = self._stub.CheckIn(
+            request, metadata=metadata, timeout=self._timeout
+        )
+        return response
 
     def cycle(
         self,
@@ -131,16 +151,24 @@ class CheckInClient:
                         bad = chunk[0]
                     else:
                         limit = max(1, len(chunk) // 2)
-                        log.warning("check-in rejected (%s); retrying with %d events", details,
-                                    limit)
+                        log.warning(
+                            "check-in rejected (%s); retrying with %d events", details, limit
+                        )
                         continue
-                    outbox.quarantine(bad.event_id, f"INVALID_ARGUMENT: {details}")
+                    notice = outbox.quarantine(
+                        bad.event_id, f"server rejected it (INVALID_ARGUMENT): {details}"
+                    )
                     quarantined += 1
-                    log.error("event %s quarantined: server rejected it: %s", bad.event_id,
-                              details)
+                    log.error(
+                        "event %s quarantined: server rejected it: %s%s",
+                        bad.event_id,
+                        details,
+                        f" (warning notice {notice.event_id} queued)" if notice else "",
+                    )
                     continue
-                return self._failed(outbox, chunk, code, details, error, requests, sent, acked,
-                                    quarantined)
+                return self._failed(
+                    outbox, chunk, code, details, error, requests, sent, acked, quarantined
+                )
             sent += len(chunk)
             sent_ids = {item.event_id for item in chunk}
             acked_ids = [i for i in response.acknowledged_event_ids if i in sent_ids]
@@ -153,14 +181,26 @@ class CheckInClient:
                 break
             if not chunk or outbox.depth() == 0:
                 break
+        more = requests >= max_chunks and outbox.depth() > 0
         now = datetime.now(UTC).isoformat()
         outbox.set_state("last_checkin_at", now)
         outbox.set_state("last_checkin_result", f"ok: sent {sent}, acked {acked}")
-        log.info("checked in: %d sent, %d acked, %d quarantined, %d left", sent, acked,
-                 quarantined, outbox.depth())
+        log.info(
+            "checked in: %d sent, %d acked, %d quarantined, %d left",
+            sent,
+            acked,
+            quarantined,
+            outbox.depth(),
+        )
         return CheckInResult(
-            ok=True, requests=requests, sent=sent, acked=acked, quarantined=quarantined,
-            next_interval=interval, actions=tuple(actions),
+            ok=True,
+            requests=requests,
+            sent=sent,
+            acked=acked,
+            quarantined=quarantined,
+            next_interval=interval,
+            actions=tuple(actions),
+            more=more,
         )
 
     def _failed(
@@ -179,15 +219,25 @@ class CheckInClient:
         message = f"check-in to {self._target} failed: {name}: {details}"
         auth = code in AUTH_FAILURES
         if auth:
-            log.error("%s (credential rejected: re-enroll or check that the agent is not "
-                      "revoked)", message)
+            log.error(
+                "%s (credential rejected: re-enroll or check that the agent is not revoked)",
+                message,
+            )
         else:
             log.warning("%s", message)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self.close()  # reconnect on our own (jittered) schedule, see the module docstring
         outbox.record_attempt([item.event_id for item in chunk], message)
         outbox.set_state("last_error", message)
         outbox.set_state("last_error_at", datetime.now(UTC).isoformat())
         return CheckInResult(
-            ok=False, requests=requests, sent=sent, acked=acked, quarantined=quarantined,
-            error=message, code=name, auth_failed=auth,
+            ok=False,
+            requests=requests,
+            sent=sent,
+            acked=acked,
+            quarantined=quarantined,
+            error=message,
+            code=name,
+            auth_failed=auth,
             retry_after=_retry_after(error) if code in RETRYABLE else None,
         )

@@ -29,10 +29,15 @@ log = logging.getLogger("agent")
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
-    parser.add_argument("--root", type=Path, default=default,
-                        help="directory every path hangs off (default /)")
-    parser.add_argument("--config", type=Path, default=default,
-                        help="agent TOML (default <root>/etc/flagpost-agent/agent.toml)")
+    parser.add_argument(
+        "--root", type=Path, default=default, help="directory every path hangs off (default /)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        help="agent TOML (default <root>/etc/flagpost-agent/agent.toml)",
+    )
     parser.add_argument("--server", default=default, help="server address HOST:PORT")
     parser.add_argument("--log-level", default=default, help="DEBUG, INFO, WARNING, ERROR")
 
@@ -57,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         _global_options(commands.add_parser(name, help=text), top=False)
     migrate_cmd = commands.add_parser("migrate", help="run the config migrations locally")
     _global_options(migrate_cmd, top=False)
-    migrate_cmd.add_argument("--dry-run", action="store_true",
-                             help="print what would happen, change nothing")
+    migrate_cmd.add_argument(
+        "--dry-run", action="store_true", help="print what would happen, change nothing"
+    )
     status_cmd = commands.add_parser("status", help="outbox, quarantine, last check-in")
     _global_options(status_cmd, top=False)
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
@@ -89,8 +95,9 @@ def _enroll(config: AgentConfig, args: argparse.Namespace) -> int:
         version = ""
     facts = host_facts(config.root, config.state_dir, json_conf(config.root), version)
     try:
-        credentials = enroll(config.server, token, facts, config.credentials_path,
-                             config.rpc_timeout)
+        credentials = enroll(
+            config.server, token, facts, config.credentials_path, config.rpc_timeout
+        )
     except EnrollmentError as exc:
         print(f"flagpost-agent: {exc}", file=sys.stderr)
         return 1
@@ -111,8 +118,10 @@ def _dry_run(config: AgentConfig) -> int:
         if detected.version is None:
             print(f"{migration.id}: no config found under {config.root}; nothing to do")
             continue
-        print(f"{migration.id}: detected version {detected.version} at {detected.path} "
-              f"(current {migration.current_version})")
+        print(
+            f"{migration.id}: detected version {detected.version} at {detected.path} "
+            f"(current {migration.current_version})"
+        )
         if not plan.needed:
             print("  no migration needed")
             continue
@@ -122,12 +131,12 @@ def _dry_run(config: AgentConfig) -> int:
             print(f"    {path} ({state})")
         for planned in plan.steps:
             step = planned.step
-            print(f"  step {step.name} ({step.from_version} -> {step.to_version}): "
-                  f"{step.description}")
+            print(
+                f"  step {step.name} ({step.from_version} -> {step.to_version}): {step.description}"
+            )
             for op in planned.ops:
                 print(f"    {op.describe()}")
-        print("  then verify the result is version "
-              f"{migration.current_version}")
+        print(f"  then verify the result is version {migration.current_version}")
     print("dry run: nothing was changed")
     return 1 if failed else 0
 
@@ -160,8 +169,10 @@ def _status(config: AgentConfig, as_json: bool) -> int:
     print(f"config version:  {status.config_version or '-'}")
     print(f"outbox depth:    {status.outbox_depth}")
     print(f"last check-in:   {status.last_checkin_at or 'never'}")
-    print(f"last error:      {status.last_error or '-'}"
-          + (f" (at {status.last_error_at})" if status.last_error_at else ""))
+    print(
+        f"last error:      {status.last_error or '-'}"
+        + (f" (at {status.last_error_at})" if status.last_error_at else "")
+    )
     print(f"journal pending: {'yes' if status.journal_pending else 'no'}")
     print(f"quarantined:     {len(status.quarantined)}")
     for item in status.quarantined:
@@ -199,7 +210,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             print(f"flagpost-agent: {exc}", file=sys.stderr)
             return 2
         if not enrolled:
-            print(f"flagpost-agent: not enrolled (no {config.credentials_path}); "
-                  "run flagpost-agent enroll first", file=sys.stderr)
+            print(
+                f"flagpost-agent: not enrolled (no {config.credentials_path}); "
+                "run flagpost-agent enroll first",
+                file=sys.stderr,
+            )
             return 2
         return agent.run()

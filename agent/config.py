@@ -11,6 +11,7 @@ TOML keys (all optional)::
     state_dir = "/var/lib/flagpost-agent"   # default: <root>/var/lib/flagpost-agent
     server = "127.0.0.1:50051"        # default: the address stored at enrollment
     checkin_interval_seconds = 60
+    startup_jitter_seconds = 30       # first check-in after start: uniform(0, min(this, interval))
     max_events_per_checkin = 200
     max_batch_bytes = 1000000
     max_chunks_per_cycle = 50
@@ -63,6 +64,7 @@ class AgentConfig:
     state_dir_override: Path | None = None
     server: str = ""
     checkin_interval: timedelta = timedelta(seconds=60)
+    startup_jitter: timedelta = timedelta(seconds=30)
     retry: RetrySettings = field(default_factory=RetrySettings)
     max_events_per_checkin: int = 200
     max_batch_bytes: int = 1_000_000
@@ -130,6 +132,7 @@ _TOP_KEYS = (
     "state_dir",
     "server",
     "checkin_interval_seconds",
+    "startup_jitter_seconds",
     "max_events_per_checkin",
     "max_batch_bytes",
     "max_chunks_per_cycle",
@@ -153,6 +156,8 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
             changes["server"] = str(value)
         elif key == "checkin_interval_seconds":
             changes["checkin_interval"] = _seconds(name, value, 0.01)
+        elif key == "startup_jitter_seconds":
+            changes["startup_jitter"] = _seconds(name, value)
         elif key == "rpc_timeout_seconds":
             changes["rpc_timeout"] = _seconds(name, value, 0.01)
         elif key in ("max_events_per_checkin", "max_batch_bytes", "max_chunks_per_cycle"):

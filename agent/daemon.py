@@ -5,6 +5,9 @@
 between steps and rolls back), then the loop exits; a second signal exits the process at once
 (the journal makes that safe). :meth:`Agent.shutdown` is idempotent; ``with Agent(...)`` calls it.
 
+Check-in timing (first one jittered, the server's interval with jitter, backoff with full jitter
+and ``retry-after-ms`` after failures) is :class:`agent.schedule.CheckInSchedule`.
+
 Re-detection in ``run``: every check-in interval each registered migration is detected again. A
 needed migration is always executed and reported; a ``not_needed`` or ``failed`` detection is
 reported at start and then only when its outcome changes (otherwise a healthy fleet would add one
@@ -24,7 +27,6 @@ from datetime import timedelta
 from types import FrameType, TracebackType
 from typing import Any
 
-from agent.backoff import Backoff, jittered
 from agent.checkin import CheckInClient, CheckInResult
 from agent.config import AgentConfig
 from agent.enroll import Credentials, EnrollmentError, load_credentials
@@ -33,6 +35,7 @@ from agent.migrations.chain import MIGRATION_ID, json_conf
 from agent.migrations.engine import MigrationEngine, RunResult
 from agent.migrations.registry import MigrationRegistry, default_registry
 from agent.outbox import Outbox
+from agent.schedule import CheckInSchedule
 from agent.sysinfo import host_facts
 from flagpost.v1 import agent_pb2
 
@@ -93,8 +96,12 @@ class Agent:
             faults=FaultInjector(config.crash_at),
             should_stop=self._stop.is_set,
         )
-        self._backoff = Backoff(config.retry, self._rng)
-        self._interval = config.checkin_interval
+        self._schedule = CheckInSchedule(
+            config.checkin_interval,
+            config.retry,
+            startup_jitter=config.startup_jitter,
+            rng=self._rng,
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -138,7 +145,7 @@ class Agent:
     @property
     def interval(self) -> timedelta:
         """The current check-in interval (the server may change it)."""
-        return self._interval
+        return self._schedule.interval
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: first one stops gracefully, a second exits at once."""
@@ -185,8 +192,7 @@ class Agent:
         if self._client is None:
             target = self._config.server or credentials.server
             self._client = CheckInClient(target, credentials, self._config.rpc_timeout)
-            if credentials.checkin_interval is not None:
-                self._interval = credentials.checkin_interval
+            self._schedule.adopt(credentials.checkin_interval)
         return self._client
 
     def check_in(self) -> CheckInResult:
@@ -207,8 +213,7 @@ class Agent:
             max_bytes=self._config.max_batch_bytes,
             max_chunks=self._config.max_chunks_per_cycle,
         )
-        if result.next_interval is not None:
-            self._interval = result.next_interval
+        self._schedule.adopt(result.next_interval)
         return result
 
     def _not_enrolled(self, message: str) -> CheckInResult:
@@ -217,17 +222,23 @@ class Agent:
         return CheckInResult(ok=False, error=message, code="NOT_ENROLLED", auth_failed=True)
 
     def once(self) -> int:
-        """``flagpost-agent once``: recover, migrate, check in (retrying retryable failures up to
-        ``retry.once_attempts`` times). 0 on success; 1 if the check-in failed (events stay)."""
+        """``flagpost-agent once``: recover, migrate, check in until the outbox is drained
+        (retrying retryable failures up to ``retry.once_attempts`` times in a row). 0 on success;
+        1 if the check-in failed (the events stay in the outbox)."""
         self.recover()
         self.migrate()
-        for attempt in range(self._config.retry.once_attempts):
+        failures = 0
+        while not self._stop.is_set():
             result = self.check_in()
+            delay = self._schedule.after(result)
             if result.ok:
+                failures = 0
+                if result.more:
+                    continue  # a backlog bigger than one cycle: keep draining
                 return 0
-            if result.auth_failed or attempt + 1 == self._config.retry.once_attempts:
+            failures += 1
+            if result.auth_failed or failures >= self._config.retry.once_attempts:
                 break
-            delay = self._backoff.next_delay(result.retry_after)
             if self._stop.wait(delay.total_seconds()):
                 break
         log.error("check-in failed; %d events kept in the outbox", self._outbox.depth())
@@ -237,22 +248,23 @@ class Agent:
         """``flagpost-agent run``: the daemon loop until stopped. Returns the exit code."""
         self.recover()
         self.migrate(report_unchanged=True)
-        next_detection = time.monotonic() + self._interval.total_seconds()
-        while not self._stop.is_set():
-            result = self.check_in()
-            if result.ok:
-                self._backoff.reset()
-                delay = jittered(self._interval, self._rng)
-            elif result.auth_failed:
-                delay = self._backoff.longest()
-            else:
-                delay = self._backoff.next_delay(result.retry_after)
+        try:
+            credentials = self.credentials()
+        except EnrollmentError:
+            credentials = None
+        if credentials is not None:
+            self._schedule.adopt(credentials.checkin_interval)
+        next_detection = time.monotonic() + self.interval.total_seconds()
+        delay = self._schedule.first_delay()
+        while True:
             log.debug("next check-in in %.1fs", delay.total_seconds())
             if self._stop.wait(delay.total_seconds()):
                 break
-            if time.monotonic() >= next_detection:
+            result = self.check_in()
+            delay = self._schedule.after(result)
+            if time.monotonic() >= next_detection and not self._stop.is_set():
                 self.migrate(report_unchanged=False)
-                next_detection = time.monotonic() + self._interval.total_seconds()
+                next_detection = time.monotonic() + self.interval.total_seconds()
         log.info("agent stopped")
         return 0
 
@@ -268,8 +280,12 @@ class Agent:
             config_version=self._outbox.get_state(f"config_version:{MIGRATION_ID}"),
             outbox_depth=self._outbox.depth(),
             quarantined=[
-                {"event_id": q.event_id, "reason": q.reason, "summary": q.summary,
-                 "created_at": q.created_at}
+                {
+                    "event_id": q.event_id,
+                    "reason": q.reason,
+                    "summary": q.summary,
+                    "created_at": q.created_at,
+                }
                 for q in self._outbox.quarantined()
             ],
             last_checkin_at=self._outbox.get_state("last_checkin_at"),

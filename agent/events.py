@@ -1,4 +1,9 @@
-"""Building ``MigrationEvent`` protos: ids, timestamps, error detail, system info."""
+"""Building ``MigrationEvent`` protos: ids, timestamps, error detail, system info.
+
+Besides migration outcomes the agent reports notices about itself (``EVENT_TYPE_AGENT_NOTICE``,
+category "agent" in the History): :func:`quarantine_notice` is the warning that an event was set
+aside because the server rejected it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from flagpost.v1 import agent_pb2
 
 DETECTION = agent_pb2.EVENT_TYPE_MIGRATION_DETECTION
 EXECUTION = agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION
+AGENT_NOTICE = agent_pb2.EVENT_TYPE_AGENT_NOTICE
 SUCCESS = agent_pb2.EVENT_STATUS_SUCCESS
 FAILED = agent_pb2.EVENT_STATUS_FAILED
 WARNING = agent_pb2.EVENT_STATUS_WARNING
@@ -88,3 +94,45 @@ def migration_event(
     event.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
     event.system_info.update(dict(system_info))
     return event
+
+
+_EVENT_TYPE_NAMES = {
+    DETECTION: "migration_detection",
+    EXECUTION: "migration_execution",
+    AGENT_NOTICE: "agent_notice",
+}
+_STATUS_NAMES = {
+    SUCCESS: "success",
+    FAILED: "failed",
+    WARNING: "warning",
+    NOT_NEEDED: "not_needed",
+    PARTIAL: "partial",
+}
+
+
+def describe(event: agent_pb2.MigrationEvent) -> str:
+    """``migration_execution_failed "message"``: an event named the way the History names it."""
+    kind = _EVENT_TYPE_NAMES.get(event.event_type, f"event_type_{event.event_type}")
+    status = _STATUS_NAMES.get(event.status, f"status_{event.status}")
+    return f"{kind}_{status} {short(event.message, 80)!r}"
+
+
+def quarantine_notice(
+    event: agent_pb2.MigrationEvent, reason: str, system_info: Mapping[str, str]
+) -> agent_pb2.MigrationEvent:
+    """The warning reported when ``event`` is quarantined: it names the event id and the
+    server's reason. Its run id is left empty (a notice is not part of the run's outcome)."""
+    what = describe(event)
+    run = f" of run {event.run_id}" if event.run_id else ""
+    return migration_event(
+        event_type=AGENT_NOTICE,
+        status=WARNING,
+        run_id="",
+        message=f"Event {event.event_id} set aside: {reason}",
+        error_message=(
+            f"The agent quarantined event {event.event_id} ({what}{run}): {reason}. It is kept "
+            "in the agent's outbox, listed by `flagpost-agent status`, and no longer sent; the "
+            "events behind it were delivered."
+        ),
+        system_info=system_info,
+    )

@@ -3,8 +3,10 @@
 ``state_dir/outbox.db`` is SQLite in WAL mode with ``synchronous=FULL``: when :meth:`Outbox.add`
 returns, the event survives a crash or power loss. Events leave only when the server acknowledged
 them (:meth:`Outbox.ack`). An event the server rejects as invalid is quarantined (kept, no longer
-sent, listed by ``flagpost-agent status``), never deleted. A small key/value ``state`` table keeps
-the last check-in time, the last error and the last detected config version.
+sent, listed by ``flagpost-agent status``), never deleted, and a warning notice about it joins the
+end of the queue in the same transaction (so it is reported exactly once and blocks nothing). A
+small key/value ``state`` table keeps the last check-in time, the last error and the last detected
+config version.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
+from google.protobuf.message import DecodeError
+
+from agent import events
+from agent.run_queue import RunQueue
+from agent.sysinfo import agent_info
 from flagpost.v1 import agent_pb2
 
 _SCHEMA = """
@@ -47,9 +54,11 @@ class PendingEvent:
     event_id: str
     payload: bytes
     attempts: int
+    event: agent_pb2.MigrationEvent
 
     def message(self) -> agent_pb2.MigrationEvent:
-        return agent_pb2.MigrationEvent.FromString(self.payload)
+        """The parsed event."""
+        return self.event
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,7 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._runs = RunQueue(self._db, self._transaction)
         except BaseException:
             self._db.close()
             raise
@@ -86,6 +96,11 @@ class Outbox:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def runs(self) -> RunQueue:
+        """Run updates, log lines and action acknowledgements (same file, same connection)."""
+        return self._runs
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -127,6 +142,11 @@ class Outbox:
             (limit,),
         ).fetchall()
         for seq, event_id, payload, attempts in rows:
+            try:
+                event = agent_pb2.MigrationEvent.FromString(payload)
+            except DecodeError:
+                self.quarantine(event_id, "unreadable payload (not a MigrationEvent)")
+                return self.oldest(limit, max_bytes)
             size = len(payload) + _FRAME_BYTES
             if size > max_bytes:
                 if chunk:
@@ -136,7 +156,7 @@ class Outbox:
             if total + size > max_bytes:
                 break
             total += size
-            chunk.append(PendingEvent(seq, event_id, bytes(payload), attempts))
+            chunk.append(PendingEvent(seq, event_id, bytes(payload), attempts, event))
         return chunk
 
     def ack(self, event_ids: Iterable[str]) -> int:
@@ -164,12 +184,38 @@ class Outbox:
                 [(error, event_id) for event_id in event_ids],
             )
 
-    def quarantine(self, event_id: str, reason: str) -> None:
-        """Set an event aside: kept, listed by status, no longer sent."""
-        self._db.execute(
-            "UPDATE outbox SET quarantined = 1, last_error = ? WHERE event_id = ?",
-            (reason, event_id),
-        )
+    def quarantine(
+        self, event_id: str, reason: str, *, notify: bool = True
+    ) -> agent_pb2.MigrationEvent | None:
+        """Set an event aside (kept, listed by status, no longer sent) and, in the same
+        transaction, add a warning notice about it (:func:`agent.events.quarantine_notice`) to
+        the end of the queue. A notice that is itself quarantined gets no notice (a rejected
+        notice is set aside silently, so notices can never loop), nor does an event already
+        quarantined. Returns the notice added, if any."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT payload, quarantined FROM outbox WHERE event_id = ?", (event_id,)
+            ).fetchone()
+            if row is None or row[1]:
+                return None
+            self._db.execute(
+                "UPDATE outbox SET quarantined = 1, last_error = ? WHERE event_id = ?",
+                (reason, event_id),
+            )
+            if not notify:
+                return None
+            try:
+                event = agent_pb2.MigrationEvent.FromString(row[0])
+            except DecodeError:
+                event = agent_pb2.MigrationEvent(event_id=event_id, message="(unreadable payload)")
+            if event.event_type == events.AGENT_NOTICE:
+                return None
+            notice = events.quarantine_notice(event, reason, agent_info())
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, payload, created_at) VALUES (?, ?, ?)",
+                (notice.event_id, notice.SerializeToString(), _now()),
+            )
+        return notice
 
     def depth(self) -> int:
         """Events waiting to be sent (quarantined ones not included)."""

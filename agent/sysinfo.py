@@ -84,3 +84,16 @@ def system_info(config_path: Path) -> dict[str, str]:
         "uid": str(os.getuid()),
         "pid": str(os.getpid()),
     }
+
+
+def agent_info() -> dict[str, str]:
+    """The ``system_info`` of agent notices: host and agent, no config path."""
+    return {
+        "hostname": socket.gethostname(),
+        "os": os_name(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "agent_version": __version__,
+        "uid": str(os.getuid()),
+        "pid": str(os.getpid()),
+    }

@@ -4,10 +4,21 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 ``cleanup_ctx`` starts, in order, and stops, in reverse order:
 
 1. the database: engine + sessionmaker into ``keys.ENGINE`` / ``keys.SESSIONS``, after checking
-   the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``);
-2. the ingest writer (group commit); on stop it drains and commits what is queued;
-3. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``); on stop it refuses new calls
-   and lets in-flight check-ins finish (their commits still happen: the writer stops after it).
+   the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``), and the
+   shared ``DatabaseHealth`` state (``keys.HEALTH``);
+2. the event bus (``server.services.bus``, live History streams; ``keys.BUS``);
+3. the health monitor: probes the database about once a second while idle or failing;
+4. the ingest writer (group commit; wakes the bus after each commit); on stop it drains and
+   commits what is queued;
+5. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``).
+
+Shutdown order (``RunningServer.stop`` / ``runner.cleanup()``): the web stops listening, then
+(``on_shutdown``) live streams end and gRPC refuses new calls and gives in-flight ones up to
+``config.shutdown_grace_seconds`` to finish — their commits still happen, the writer is still
+running — then the cleanup contexts unwind: the writer commits whatever is still queued, the
+monitor stops, the engine closes.
+
+Metrics: one ``ServerMetrics`` registry per app (``keys.METRICS``), served at ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -17,22 +28,36 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import grpc
 from aiohttp import web
 
 from server import keys
 from server.config import ServerConfig
 from server.grpc.server import create_grpc_server
+from server.metrics import ServerMetrics, add_metrics_route
 from server.services import Services
 from server.services.agents import Authenticator
+from server.services.bus import bus_ctx, end_streams_on_shutdown
+from server.services.health import DatabaseHealth, HealthMonitor
 from server.services.ingest import IngestWriter
 from server.storage import schema
+from server.storage.batches import make_batch_store
 from server.storage.db import create_engine, make_sessionmaker
 from server.web import setup_web
 
 log = logging.getLogger(__name__)
 
-GRPC_STOP_GRACE_S = 5.0
 WEB_SHUTDOWN_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _Lifecycle:
+    """Mutable per-app holder for what the shutdown hook must reach."""
+
+    grpc_server: grpc.aio.Server | None = None
+
+
+_LIFECYCLE = web.AppKey("lifecycle", _Lifecycle)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -49,22 +74,46 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         raise
     app[keys.ENGINE] = engine
     app[keys.SESSIONS] = make_sessionmaker(engine)
+    health = DatabaseHealth()
+    app[keys.HEALTH] = health
+    app[keys.METRICS].health = health
     try:
         yield
     finally:
         await engine.dispose()
 
 
+async def _health_monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = HealthMonitor(app[keys.CONFIG], app[keys.ENGINE], app[keys.HEALTH])
+    monitor.start()
+    try:
+        yield
+    finally:
+        await monitor.stop()
+
+
 async def _ingest(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     sessions = app[keys.SESSIONS]
-    writer = IngestWriter(config, sessions)
+    metrics = app[keys.METRICS]
+    writer = IngestWriter(
+        config,
+        sessions,
+        health=app[keys.HEALTH],
+        observe_latency=metrics.ingest_latency.observe,
+        store=make_batch_store(config, sessions),
+    )
+    if keys.BUS in app:  # live History streams wake after every commit that stored rows
+        writer.add_commit_listener(app[keys.BUS].on_ingest_commit)
     writer.start()
+    metrics.writer = writer
     app[keys.SERVICES] = Services(
         config=config,
         sessions=sessions,
         authenticator=Authenticator(sessions),
         ingest=writer,
+        health=app[keys.HEALTH],
+        metrics=metrics,
     )
     try:
         yield
@@ -83,10 +132,20 @@ async def _grpc(app: web.Application) -> AsyncIterator[None]:
     server, port = await create_grpc_server(app[keys.CONFIG], app[keys.SERVICES])
     await server.start()
     app[keys.PORTS].grpc = port
+    app[_LIFECYCLE].grpc_server = server
     try:
         yield
     finally:
-        await server.stop(GRPC_STOP_GRACE_S)
+        await _stop_grpc(app)
+
+
+async def _stop_grpc(app: web.Application) -> None:
+    """Refuse new calls; let in-flight ones finish within the grace period (idempotent)."""
+    lifecycle = app[_LIFECYCLE]
+    server, lifecycle.grpc_server = lifecycle.grpc_server, None
+    if server is not None:
+        log.info("gRPC: refusing new calls, finishing in-flight ones")
+        await server.stop(app[keys.CONFIG].shutdown_grace_seconds)
 
 
 def create_app(config: ServerConfig) -> web.Application:
@@ -94,8 +153,13 @@ def create_app(config: ServerConfig) -> web.Application:
     app = web.Application()
     app[keys.CONFIG] = config
     app[keys.PORTS] = keys.BoundPorts()
-    app.cleanup_ctx.extend([_database, _ingest, _grpc])
+    app[_LIFECYCLE] = _Lifecycle()
+    metrics = ServerMetrics()
+    app[keys.METRICS] = metrics
+    app.cleanup_ctx.extend([_database, bus_ctx, _health_monitor, _ingest, _grpc])
+    app.on_shutdown.extend([end_streams_on_shutdown, _stop_grpc])
     setup_web(app)
+    add_metrics_route(app, metrics)
     return app
 
 

@@ -4,6 +4,7 @@
                                           [--state-dir DIR] [--auto-upgrade]
     flagpost-server [--config FILE] db upgrade | db downgrade REV | db current
     flagpost-server [--config FILE] token create [--uses N] [--expires 24h|30m|7d|never]
+    flagpost-server [--config FILE] agent list | agent revoke AGENT_ID
 
 Flags override the config file and ``FLAGPOST_*`` environment (``load_config(overrides=…)``).
 Exit codes: 0 ok, 1 error, 2 usage error or database schema out of date.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -110,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(hours=24),
         help="lifetime: 30m, 24h, 7d or never (default 24h)",
     )
+
+    agent = commands.add_parser("agent", help="enrolled agents")
+    agent_commands = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    agent_commands.add_parser("list", parents=[db_url], help="list agents and their health")
+    revoke = agent_commands.add_parser(
+        "revoke", parents=[db_url], help="revoke an agent: its check-ins are refused from now on"
+    )
+    revoke.add_argument("agent_id", metavar="AGENT_ID")
     return parser
 
 
@@ -137,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(config))
         if args.command == "db":
             return _db(config, args)
+        if args.command == "agent":
+            return asyncio.run(_agent(config, args))
         return asyncio.run(_token_create(config, args.uses, args.expires))
     except SchemaOutOfDate as exc:
         print(f"flagpost-server: {exc.message}", file=sys.stderr)
@@ -180,10 +192,47 @@ async def _token_create(config: ServerConfig, uses: int, expires: timedelta | No
     return EXIT_OK
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running server: everything allocated at
+    start-up moves to the permanent generation, and the young generation is collected every
+    50,000 allocations instead of 700 (ingest allocates many short-lived, acyclic objects; the
+    default threshold spent ~7% of the loop's time in the collector under load)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:
+    from server.services import agents as agent_service
+    from server.storage import schema
+    from server.storage.db import create_engine, make_sessionmaker
+
+    engine = create_engine(config)
+    try:
+        await schema.assert_schema_current(engine)
+        sessions = make_sessionmaker(engine)
+        if args.agent_command == "revoke":
+            await agent_service.revoke(sessions, args.agent_id)
+            print(f"revoked {args.agent_id} (servers refuse it within a few seconds)")
+            return EXIT_OK
+        agents = await agent_service.list_agents(sessions, config)
+    finally:
+        await engine.dispose()
+    print(f"{'ID':36}  {'HOSTNAME':24}  {'HEALTH':8}  {'LAST CHECK-IN':20}  REVOKED")
+    for a in agents:
+        last = a.last_checkin_at.strftime("%Y-%m-%d %H:%M:%S") if a.last_checkin_at else "-"
+        print(
+            f"{a.id:36}  {a.hostname[:24]:24}  {a.health.value:8}  {last:20}  "
+            f"{'yes' if a.revoked else 'no'}"
+        )
+    return EXIT_OK
+
+
 async def _serve(config: ServerConfig) -> int:
     from server.app import start_server
 
     running = await start_server(config)
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

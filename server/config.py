@@ -43,6 +43,14 @@ class ServerConfig:
     ingest_batch_max_events: int = 2_000
     ingest_batch_max_wait_ms: int = 2
     retry_after_ms: int = 2_000
+    # Database health (issue 3): probe every interval while idle or failing; a probe that takes
+    # longer than the timeout counts as a failure. A SQLite write waits at most the busy timeout
+    # for a lock another process holds, then fails with UNAVAILABLE (retryable).
+    health_probe_interval_ms: int = 1_000
+    health_probe_timeout_ms: int = 1_000
+    sqlite_busy_timeout_ms: int = 5_000
+    # Graceful shutdown: how long in-flight calls may take to finish before they are cancelled.
+    shutdown_grace_seconds: int = 10
     # Web
     history_page_size: int = 50
     # Start-up: migrate the schema instead of refusing to start when it is behind.

@@ -8,8 +8,10 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
+from server.metrics import ServerMetrics
 from server.services import Services
 from server.services.bus import EventBus
+from server.services.health import DatabaseHealth
 
 
 @dataclass
@@ -26,4 +28,6 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 PORTS = web.AppKey("ports", BoundPorts)
 SERVICES = web.AppKey("services", Services)
+METRICS = web.AppKey("metrics", ServerMetrics)  # per app: tests run several servers at once
+HEALTH = web.AppKey("health", DatabaseHealth)  # is the database reachable? (/healthz, gRPC)
 BUS = web.AppKey("bus", EventBus)

@@ -163,14 +163,12 @@ async def commit_events(
         for batch in batches:
             async with sessions() as session, session.begin():
                 await notify.lock_history_writes(session)
-                before = (
-                    await session.execute(text("SELECT coalesce(max(id), 0) FROM update_events"))
-                ).scalar_one()
-                await insert_events(session, batch, datetime.now(UTC))
+                inserted = await insert_events(session, batch, datetime.now(UTC))
                 max_id = await notify.announce_history_commit(session)
-            assert max_id is not None
+            assert max_id is not None and inserted == len(batch)
             bus.publish_committed(max_id)
-            stored.append(list(range(int(before) + 1, max_id + 1)))
+            # Under the ordered-write lock a batch's ids are consecutive and end at max_id.
+            stored.append(list(range(max_id - inserted + 1, max_id + 1)))
     finally:
         await engine.dispose()
     return stored
@@ -288,7 +286,9 @@ async def test_after_param_heartbeats_and_escaped_html(live: tuple[Any, EventBus
     hostile = new_event(2, EventStatus.WARNING, message=XSS_MESSAGE)
     [[hostile_id]] = await commit_events(db_url, bus, [[hostile]])
     async with aiohttp.ClientSession() as http:
-        stream = await open_stream(http, str(client.make_url("/history/stream")), [("after", after)])
+        stream = await open_stream(
+            http, str(client.make_url("/history/stream")), [("after", after)]
+        )
         [frame] = await stream.events(1)
         assert int(frame.id or 0) == hostile_id
         html = frame.payload["html"]
@@ -470,7 +470,7 @@ def require_bus(server: RunningServer) -> EventBus:
     if keys.BUS not in server.app:
         pytest.fail(
             "the event bus is not wired into server.app: add bus_ctx to create_app's "
-            "cleanup_ctx and pass on_committed to IngestWriter (see server/services/bus.py)"
+            "cleanup_ctx and writer.add_commit_listener(app[keys.BUS].on_ingest_commit)"
         )
     return server.app[keys.BUS]
 
@@ -517,14 +517,7 @@ async def test_grpc_checkins_reach_the_stream_and_resume(running_server: Running
 
 
 @pytest.fixture
-def pg_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    from conftest import fresh_database
-
-    yield from fresh_database(request, "postgresql", tmp_path)
-
-
-@pytest.fixture
-def subprocess_replica(pg_db_url: str, tmp_path: Path) -> Iterator[int]:
+def subprocess_replica(db_url: str, tmp_path: Path) -> Iterator[int]:
     """``python -m server serve`` on the same PostgreSQL: the ingesting replica. Yields its
     gRPC port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGPOST_")}
@@ -535,7 +528,7 @@ def subprocess_replica(pg_db_url: str, tmp_path: Path) -> Iterator[int]:
             "server",
             "serve",
             "--database-url",
-            pg_db_url,
+            db_url,
             "--grpc-port",
             "0",
             "--web-port",
@@ -582,9 +575,11 @@ async def _terminate_listener(db_url: str) -> int:
         await engine.dispose()
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_event_ingested_by_one_replica_reaches_the_others_stream(
-    pg_db_url: str, subprocess_replica: int, tmp_path: Path
+    db_url: str, subprocess_replica: int, tmp_path: Path
 ) -> None:
+    pg_db_url = db_url
     config: ServerConfig = load_config(
         env={},
         overrides={
@@ -624,3 +619,100 @@ async def test_event_ingested_by_one_replica_reaches_the_others_stream(
             stream.close()
     finally:
         await replica_b.stop()
+
+
+# --------------------------------------------------------------------------- in a browser
+
+LIVE_SCREENSHOT = Path("/tmp/history-live.png")
+
+
+@pytest.mark.browser
+async def test_new_failure_appears_in_chromium_without_reload(
+    sqlite_db_url: str, tmp_path: Path
+) -> None:
+    from playwright.async_api import Dialog, async_playwright, expect
+    from test_history_browser import CHROMIUM, CHROMIUM_ARGS
+
+    config = load_config(
+        env={},
+        overrides={
+            "database_url": sqlite_db_url,
+            "grpc_port": 0,
+            "web_port": 0,
+            "state_dir": tmp_path / "state",
+        },
+    )
+    server = await start_server(config)
+    dialogs: list[str] = []
+    problems: list[str] = []
+    try:
+        require_bus(server)
+        token = await enrollment.create_token(server.app[keys.SESSIONS])
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+            async_playwright() as pw,
+        ):
+            agent = await Agent.enroll(channel, token, "edge-07")
+            healthy = failure_event(
+                "Migration 1 → 2 applied",
+                status=agent_pb2.EVENT_STATUS_SUCCESS,
+                error_message="",
+                error_detail=agent_pb2.ErrorDetail(),
+            )
+            await agent.check_in(healthy)
+
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1360, "height": 900})
+
+                async def on_dialog(dialog: Dialog) -> None:
+                    dialogs.append(dialog.message)
+                    await dialog.dismiss()
+
+                page.on("dialog", on_dialog)
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda exc: problems.append(str(exc)))
+
+                # Failures only: the page starts empty (the one event is a success).
+                await page.goto(f"{server.web_url}/history?severity=error")
+                await expect(page.locator(".empty-state")).to_be_visible()
+                live = page.locator("#live-status")
+                await expect(live).to_have_attribute("data-state", "live")
+                await expect(live).to_contain_text("Live")
+                await page.evaluate("window.__noReload = 1")
+
+                failure = failure_event("Migration 1 → 2 failed: config directory is read-only")
+                hostile = failure_event(XSS_MESSAGE)
+                other_success = failure_event(
+                    "not a failure", status=agent_pb2.EVENT_STATUS_SUCCESS
+                )
+                await agent.check_in(other_success, failure, hostile)
+                rows = page.locator("li.event")
+                new_row = page.locator("li.event", has_text="config directory is read-only")
+                await expect(new_row).to_be_visible(timeout=2000)
+                await expect(rows).to_have_count(2, timeout=2000)
+                await expect(page.locator(".empty-state")).to_be_hidden()
+                await expect(live).to_contain_text("2 new")
+                # Newest first, shown as text, never run; the success was filtered out.
+                await expect(rows.first.locator(".cell-message")).to_contain_text(XSS_MESSAGE)
+                await expect(page.locator("li.event", has_text="not a failure")).to_have_count(0)
+                assert await page.evaluate("typeof window.__pwned") == "undefined"
+                assert await page.evaluate("window.__noReload") == 1
+
+                # The live row expands like any other (no JavaScript involved).
+                await new_row.locator("summary.event-summary").click()
+                detail = new_row.locator(".event-detail")
+                await expect(detail).to_contain_text("EACCES (errno 13)")
+                await expect(detail).to_contain_text("move_legacy_config")
+                await page.screenshot(path=str(LIVE_SCREENSHOT), full_page=True)
+
+                # A reload shows the same rows, once each.
+                await page.reload()
+                await expect(rows).to_have_count(2)
+                await expect(live).to_have_attribute("data-state", "live")
+            finally:
+                await browser.close()
+    finally:
+        await server.stop()
+    assert dialogs == []
+    assert problems == []  # includes CSP violations, which chromium reports as console errors

@@ -523,9 +523,9 @@ async def test_security_headers_on_every_kind_of_response(client: Client) -> Non
     assert (await api_404.json())["error"] == "not_found"
 
 
-async def test_root_redirects_to_history_and_healthz_is_ok(client: Client) -> None:
+async def test_root_is_the_fleet_overview_and_healthz_is_ok(client: Client) -> None:
     resp = await client.get("/", allow_redirects=False)
-    assert resp.status == 302 and resp.headers["Location"] == "/history"
+    assert resp.status == 200 and "Fleet overview" in await resp.text()
     health = await client.get("/healthz")
     assert health.status == 200 and await health.json() == {"status": "ok"}
 

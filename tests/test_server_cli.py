@@ -164,3 +164,49 @@ def test_serve_listens_and_stops_gracefully_on_sigterm(
     assert time.monotonic() - started < 15
     assert process.stderr is not None
     assert "shutting down" in process.stderr.read()
+
+
+async def test_agent_list_and_revoke(sqlite_db_url: str) -> None:
+    from server.domain import HostFacts
+    from server.services import agents as agent_service
+    from server.services import enrollment
+    from server.storage.db import create_engine_for_url, make_sessionmaker
+
+    engine = create_engine_for_url(sqlite_db_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        token = await enrollment.create_token(sessions, uses=2)
+        web, _ = await enrollment.enroll(sessions, token, HostFacts(hostname="web-1"))
+        db, credential = await enrollment.enroll(sessions, token, HostFacts(hostname="db-1"))
+    finally:
+        await engine.dispose()
+
+    listed = run("agent", "list", "--database-url", sqlite_db_url)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "HOSTNAME", "HEALTH"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        [db, "db-1", "never", "-"],
+        [web, "web-1", "never", "-"],
+    ]
+    assert all(line.endswith("no") for line in lines[1:])
+
+    revoked = run("agent", "revoke", db, "--database-url", sqlite_db_url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert db in revoked.stdout
+    lines = run("agent", "list", "--database-url", sqlite_db_url).stdout.splitlines()
+    assert lines[1].startswith(db) and lines[1].endswith("yes")
+    assert lines[2].startswith(web) and lines[2].endswith("no")
+
+    engine = create_engine_for_url(sqlite_db_url)
+    try:
+        authenticator = agent_service.Authenticator(make_sessionmaker(engine))
+        from server.errors import PermissionDenied
+
+        with pytest.raises(PermissionDenied):
+            await authenticator.authenticate(credential)
+    finally:
+        await engine.dispose()
+
+    unknown = run("agent", "revoke", "no-such-agent", "--database-url", sqlite_db_url)
+    assert unknown.returncode == 1 and "no agent no-such-agent" in unknown.stderr

@@ -104,7 +104,9 @@ def _read_text(view: FileView, path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DetectionError(
-            f"{path.name}:{line}: not valid UTF-8", path=path, line=line,
+            f"{path.name}:{line}: not valid UTF-8",
+            path=path,
+            line=line,
             exception_type="UnicodeDecodeError",
         ) from exc
 
@@ -129,7 +131,8 @@ def parse_kv(text: str, path: Path) -> Settings:
         if key in values:
             raise DetectionError(
                 f"{path.name}:{number}: duplicate key {key!r} (first on line {values[key][1]})",
-                path=path, line=number,
+                path=path,
+                line=number,
             )
         values[key] = (value, number)
     for key in REQUIRED_KV_KEYS:
@@ -142,7 +145,8 @@ def parse_kv(text: str, path: Path) -> Settings:
             raise DetectionError(
                 f"{path.name}:{number}: check_interval must be a positive integer "
                 f"number of seconds",
-                path=path, line=number,
+                path=path,
+                line=number,
             )
         interval = int(text_value)
     level: str | None = None
@@ -151,7 +155,8 @@ def parse_kv(text: str, path: Path) -> Settings:
         if level.lower() not in LOG_LEVELS:
             raise DetectionError(
                 f"{path.name}:{number}: log_level must be one of {', '.join(sorted(LOG_LEVELS))}",
-                path=path, line=number,
+                path=path,
+                line=number,
             )
     return Settings(
         server_url=values["server_url"][0],
@@ -169,7 +174,9 @@ def _load_json(view: FileView, path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DetectionError(
             f"{path.name}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})",
-            path=path, line=exc.lineno, exception_type="JSONDecodeError",
+            path=path,
+            line=exc.lineno,
+            exception_type="JSONDecodeError",
         ) from exc
     if not isinstance(data, dict):
         raise DetectionError(f"{path.name}: expected a JSON object at the top level", path=path)
@@ -196,7 +203,8 @@ def _get(
     if isinstance(node, bool) or not isinstance(node, kind):
         raise DetectionError(
             f"{path.name}: {dotted!r} must be {_JSON_TYPES[kind]}, got {type(node).__name__}",
-            path=path, exception_type="ConfigTypeError",
+            path=path,
+            exception_type="ConfigTypeError",
         )
     return node
 
@@ -209,9 +217,7 @@ def parse_json_settings(data: dict[str, Any], path: Path, token: str | None) -> 
     proxy = _get(data, "server.proxy", str, path)
     interval = _get(data, "checkin.interval_seconds", int, path)
     if interval is not None and interval <= 0:
-        raise DetectionError(
-            f"{path.name}: 'checkin.interval_seconds' must be positive", path=path
-        )
+        raise DetectionError(f"{path.name}: 'checkin.interval_seconds' must be positive", path=path)
     level = _get(data, "logging.level", str, path)
     if level is not None and level.lower() not in LOG_LEVELS:
         raise DetectionError(
@@ -227,8 +233,12 @@ def parse_json_settings(data: dict[str, Any], path: Path, token: str | None) -> 
 
 def _load_secrets(view: FileView, path: Path) -> str:
     if not view.exists(path):
-        raise DetectionError(f"{path.name}: secrets file is missing", path=path, errno=2,
-                             exception_type="FileNotFoundError")
+        raise DetectionError(
+            f"{path.name}: secrets file is missing",
+            path=path,
+            errno=2,
+            exception_type="FileNotFoundError",
+        )
     secrets = _load_json(view, path)
     token = _get(secrets, "agent_token", str, path, required=True)
     assert isinstance(token, str)
@@ -271,8 +281,9 @@ def _read_version(view: FileView) -> tuple[str | None, Path | None, Settings | N
         version = data.get("config_version")
         if version == 3:
             if "secrets_file" in data:
-                raise DetectionError(f"{path.name}: 'secrets_file' is not valid in version 3",
-                                     path=path)
+                raise DetectionError(
+                    f"{path.name}: 'secrets_file' is not valid in version 3", path=path
+                )
             return "3", path, parse_json_settings(data, path, None)
         if version == 4:
             name = _get(data, "secrets_file", str, path, required=True)
@@ -347,8 +358,10 @@ def _step_move(view: FileView) -> Sequence[FileOp]:
 def _step_to_json(view: FileView) -> Sequence[FileOp]:
     source, target = new_conf(view.root), json_conf(view.root)
     settings = parse_kv(_read_text(view, source), source)
-    return [WriteFile(target, _json_bytes(_v3_document(settings)), view.mode(source)),
-            RemoveFile(source)]
+    return [
+        WriteFile(target, _json_bytes(_v3_document(settings)), view.mode(source)),
+        RemoveFile(source),
+    ]
 
 
 def _step_split_secrets(view: FileView) -> Sequence[FileOp]:
@@ -360,19 +373,37 @@ def _step_split_secrets(view: FileView) -> Sequence[FileOp]:
     document["config_version"] = 4
     document["secrets_file"] = secrets_file(view.root).name
     return [
-        WriteFile(secrets_file(view.root), _json_bytes({"agent_token": settings.agent_token}),
-                  SECRETS_MODE),
+        WriteFile(
+            secrets_file(view.root),
+            _json_bytes({"agent_token": settings.agent_token}),
+            SECRETS_MODE,
+        ),
         WriteFile(path, _json_bytes(document), view.mode(path)),
     ]
 
 
 STEPS = (
-    Step("v1_to_v2_move_location", "1", "2",
-         "move etc/aggregator/agent.conf to etc/flagpost/agent.conf", _step_move),
-    Step("v2_to_v3_json_format", "2", "3",
-         "convert agent.conf to agent.json and rename keys", _step_to_json),
-    Step("v3_to_v4_split_secrets", "3", "4",
-         "move agent_token into secrets.json (mode 0600)", _step_split_secrets),
+    Step(
+        "v1_to_v2_move_location",
+        "1",
+        "2",
+        "move etc/aggregator/agent.conf to etc/flagpost/agent.conf",
+        _step_move,
+    ),
+    Step(
+        "v2_to_v3_json_format",
+        "2",
+        "3",
+        "convert agent.conf to agent.json and rename keys",
+        _step_to_json,
+    ),
+    Step(
+        "v3_to_v4_split_secrets",
+        "3",
+        "4",
+        "move agent_token into secrets.json (mode 0600)",
+        _step_split_secrets,
+    ),
 )
 
 

@@ -23,10 +23,10 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent import events
+from agent import events, runlog, runs
 from agent.faults import FaultInjector
 from agent.migrations import fsops
 from agent.migrations.journal import (
@@ -52,6 +52,8 @@ from agent.migrations.model import (
     WriteFile,
 )
 from agent.outbox import Outbox
+from agent.runlog import RunLog
+from agent.runs import RunCancelled, RunControl, RunTracker
 from agent.sysinfo import system_info as default_system_info
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2
@@ -92,17 +94,21 @@ class Plan:
         return tuple(dict.fromkeys(paths))
 
 
-def make_plan(migration: Migration, view: FileView) -> Plan:
+def make_plan(migration: Migration, view: FileView, run_log: RunLog | None = None) -> Plan:
     """Detect and plan every step on an in-memory overlay; nothing on disk changes.
 
+    ``run_log``: the run's logger; ``detect`` runs with it bound to source "detector" and each
+    step's ``plan`` with it bound to the step's name (see :func:`agent.runlog.current`).
     Raises :class:`DetectionError` for a bad config (or a step that cannot read its input)."""
     try:
-        detected = migration.detect(view)
+        with runlog.bound(run_log, "detector"):
+            detected = migration.detect(view)
         planned: list[PlannedStep] = []
         if detected.version is not None and detected.version != migration.current_version:
             overlay = PlannedView(view)
             for step in migration.path_from(detected.version):
-                ops = tuple(step.plan(overlay))
+                with runlog.bound(run_log, step.name):
+                    ops = tuple(step.plan(overlay))
                 for op in ops:
                     overlay.apply(op)
                 planned.append(PlannedStep(step, ops))
@@ -143,6 +149,21 @@ def _decode(text: str) -> agent_pb2.MigrationEvent:
     return agent_pb2.MigrationEvent.FromString(base64.b64decode(text))
 
 
+def _encode_update(update: agent_pb2.RunUpdate) -> str:
+    return base64.b64encode(update.SerializeToString()).decode("ascii")
+
+
+def _decode_update(text: str) -> agent_pb2.RunUpdate:
+    return agent_pb2.RunUpdate.FromString(base64.b64decode(text))
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
 class MigrationEngine:
     """Runs migrations against ``root`` with state (journal, backups) in ``state_dir``."""
 
@@ -155,6 +176,8 @@ class MigrationEngine:
         faults: FaultInjector | None = None,
         system_info: SystemInfo | None = None,
         should_stop: Callable[[], bool] | None = None,
+        control: RunControl | None = None,
+        step_delay: timedelta = timedelta(0),
     ) -> None:
         self._root = root
         self._state_dir = state_dir
@@ -162,6 +185,8 @@ class MigrationEngine:
         self._faults = faults or FaultInjector()
         self._system_info: SystemInfo = system_info or default_system_info
         self._should_stop = should_stop or (lambda: False)
+        self._control = control or RunControl()
+        self._step_delay = step_delay.total_seconds()
         self._last_detection: dict[str, str] = {}
 
     @property
@@ -208,8 +233,9 @@ class MigrationEngine:
                 migration_to=migration.current_version,
                 system_info=self._system_info(path),
             )
-            recorded = self._record_detection(migration, f"failed:{exc.message}", event,
-                                              report_unchanged)
+            recorded = self._record_detection(
+                migration, f"failed:{exc.message}", event, report_unchanged
+            )
             self._outbox.set_state(f"config_version:{migration.id}", "")
             log.warning("%s: detection failed: %s", migration.id, exc.message)
             return RunResult(run_id, migration.id, recorded, None, "")
@@ -231,8 +257,9 @@ class MigrationEngine:
                 migration_to=migration.current_version,
                 system_info=self._system_info(info_path),
             )
-            recorded = self._record_detection(migration, f"not_needed:{version}", event,
-                                              report_unchanged)
+            recorded = self._record_detection(
+                migration, f"not_needed:{version}", event, report_unchanged
+            )
             log.info("%s: %s", migration.id, message)
             return RunResult(run_id, migration.id, recorded, None, version)
         return self._execute(plan, run_id, info_path)
@@ -362,16 +389,16 @@ class MigrationEngine:
         detected = migration.detect(view)
         if detected.version != migration.current_version:
             raise DetectionError(
-                f"verify: expected version {migration.current_version}, "
-                f"found {detected.version}",
+                f"verify: expected version {migration.current_version}, found {detected.version}",
                 path=detected.path,
                 exception_type="VerificationError",
             )
         if migration.verify is not None:
             migration.verify(view)
 
-    def _rollback(self, manifest: fsops.Manifest | None, backup_dir: Path,
-                  touched: tuple[str, ...]) -> tuple[str, str]:
+    def _rollback(
+        self, manifest: fsops.Manifest | None, backup_dir: Path, touched: tuple[str, ...]
+    ) -> tuple[str, str]:
         """Restore from the backup; returns (rollback outcome, rollback error)."""
         if manifest is None:
             # The backup never completed, so no config file was touched yet.

@@ -43,13 +43,19 @@ _MAX_AHEAD_SECONDS = int(MAX_CLOCK_AHEAD.total_seconds())
 
 # The canonical hyphenated form, either case: what ``domain.uuid_is_valid`` accepts, ~10x faster
 # (validation runs for every event of every check-in).
-_UUID = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
-)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 _EVENT_TYPES = {
     agent_pb2.EVENT_TYPE_MIGRATION_DETECTION: EventType.MIGRATION_DETECTION,
     agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION: EventType.MIGRATION_EXECUTION,
+    agent_pb2.EVENT_TYPE_AGENT_NOTICE: EventType.AGENT_NOTICE,
+}
+# Migration events are the History's subject; agent notices (quarantine and the like) are the
+# other category update_events holds.
+_CATEGORIES = {
+    EventType.MIGRATION_DETECTION: Category.MIGRATION,
+    EventType.MIGRATION_EXECUTION: Category.MIGRATION,
+    EventType.AGENT_NOTICE: Category.AGENT,
 }
 _STATUSES = {
     agent_pb2.EVENT_STATUS_SUCCESS: EventStatus.SUCCESS,
@@ -64,6 +70,9 @@ ALLOWED_STATUSES: dict[EventType, frozenset[EventStatus]] = {
     ),
     EventType.MIGRATION_EXECUTION: frozenset(
         {EventStatus.SUCCESS, EventStatus.FAILED, EventStatus.PARTIAL, EventStatus.WARNING}
+    ),
+    EventType.AGENT_NOTICE: frozenset(
+        {EventStatus.SUCCESS, EventStatus.FAILED, EventStatus.WARNING}
     ),
 }
 
@@ -162,7 +171,8 @@ def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: in
     event_type = _EVENT_TYPES.get(event.event_type)
     if event_type is None:
         raise InvalidArgument(
-            "must be EVENT_TYPE_MIGRATION_DETECTION or EVENT_TYPE_MIGRATION_EXECUTION",
+            "must be EVENT_TYPE_MIGRATION_DETECTION, EVENT_TYPE_MIGRATION_EXECUTION or "
+            "EVENT_TYPE_AGENT_NOTICE",
             field=f"events[{index}].event_type",
         )
     status = _STATUSES.get(event.status)
@@ -187,16 +197,17 @@ def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: in
             f"has {len(info)} entries, at most {MAX_SYSTEM_INFO_ENTRIES} allowed",
             field=f"events[{index}].system_info",
         )
-    system_info: dict[str, str] = {}
-    for key, value in sorted(info.items()):
-        _event_text(key, index, "system_info", MAX_SYSTEM_INFO_KEY)
+    # Key iteration + lookup is ~3x faster than .items() on a protobuf map.
+    system_info: dict[str, str] = {key: info[key] for key in sorted(info)}
+    for key, value in system_info.items():
+        if len(key) > MAX_SYSTEM_INFO_KEY or "\x00" in key:
+            _text(key, f"events[{index}].system_info", MAX_SYSTEM_INFO_KEY)
         if len(value) > MAX_SYSTEM_INFO_VALUE or "\x00" in value:
             _text(value, f"events[{index}].system_info[{key!r}]", MAX_SYSTEM_INFO_VALUE)
-        system_info[key] = value
     return NewEvent(
         event_id=event_id.lower(),
         agent_id=agent_id,
-        category=Category.MIGRATION,
+        category=_CATEGORIES[event_type],
         event_type=event_type.value,
         status=status,
         severity=severity_for(status),

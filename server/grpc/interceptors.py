@@ -6,7 +6,7 @@
 (b) A FlagpostError becomes the status named by ``err.grpc_code`` with its message
     (ResourceExhausted adds trailing metadata ``retry-after-ms``); any other exception becomes
     INTERNAL with a generic message, logged here with its traceback. Nowhere else decides a
-    status code.
+    status code. Every error is also reported to ``on_error(method, reason)`` (metrics).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ RETRY_AFTER_KEY = "retry-after-ms"
 CURRENT_AGENT: contextvars.ContextVar[str] = contextvars.ContextVar("flagpost_agent_id")
 
 Authenticate = Callable[[str], Awaitable[str]]
+ErrorObserver = Callable[[str, str], None]  # (method, reason): metrics
 
 
 def current_agent_id() -> str:
@@ -57,7 +58,14 @@ def bearer_token(metadata: Any) -> str:
     raise Unauthenticated("missing `authorization: Bearer <agent credential>` metadata")
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    method: str,
+    exc: BaseException,
+    on_error: ErrorObserver | None = None,
+) -> None:
+    if on_error is not None:
+        on_error(method, exc.reason if isinstance(exc, FlagpostError) else "internal")
     if isinstance(exc, FlagpostError):
         code = getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
         trailing: tuple[tuple[str, str], ...] = ()
@@ -72,8 +80,9 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
 class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates and maps errors for every RPC (see module docstring)."""
 
-    def __init__(self, authenticate: Authenticate) -> None:
+    def __init__(self, authenticate: Authenticate, on_error: ErrorObserver | None = None) -> None:
         self._authenticate = authenticate
+        self._on_error = on_error
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
         if not is_public(method):
@@ -128,7 +137,7 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort(context, method, exc)
+                await _abort(context, method, exc, self._on_error)
 
         return wrapped
 
@@ -150,6 +159,6 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort(context, method, exc)
+                await _abort(context, method, exc, self._on_error)
 
         return wrapped

@@ -21,12 +21,14 @@ async def create_grpc_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Build the grpc.aio server bound to ``config.grpc_host:grpc_port`` (0 = a free port).
 
-    Registers AgentService behind the FlagpostInterceptor, the standard health service (SERVING
-    for "" and flagpost.v1.AgentService) and reflection for all three services. Returns
+    Registers AgentService behind the FlagpostInterceptor, the standard health service (for ""
+    and flagpost.v1.AgentService: SERVING, NOT_SERVING while ``services.health`` says the
+    database is unreachable) and reflection for all three services. Returns
     ``(server, bound_port)``; the caller starts it and stops it (``await server.stop(grace)``).
     """
+    on_error = services.metrics.record_rpc_error if services.metrics is not None else None
     server = grpc.aio.server(
-        interceptors=[FlagpostInterceptor(services.authenticator.authenticate)],
+        interceptors=[FlagpostInterceptor(services.authenticator.authenticate, on_error)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
@@ -35,8 +37,20 @@ async def create_grpc_server(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(services), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", AGENT_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def publish(available: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if available
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", AGENT_SERVICE):
+            await health_servicer.set(service, status)
+
+    health_state = services.health
+    await publish(health_state is None or health_state.available)
+    if health_state is not None:
+        health_state.add_listener(publish)
     reflection.enable_server_reflection(
         (AGENT_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
     )

@@ -37,7 +37,9 @@ class AgentServicer:
     ) -> agent_pb2.CheckInResponse:
         """Store the check-in's events (ack only after commit) and refresh the agent's facts."""
         checkin = convert.checkin_from_proto(request, current_agent_id(), self._config)
-        await self._services.ingest.submit(checkin.agent_id, checkin.facts, checkin.events)
+        await self._services.ingest.submit(
+            checkin.agent_id, checkin.facts, checkin.events, sent=len(checkin.ack_ids)
+        )
         return agent_pb2.CheckInResponse(
             acknowledged_event_ids=checkin.ack_ids,
             next_checkin_seconds=self._config.checkin_interval_seconds,

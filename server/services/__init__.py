@@ -7,12 +7,17 @@ process by ``server.app``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.services.agents import Authenticator
+from server.services.health import DatabaseHealth
 from server.services.ingest import IngestWriter
+
+if TYPE_CHECKING:
+    from server.metrics import ServerMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +28,5 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     authenticator: Authenticator
     ingest: IngestWriter
+    health: DatabaseHealth | None = None  # None: assume the database is always reachable
+    metrics: ServerMetrics | None = None

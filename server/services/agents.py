@@ -17,6 +17,7 @@ from server.config import ServerConfig
 from server.domain import AgentHealth, AgentSummary
 from server.errors import NotFound, PermissionDenied, Unauthenticated
 from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
+from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_db
 
 AUTH_CACHE_TTL = 5.0
@@ -47,8 +48,9 @@ class Authenticator:
         if hit is not None and hit[1] > now:
             return hit[0]
         self.lookups += 1
-        async with self._sessions() as session:
-            record = await agents_db.find_credential(session, digest)
+        with unavailable_on_outage("authentication"):
+            async with self._sessions() as session:
+                record = await agents_db.find_credential(session, digest)
         if record is None or record.credential_revoked:
             raise Unauthenticated("invalid agent credential")
         if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
@@ -104,6 +106,20 @@ async def get_agent(
         record = await agents_db.get_agent(session, agent_id)
     if record is None:
         raise NotFound(f"no agent {agent_id}")
+    return _summary(record, datetime.now(UTC), config)
+
+
+async def list_agents(
+    sessions: async_sessionmaker[AsyncSession], config: ServerConfig
+) -> list[AgentSummary]:
+    """Every agent with its derived health, by hostname."""
+    async with sessions() as session:
+        records = await agents_db.list_agents(session)
+    now = datetime.now(UTC)
+    return [_summary(record, now, config) for record in records]
+
+
+def _summary(record: agents_db.AgentRecord, now: datetime, config: ServerConfig) -> AgentSummary:
     return AgentSummary(
         id=record.id,
         hostname=record.hostname,
@@ -113,5 +129,5 @@ async def get_agent(
         enrolled_at=record.enrolled_at,
         last_checkin_at=record.last_checkin_at,
         revoked=record.revoked,
-        health=agent_health(record.last_checkin_at, datetime.now(UTC), config),
+        health=agent_health(record.last_checkin_at, now, config),
     )

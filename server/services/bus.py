@@ -12,7 +12,8 @@ only what is saved and a wake-up that is lost or repeated costs nothing but a qu
   own streams.
 
 The ingest writer calls :meth:`EventBus.publish_committed` after each commit that stored rows
-(the local fast path; on PostgreSQL the notification reaches the other replicas by itself).
+(through :meth:`EventBus.on_ingest_commit`, registered with ``IngestWriter.add_commit_listener``):
+the local fast path; on PostgreSQL the notification reaches the other replicas by itself.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from server.config import ServerConfig
 from server.storage.notify import HistoryListener
+
+if TYPE_CHECKING:
+    from server.services.ingest import CommittedBatch
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,11 @@ class EventBus:
         self.published += 1
         for sub in self._subscribers:
             sub._wake(max_id)
+
+    def on_ingest_commit(self, batch: CommittedBatch) -> None:
+        """An ``IngestWriter`` commit listener: publish when the batch stored new rows."""
+        if batch.max_id is not None:
+            self.publish_committed(batch.max_id)
 
     def end_streams(self) -> None:
         """End every subscription, now and later (server shutdown: streams finish their

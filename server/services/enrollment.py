@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.domain import HostFacts
 from server.errors import InvalidArgument, Unauthenticated
+from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_db
 from server.storage import tokens as tokens_db
 from server.storage.tokens import TokenRefusal
@@ -83,10 +84,11 @@ async def enroll(
     agent_id = str(uuid.uuid4())
     now = datetime.now(UTC)
     refusal: TokenRefusal | None
-    async with sessions() as session, session.begin():
-        refusal = await tokens_db.consume_token(session, secret_hash(token), now)
-        if refusal is None:
-            await _register(session, agent_id, facts, now, credential, checkin_interval_seconds)
+    with unavailable_on_outage("enrollment"):
+        async with sessions() as session, session.begin():
+            refusal = await tokens_db.consume_token(session, secret_hash(token), now)
+            if refusal is None:
+                await _register(session, agent_id, facts, now, credential, checkin_interval_seconds)
     if refusal is not None:
         raise Unauthenticated(_REFUSALS[refusal])
     return agent_id, credential

@@ -34,27 +34,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import HostFacts, NewEvent
 from server.errors import ResourceExhausted, Unavailable
-from server.services.health import DatabaseHealth
+from server.services.health import DatabaseHealth, is_outage
 from server.storage import agents as agents_db
 from server.storage import events as events_db
+from server.storage.batches import BatchStore, SessionStore
 
 log = logging.getLogger(__name__)
 
 LAST_SEEN_RESOLUTION = 1.0  # seconds
-# Errors that mean "the database is unreachable or busy" rather than "this data is bad".
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError,
-    InterfaceError,
-    OSError,
-    TimeoutError,
-    ConnectionError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +84,6 @@ class _Checkin:
         self.cost = max(1, len(self.rows))  # an empty check-in still takes a slot
 
 
-def is_outage(exc: BaseException) -> bool:
-    """True when ``exc`` means the database is unreachable (retry later), not bad data."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OUTAGE_ERRORS)
-
-
 class IngestWriter:
     """The single writer. Counters are plain attributes (``server.metrics`` reads them)."""
 
@@ -109,9 +94,10 @@ class IngestWriter:
         *,
         health: DatabaseHealth | None = None,
         observe_latency: Callable[[float], None] | None = None,
+        store: BatchStore | None = None,
     ) -> None:
         self._config = config
-        self._sessions = sessions
+        self._store: BatchStore = store if store is not None else SessionStore(sessions)
         self._dialect = "sqlite" if config.is_sqlite else "postgresql"
         self._health = health
         self._observe_latency = observe_latency
@@ -120,6 +106,7 @@ class IngestWriter:
         self._queued_cost = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._store_closed = False
         self._written: dict[str, tuple[HostFacts | None, float]] = {}
         self._listeners: list[CommitListener] = []
         # Counters
@@ -151,11 +138,15 @@ class IngestWriter:
             )
 
     async def stop(self) -> None:
-        """Refuse new check-ins, commit everything queued, then end the writer (idempotent)."""
+        """Refuse new check-ins, commit everything queued, then end the writer and close its
+        store (idempotent)."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             await asyncio.shield(self._task)
+        if not self._store_closed:
+            self._store_closed = True
+            await self._store.close()
 
     async def submit(
         self, agent_id: str, facts: HostFacts | None, events: Sequence[NewEvent], sent: int = -1
@@ -254,10 +245,7 @@ class IngestWriter:
         mono = time.monotonic()
         updates = self._agent_updates(batch, now, mono)
         try:
-            async with self._sessions() as session, session.begin():
-                conn = await session.connection()
-                inserted = await events_db.insert_rows(conn, rows)
-                await agents_db.record_checkins(session, updates)
+            inserted = await self._store.store(rows, updates)
         except Exception as exc:  # nothing of this batch is stored; keep the writer alive
             self._batch_failed(batch, exc)
             if not is_outage(exc) and len(batch) > 1:
@@ -267,6 +255,8 @@ class IngestWriter:
             else:
                 self._fail(batch)
             return
+        if self._health is not None:
+            self._health.report_success()
         for update in updates:
             self._written[update.agent_id] = (
                 update.facts if update.facts is not None else self._known_facts(update.agent_id),

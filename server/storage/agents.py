@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, Update, bindparam, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import HostFacts
@@ -87,20 +88,36 @@ async def create_agent(
     await session.flush()
 
 
-async def record_checkins(session: AsyncSession, updates: Sequence[CheckinUpdate]) -> None:
-    """Set ``last_checkin_at`` (and the facts, when given) for many agents in two
-    executemany UPDATEs by primary key."""
+def _checkin_statements(
+    updates: Sequence[CheckinUpdate],
+) -> list[tuple[Update, list[dict[str, Any]]]]:
+    """Two executemany UPDATEs by primary key: with facts, and last_checkin_at only."""
+    table = cast(Table, Agent.__table__)
+    by_id = table.c.id == bindparam("agent_id")
     with_facts = [
-        {"id": u.agent_id, "last_checkin_at": u.at, **_fact_columns(u.facts)}
+        {"agent_id": u.agent_id, "last_checkin_at": u.at, **_fact_columns(u.facts)}
         for u in updates
         if u.facts is not None
     ]
     without_facts = [
-        {"id": u.agent_id, "last_checkin_at": u.at} for u in updates if u.facts is None
+        {"agent_id": u.agent_id, "last_checkin_at": u.at} for u in updates if u.facts is None
     ]
-    for rows in (with_facts, without_facts):
-        if rows:
-            await session.execute(update(Agent), rows)
+    # The SET clause comes from the parameter keys (SQLAlchemy's executemany UPDATE pattern).
+    statement = update(table).where(by_id)
+    return [(statement, rows) for rows in (with_facts, without_facts) if rows]
+
+
+async def record_checkins(session: AsyncSession, updates: Sequence[CheckinUpdate]) -> None:
+    """Set ``last_checkin_at`` (and the facts, when given) for many agents in at most two
+    executemany UPDATEs by primary key."""
+    for statement, rows in _checkin_statements(updates):
+        await session.execute(statement, rows)
+
+
+def record_checkins_sync(conn: Connection, updates: Sequence[CheckinUpdate]) -> None:
+    """``record_checkins`` on a synchronous connection (the SQLite writer thread)."""
+    for statement, rows in _checkin_statements(updates):
+        conn.execute(statement, rows)
 
 
 async def get_agent(session: AsyncSession, agent_id: str) -> AgentRecord | None:
@@ -108,6 +125,16 @@ async def get_agent(session: AsyncSession, agent_id: str) -> AgentRecord | None:
     row = await session.get(Agent, agent_id)
     if row is None:
         return None
+    return _record(row)
+
+
+async def list_agents(session: AsyncSession) -> list[AgentRecord]:
+    """Every agent, by hostname then id."""
+    result = await session.execute(select(Agent).order_by(Agent.hostname, Agent.id))
+    return [_record(row) for row in result.scalars()]
+
+
+def _record(row: Agent) -> AgentRecord:
     return AgentRecord(
         id=row.id,
         hostname=row.hostname,

@@ -7,18 +7,24 @@ bounded, pre-pinged pool.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine as _create_sync_engine
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+from sqlalchemy.pool import NullPool
 
 from server.config import ServerConfig
 from server.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection
 PG_POOL_SIZE = 10
 PG_MAX_OVERFLOW = 10
 PG_POOL_TIMEOUT_S = 10.0
@@ -56,26 +62,35 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # update_events carries 7 indexes; keep their hot pages in memory (2 MiB default).
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+        finally:
+            cursor.close()
+
+    return set_pragmas
 
 
-def create_engine_for_url(database_url: str, *, echo: bool = False) -> AsyncEngine:
-    """An AsyncEngine for ``database_url`` with the per-backend settings described above."""
+def create_engine_for_url(
+    database_url: str, *, echo: bool = False, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> AsyncEngine:
+    """An AsyncEngine for ``database_url`` with the per-backend settings described above
+    (``busy_timeout_ms``: how long a SQLite write waits for a lock held elsewhere)."""
     url = async_url(database_url)
     engine: AsyncEngine
     if url.drivername.startswith("sqlite"):
         engine = _create_async_engine(
-            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000}
         )
-        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
     else:
         engine = _create_async_engine(
             url,
@@ -89,12 +104,56 @@ def create_engine_for_url(database_url: str, *, echo: bool = False) -> AsyncEngi
     return engine
 
 
+def create_sync_sqlite_engine(database_url: str, *, busy_timeout_ms: int) -> Engine:
+    """A synchronous (pysqlite) engine on the same SQLite file, same pragmas, no pooling: for
+    the ingest writer thread, which holds one connection for its lifetime."""
+    url = async_url(database_url)
+    if sqlite_path(url) is None:
+        raise ConfigError("a writer thread needs a SQLite file, not an in-memory database")
+    engine = _create_sync_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        poolclass=NullPool,
+        connect_args={"timeout": busy_timeout_ms / 1000},
+    )
+    event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+    return engine
+
+
 def create_engine(config: ServerConfig) -> AsyncEngine:
     """The server's engine for ``config.database_url`` (SQL echo when ``config.log_sql``)."""
-    return create_engine_for_url(config.database_url, echo=config.log_sql)
+    return create_engine_for_url(
+        config.database_url, echo=config.log_sql, busy_timeout_ms=config.sqlite_busy_timeout_ms
+    )
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded values after commit (services return them after the
     transaction ends)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _probe_sqlite_file(path: Path, timeout_s: float) -> None:
+    # A separate, short-lived connection: the engine's pooled connections keep their long busy
+    # timeout. BEGIN IMMEDIATE takes the write lock, so a database locked by another process
+    # (which still lets WAL readers through) counts as unavailable for ingest.
+    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+async def probe(engine: AsyncEngine, timeout_s: float) -> None:
+    """Check the database can take a write transaction within ``timeout_s``; raise otherwise.
+
+    SQLite: take and release the write lock on a separate connection. PostgreSQL: a pooled
+    ``SELECT 1`` (the pool's pre-ping replaces dead connections)."""
+    url = engine.url
+    if url.drivername.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is not None:
+            await asyncio.to_thread(_probe_sqlite_file, path, timeout_s)
+        return
+    async with asyncio.timeout(timeout_s), engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")

@@ -53,13 +53,19 @@ async def lock_history_writes(session: AsyncSession) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(HISTORY_LOCK_KEY)))
 
 
-async def announce_history_commit(session: AsyncSession) -> int | None:
+async def announce_history_commit(session: AsyncSession, max_id: int | None = None) -> int | None:
     """Call inside the transaction after inserting History rows. Returns the highest History id
-    (``None`` when the table is empty). On PostgreSQL it also queues ``NOTIFY flagpost_history,
-    '<id>'``, which PostgreSQL delivers to every listener when this transaction commits (and
-    never if it rolls back)."""
+    (``max_id`` when the caller knows it: the highest id it inserted, which under
+    :func:`lock_history_writes` is the table's; else read from the table, ``None`` when empty).
+    On PostgreSQL it also queues ``NOTIFY flagpost_history, '<id>'``, which PostgreSQL delivers
+    to every listener when this transaction commits (and never if it rolls back)."""
+    postgresql = _is_postgresql(session)
+    if max_id is not None:
+        if postgresql:
+            await session.execute(select(func.pg_notify(CHANNEL, str(max_id))))
+        return max_id
     highest = select(func.max(UpdateEvent.id).label("max_id")).subquery()
-    if _is_postgresql(session):
+    if postgresql:
         row = (
             await session.execute(
                 select(

@@ -13,14 +13,10 @@ from aiohttp import web
 
 from server import keys
 from server.services import history as history_service
+from server.web.pages import add_page_routes
 from server.web.params import parse_event_filter
 from server.web.sse import history_stream
 from server.web.views import history_page, page_json
-
-
-async def index(request: web.Request) -> web.StreamResponse:
-    """``GET /``: the History for now (a fleet overview comes later)."""
-    raise web.HTTPFound("/history")
 
 
 async def history(request: web.Request) -> web.StreamResponse:
@@ -54,16 +50,19 @@ async def api_events(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    """``GET /healthz``: 200 when the database answers ``SELECT 1``, 503 otherwise."""
-    if await history_service.database_ok(request.app[keys.ENGINE]):
+    """``GET /healthz``: 200 while the health monitor sees the database up and it answers
+    ``SELECT 1`` now; 503 otherwise (e.g. SQLite locked by another process, PostgreSQL down)."""
+    if request.app[keys.HEALTH].available and await history_service.database_ok(
+        request.app[keys.ENGINE]
+    ):
         return web.json_response({"status": "ok"})
     return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
 
 
 def add_routes(app: web.Application) -> None:
     """Register the web's routes on ``app``."""
-    app.router.add_get("/", index, name="index")
     app.router.add_get("/history", history, name="history")
     app.router.add_get("/history/stream", history_stream, name="history_stream")
     app.router.add_get("/api/v1/events", api_events, name="api_events")
     app.router.add_get("/healthz", healthz, name="healthz")
+    add_page_routes(app)

@@ -60,6 +60,7 @@ OUTCOME_LABELS: dict[str, str] = {
 EVENT_TYPE_LABELS: dict[str, str] = {
     EventType.MIGRATION_DETECTION: "Detection",
     EventType.MIGRATION_EXECUTION: "Execution",
+    EventType.AGENT_NOTICE: "Agent notice",
 }
 
 _ROLLBACK_LABELS: dict[str, tuple[str, str]] = {
@@ -332,7 +333,8 @@ def _filter_form(
 ) -> FilterForm:
     chosen_types = set(f.event_types)
     type_choices = [
-        Choice(t.value, EVENT_TYPE_LABELS[t], t.value in chosen_types) for t in EventType
+        Choice(t.value, EVENT_TYPE_LABELS.get(t, t.value), t.value in chosen_types)
+        for t in EventType
     ]
     # Outcome names are accepted in the URL; keep them as (uncheckable) form choices.
     type_choices.extend(

@@ -66,11 +66,15 @@ def run_agent(
     """Run ``python -m agent ARGS`` in a subprocess (optionally as the unprivileged ``nobody``)."""
     command = [sys.executable, "-m", "agent", *args]
     if as_nobody:
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                   *command]
+        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
     return subprocess.run(
-        command, env=env or agent_env(), capture_output=True, text=True, timeout=timeout,
-        cwd=REPO, check=False,
+        command,
+        env=env or agent_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -88,6 +92,7 @@ class FakeServer:
         default_factory=list
     )
     reject_event_ids: set[str] = field(default_factory=set)
+    reject_event_types: set[int] = field(default_factory=set)
     ack_none: bool = False
     next_checkin_seconds: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -125,6 +130,11 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"events[{index}].occurred_at: timestamp out of range",
                 )
+            if event.event_type in state.reject_event_types:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"events[{index}].event_type: unknown event type {event.event_type}",
+                )
         with state.lock:
             for event in request.events:
                 state.stored.setdefault(event.event_id, event)
@@ -132,5 +142,3 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         return agent_pb2.CheckInResponse(
             acknowledged_event_ids=acked, next_checkin_seconds=state.next_checkin_seconds
         )
-
-

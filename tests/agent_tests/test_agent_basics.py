@@ -40,8 +40,9 @@ def test_uuid7_never_goes_backwards_in_process() -> None:
 
 
 def test_backoff_bounds_full_jitter() -> None:
-    settings = RetrySettings(initial=timedelta(seconds=1), maximum=timedelta(seconds=300),
-                             multiplier=2.0)
+    settings = RetrySettings(
+        initial=timedelta(seconds=1), maximum=timedelta(seconds=300), multiplier=2.0
+    )
     backoff = Backoff(settings, random.Random(7))
     ceilings = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
     for ceiling in ceilings:

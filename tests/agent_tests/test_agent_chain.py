@@ -92,10 +92,14 @@ def test_parse_error_names_file_and_line(tmp_path: Path) -> None:
     [
         ("server_url = x\n", "agent.conf: missing required key 'agent_token'"),
         ("server_url = x\nagent_token = t\nbogus = 1\n", "agent.conf:3: unknown key 'bogus'"),
-        ("server_url = x\nagent_token = t\ncheck_interval = soon\n",
-         "agent.conf:3: check_interval must be a positive integer number of seconds"),
-        ("server_url = x\nagent_token = t\nserver_url = y\n",
-         "agent.conf:3: duplicate key 'server_url' (first on line 1)"),
+        (
+            "server_url = x\nagent_token = t\ncheck_interval = soon\n",
+            "agent.conf:3: check_interval must be a positive integer number of seconds",
+        ),
+        (
+            "server_url = x\nagent_token = t\nserver_url = y\n",
+            "agent.conf:3: duplicate key 'server_url' (first on line 1)",
+        ),
     ],
 )
 def test_kv_validation(tmp_path: Path, text: str, expected: str) -> None:
@@ -147,7 +151,9 @@ def test_plan_of_each_version_reaches_v4(tmp_path: Path) -> None:
     write_legacy(tmp_path)
     plan = make_plan(agent_config_migration(), DiskView(tmp_path))
     assert [p.step.name for p in plan.steps] == [
-        "v1_to_v2_move_location", "v2_to_v3_json_format", "v3_to_v4_split_secrets",
+        "v1_to_v2_move_location",
+        "v2_to_v3_json_format",
+        "v3_to_v4_split_secrets",
     ]
     write_json(json_conf(tmp_path), V3)
     plan = make_plan(agent_config_migration(), DiskView(tmp_path))

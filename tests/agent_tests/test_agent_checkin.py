@@ -21,8 +21,12 @@ FACTS = agent_pb2.HostFacts(hostname="h1", agent_version="0.1.0", config_version
 
 def make_event(size: int = 0) -> agent_pb2.MigrationEvent:
     return events.migration_event(
-        event_type=events.EXECUTION, status=events.SUCCESS, run_id="r", message="ok",
-        error_message="y" * size, system_info={},
+        event_type=events.EXECUTION,
+        status=events.SUCCESS,
+        run_id="r",
+        message="ok",
+        error_message="y" * size,
+        system_info={},
     )
 
 
@@ -33,12 +37,19 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 
 
 def client(server: FakeServer, credential: str = CREDENTIAL) -> CheckInClient:
-    return CheckInClient(server.address, Credentials("agent-0001", credential, server.address),
-                         timedelta(seconds=5))
+    return CheckInClient(
+        server.address, Credentials("agent-0001", credential, server.address), timedelta(seconds=5)
+    )
 
 
-def cycle(server: FakeServer, outbox: Outbox, *, max_events: int = 200,
-          max_bytes: int = 1_000_000, credential: str = CREDENTIAL):  # type: ignore[no-untyped-def]
+def cycle(
+    server: FakeServer,
+    outbox: Outbox,
+    *,
+    max_events: int = 200,
+    max_bytes: int = 1_000_000,
+    credential: str = CREDENTIAL,
+):  # type: ignore[no-untyped-def]
     with client(server, credential) as c:
         return c.cycle(outbox, FACTS, max_events=max_events, max_bytes=max_bytes, max_chunks=50)
 
@@ -90,7 +101,7 @@ def test_invalid_event_is_quarantined_and_rest_delivered(
         outbox.add(event)
     fake_server.reject_event_ids = {added[2].event_id}
     result = cycle(fake_server, outbox)
-    assert result.ok and result.quarantined == 1 and result.acked == 3
+    assert result.ok and result.quarantined == 1 and result.acked == 4  # 3 + the notice
     assert outbox.depth() == 0
     [quarantined] = outbox.quarantined()
     assert quarantined.event_id == added[2].event_id

@@ -27,14 +27,21 @@ from flagpost.v1 import agent_pb2
 
 
 def enroll(root: Path, server: FakeServer) -> subprocess.CompletedProcess[str]:
-    return run_agent("enroll", "--server", server.address, "--token", ENROLL_TOKEN,
-                     "--root", str(root))
+    return run_agent(
+        "enroll", "--server", server.address, "--token", ENROLL_TOKEN, "--root", str(root)
+    )
 
 
 def test_import_does_not_pull_in_server() -> None:
     code = "import sys, agent.cli, agent.daemon; assert 'server' not in sys.modules; print('ok')"
-    proc = subprocess.run([sys.executable, "-c", code], env=agent_env(), cwd="/",
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=agent_env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.stdout.strip() == "ok", proc.stderr
 
 
@@ -49,8 +56,12 @@ def test_enroll_stores_credentials_0600(tmp_path: Path, fake_server: FakeServer)
     path = tmp_path / "var/lib/flagpost-agent/credentials.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     stored = json.loads(path.read_text())
-    assert stored == {"agent_id": "agent-0001", "credential": CREDENTIAL,
-                      "server": fake_server.address, "checkin_interval_seconds": 30}
+    assert stored == {
+        "agent_id": "agent-0001",
+        "credential": CREDENTIAL,
+        "server": fake_server.address,
+        "checkin_interval_seconds": 30,
+    }
     [request] = fake_server.enrolls
     assert request.facts.machine_id == "m-123"
     assert request.facts.config_version == ""  # no managed config under this root
@@ -58,8 +69,9 @@ def test_enroll_stores_credentials_0600(tmp_path: Path, fake_server: FakeServer)
 
 
 def test_enroll_with_bad_token_fails_cleanly(tmp_path: Path, fake_server: FakeServer) -> None:
-    proc = run_agent("--root", str(tmp_path), "enroll", "--server", fake_server.address,
-                     "--token", "nope")
+    proc = run_agent(
+        "--root", str(tmp_path), "enroll", "--server", fake_server.address, "--token", "nope"
+    )
     assert proc.returncode == 1
     assert "UNAUTHENTICATED" in proc.stderr and "nope" not in proc.stderr
     assert not (tmp_path / "var/lib/flagpost-agent/credentials.json").exists()
@@ -91,10 +103,12 @@ def test_once_without_server_keeps_events_and_fails(tmp_path: Path) -> None:
     write_legacy(tmp_path)
     state = tmp_path / "var/lib/flagpost-agent"
     state.mkdir(parents=True)
-    (state / "credentials.json").write_text(json.dumps(
-        {"agent_id": "a", "credential": "c", "server": "127.0.0.1:1"}))
-    env = agent_env(FLAGPOST_AGENT_RETRY_INITIAL_SECONDS="0.01",
-                    FLAGPOST_AGENT_RPC_TIMEOUT_SECONDS="2")
+    (state / "credentials.json").write_text(
+        json.dumps({"agent_id": "a", "credential": "c", "server": "127.0.0.1:1"})
+    )
+    env = agent_env(
+        FLAGPOST_AGENT_RETRY_INITIAL_SECONDS="0.01", FLAGPOST_AGENT_RPC_TIMEOUT_SECONDS="2"
+    )
     proc = run_agent("--root", str(tmp_path), "once", env=env)
     assert proc.returncode == 1
     assert "UNAVAILABLE" in proc.stderr
@@ -115,11 +129,21 @@ def test_status_lists_quarantined(tmp_path: Path, fake_server: FakeServer) -> No
     status = run_agent("--root", str(tmp_path), "status")
     assert "quarantined:     1" in status.stdout
     assert event.event_id in status.stdout and "events[0]" in status.stdout
+    # ... and reported as a warning notice naming it (the fake server accepts notices).
+    [notice] = [
+        e for e in fake_server.stored.values() if e.event_type == agent_pb2.EVENT_TYPE_AGENT_NOTICE
+    ]
+    assert notice.status == agent_pb2.EVENT_STATUS_WARNING
+    assert event.event_id in notice.message and "events[0]" in notice.message
 
 
 def test_bad_config_exit_code(tmp_path: Path) -> None:
-    proc = run_agent("--root", str(tmp_path), "status",
-                     env=agent_env(FLAGPOST_AGENT_CHECKIN_INTERVAL_SECONDS="x"))
+    proc = run_agent(
+        "--root",
+        str(tmp_path),
+        "status",
+        env=agent_env(FLAGPOST_AGENT_CHECKIN_INTERVAL_SECONDS="x"),
+    )
     assert proc.returncode == 2 and "configuration error" in proc.stderr
 
 
@@ -132,9 +156,14 @@ def test_run_checks_in_and_stops_on_sigterm(tmp_path: Path, fake_server: FakeSer
     data["checkin_interval_seconds"] = 0
     state.write_text(json.dumps(data))
     env = agent_env(FLAGPOST_AGENT_CHECKIN_INTERVAL_SECONDS="0.2")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "--root", str(tmp_path), "run"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--root", str(tmp_path), "run"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while len(fake_server.checkins) < 4 and time.monotonic() < deadline:

@@ -33,8 +33,9 @@ def test_crash_then_restart(tmp_path: Path, point: str) -> None:
     new = _v4_reference(tmp_path)
     state = root / "var/lib/flagpost-agent"
 
-    crashed = run_agent("--root", str(root), "migrate",
-                        env=agent_env(FLAGPOST_AGENT_CRASH_AT=point))
+    crashed = run_agent(
+        "--root", str(root), "migrate", env=agent_env(FLAGPOST_AGENT_CRASH_AT=point)
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     journal = read_journal(state / "migration-journal.json")
     assert journal is not None
@@ -77,17 +78,25 @@ def test_crash_during_recovery_still_reports_once(tmp_path: Path) -> None:
     root = tmp_path / "root"
     write_legacy(root)
     state = root / "var/lib/flagpost-agent"
-    first = run_agent("--root", str(root), "migrate",
-                      env=agent_env(FLAGPOST_AGENT_CRASH_AT="after_write:3"))
+    first = run_agent(
+        "--root", str(root), "migrate", env=agent_env(FLAGPOST_AGENT_CRASH_AT="after_write:3")
+    )
     assert first.returncode == -signal.SIGKILL
     journal = read_journal(state / "migration-journal.json")
     assert journal is not None
-    second = run_agent("--root", str(root), "migrate",
-                       env=agent_env(FLAGPOST_AGENT_CRASH_AT="before_journal_clear"))
+    second = run_agent(
+        "--root",
+        str(root),
+        "migrate",
+        env=agent_env(FLAGPOST_AGENT_CRASH_AT="before_journal_clear"),
+    )
     assert second.returncode == -signal.SIGKILL  # died inside recovery
     third = run_agent("--root", str(root), "migrate")
     assert third.returncode == 0, third.stderr
     with Outbox(state / "outbox.db") as outbox:
-        outcomes = [e for e in outbox.events()
-                    if e.run_id == journal.run_id and e.event_type == events.EXECUTION]
+        outcomes = [
+            e
+            for e in outbox.events()
+            if e.run_id == journal.run_id and e.event_type == events.EXECUTION
+        ]
     assert len(outcomes) == 1 and outcomes[0].status == events.FAILED

@@ -93,8 +93,16 @@ def test_full_migration_1_to_4(tmp_path: Path, outbox: Outbox) -> None:
     assert all(AGENT_TOKEN not in e.SerializeToString().decode("latin-1") for e in stored)
     assert not (tmp_path / "state/migration-journal.json").exists()
     info = dict(result.execution.system_info)
-    assert {"hostname", "os", "kernel", "python", "agent_version", "config_path",
-            "disk_free_bytes", "uid"} <= info.keys()
+    assert {
+        "hostname",
+        "os",
+        "kernel",
+        "python",
+        "agent_version",
+        "config_path",
+        "disk_free_bytes",
+        "uid",
+    } <= info.keys()
     assert int(info["disk_free_bytes"]) > 0
 
 
@@ -175,8 +183,10 @@ def _plan_ini(view: FileView) -> Sequence[FileOp]:
 
 def _plan_ini_broken(view: FileView) -> Sequence[FileOp]:
     path = view.root / "etc/app.ini"
-    return [WriteFile(view.root / "etc/app.d/extra.ini", b"created\n", 0o644),
-            WriteFile(path, b"still v1\n", 0o600)]
+    return [
+        WriteFile(view.root / "etc/app.d/extra.ini", b"created\n", 0o644),
+        WriteFile(path, b"still v1\n", 0o600),
+    ]
 
 
 def ini_migration(plan: object = _plan_ini) -> Migration:
@@ -262,6 +272,8 @@ def test_cli_migrate_records_events(tmp_path: Path) -> None:
     assert AGENT_TOKEN not in proc.stdout + proc.stderr
     with Outbox(root / "var/lib/flagpost-agent/outbox.db") as box:
         kinds = [(e.event_type, e.status) for e in box.events()]
-    assert kinds == [(agent_pb2.EVENT_TYPE_MIGRATION_DETECTION, agent_pb2.EVENT_STATUS_SUCCESS),
-                     (agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION, agent_pb2.EVENT_STATUS_SUCCESS)]
+    assert kinds == [
+        (agent_pb2.EVENT_TYPE_MIGRATION_DETECTION, agent_pb2.EVENT_STATUS_SUCCESS),
+        (agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION, agent_pb2.EVENT_STATUS_SUCCESS),
+    ]
     assert os.stat(root / "var/lib/flagpost-agent/outbox.db").st_mode & 0o077 == 0

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -93,16 +94,21 @@ async def drive(
             nonlocal checkins, events, errors
             agent_id, credential = agents[lane % len(agents)]
             metadata = (("authorization", f"Bearer {credential}"),)
-            n = 0
+            # One realistic request per lane, built once; every check-in gets fresh event ids,
+            # a fresh run id and the current time, so the client spends its CPU on gRPC, not on
+            # building messages (on 2 cores the load generator competes with the server).
+            request = agent_pb2.CheckInRequest(
+                agent_id=agent_id,
+                facts=agent_pb2.HostFacts(hostname=f"bench-{lane}", agent_version="0.1.0"),
+                events=[make_event(uuid7_str(), lane + k) for k in range(per)],
+            )
             while time.monotonic() < deadline:
-                run_id = str(uuid.uuid4())
-                batch = [make_event(run_id, n + k) for k in range(per)]
-                n += per
-                request = agent_pb2.CheckInRequest(
-                    agent_id=agent_id,
-                    facts=agent_pb2.HostFacts(hostname=f"bench-{lane}", agent_version="0.1.0"),
-                    events=batch,
-                )
+                run_id = uuid7_str()
+                now = time.time_ns()
+                for e in request.events:
+                    e.event_id = uuid7_str()
+                    e.run_id = run_id
+                    e.occurred_at.seconds = now // 1_000_000_000
                 started = time.perf_counter()
                 try:
                     response = await stub.CheckIn(request, metadata=metadata, timeout=30)
@@ -189,26 +195,33 @@ def main() -> int:
         text=True,
     )
     try:
-        target = ""
+        target = web = ""
         assert server.stdout is not None
         for line in server.stdout:
             if line.startswith("grpc: "):
                 target = line.removeprefix("grpc: ").strip()
+            if line.startswith("web: "):
+                web = line.removeprefix("web: ").strip().removesuffix("/history")
                 break
         token = cli(env, "token", "create", "--uses", str(args.agents))
         agents = enroll(target, token, args.agents)
-        if args.prefill:
+        if args.prefill and args.db == "sqlite":
+            prefill_sqlite(env["FLAGPOST_DATABASE_URL"], agents, args.prefill)
+        elif args.prefill:
             prefill(target, agents, args.prefill)
         proc = psutil.Process(server.pid)
         cpu_before = proc.cpu_times()
         lanes = max(1, args.inflight // args.procs)
         jobs = [(target, agents, lanes, args.seconds, args.events)] * args.procs
         started = time.perf_counter()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with mp.get_context("spawn").Pool(args.procs) as pool:
             results = pool.map(worker, jobs)
         elapsed = time.perf_counter() - started
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_after = proc.cpu_times()
         rss_mb = proc.memory_info().rss / 2**20
+        metrics = scrape(web)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -223,6 +236,9 @@ def main() -> int:
     events = sum(r.events for r in results)
     errors = sum(r.errors for r in results)
     cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    client_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
     p50 = statistics.median(latencies) if latencies else float("nan")
     p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
     print(
@@ -232,9 +248,85 @@ def main() -> int:
     print(
         f"checkins/s={checkins / elapsed:,.0f} events/s={events / elapsed:,.0f} "
         f"p50={p50:.1f}ms p99={p99:.1f}ms errors={errors} "
-        f"server_cpu={cpu / elapsed * 100:.0f}% server_rss={rss_mb:.0f}MiB"
+        f"server_cpu={cpu / elapsed * 100:.0f}% server_rss={rss_mb:.0f}MiB "
+        f"client_cpu={client_cpu / elapsed * 100:.0f}% (100% = one core; {os.cpu_count()} cores)"
     )
+    checkins_total = metrics.get("flagpost_checkins_total", 0.0)
+    batches = metrics.get("flagpost_ingest_batches_total", 0.0)
+    if batches:
+        print(
+            f"server: batches={batches:,.0f} checkins/batch={checkins_total / batches:.1f} "
+            f"duplicates={metrics.get('flagpost_events_duplicate_total', 0):,.0f} "
+            f"rejected={metrics.get('rejected', 0):,.0f}"
+        )
     return 0
+
+
+def scrape(web: str) -> dict[str, float]:
+    """The server's /metrics as {name: value} (rejections summed as "rejected")."""
+    import urllib.request
+
+    values: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"{web}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("flagpost_checkins_rejected_total"):
+            values["rejected"] = values.get("rejected", 0.0) + float(value)
+        values[name] = float(value)
+    return values
+
+
+def prefill_sqlite(database_url: str, agents: list[tuple[str, str]], total: int) -> None:
+    """Store ``total`` realistic events straight through the storage layer (the same rows and
+    SQL the writer uses, batches of 2,000, time-ordered ids) while the server idles."""
+    from datetime import UTC, datetime
+
+    from server.domain import Category, EventStatus, NewEvent, Severity
+    from server.storage import events as events_db
+    from server.storage.db import create_sync_sqlite_engine
+
+    started = time.perf_counter()
+    engine = create_sync_sqlite_engine(database_url, busy_timeout_ms=30_000)
+    info = dict(make_event("", 0).system_info)
+    try:
+        with engine.connect() as conn:
+            done = 0
+            while done < total:
+                now = datetime.now(UTC)
+                run_id = uuid7_str()
+                batch = [
+                    NewEvent(
+                        event_id=uuid7_str(),
+                        agent_id=agents[(done + k) % len(agents)][0],
+                        category=Category.MIGRATION,
+                        event_type="migration_execution" if k % 2 else "migration_detection",
+                        status=EventStatus.FAILED if k % 7 == 0 else EventStatus.SUCCESS,
+                        severity=Severity.ERROR if k % 7 == 0 else Severity.SUCCESS,
+                        message="Config migrated 1 -> 4",
+                        error_message=EACCES_MESSAGE if k % 7 == 0 else "",
+                        error_detail={"failing_step": "move_legacy_config", "errno": 13}
+                        if k % 7 == 0
+                        else {},
+                        migration_from="1",
+                        migration_to="4",
+                        run_id=run_id,
+                        system_info=info,
+                        occurred_at=now,
+                    )
+                    for k in range(min(2000, total - done))
+                ]
+                with conn.begin():
+                    events_db.insert_rows_sync(conn, events_db.encode_events(batch, now, "sqlite"))
+                done += len(batch)
+    finally:
+        engine.dispose()
+    print(f"prefill: {total:,} events in {time.perf_counter() - started:.0f}s (storage layer)")
 
 
 def prefill(target: str, agents: list[tuple[str, str]], total: int) -> None:
@@ -250,7 +342,7 @@ def prefill(target: str, agents: list[tuple[str, str]], total: int) -> None:
 
             async def lane() -> None:
                 for _ in range(rounds):
-                    run_id = str(uuid.uuid4())
+                    run_id = uuid7_str()
                     request = agent_pb2.CheckInRequest(
                         agent_id=agent_id, events=[make_event(run_id, k) for k in range(per)]
                     )

@@ -1,0 +1,130 @@
+"""Prometheus metrics of one server (``GET /metrics``), on a registry of its own.
+
+Each app gets its own ``CollectorRegistry`` (tests run several servers in one process). The
+ingest counters are the writer's plain attributes, read at scrape time by a custom collector, so
+the hot path pays nothing for them; only the rejection counter and the latency histogram are
+updated as things happen.
+
+    flagpost_checkins_total                      check-ins committed and acknowledged
+    flagpost_events_stored_total                 events inserted into update_events
+    flagpost_events_duplicate_total              events ignored as already stored
+    flagpost_ingest_batches_total                group-commit transactions committed
+    flagpost_ingest_failed_batches_total         transactions that failed (nothing stored)
+    flagpost_checkins_rejected_total{reason}     invalid_argument | unauthenticated |
+                                                 permission_denied | overloaded | unavailable |
+                                                 internal
+    flagpost_ingest_queue_events                 events waiting for (or in) a commit
+    flagpost_ingest_latency_seconds              histogram: submit -> commit, per check-in
+    flagpost_database_up                         1 when the database is reachable
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from server.services.health import DatabaseHealth
+from server.services.ingest import IngestWriter
+
+REJECTION_REASONS = (
+    "invalid_argument",
+    "unauthenticated",
+    "permission_denied",
+    "overloaded",
+    "unavailable",
+    "internal",
+)
+CHECKIN_METHOD = "/flagpost.v1.AgentService/CheckIn"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _IngestCollector(Collector):
+    def __init__(
+        self,
+        writer: Callable[[], IngestWriter | None],
+        health: Callable[[], DatabaseHealth | None],
+    ) -> None:
+        self._writer = writer
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        writer = self._writer()
+        counters = [
+            ("flagpost_checkins", "Check-ins committed and acknowledged.", "checkins"),
+            ("flagpost_events_stored", "Events inserted into update_events.", "events_stored"),
+            ("flagpost_events_duplicate", "Events ignored as already stored.", "duplicates"),
+            ("flagpost_ingest_batches", "Group-commit transactions committed.", "batches"),
+            (
+                "flagpost_ingest_failed_batches",
+                "Group-commit transactions that failed (nothing stored).",
+                "failed_batches",
+            ),
+        ]
+        for name, doc, attribute in counters:
+            value = getattr(writer, attribute) if writer is not None else 0
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "flagpost_ingest_queue_events",
+            "Events waiting for the ingest writer or being committed.",
+            value=writer.queued_events if writer is not None else 0,
+        )
+        health = self._health()
+        yield GaugeMetricFamily(
+            "flagpost_database_up",
+            "1 when the database is reachable, 0 while it is not.",
+            value=1 if health is None or health.available else 0,
+        )
+
+
+class ServerMetrics:
+    """The metrics of one server process (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rejections = Counter(
+            "flagpost_checkins_rejected",
+            "Check-ins refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        self.ingest_latency = Histogram(
+            "flagpost_ingest_latency_seconds",
+            "Time from a check-in's submission to its commit.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.writer: IngestWriter | None = None
+        self.health: DatabaseHealth | None = None
+        self.registry.register(_IngestCollector(lambda: self.writer, lambda: self.health))
+
+    def record_rpc_error(self, method: str, reason: str) -> None:
+        """Count a refused check-in (the gRPC interceptor calls this for every error)."""
+        if method == CHECKIN_METHOD:
+            self.rejections.labels(reason if reason in REJECTION_REASONS else "internal").inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def add_metrics_route(app: web.Application, metrics: ServerMetrics) -> None:
+    """Serve ``GET /metrics`` on ``app``: the Prometheus text exposition of ``metrics``."""
+
+    async def metrics_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.router.add_get("/metrics", metrics_handler, name="metrics")

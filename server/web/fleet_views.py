@@ -1,0 +1,248 @@
+"""View models of the fleet overview (``/``) and the agent page (``/agents/{id}``).
+
+Built from service results; templates never see ORM rows. Agent-supplied strings stay plain
+``str`` and are autoescaped by the templates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, urlencode
+
+from server.domain import AgentHealth
+from server.services.fleet import AgentDetail, FleetAgent, FleetOverview, version_key
+from server.web.charts import StackedBarChart, events_per_hour_chart
+from server.web.run_views import RunRow
+from server.web.views import DetailItem, EventRow, display_time, event_row, relative_time
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStyle:
+    key: str
+    label: str
+
+
+HEALTH_STYLES: dict[str, HealthStyle] = {
+    AgentHealth.ONLINE: HealthStyle("online", "Online"),
+    AgentHealth.STALE: HealthStyle("stale", "Stale"),
+    AgentHealth.OFFLINE: HealthStyle("offline", "Offline"),
+    AgentHealth.NEVER: HealthStyle("never", "Never checked in"),
+    "revoked": HealthStyle("offline", "Revoked"),
+}
+
+
+def health_style(health: str, revoked: bool = False) -> HealthStyle:
+    """How an agent's health looks (a revoked agent shows as revoked, whatever its check-ins)."""
+    if revoked:
+        return HEALTH_STYLES["revoked"]
+    return HEALTH_STYLES.get(health, HealthStyle(health, health.capitalize()))
+
+
+def agent_url(agent_id: str) -> str:
+    """``/agents/{id}`` with the id percent-encoded."""
+    return f"/agents/{quote(agent_id, safe='')}"
+
+
+def human_bytes(count: int) -> str:
+    """``1.5 GiB`` style size; ``—`` for zero (not reported)."""
+    if count <= 0:
+        return "—"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover - the loop always returns
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCard:
+    key: str
+    label: str
+    count: int
+    note: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionShare:
+    version: str
+    count: int
+    percent: int
+    is_target: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AgentListRow:
+    id: str
+    url: str
+    hostname: str
+    health: HealthStyle
+    config_version: str
+    agent_version: str
+    last_checkin_iso: str
+    last_checkin_display: str
+    last_checkin_relative: str
+    latest_run: RunRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewPage:
+    """Everything ``overview.html`` renders."""
+
+    now_iso: str
+    now_display: str
+    agents_total: int
+    health: tuple[HealthCard, ...]
+    waiting_runs: int
+    active_runs: int
+    waiting_url: str
+    target_version: str | None
+    migrated: int
+    agents_with_version: int
+    migrated_percent: int
+    versions: tuple[VersionShare, ...]
+    chart: StackedBarChart
+    agents: tuple[AgentListRow, ...]
+
+
+def _percent(part: int, whole: int) -> int:
+    """A percentage rounded down, except that any part > 0 shows at least 1 and anything short
+    of the whole never shows 100."""
+    if whole <= 0 or part <= 0:
+        return 0
+    value = part * 100 // whole
+    if part < whole:
+        value = min(value, 99)
+    return max(value, 1)
+
+
+def _agent_row(agent: FleetAgent, now: datetime, latest_run: RunRow | None) -> AgentListRow:
+    r = agent.record
+    last = r.last_checkin_at
+    return AgentListRow(
+        id=r.id,
+        url=agent_url(r.id),
+        hostname=r.hostname,
+        health=health_style(agent.health, r.revoked),
+        config_version=r.config_version,
+        agent_version=r.agent_version,
+        last_checkin_iso=last.astimezone(UTC).isoformat() if last else "",
+        last_checkin_display=display_time(last) if last else "",
+        last_checkin_relative=relative_time(last, now) if last else "",
+        latest_run=latest_run,
+    )
+
+
+def overview_page(
+    overview: FleetOverview,
+    *,
+    waiting_runs: int = 0,
+    active_runs: int = 0,
+    latest_runs: dict[str, RunRow] | None = None,
+) -> OverviewPage:
+    """The overview's view model. Run figures come from the runs service (0 without it)."""
+    now = overview.now
+    counts = overview.health_counts
+    notes = {
+        "online": "checked in recently",
+        "stale": "missed a few check-ins",
+        "offline": "silent for a long time",
+        "never": "enrolled, no check-in yet",
+    }
+    cards = tuple(
+        HealthCard(key, HEALTH_STYLES[key].label, counts.get(key, 0), notes[key], "#agents-title")
+        for key in ("online", "stale", "offline", "never")
+        if key != "never" or counts.get("never", 0)
+    )
+    total_with_version = overview.reporting
+    target = overview.newest_version
+    versions = sorted(
+        overview.config_versions.items(), key=lambda item: version_key(item[0]), reverse=True
+    )
+    fleet = sum(overview.config_versions.values())
+    shares = tuple(
+        VersionShare(version or "not reported", n, _percent(n, fleet), version == target)
+        for version, n in versions
+    )
+    runs = latest_runs or {}
+    return OverviewPage(
+        now_iso=now.astimezone(UTC).isoformat(),
+        now_display=display_time(now),
+        agents_total=overview.agents_total,
+        health=cards,
+        waiting_runs=waiting_runs,
+        active_runs=active_runs,
+        waiting_url="/runs?" + urlencode([("state", "AWAITING_INPUT")]),
+        target_version=target,
+        migrated=overview.on_newest,
+        agents_with_version=total_with_version,
+        migrated_percent=_percent(overview.on_newest, total_with_version),
+        versions=shares,
+        chart=events_per_hour_chart(overview.hours),
+        agents=tuple(_agent_row(a, now, runs.get(a.record.id)) for a in overview.agents),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPage:
+    """Everything ``agent.html`` renders."""
+
+    id: str
+    hostname: str
+    health: HealthStyle
+    revoked: bool
+    facts: tuple[DetailItem, ...]
+    runs: tuple[RunRow, ...]
+    events: tuple[EventRow, ...]
+    run_now_action: str
+    can_run: bool
+    run_disabled_reason: str
+    history_url: str
+    all_runs_url: str
+    notice: str
+
+
+def agent_page(
+    detail: AgentDetail,
+    now: datetime,
+    *,
+    runs: Sequence[RunRow] = (),
+    notice: str = "",
+) -> AgentPage:
+    """The agent page's view model: facts, runs, recent events."""
+    r = detail.agent.record
+    health = health_style(detail.agent.health, r.revoked)
+    last = r.last_checkin_at
+    checkin = f"{display_time(last)} ({relative_time(last, now)})" if last else "never"
+    facts = (
+        DetailItem("Hostname", r.hostname),
+        DetailItem("Health", health.label, tone="good" if health.key == "online" else "bad"
+                   if health.key in ("offline",) else ""),
+        DetailItem("Last check-in", checkin),
+        DetailItem("Operating system", r.os or "—"),
+        DetailItem("Kernel", r.kernel or "—", mono=True),
+        DetailItem("Agent version", r.agent_version or "—", mono=True),
+        DetailItem("Config version", r.config_version or "—", mono=True),
+        DetailItem("Disk free", human_bytes(r.disk_free_bytes)),
+        DetailItem("Enrolled", display_time(r.enrolled_at)),
+        DetailItem("Check-in interval", f"{r.checkin_interval_seconds} s"),
+        DetailItem("Agent id", r.id, mono=True),
+    )
+    return AgentPage(
+        id=r.id,
+        hostname=r.hostname,
+        health=health,
+        revoked=r.revoked,
+        facts=facts,
+        runs=tuple(runs),
+        events=tuple(event_row(e, now) for e in detail.events),
+        run_now_action=f"{agent_url(r.id)}/runs",
+        can_run=not r.revoked,
+        run_disabled_reason="this agent is revoked" if r.revoked else "",
+        history_url="/history?" + urlencode([("agent", r.id)]),
+        all_runs_url="/runs?" + urlencode([("agent", r.id)]),
+        notice=notice,
+    )

@@ -1,0 +1,69 @@
+"""HTML handlers of the fleet overview (``/``) and the agent page (``/agents/{id}``).
+
+Thin: parse the request, call services, build view models, render. Run figures come from the
+runs service (:mod:`server.services.runs`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from server import keys
+from server.errors import InvalidArgument, PermissionDenied
+from server.services import fleet as fleet_service
+from server.web.fleet_views import agent_page, overview_page
+
+MAX_ID = 64
+
+
+def path_id(request: web.Request, name: str) -> str:
+    """A path parameter that must look like an id (printable, bounded) or a 400 naming it."""
+    value = request.match_info[name]
+    if not value or len(value) > MAX_ID or not value.isprintable():
+        raise InvalidArgument("is not a valid id", field=name)
+    return value
+
+
+def require_same_origin(request: web.Request) -> None:
+    """Refuse a cross-site form POST: a browser's ``Origin`` (or ``Sec-Fetch-Site``) must say the
+    request comes from this site. Clients that send neither (scripts, tests) pass; web login
+    and CSRF tokens come later (issue 5)."""
+    site = request.headers.get("Sec-Fetch-Site", "")
+    if site and site not in ("same-origin", "none"):
+        raise PermissionDenied("cross-site requests are not allowed")
+    origin = request.headers.get("Origin", "")
+    if origin and origin != "null":
+        expected = f"{request.scheme}://{request.host}"
+        if origin.rstrip("/") != expected:
+            raise PermissionDenied("cross-site requests are not allowed")
+    elif origin == "null":
+        raise PermissionDenied("cross-site requests are not allowed")
+
+
+async def overview(request: web.Request) -> web.StreamResponse:
+    """``GET /``: agents online / stale / offline, config versions and rollout, runs waiting
+    for input, events per hour over the last day."""
+    app = request.app
+    now = datetime.now(UTC)
+    fleet = await fleet_service.fleet_overview(app[keys.SESSIONS], app[keys.CONFIG], now)
+    view = overview_page(fleet)
+    return aiohttp_jinja2.render_template("overview.html", request, {"page": view})
+
+
+async def agent(request: web.Request) -> web.StreamResponse:
+    """``GET /agents/{agent_id}``: facts, runs, recent events, "Run migration now"."""
+    app = request.app
+    agent_id = path_id(request, "agent_id")
+    now = datetime.now(UTC)
+    detail = await fleet_service.agent_detail(app[keys.SESSIONS], app[keys.CONFIG], agent_id, now)
+    view = agent_page(detail, now)
+    return aiohttp_jinja2.render_template("agent.html", request, {"page": view})
+
+
+def add_page_routes(app: web.Application) -> None:
+    """Register the overview and agent pages."""
+    app.router.add_get("/", overview, name="overview")
+    app.router.add_get("/agents/{agent_id}", agent, name="agent")
