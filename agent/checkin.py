@@ -27,8 +27,11 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 
+from agent import events
 from agent.enroll import Credentials
 from agent.outbox import Outbox, PendingEvent
+from agent.run_queue import PendingLine, PendingUpdate
+from agent.sysinfo import agent_info
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ RETRYABLE = frozenset(
     }
 )
 AUTH_FAILURES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
-_EVENT_INDEX = re.compile(r"events\[(\d+)\]")
+_ITEM_INDEX = re.compile(r"(events|run_updates|log_lines)\[(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +108,11 @@ class CheckInClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _send(
-        self, facts: agent_pb2.HostFacts, events: list[agent_pb2.MigrationEvent]
-    ) -> agent_pb2.CheckInResponse:
+    def _send(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
         if self._stub is None:
             self._channel = grpc.insecure_channel(self._target)
             self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
-        request = agent_pb2.CheckInRequest(
-            agent_id=self._credentials.agent_id, facts=facts, events=events
-        )
+        request.agent_id = self._credentials.agent_id
         metadata = (("authorization", f"Bearer {self._credentials.credential}"),)
         response: agent_pb2.CheckInResponse = self._stub.CheckIn(
             request, metadata=metadata, timeout=self._timeout
@@ -128,64 +127,119 @@ class CheckInClient:
         max_events: int,
         max_bytes: int,
         max_chunks: int,
+        max_run_updates: int | None = None,
+        max_log_lines: int = 500,
     ) -> CheckInResult:
         """One check-in cycle (see the module docstring); records state in the outbox."""
+        runs = outbox.runs
         requests = sent = acked = quarantined = 0
-        limit = max_events
+        limits = {"events": max_events, "run_updates": max_run_updates or max_events}
+        limits["log_lines"] = max_log_lines
+        # Kinds not sent again this cycle: the server acknowledged none of them (an older server
+        # ignores run updates and log lines), or a rejection without an index is narrowed down.
+        paused: set[str] = set()
         interval: timedelta | None = None
         actions: list[agent_pb2.Action] = []
         while requests < max_chunks:
-            chunk = outbox.oldest(limit, max_bytes)
-            events = [item.message() for item in chunk]
+            # Events first, with the whole byte budget (an event that alone exceeds it is
+            # quarantined by Outbox.oldest); run updates and log lines fill what is left.
+            chunk = [] if "events" in paused else outbox.oldest(limits["events"], max_bytes)
+            budget = max_bytes - sum(len(item.payload) + 6 for item in chunk)
+            updates = (
+                []
+                if "run_updates" in paused or budget <= 0
+                else runs.oldest_updates(limits["run_updates"], budget)
+            )
+            budget -= sum(item.size for item in updates)
+            lines = (
+                []
+                if "log_lines" in paused or budget <= 0
+                else runs.oldest_lines(limits["log_lines"], budget)
+            )
+            action_acks = runs.pending_action_acks()
+            request = agent_pb2.CheckInRequest(
+                facts=facts,
+                events=[item.message() for item in chunk],
+                run_updates=[item.update for item in updates],
+                log_lines=[item.line for item in lines],
+                acknowledged_action_ids=action_acks,
+            )
             requests += 1
             try:
-                response = self._send(facts, events)
+                response = self._send(request)
             except grpc.RpcError as error:
                 code = error.code()
                 details = error.details() or ""
-                if code == grpc.StatusCode.INVALID_ARGUMENT and chunk:
-                    match = _EVENT_INDEX.search(details)
-                    if match and int(match.group(1)) < len(chunk):
-                        bad = chunk[int(match.group(1))]
-                    elif len(chunk) == 1:
-                        bad = chunk[0]
-                    else:
-                        limit = max(1, len(chunk) // 2)
-                        log.warning(
-                            "check-in rejected (%s); retrying with %d events", details, limit
-                        )
+                sent_kinds = {
+                    kind: len(items)
+                    for kind, items in (
+                        ("events", chunk),
+                        ("run_updates", updates),
+                        ("log_lines", lines),
+                    )
+                    if items
+                }
+                if code == grpc.StatusCode.INVALID_ARGUMENT and sent_kinds:
+                    match = _ITEM_INDEX.search(details)
+                    if match is None and sum(sent_kinds.values()) > 1:
+                        # No index: narrow down. One kind at a time, then halve the chunk.
+                        first = next(iter(sent_kinds))
+                        if len(sent_kinds) > 1:
+                            paused.update(kind for kind in sent_kinds if kind != first)
+                        else:
+                            limits[first] = max(1, sent_kinds[first] // 2)
+                        log.warning("check-in rejected (%s); retrying with smaller chunks", details)
                         continue
-                    notice = outbox.quarantine(
-                        bad.event_id, f"server rejected it (INVALID_ARGUMENT): {details}"
+                    kind, index = (
+                        (match.group(1), int(match.group(2)))
+                        if match is not None
+                        else (next(iter(sent_kinds)), 0)
                     )
-                    quarantined += 1
-                    log.error(
-                        "event %s quarantined: server rejected it: %s%s",
-                        bad.event_id,
-                        details,
-                        f" (warning notice {notice.event_id} queued)" if notice else "",
-                    )
-                    continue
+                    if self._set_aside(outbox, kind, index, details, chunk, updates, lines):
+                        quarantined += 1
+                        continue
                 return self._failed(
                     outbox, chunk, code, details, error, requests, sent, acked, quarantined
                 )
+            runs.mark_actions_acked(action_acks)
+            actions.extend(runs.receive_actions(response.actions))
             sent += len(chunk)
             sent_ids = {item.event_id for item in chunk}
             acked_ids = [i for i in response.acknowledged_event_ids if i in sent_ids]
             acked += outbox.ack(acked_ids)
-            actions.extend(response.actions)
+            sent_updates = {item.update_id for item in updates}
+            acked_updates = [i for i in response.acknowledged_run_update_ids if i in sent_updates]
+            runs.ack_updates(acked_updates)
+            sent_lines = {(item.run_id, item.seq) for item in lines}
+            acked_lines = [
+                (ack.run_id, int(seq))
+                for ack in response.acknowledged_log_lines
+                for seq in ack.seqs
+                if (ack.run_id, int(seq)) in sent_lines
+            ]
+            runs.ack_lines(acked_lines)
             if response.next_checkin_seconds > 0:
                 interval = timedelta(seconds=response.next_checkin_seconds)
-            if chunk and not acked_ids:
-                log.warning("server acknowledged none of %d events; will retry later", len(chunk))
+            for kind, was_sent, was_acked in (
+                ("events", chunk, acked_ids),
+                ("run_updates", updates, acked_updates),
+                ("log_lines", lines, acked_lines),
+            ):
+                if was_sent and not was_acked:
+                    log.warning(
+                        "server acknowledged none of %d %s; will retry later",
+                        len(was_sent),
+                        kind.replace("_", " "),
+                    )
+                    paused.add(kind)
+            if not self._more(outbox, paused):
                 break
-            if not chunk or outbox.depth() == 0:
-                break
-        more = requests >= max_chunks and outbox.depth() > 0
+        more = requests >= max_chunks and self._more(outbox, paused)
         now = datetime.now(UTC).isoformat()
         outbox.set_state("last_checkin_at", now)
         outbox.set_state("last_checkin_result", f"ok: sent {sent}, acked {acked}")
-        log.info(
+        log.log(
+            logging.INFO if sent or acked or quarantined else logging.DEBUG,
             "checked in: %d sent, %d acked, %d quarantined, %d left",
             sent,
             acked,
@@ -202,6 +256,62 @@ class CheckInClient:
             actions=tuple(actions),
             more=more,
         )
+
+    @staticmethod
+    def _more(outbox: Outbox, paused: set[str]) -> bool:
+        """Anything left to send that the server has been acknowledging this cycle."""
+        counts = outbox.runs.counts()
+        return (
+            ("events" not in paused and outbox.depth() > 0)
+            or ("run_updates" not in paused and counts["run_updates_pending"] > 0)
+            or ("log_lines" not in paused and counts["log_lines_pending"] > 0)
+        )
+
+    @staticmethod
+    def _set_aside(
+        outbox: Outbox,
+        kind: str,
+        index: int,
+        details: str,
+        chunk: list[PendingEvent],
+        updates: list[PendingUpdate],
+        lines: list[PendingLine],
+    ) -> bool:
+        """Quarantine the item an INVALID_ARGUMENT names (``events[i]``, ``run_updates[i]``,
+        ``log_lines[i]``), with a warning notice; False if there is no such item."""
+        reason = f"server rejected it (INVALID_ARGUMENT): {details}"
+        if kind == "events" and index < len(chunk):
+            bad = chunk[index]
+            notice = outbox.quarantine(bad.event_id, reason)
+            log.error(
+                "event %s quarantined: %s%s",
+                bad.event_id,
+                reason,
+                f" (warning notice {notice.event_id} queued)" if notice else "",
+            )
+            return True
+        if kind == "run_updates" and index < len(updates):
+            update = updates[index].update
+            outbox.runs.quarantine_update(update.update_id, reason)
+            outbox.add(
+                events.agent_notice(
+                    f"RunUpdate {update.update_id} of run {update.run_id} quarantined: {reason}",
+                    agent_info(),
+                )
+            )
+            log.error("run update %s quarantined: %s", update.update_id, reason)
+            return True
+        if kind == "log_lines" and index < len(lines):
+            line = lines[index]
+            outbox.runs.quarantine_line(line.run_id, line.seq, reason)
+            outbox.add(
+                events.agent_notice(
+                    f"Log line {line.seq} of run {line.run_id} quarantined: {reason}", agent_info()
+                )
+            )
+            log.error("log line %s/%d quarantined: %s", line.run_id, line.seq, reason)
+            return True
+        return False
 
     def _failed(
         self,

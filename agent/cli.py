@@ -174,6 +174,12 @@ def _status(config: AgentConfig, as_json: bool) -> int:
         + (f" (at {status.last_error_at})" if status.last_error_at else "")
     )
     print(f"journal pending: {'yes' if status.journal_pending else 'no'}")
+    runs = status.runs
+    print(
+        f"run reporting:   {runs['run_updates_pending']} run updates, "
+        f"{runs['log_lines_pending']} log lines, {runs['action_acks_pending']} action acks "
+        f"waiting; {runs['run_updates_quarantined'] + runs['log_lines_quarantined']} set aside"
+    )
     print(f"quarantined:     {len(status.quarantined)}")
     for item in status.quarantined:
         print(f"  {item['event_id']} {item['summary']}: {item['reason']}")

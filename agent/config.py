@@ -12,12 +12,16 @@ TOML keys (all optional)::
     server = "127.0.0.1:50051"        # default: the address stored at enrollment
     checkin_interval_seconds = 60
     startup_jitter_seconds = 30       # first check-in after start: uniform(0, min(this, interval))
-    max_events_per_checkin = 200
-    max_batch_bytes = 1000000
+    max_events_per_checkin = 200          # also the bound for run updates per request
+    max_log_lines_per_checkin = 500
+    max_batch_bytes = 1000000             # events + run updates + log lines of one request
     max_chunks_per_cycle = 50
     rpc_timeout_seconds = 10
     log_level = "INFO"
+    fast_checkin_interval_seconds = 0.5   # while a run is live (at most 1)
+    fast_checkin_linger_seconds = 5       # fast cadence for this long after a run ends
     crash_at = ""                     # test-only fault injection point
+    step_delay_seconds = 0            # test/demo knob: pause before each migration step
     [retry]
     initial_seconds = 1
     max_seconds = 300
@@ -67,10 +71,17 @@ class AgentConfig:
     startup_jitter: timedelta = timedelta(seconds=30)
     retry: RetrySettings = field(default_factory=RetrySettings)
     max_events_per_checkin: int = 200
+    max_log_lines_per_checkin: int = 500
     max_batch_bytes: int = 1_000_000
     max_chunks_per_cycle: int = 50
     rpc_timeout: timedelta = timedelta(seconds=10)
+    fast_checkin_interval: timedelta = timedelta(seconds=0.5)
+    fast_checkin_linger: timedelta = timedelta(seconds=5)
     crash_at: str = ""
+    # Test/demo knob (FLAGPOST_AGENT_STEP_DELAY_SECONDS): the engine pauses this long before
+    # each migration step (waking early on cancel or shutdown) so a run can be watched live and
+    # cancelled mid-run. 0 in production.
+    step_delay: timedelta = timedelta(0)
     log_level: str = "INFO"
     config_file: Path | None = None
 
@@ -134,10 +145,14 @@ _TOP_KEYS = (
     "checkin_interval_seconds",
     "startup_jitter_seconds",
     "max_events_per_checkin",
+    "max_log_lines_per_checkin",
     "max_batch_bytes",
     "max_chunks_per_cycle",
     "rpc_timeout_seconds",
+    "fast_checkin_interval_seconds",
+    "fast_checkin_linger_seconds",
     "crash_at",
+    "step_delay_seconds",
     "log_level",
 )
 
@@ -160,8 +175,22 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
             changes["startup_jitter"] = _seconds(name, value)
         elif key == "rpc_timeout_seconds":
             changes["rpc_timeout"] = _seconds(name, value, 0.01)
-        elif key in ("max_events_per_checkin", "max_batch_bytes", "max_chunks_per_cycle"):
+        elif key in (
+            "max_events_per_checkin",
+            "max_log_lines_per_checkin",
+            "max_batch_bytes",
+            "max_chunks_per_cycle",
+        ):
             changes[key] = _as_int(name, value, 1)
+        elif key == "fast_checkin_interval_seconds":
+            fast = _seconds(name, value, 0.01)
+            if fast > timedelta(seconds=1):
+                raise AgentConfigError(f"{name}: must be at most 1 second, got {value}")
+            changes["fast_checkin_interval"] = fast
+        elif key == "fast_checkin_linger_seconds":
+            changes["fast_checkin_linger"] = _seconds(name, value)
+        elif key == "step_delay_seconds":
+            changes["step_delay"] = _seconds(name, value)
         elif key == "crash_at":
             changes["crash_at"] = str(value)
         elif key == "log_level":

@@ -8,10 +8,21 @@ between steps and rolls back), then the loop exits; a second signal exits the pr
 Check-in timing (first one jittered, the server's interval with jitter, backoff with full jitter
 and ``retry-after-ms`` after failures) is :class:`agent.schedule.CheckInSchedule`.
 
+Threads in ``run``: the main thread is the migration worker (start-up migration, periodic
+re-detection, runs the server requested, in that order of arrival); check-ins run on their own
+thread (:class:`agent.checkin_loop.CheckInLoop`, fast cadence while a run is live) so a run's log
+lines and progress reach the server while a step is still running, and a ``cancel_run`` action
+reaches the run in progress at once (it stops at the next step boundary). ``once`` needs no
+thread: it migrates, checks in, executes the runs the server asked for, and checks in again to
+report them (at most :data:`ONCE_ACTION_ROUNDS` times).
+
 Re-detection in ``run``: every check-in interval each registered migration is detected again. A
-needed migration is always executed and reported; a ``not_needed`` or ``failed`` detection is
-reported at start and then only when its outcome changes (otherwise a healthy fleet would add one
-History row per host per minute, and a broken config would repeat the same error forever).
+needed migration is executed and reported, except that an execution that failed is not retried
+automatically while its files and their directories are unchanged (it is retried when they
+change, at the next start, or when the server asks with ``run_migration``); a ``not_needed`` or
+``failed`` detection is reported at start and then only when its outcome changes (otherwise a
+healthy fleet would add one History row per host per minute, and a broken config would repeat
+the same error, and a new backup, forever).
 """
 
 from __future__ import annotations
@@ -22,12 +33,16 @@ import random
 import signal
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType, TracebackType
 from typing import Any
 
+from agent.actions import ActionHandler, RunRequest
 from agent.checkin import CheckInClient, CheckInResult
+from agent.checkin_loop import CheckInLoop
 from agent.config import AgentConfig
 from agent.enroll import Credentials, EnrollmentError, load_credentials
 from agent.faults import FaultInjector
@@ -35,11 +50,14 @@ from agent.migrations.chain import MIGRATION_ID, json_conf
 from agent.migrations.engine import MigrationEngine, RunResult
 from agent.migrations.registry import MigrationRegistry, default_registry
 from agent.outbox import Outbox
+from agent.runs import RunControl
 from agent.schedule import CheckInSchedule
 from agent.sysinfo import host_facts
 from flagpost.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
+
+ONCE_ACTION_ROUNDS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +73,7 @@ class Status:
     last_error: str
     last_error_at: str
     journal_pending: bool
+    runs: dict[str, int]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +86,7 @@ class Status:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "journal_pending": self.journal_pending,
+            "runs": self.runs,
         }
 
 
@@ -89,12 +109,21 @@ class Agent:
         self._closed = False
         self._client: CheckInClient | None = None
         self._outbox = Outbox(config.outbox_path)
+        self._control = RunControl(self._stop, config.fast_checkin_linger)
+        self._work = threading.Event()  # wakes the worker: a run was requested, or stop
+        self._requests: deque[RunRequest] = deque()
+        self._requests_lock = threading.Lock()
+        self._actions = ActionHandler(
+            self._control, [migration.id for migration in self._registry], self._submit
+        )
         self._engine = MigrationEngine(
             config.root,
             config.state_dir,
             self._outbox,
             faults=FaultInjector(config.crash_at),
             should_stop=self._stop.is_set,
+            control=self._control,
+            step_delay=config.step_delay,
         )
         self._schedule = CheckInSchedule(
             config.checkin_interval,
@@ -133,6 +162,8 @@ class Agent:
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop after the current step."""
         self._stop.set()
+        self._work.set()
+        self._control.wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -143,16 +174,26 @@ class Agent:
         return self._outbox
 
     @property
+    def control(self) -> RunControl:
+        """The run in progress (cancel, live)."""
+        return self._control
+
+    @property
     def interval(self) -> timedelta:
         """The current check-in interval (the server may change it)."""
         return self._schedule.interval
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: first one stops gracefully, a second exits at once."""
+        """SIGTERM/SIGINT: first one stops gracefully, a second exits at once.
+
+        The signals are also unblocked: a parent that blocked them (a supervisor, or a script
+        using ``sigwait``) passes its signal mask on to us, and a daemon must still stop on
+        SIGTERM. Call before :meth:`run` starts its check-in thread (threads inherit the mask)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -160,7 +201,7 @@ class Agent:
             os.write(2, b"flagpost-agent: second signal, exiting now\n")
             os._exit(128 + signum)
         log.info("received %s: stopping after the current step", signal.Signals(signum).name)
-        self._stop.set()
+        self.request_stop()
 
     # ------------------------------------------------------------ work
 
@@ -168,22 +209,65 @@ class Agent:
         """Resolve a migration journal left by a crash (first thing at start)."""
         return self._engine.recover()
 
-    def migrate(self, *, report_unchanged: bool = True) -> list[RunResult]:
-        """Detect (and execute where needed) every registered migration."""
+    def migrate(
+        self, *, report_unchanged: bool = True, request: RunRequest | None = None
+    ) -> list[RunResult]:
+        """Detect (and execute where needed) every registered migration, or the one ``request``
+        names (a run the server asked for: always recorded, always a run)."""
         results = []
         for migration in self._registry:
             if self._stop.is_set():
                 break
-            results.append(self._engine.run(migration, report_unchanged=report_unchanged))
+            if request is not None and request.migration_id not in ("", migration.id):
+                continue
+            results.append(
+                self._engine.run(
+                    migration,
+                    report_unchanged=report_unchanged,
+                    requested_by=request.action_id if request is not None else "",
+                )
+            )
         return results
+
+    def _submit(self, request: RunRequest) -> None:
+        with self._requests_lock:
+            self._requests.append(request)
+        self._work.set()
+
+    def _next_request(self) -> RunRequest | None:
+        with self._requests_lock:
+            return self._requests.popleft() if self._requests else None
+
+    def handle_actions(self, actions: Sequence[agent_pb2.Action], outbox: Outbox) -> None:
+        """Act on actions received in a check-in (see :mod:`agent.actions`)."""
+        for action in actions:
+            self._actions.handle(action, outbox)
+
+    def run_requested(self) -> int:
+        """Execute every queued run request (in order); returns how many ran."""
+        count = 0
+        while not self._stop.is_set():
+            request = self._next_request()
+            if request is None:
+                break
+            if request.expired():
+                ActionHandler.notice(
+                    self._outbox,
+                    f"Action {request.action_id} (run_migration) expired while queued behind "
+                    "another run; ignored",
+                )
+                continue
+            self.migrate(request=request)
+            count += 1
+        return count
 
     def credentials(self) -> Credentials | None:
         """Stored enrollment credentials, None if not enrolled."""
         return load_credentials(self._config.credentials_path)
 
-    def facts(self) -> agent_pb2.HostFacts:
+    def facts(self, outbox: Outbox | None = None) -> agent_pb2.HostFacts:
         """Host facts for the next check-in."""
-        version = self._outbox.get_state(f"config_version:{MIGRATION_ID}")
+        version = (outbox or self._outbox).get_state(f"config_version:{MIGRATION_ID}")
         return host_facts(
             self._config.root, self._config.state_dir, json_conf(self._config.root), version
         )
@@ -195,30 +279,34 @@ class Agent:
             self._schedule.adopt(credentials.checkin_interval)
         return self._client
 
-    def check_in(self) -> CheckInResult:
-        """One check-in cycle; adopts the server's interval."""
+    def check_in(self, outbox: Outbox | None = None) -> CheckInResult:
+        """One check-in cycle (on ``outbox``, a connection of the calling thread; default the
+        agent's own); adopts the server's interval. Received actions are in the result."""
+        outbox = outbox or self._outbox
         try:
             credentials = self.credentials()
         except EnrollmentError as exc:
-            return self._not_enrolled(str(exc))
+            return self._not_enrolled(outbox, str(exc))
         if credentials is None:
             return self._not_enrolled(
-                f"not enrolled (no {self._config.credentials_path}): run flagpost-agent enroll"
+                outbox,
+                f"not enrolled (no {self._config.credentials_path}): run flagpost-agent enroll",
             )
         client = self._client_for(credentials)
         result = client.cycle(
-            self._outbox,
-            self.facts(),
+            outbox,
+            self.facts(outbox),
             max_events=self._config.max_events_per_checkin,
             max_bytes=self._config.max_batch_bytes,
             max_chunks=self._config.max_chunks_per_cycle,
+            max_log_lines=self._config.max_log_lines_per_checkin,
         )
         self._schedule.adopt(result.next_interval)
         return result
 
-    def _not_enrolled(self, message: str) -> CheckInResult:
+    def _not_enrolled(self, outbox: Outbox, message: str) -> CheckInResult:
         log.error("%s", message)
-        self._outbox.set_state("last_error", message)
+        outbox.set_state("last_error", message)
         return CheckInResult(ok=False, error=message, code="NOT_ENROLLED", auth_failed=True)
 
     def once(self) -> int:
@@ -228,13 +316,20 @@ class Agent:
         self.recover()
         self.migrate()
         failures = 0
+        rounds = 0
         while not self._stop.is_set():
             result = self.check_in()
             delay = self._schedule.after(result)
             if result.ok:
                 failures = 0
+                self.handle_actions(result.actions, self._outbox)
                 if result.more:
                     continue  # a backlog bigger than one cycle: keep draining
+                if rounds < ONCE_ACTION_ROUNDS and (
+                    self.run_requested() or self._outbox.runs.pending_action_acks()
+                ):
+                    rounds += 1
+                    continue  # report the requested runs and acknowledge the actions
                 return 0
             failures += 1
             if result.auth_failed or failures >= self._config.retry.once_attempts:
@@ -247,24 +342,38 @@ class Agent:
     def run(self) -> int:
         """``flagpost-agent run``: the daemon loop until stopped. Returns the exit code."""
         self.recover()
-        self.migrate(report_unchanged=True)
         try:
             credentials = self.credentials()
         except EnrollmentError:
             credentials = None
         if credentials is not None:
             self._schedule.adopt(credentials.checkin_interval)
-        next_detection = time.monotonic() + self.interval.total_seconds()
-        delay = self._schedule.first_delay()
-        while True:
-            log.debug("next check-in in %.1fs", delay.total_seconds())
-            if self._stop.wait(delay.total_seconds()):
-                break
-            result = self.check_in()
-            delay = self._schedule.after(result)
-            if time.monotonic() >= next_detection and not self._stop.is_set():
-                self.migrate(report_unchanged=False)
-                next_detection = time.monotonic() + self.interval.total_seconds()
+        loop = CheckInLoop(
+            outbox_path=self._config.outbox_path,
+            schedule=self._schedule,
+            control=self._control,
+            stop=self._stop,
+            check_in=self.check_in,
+            on_actions=self.handle_actions,
+            fast_interval=self._config.fast_checkin_interval,
+        )
+        loop.start()
+        try:
+            self.migrate(report_unchanged=True)
+            next_detection = time.monotonic() + self.interval.total_seconds()
+            while not self._stop.is_set():
+                self._work.wait(max(0.0, next_detection - time.monotonic()))
+                self._work.clear()
+                if self._stop.is_set():
+                    break
+                if self.run_requested():
+                    continue
+                if time.monotonic() >= next_detection:
+                    self.migrate(report_unchanged=False)
+                    next_detection = time.monotonic() + self.interval.total_seconds()
+        finally:
+            self._stop.set()
+            loop.join(self._config.rpc_timeout.total_seconds() + 5)
         log.info("agent stopped")
         return 0
 
@@ -292,4 +401,5 @@ class Agent:
             last_error=self._outbox.get_state("last_error"),
             last_error_at=self._outbox.get_state("last_error_at"),
             journal_pending=self._config.journal_path.exists(),
+            runs=self._outbox.runs.counts(),
         )

@@ -2,7 +2,8 @@
 
 Besides migration outcomes the agent reports notices about itself (``EVENT_TYPE_AGENT_NOTICE``,
 category "agent" in the History): :func:`quarantine_notice` is the warning that an event was set
-aside because the server rejected it.
+aside because the server rejected it; :func:`agent_notice` builds the others (actions ignored
+because expired or of an unknown kind, run updates or log lines the server rejected).
 """
 
 from __future__ import annotations
@@ -134,5 +135,25 @@ def quarantine_notice(
             "in the agent's outbox, listed by `flagpost-agent status`, and no longer sent; the "
             "events behind it were delivered."
         ),
+        system_info=system_info,
+    )
+
+
+def agent_notice(
+    message: str,
+    system_info: Mapping[str, str],
+    *,
+    status: int = WARNING,
+    error_message: str = "",
+    run_id: str = "",
+) -> agent_pb2.MigrationEvent:
+    """A notice about the agent itself (``EVENT_TYPE_AGENT_NOTICE``): an action it ignored, an
+    item it set aside. ``message`` is the History row; ``error_message`` defaults to it."""
+    return migration_event(
+        event_type=AGENT_NOTICE,
+        status=status,
+        run_id=run_id,
+        message=message,
+        error_message=error_message or message,
         system_info=system_info,
     )

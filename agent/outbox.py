@@ -6,7 +6,9 @@ them (:meth:`Outbox.ack`). An event the server rejects as invalid is quarantined
 sent, listed by ``flagpost-agent status``), never deleted, and a warning notice about it joins the
 end of the queue in the same transaction (so it is reported exactly once and blocks nothing). A
 small key/value ``state`` table keeps the last check-in time, the last error and the last detected
-config version.
+config version. Run progress, per-run log lines and action acknowledgements live in the same
+file (:attr:`Outbox.runs`, :mod:`agent.run_queue`); their tables are created on open, so an outbox
+written by an older agent is upgraded in place.
 """
 
 from __future__ import annotations

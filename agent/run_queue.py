@@ -145,7 +145,9 @@ class RunQueue:
         """Delete exactly the acknowledged updates; returns how many were deleted."""
         ids = list(update_ids)
         with self._transaction():
-            cursor = self._db.executemany("DELETE FROM run_updates WHERE update_id = ?", ((i,) for i in ids))
+            cursor = self._db.executemany(
+                "DELETE FROM run_updates WHERE update_id = ?", ((i,) for i in ids)
+            )
             return max(0, cursor.rowcount)
 
     def quarantine_update(self, update_id: str, reason: str) -> bool:
@@ -199,7 +201,9 @@ class RunQueue:
 
     def last_seq(self, run_id: str) -> int:
         """The last seq handed out for ``run_id`` (0 if none)."""
-        row = self._db.execute("SELECT last_seq FROM log_seq WHERE run_id = ?", (run_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT last_seq FROM log_seq WHERE run_id = ?", (run_id,)
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def oldest_lines(self, limit: int, max_bytes: int) -> list[PendingLine]:

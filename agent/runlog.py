@@ -98,7 +98,11 @@ class RunLog:
         if _mirror.isEnabledFor(LEVELS[level]):
             extra = " ".join(f"{k}={v}" for k, v in clean.items())
             _mirror.log(
-                LEVELS[level], "[run %s] %s: %s%s", self.run_id[-12:], source, message,
+                LEVELS[level],
+                "[run %s] %s: %s%s",
+                self.run_id[-12:],
+                source,
+                message,
                 f" ({extra})" if extra else "",
             )
         if self._queue is None:

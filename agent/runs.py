@@ -50,7 +50,8 @@ _APPLIED = frozenset({STEP_SUCCEEDED, STEP_ROLLED_BACK})
 
 def state_name(state: int) -> str:
     """``SUCCEEDED`` for ``RUN_STATE_SUCCEEDED``."""
-    return agent_pb2.RunState.Name(state).removeprefix("RUN_STATE_")  # type: ignore[arg-type]
+    name: str = agent_pb2.RunState.Name(state)  # type: ignore[arg-type]
+    return name.removeprefix("RUN_STATE_")
 
 
 @dataclass(slots=True)
@@ -199,7 +200,9 @@ class RunControl:
     report at once.
     """
 
-    def __init__(self, stop: threading.Event | None = None, linger: timedelta | None = None) -> None:
+    def __init__(
+        self, stop: threading.Event | None = None, linger: timedelta | None = None
+    ) -> None:
         self._stop = stop or threading.Event()
         self._linger = (linger or timedelta(seconds=5)).total_seconds()
         self._lock = threading.Lock()

@@ -10,7 +10,9 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 3. the health monitor: probes the database about once a second while idle or failing;
 4. the ingest writer (group commit; wakes the bus after each commit); on stop it drains and
    commits what is queued;
-5. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``).
+5. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``);
+6. the retention job (``server.services.retention``): prunes events, runs and logs beyond the
+   configured limits every ``retention_interval_minutes``, in bounded batches.
 
 Shutdown order (``RunningServer.stop`` / ``runner.cleanup()``): the web stops listening, then
 (``on_shutdown``) live streams end and gRPC refuses new calls and gives in-flight ones up to
@@ -40,6 +42,7 @@ from server.services.agents import Authenticator
 from server.services.bus import bus_ctx, end_streams_on_shutdown
 from server.services.health import DatabaseHealth, HealthMonitor
 from server.services.ingest import IngestWriter
+from server.services.retention import RetentionJob
 from server.storage import schema
 from server.storage.batches import make_batch_store
 from server.storage.db import create_engine, make_sessionmaker
@@ -55,6 +58,7 @@ class _Lifecycle:
     """Mutable per-app holder for what the shutdown hook must reach."""
 
     grpc_server: grpc.aio.Server | None = None
+    retention: RetentionJob | None = None
 
 
 _LIFECYCLE = web.AppKey("lifecycle", _Lifecycle)
@@ -148,6 +152,16 @@ async def _stop_grpc(app: web.Application) -> None:
         await server.stop(app[keys.CONFIG].shutdown_grace_seconds)
 
 
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    job = RetentionJob(app[keys.SESSIONS], app[keys.CONFIG])
+    job.start()
+    app[_LIFECYCLE].retention = job
+    try:
+        yield
+    finally:
+        await job.stop()
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """The aiohttp application of one server process (see the module docstring)."""
     app = web.Application()
@@ -156,7 +170,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[_LIFECYCLE] = _Lifecycle()
     metrics = ServerMetrics()
     app[keys.METRICS] = metrics
-    app.cleanup_ctx.extend([_database, bus_ctx, _health_monitor, _ingest, _grpc])
+    app.cleanup_ctx.extend([_database, bus_ctx, _health_monitor, _ingest, _grpc, _retention])
     app.on_shutdown.extend([end_streams_on_shutdown, _stop_grpc])
     setup_web(app)
     add_metrics_route(app, metrics)

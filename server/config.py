@@ -51,6 +51,20 @@ class ServerConfig:
     sqlite_busy_timeout_ms: int = 5_000
     # Graceful shutdown: how long in-flight calls may take to finish before they are cancelled.
     shutdown_grace_seconds: int = 10
+    # Runs and logs (issue 4): per check-in limits (INVALID_ARGUMENT naming the limit) and how
+    # long an action (run a migration, cancel a run) waits for its agent before it expires.
+    max_run_updates_per_checkin: int = 500
+    max_log_lines_per_checkin: int = 5_000
+    action_ttl_seconds: int = 3_600
+    # Retention: events, runs (with their steps and logs) older than retention_days or beyond the
+    # per-agent caps are pruned (0 disables a limit) in transactions of at most
+    # retention_batch_size rows, every retention_interval_minutes (0: only `flagpost-server
+    # prune`). A run awaiting input is never pruned.
+    retention_days: int = 30
+    max_events_per_agent: int = 100_000
+    max_runs_per_agent: int = 1_000
+    retention_batch_size: int = 1_000
+    retention_interval_minutes: int = 60
     # Web
     history_page_size: int = 50
     # Start-up: migrate the schema instead of refusing to start when it is behind.

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Category(StrEnum):
@@ -162,3 +162,232 @@ class EventPage:
     events: list[StoredEvent]
     next_before_id: int | None  # cursor for the next (older) page, None at the end
     filters: EventFilter = field(default_factory=EventFilter)
+
+
+# --- Runs (issue 4) --------------------------------------------------------------------------
+
+
+class RunState(StrEnum):
+    """The state of one migration run (DESIGN §4). Values are the proto names without prefix."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    AWAITING_INPUT = "AWAITING_INPUT"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    PARTIAL = "PARTIAL"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL_RUN_STATES: frozenset[RunState] = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.PARTIAL, RunState.CANCELLED}
+)
+ACTIVE_RUN_STATES: frozenset[RunState] = frozenset(
+    {RunState.PENDING, RunState.RUNNING, RunState.AWAITING_INPUT}
+)
+# Allowed state changes. Staying in a non-terminal state (a progress update) is always allowed;
+# a terminal state is final. A run the server has never seen may start in any state (its
+# earlier updates may have been lost or quarantined on the agent).
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.PENDING: frozenset({RunState.RUNNING}),
+    RunState.RUNNING: frozenset(
+        {
+            RunState.AWAITING_INPUT,
+            RunState.SUCCEEDED,
+            RunState.FAILED,
+            RunState.PARTIAL,
+            RunState.CANCELLED,
+        }
+    ),
+    RunState.AWAITING_INPUT: frozenset({RunState.RUNNING, RunState.FAILED, RunState.CANCELLED}),
+    RunState.SUCCEEDED: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.PARTIAL: frozenset(),
+    RunState.CANCELLED: frozenset(),
+}
+
+
+def run_transition_allowed(old: RunState | None, new: RunState) -> bool:
+    """True when a run in ``old`` (``None``: not seen yet) may move to ``new``."""
+    if old is None:
+        return True
+    if old == new:
+        return old not in TERMINAL_RUN_STATES
+    return new in RUN_TRANSITIONS[old]
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class ActionKind(StrEnum):
+    """What a pending action asks the agent to do (``Action.kind`` on the wire)."""
+
+    RUN_MIGRATION = "run_migration"
+    CANCEL_RUN = "cancel_run"
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """One step of a run: ``index`` is its 0-based position in the plan."""
+
+    index: int
+    name: str
+    status: str  # pending | running | succeeded | failed | rolled_back | skipped
+    error: str = ""
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewRunUpdate:
+    """A validated ``RunUpdate`` (a snapshot of one run) from an authenticated agent."""
+
+    update_id: str
+    run_id: str
+    agent_id: str
+    state: RunState
+    steps_done: int
+    steps_total: int
+    steps: tuple[RunStep, ...]
+    started_at: datetime | None
+    finished_at: datetime | None
+    migration_id: str
+    migration_from: str
+    migration_to: str
+    error_message: str
+    requested_by_action_id: str | None
+    occurred_at: datetime | None
+
+
+class NewLogLine(NamedTuple):
+    """A validated log line of one run (``seq``: per run, gap-free from 1, set by the agent).
+    A NamedTuple rather than a frozen dataclass: thousands are built per check-in and a frozen
+    dataclass's ``__init__`` costs ~4x more."""
+
+    run_id: str
+    seq: int
+    timestamp: datetime
+    level: LogLevel
+    source: str
+    message: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A run as lists show it (no steps)."""
+
+    id: str
+    agent_id: str
+    hostname: str
+    migration_id: str
+    state: RunState
+    steps_done: int
+    steps_total: int
+    migration_from: str
+    migration_to: str
+    error_message: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    requested_by: str | None  # who asked for it from the web ("" / None: the agent on its own)
+    requested_action_id: str | None
+    cancel_requested_by: str | None
+    cancel_requested_at: datetime | None
+    cancelled_by: str | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_RUN_STATES
+
+    def duration_seconds(self, now: datetime) -> float | None:
+        """Seconds from start to finish (to ``now`` while active); None before it started."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else now
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """One run with its steps, progress and ETA (``get_run``)."""
+
+    run: RunSummary
+    steps: tuple[RunStep, ...]
+    progress: float  # 0.0 .. 1.0 (steps_done / steps_total; 1.0 when terminal with 0 steps)
+    eta_seconds: float | None  # remaining time estimate; None when unknown or not active
+    eta_basis: str  # "this_run" | "past_runs" | "" (how the ETA was estimated)
+    log_lines: int  # lines stored for this run
+    cancel_pending: bool  # a cancel was requested and the run is not terminal yet
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Runs list filters. ``before`` is the opaque keyset cursor from ``RunPage.next_before``."""
+
+    states: tuple[RunState, ...] = ()
+    agent_id: str | None = None
+    before: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    runs: list[RunSummary]  # newest first (created_at, id descending)
+    next_before: str | None  # cursor of the next (older) page; None at the end
+
+
+@dataclass(frozen=True, slots=True)
+class LogLineRecord:
+    """A stored log line."""
+
+    run_id: str
+    seq: int
+    timestamp: datetime
+    level: str
+    source: str
+    message: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """Log viewer filters: levels/sources (empty: all), case-insensitive text, seq cursor."""
+
+    levels: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    text: str | None = None
+    after_seq: int = 0
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    lines: list[LogLineRecord]  # ascending seq
+    next_after_seq: int | None  # pass as after_seq for the next page; None: no more lines now
+
+
+@dataclass(frozen=True, slots=True)
+class LogStats:
+    total: int
+    by_level: dict[str, int]
+    by_source: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAction:
+    """An action queued for an agent, delivered with its next check-ins until acknowledged."""
+
+    action_id: str
+    agent_id: str
+    kind: ActionKind
+    params: dict[str, str]
+    created_at: datetime
+    expires_at: datetime
+    delivered_at: datetime | None
+    acknowledged_at: datetime | None
+    requested_by: str

@@ -23,3 +23,6 @@ def setup_logging(config: ServerConfig) -> None:
     )
     for noisy in ("aiosqlite", "asyncio", "grpc"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # alembic announces every plugin it sets up; keep only "Running upgrade ..." lines.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
+    logging.getLogger("alembic.runtime.migration").setLevel(level)

@@ -10,6 +10,11 @@ updated as things happen.
     flagpost_events_duplicate_total              events ignored as already stored
     flagpost_ingest_batches_total                group-commit transactions committed
     flagpost_ingest_failed_batches_total         transactions that failed (nothing stored)
+    flagpost_run_updates_applied_total           run updates applied
+    flagpost_run_updates_ignored_total           duplicates, older snapshots, refused transitions
+    flagpost_log_lines_stored_total              run log lines inserted
+    flagpost_log_lines_dropped_total             lines of another agent's run / failing rows
+    flagpost_actions_delivered_total             actions handed to agents (re-deliveries count)
     flagpost_checkins_rejected_total{reason}     invalid_argument | unauthenticated |
                                                  permission_denied | overloaded | unavailable |
                                                  internal
@@ -69,6 +74,20 @@ class _IngestCollector(Collector):
                 "Group-commit transactions that failed (nothing stored).",
                 "failed_batches",
             ),
+            ("flagpost_run_updates_applied", "Run updates applied.", "run_updates_applied"),
+            (
+                "flagpost_run_updates_ignored",
+                "Run updates ignored (duplicate, older snapshot, refused transition, other "
+                "agent's run).",
+                "run_updates_ignored",
+            ),
+            ("flagpost_log_lines_stored", "Run log lines inserted.", "log_lines_stored"),
+            (
+                "flagpost_log_lines_dropped",
+                "Run log lines dropped (another agent's run, or a row that failed alone).",
+                "log_lines_dropped",
+            ),
+            ("flagpost_actions_delivered", "Actions handed to agents.", "actions_delivered"),
         ]
         for name, doc, attribute in counters:
             value = getattr(writer, attribute) if writer is not None else 0

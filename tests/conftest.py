@@ -17,10 +17,15 @@ import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.async_api import ConsoleMessage, Dialog, Page, Response
 
 PG_BASE_URL = os.environ.get("FLAGPOST_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -160,3 +165,50 @@ async def running_server(server_config) -> AsyncIterator[object]:  # type: ignor
         yield server
     finally:
         await server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@dataclass
+class WatchedPage:
+    """A chromium page and what went wrong on it: dialogs (an ``alert`` from injected script),
+    console errors and page errors (CSP violations show up there), and HTTP error responses."""
+
+    page: Page
+    dialogs: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    bad_responses: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[WatchedPage]:
+    """A page in Debian's chromium driven by Playwright (no browser download: the system one)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1360, "height": 1000})
+            watched = WatchedPage(page)
+
+            async def on_dialog(dialog: Dialog) -> None:
+                watched.dialogs.append(dialog.message)
+                await dialog.dismiss()
+
+            def on_console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    watched.problems.append(message.text)
+
+            def on_response(response: Response) -> None:
+                if response.status >= 400:
+                    watched.bad_responses.append(f"{response.status} {response.url}")
+
+            page.on("dialog", on_dialog)
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: watched.problems.append(str(exc)))
+            page.on("response", on_response)
+            yield watched
+        finally:
+            await browser.close()

@@ -19,7 +19,8 @@ from server.storage import schema
 from server.storage.db import create_engine_for_url
 from server.storage.models import Base
 
-TABLES = {"agents", "enrollment_tokens", "agent_credentials", "update_events"}
+TABLES_0001 = {"agents", "enrollment_tokens", "agent_credentials", "update_events"}
+TABLES = TABLES_0001 | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
 
 
 def test_single_head() -> None:

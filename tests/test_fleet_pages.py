@@ -60,7 +60,12 @@ async def seed_fleet(db_url: str) -> FleetSeed:
     engine = create_engine_for_url(db_url)
     sessions = make_sessionmaker(engine)
     events: list[NewEvent] = []
-    statuses = [EventStatus.FAILED, EventStatus.SUCCESS, EventStatus.WARNING, EventStatus.NOT_NEEDED]
+    statuses = [
+        EventStatus.FAILED,
+        EventStatus.SUCCESS,
+        EventStatus.WARNING,
+        EventStatus.NOT_NEEDED,
+    ]
     # Hours ago of each event: several in the current hour, some spread over the day, two
     # outside the window (25 h ago, and 2 days ago) that the chart must not count.
     hours_ago = [0, 0, 0, 1, 1, 5, 5, 5, 5, 12, 23, 25, 48]
@@ -152,9 +157,10 @@ async def test_overview_counts_a_seeded_fleet(fleet: tuple[Client, FleetSeed]) -
     # The current hour holds 3 events: the last bar's title says so.
     titles = re.findall(r"<title>(\d\d:00 UTC: [^<]*)</title>", body)
     assert len(titles) == 24
-    assert "no events" not in titles[-1] and sum(
-        int(n) for n in re.findall(r"(\d+) [a-z]+", titles[-1])
-    ) == 3
+    assert (
+        "no events" not in titles[-1]
+        and sum(int(n) for n in re.findall(r"(\d+) [a-z]+", titles[-1])) == 3
+    )
     assert titles[-2].count(",") == 1  # 1 hour ago: two events of two severities
     # Agents table links to agent pages; agent-supplied hostnames are escaped.
     assert f'href="/agents/{FLEET[0].id}"' in body
@@ -208,7 +214,11 @@ async def test_agent_page_escapes_and_errors(fleet: tuple[Client, FleetSeed]) ->
 
 def test_version_order_and_chart_geometry() -> None:
     assert sorted(["10", "9", "2", "v1.10", "v1.9"], key=version_key) == [
-        "2", "9", "10", "v1.9", "v1.10"
+        "2",
+        "9",
+        "10",
+        "v1.9",
+        "v1.10",
     ]
     assert newest_version({"": 3, "2": 1, "10": 1}) == "10"
     assert newest_version({"": 2}) is None

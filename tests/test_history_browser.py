@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from playwright.async_api import Dialog, async_playwright, expect
+from playwright.async_api import expect
 from test_history_web import READONLY_ERROR, XSS_MESSAGE, Seeded, seed
 
 from server.config import load_config
 
 if TYPE_CHECKING:
+    from conftest import WatchedPage
+
     from server.app import RunningServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT = Path("/tmp/history.png")
 
 
@@ -51,83 +51,55 @@ async def server(
 
 
 async def test_filter_expand_and_escape_in_chromium(
-    server: tuple[RunningServer, list[Seeded]],
+    server: tuple[RunningServer, list[Seeded]], browser_page: WatchedPage
 ) -> None:
     running, seeded = server
     failure = next(s for s in seeded if s.event.error_message == READONLY_ERROR)
-    dialogs: list[str] = []
-    console_errors: list[str] = []
+    page = browser_page.page
 
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1360, "height": 1000})
+    await page.goto(f"{running.web_url}/history")
+    await expect(page.get_by_role("heading", name="History")).to_be_visible()
+    rows = page.locator("li.event")
+    await expect(rows).to_have_count(len(seeded))
 
-            async def on_dialog(dialog: Dialog) -> None:
-                dialogs.append(dialog.message)
-                await dialog.dismiss()
+    # The hostile message is shown as literal text and never runs.
+    hostile = page.locator("li.event", has_text=XSS_MESSAGE)
+    await expect(hostile).to_have_count(1)
+    await expect(hostile.locator(".cell-message")).to_have_text(re.compile(re.escape(XSS_MESSAGE)))
+    assert await page.evaluate("typeof window.__pwned") == "undefined"
 
-            page.on("dialog", on_dialog)
-            page.on(
-                "response",
-                lambda r: console_errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-            )
-            page.on(
-                "console",
-                lambda msg: console_errors.append(msg.text) if msg.type == "error" else None,
-            )
+    # Filter to failures with the form (a plain GET form: the URL keeps the filter).
+    await page.get_by_role("checkbox", name="Error").check()
+    await page.get_by_role("button", name="Apply filters").click()
+    await page.wait_for_url(re.compile(r"severity=error"))
+    expected_failures = sum(1 for s in seeded if s.event.severity.value == "error")
+    await expect(rows).to_have_count(expected_failures)
+    for label in await rows.locator(".sev-badge").all_inner_texts():
+        assert label.strip() == "Error"
+    await expect(page.get_by_role("checkbox", name="Error")).to_be_checked()
 
-            await page.goto(f"{running.web_url}/history")
-            await expect(page.get_by_role("heading", name="History")).to_be_visible()
-            rows = page.locator("li.event")
-            await expect(rows).to_have_count(len(seeded))
+    # Expand the read-only-dir execution failure: no JavaScript involved.
+    row = page.locator(f"#event-{failure.id}")
+    detail = row.locator(".event-detail")
+    await expect(detail).to_be_hidden()
+    await row.locator("summary.event-summary").click()
+    await expect(detail).to_be_visible()
+    await expect(detail).to_contain_text("EACCES (errno 13)")
+    await expect(detail).to_contain_text("move_legacy_config")
+    await expect(detail).to_contain_text("Rolled back successfully")
+    await expect(detail).to_contain_text("Permission denied")
+    await expect(detail.get_by_role("link", name=failure.event.run_id or "")).to_be_visible()
 
-            # The hostile message is shown as literal text and never runs.
-            hostile = page.locator("li.event", has_text=XSS_MESSAGE)
-            await expect(hostile).to_have_count(1)
-            await expect(hostile.locator(".cell-message")).to_have_text(
-                re.compile(re.escape(XSS_MESSAGE))
-            )
-            assert await page.evaluate("typeof window.__pwned") == "undefined"
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-            # Filter to failures with the form (a plain GET form: the URL keeps the filter).
-            await page.get_by_role("checkbox", name="Error").check()
-            await page.get_by_role("button", name="Apply filters").click()
-            await page.wait_for_url(re.compile(r"severity=error"))
-            expected_failures = sum(1 for s in seeded if s.event.severity.value == "error")
-            await expect(rows).to_have_count(expected_failures)
-            for label in await rows.locator(".sev-badge").all_inner_texts():
-                assert label.strip() == "Error"
-            await expect(page.get_by_role("checkbox", name="Error")).to_be_checked()
+    # Back to everything: the hostile row's detail still renders as text.
+    await page.goto(f"{running.web_url}/history?q=window.__pwned")
+    await expect(rows).to_have_count(1)
+    await rows.first.locator("summary.event-summary").click()
+    await expect(rows.first.locator(".sysinfo")).to_contain_text("<b>key</b>")
+    assert await page.evaluate("typeof window.__pwned") == "undefined"
+    assert await page.locator("li.event script, li.event img, li.event svg[onload]").count() == 0
 
-            # Expand the read-only-dir execution failure: no JavaScript involved.
-            row = page.locator(f"#event-{failure.id}")
-            detail = row.locator(".event-detail")
-            await expect(detail).to_be_hidden()
-            await row.locator("summary.event-summary").click()
-            await expect(detail).to_be_visible()
-            await expect(detail).to_contain_text("EACCES (errno 13)")
-            await expect(detail).to_contain_text("move_legacy_config")
-            await expect(detail).to_contain_text("Rolled back successfully")
-            await expect(detail).to_contain_text("Permission denied")
-            await expect(
-                detail.get_by_role("link", name=failure.event.run_id or "")
-            ).to_be_visible()
-
-            await page.screenshot(path=str(SCREENSHOT), full_page=True)
-
-            # Back to everything: the hostile row's detail still renders as text.
-            await page.goto(f"{running.web_url}/history?q=window.__pwned")
-            await expect(rows).to_have_count(1)
-            await rows.first.locator("summary.event-summary").click()
-            await expect(rows.first.locator(".sysinfo")).to_contain_text("<b>key</b>")
-            assert await page.evaluate("typeof window.__pwned") == "undefined"
-            assert (
-                await page.locator("li.event script, li.event img, li.event svg[onload]").count()
-                == 0
-            )
-        finally:
-            await browser.close()
-
-    assert dialogs == []
-    assert console_errors == []  # includes CSP violations, which chromium logs as errors
+    assert browser_page.dialogs == []
+    assert browser_page.problems == []  # includes CSP violations, which chromium logs
+    assert browser_page.bad_responses == []

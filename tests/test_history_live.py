@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import grpc
@@ -39,6 +39,9 @@ from server.storage import notify
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
 from server.web.sse import STREAM_SETTINGS, StreamSettings
+
+if TYPE_CHECKING:
+    from conftest import WatchedPage
 
 FAST = StreamSettings(heartbeat_seconds=0.3, disconnect_check_seconds=0.05, batch_size=4)
 REPO = Path(__file__).resolve().parents[1]
@@ -628,10 +631,9 @@ LIVE_SCREENSHOT = Path("/tmp/history-live.png")
 
 @pytest.mark.browser
 async def test_new_failure_appears_in_chromium_without_reload(
-    sqlite_db_url: str, tmp_path: Path
+    sqlite_db_url: str, tmp_path: Path, browser_page: WatchedPage
 ) -> None:
-    from playwright.async_api import Dialog, async_playwright, expect
-    from test_history_browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import expect
 
     config = load_config(
         env={},
@@ -643,15 +645,11 @@ async def test_new_failure_appears_in_chromium_without_reload(
         },
     )
     server = await start_server(config)
-    dialogs: list[str] = []
-    problems: list[str] = []
+    page = browser_page.page
     try:
         require_bus(server)
         token = await enrollment.create_token(server.app[keys.SESSIONS])
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
-            async_playwright() as pw,
-        ):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             agent = await Agent.enroll(channel, token, "edge-07")
             healthy = failure_event(
                 "Migration 1 → 2 applied",
@@ -661,58 +659,42 @@ async def test_new_failure_appears_in_chromium_without_reload(
             )
             await agent.check_in(healthy)
 
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = await browser.new_page(viewport={"width": 1360, "height": 900})
+            # Failures only: the page starts empty (the one event is a success).
+            await page.goto(f"{server.web_url}/history?severity=error")
+            await expect(page.locator(".empty-state")).to_be_visible()
+            live = page.locator("#live-status")
+            await expect(live).to_have_attribute("data-state", "live")
+            await expect(live).to_contain_text("Live")
+            await page.evaluate("window.__noReload = 1")
 
-                async def on_dialog(dialog: Dialog) -> None:
-                    dialogs.append(dialog.message)
-                    await dialog.dismiss()
+            failure = failure_event("Migration 1 → 2 failed: config directory is read-only")
+            hostile = failure_event(XSS_MESSAGE)
+            other_success = failure_event("not a failure", status=agent_pb2.EVENT_STATUS_SUCCESS)
+            await agent.check_in(other_success, failure, hostile)
+            rows = page.locator("li.event")
+            new_row = page.locator("li.event", has_text="config directory is read-only")
+            await expect(new_row).to_be_visible(timeout=2000)
+            await expect(rows).to_have_count(2, timeout=2000)
+            await expect(page.locator(".empty-state")).to_be_hidden()
+            await expect(live).to_contain_text("2 new")
+            # Newest first, shown as text, never run; the success was filtered out.
+            await expect(rows.first.locator(".cell-message")).to_contain_text(XSS_MESSAGE)
+            await expect(page.locator("li.event", has_text="not a failure")).to_have_count(0)
+            assert await page.evaluate("typeof window.__pwned") == "undefined"
+            assert await page.evaluate("window.__noReload") == 1
 
-                page.on("dialog", on_dialog)
-                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda exc: problems.append(str(exc)))
+            # The live row expands like any other (no JavaScript involved).
+            await new_row.locator("summary.event-summary").click()
+            detail = new_row.locator(".event-detail")
+            await expect(detail).to_contain_text("EACCES (errno 13)")
+            await expect(detail).to_contain_text("move_legacy_config")
+            await page.screenshot(path=str(LIVE_SCREENSHOT), full_page=True)
 
-                # Failures only: the page starts empty (the one event is a success).
-                await page.goto(f"{server.web_url}/history?severity=error")
-                await expect(page.locator(".empty-state")).to_be_visible()
-                live = page.locator("#live-status")
-                await expect(live).to_have_attribute("data-state", "live")
-                await expect(live).to_contain_text("Live")
-                await page.evaluate("window.__noReload = 1")
-
-                failure = failure_event("Migration 1 → 2 failed: config directory is read-only")
-                hostile = failure_event(XSS_MESSAGE)
-                other_success = failure_event(
-                    "not a failure", status=agent_pb2.EVENT_STATUS_SUCCESS
-                )
-                await agent.check_in(other_success, failure, hostile)
-                rows = page.locator("li.event")
-                new_row = page.locator("li.event", has_text="config directory is read-only")
-                await expect(new_row).to_be_visible(timeout=2000)
-                await expect(rows).to_have_count(2, timeout=2000)
-                await expect(page.locator(".empty-state")).to_be_hidden()
-                await expect(live).to_contain_text("2 new")
-                # Newest first, shown as text, never run; the success was filtered out.
-                await expect(rows.first.locator(".cell-message")).to_contain_text(XSS_MESSAGE)
-                await expect(page.locator("li.event", has_text="not a failure")).to_have_count(0)
-                assert await page.evaluate("typeof window.__pwned") == "undefined"
-                assert await page.evaluate("window.__noReload") == 1
-
-                # The live row expands like any other (no JavaScript involved).
-                await new_row.locator("summary.event-summary").click()
-                detail = new_row.locator(".event-detail")
-                await expect(detail).to_contain_text("EACCES (errno 13)")
-                await expect(detail).to_contain_text("move_legacy_config")
-                await page.screenshot(path=str(LIVE_SCREENSHOT), full_page=True)
-
-                # A reload shows the same rows, once each.
-                await page.reload()
-                await expect(rows).to_have_count(2)
-                await expect(live).to_have_attribute("data-state", "live")
-            finally:
-                await browser.close()
+            # A reload shows the same rows, once each.
+            await page.reload()
+            await expect(rows).to_have_count(2)
+            await expect(live).to_have_attribute("data-state", "live")
     finally:
         await server.stop()
-    assert dialogs == []
-    assert problems == []  # includes CSP violations, which chromium reports as console errors
+    assert browser_page.dialogs == []
+    assert browser_page.problems == []  # includes CSP violations, reported as console errors

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from server import keys
 from server.config import load_config
 from server.domain import Category, EventStatus, EventType, HostFacts, NewEvent, severity_for
+from server.services.health import DatabaseHealth
 from server.storage.agents import create_agent
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
@@ -200,6 +201,7 @@ def build_app(
         engine = create_engine_for_url(db_url)
         app[keys.ENGINE] = engine
         app[keys.SESSIONS] = make_sessionmaker(engine)
+        app[keys.HEALTH] = DatabaseHealth()
         yield
         await engine.dispose()
 

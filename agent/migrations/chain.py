@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import runlog
 from agent.migrations.model import (
     Detected,
     DetectionError,
@@ -372,6 +373,10 @@ def _step_split_secrets(view: FileView) -> Sequence[FileOp]:
     del document["agent_token"]
     document["config_version"] = 4
     document["secrets_file"] = secrets_file(view.root).name
+    runlog.current().info(
+        "agent_token moves out of agent.json into secrets.json (mode 0600)",
+        secrets_file=str(secrets_file(view.root)),
+    )
     return [
         WriteFile(
             secrets_file(view.root),

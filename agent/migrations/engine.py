@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno as errno_module
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -157,6 +158,25 @@ def _decode_update(text: str) -> agent_pb2.RunUpdate:
     return agent_pb2.RunUpdate.FromString(base64.b64decode(text))
 
 
+def _fingerprint(plan: Plan) -> str:
+    """A digest of every file the plan touches (content, mode, owner) and of their directories
+    (mode, owner): equal fingerprints mean a retry would meet exactly the same conditions."""
+    digest = hashlib.sha256()
+    for path in plan.touched():
+        for target in (path, path.parent):
+            try:
+                info = os.stat(target)
+            except OSError as exc:
+                digest.update(f"{target}:missing:{exc.errno}\n".encode())
+                continue
+            digest.update(f"{target}:{info.st_mode}:{info.st_uid}:{info.st_gid}\n".encode())
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            digest.update(b"-")
+    return digest.hexdigest()
+
+
 def _parse_time(text: str) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
@@ -188,6 +208,9 @@ class MigrationEngine:
         self._control = control or RunControl()
         self._step_delay = step_delay.total_seconds()
         self._last_detection: dict[str, str] = {}
+        # Per migration: fingerprint of the files (and their directories) a failed execution
+        # left behind; the periodic re-detection does not execute again from the same state.
+        self._failed_state: dict[str, str] = {}
 
     @property
     def journal_path(self) -> Path:
@@ -205,16 +228,33 @@ class MigrationEngine:
 
     # ------------------------------------------------------------ running
 
-    def run(self, migration: Migration, *, report_unchanged: bool = True) -> RunResult:
+    def run(
+        self,
+        migration: Migration,
+        *,
+        report_unchanged: bool = True,
+        requested_by: str = "",
+    ) -> RunResult:
         """One attempt: detect, and if needed execute; every outcome goes to the outbox.
 
         With ``report_unchanged`` False a not_needed or failed detection whose outcome equals the
         previous one of this engine is not recorded again (the daemon's periodic re-detection).
+        ``requested_by``: the id of the server action that asked for this attempt; such an
+        attempt is always recorded and always a run (see :mod:`agent.runs`).
         """
         run_id = uuid7_str()
+        started_at = datetime.now(UTC)
+        run_log = RunLog(run_id)
+        detector = run_log.source("detector")
+        detector.info(
+            f"Detecting the version of {migration.id}"
+            + (f" (requested by action {requested_by})" if requested_by else ""),
+            migration_id=migration.id,
+        )
+        report = report_unchanged or bool(requested_by)
         config_hint = next(iter(migration.files(self._root)), self._root)
         try:
-            plan = make_plan(migration, DiskView(self._root))
+            plan = make_plan(migration, DiskView(self._root), run_log)
         except DetectionError as exc:
             path = exc.path or config_hint
             event = events.migration_event(
@@ -233,11 +273,20 @@ class MigrationEngine:
                 migration_to=migration.current_version,
                 system_info=self._system_info(path),
             )
-            recorded = self._record_detection(
-                migration, f"failed:{exc.message}", event, report_unchanged
-            )
+            recorded = self._record_detection(migration, f"failed:{exc.message}", event, report)
             self._outbox.set_state(f"config_version:{migration.id}", "")
-            log.warning("%s: detection failed: %s", migration.id, exc.message)
+            detector.error(
+                f"Detection failed: {exc.message}",
+                file=str(path),
+                line=exc.line,
+                exception_type=exc.exception_type,
+            )
+            if recorded is not None:
+                self._detection_run(
+                    run_log, migration, exc.version, requested_by, started_at, exc.message
+                )
+            else:
+                run_log.discard()
             return RunResult(run_id, migration.id, recorded, None, "")
         detected = plan.detected
         version = detected.version or ""
@@ -257,12 +306,74 @@ class MigrationEngine:
                 migration_to=migration.current_version,
                 system_info=self._system_info(info_path),
             )
-            recorded = self._record_detection(
-                migration, f"not_needed:{version}", event, report_unchanged
-            )
-            log.info("%s: %s", migration.id, message)
+            recorded = self._record_detection(migration, f"not_needed:{version}", event, report)
+            detector.info(message, version=version or "none")
+            if requested_by:
+                self._detection_run(run_log, migration, version, requested_by, started_at, "")
+            else:
+                run_log.discard()
             return RunResult(run_id, migration.id, recorded, None, version)
-        return self._execute(plan, run_id, info_path)
+        if not report and self._failed_state.get(migration.id) == _fingerprint(plan):
+            # Failed before from exactly this state: retrying every interval would only add a
+            # backup and a failed run each time (RedFlag's restart loop). Retried when the files
+            # or their directories change, at the next start, or when the server asks.
+            run_log.discard()
+            log.debug("%s: unchanged since the failed attempt; not retrying", migration.id)
+            return RunResult(run_id, migration.id, None, None, version)
+        detector.info(
+            f"Migration needed: {version} -> {migration.current_version} "
+            f"({len(plan.steps)} steps: {', '.join(p.step.name for p in plan.steps)})",
+            version=version,
+            path=str(detected.path),
+        )
+        tracker = RunTracker(
+            self._outbox.runs,
+            run_id=run_id,
+            migration_id=migration.id,
+            migration_from=version,
+            migration_to=migration.current_version,
+            steps=[planned.step.name for planned in plan.steps],
+            requested_by=requested_by,
+            started_at=started_at,
+        )
+        run_log.attach(self._outbox.runs)
+        self._control.begin(run_id)
+        try:
+            result = self._execute(plan, run_id, info_path, tracker, run_log)
+        finally:
+            self._control.end(run_id)
+        if result.failed:
+            self._failed_state[migration.id] = _fingerprint(plan)
+        else:
+            self._failed_state.pop(migration.id, None)
+        return result
+
+    def _detection_run(
+        self,
+        run_log: RunLog,
+        migration: Migration,
+        version: str,
+        requested_by: str,
+        started_at: datetime,
+        error: str,
+    ) -> None:
+        """A run without steps: detection failed (``error``) or nothing was needed."""
+        tracker = RunTracker(
+            self._outbox.runs,
+            run_id=run_log.run_id,
+            migration_id=migration.id,
+            migration_from=version,
+            migration_to=migration.current_version,
+            requested_by=requested_by,
+            started_at=started_at,
+        )
+        run_log.attach(self._outbox.runs)
+        self._control.begin(run_log.run_id)
+        try:
+            tracker.start()
+            tracker.finish(runs.FAILED if error else runs.SUCCEEDED, error)
+        finally:
+            self._control.end(run_log.run_id)
 
     def _record_detection(
         self,
@@ -277,10 +388,13 @@ class MigrationEngine:
         self._outbox.add(event)
         return event
 
-    def _execute(self, plan: Plan, run_id: str, config_path: Path) -> RunResult:
+    def _execute(
+        self, plan: Plan, run_id: str, config_path: Path, tracker: RunTracker, run_log: RunLog
+    ) -> RunResult:
         migration = plan.migration
         source = plan.detected.version or ""
         target = migration.current_version
+        executor = run_log.source("executor")
         info = self._system_info(config_path)
         detection = events.migration_event(
             event_type=events.DETECTION,
@@ -304,11 +418,13 @@ class MigrationEngine:
             backup_dir=str(backup_dir),
             detection_event_id=detection.event_id,
             execution_event_id=uuid7_str(),
-            started_at=_now(),
+            started_at=tracker.started_at.isoformat(),
             steps=tuple(planned.step.name for planned in plan.steps),
             touched=tuple(str(path) for path in touched),
+            requested_by_action_id=tracker.requested_by,
         )
         write_journal(self.journal_path, journal)
+        tracker.start()
         log.info("%s: migrating %s -> %s (run %s)", migration.id, source, target, run_id)
         self._faults.reached("before_backup")
         manifest: fsops.Manifest | None = None
@@ -318,18 +434,43 @@ class MigrationEngine:
             manifest = fsops.create_backup(touched, backup_dir, run_id)
             journal = replace(journal, phase=BACKED_UP)
             write_journal(self.journal_path, journal)
+            executor.info(
+                f"Backed up {len(manifest.entries)} files to {backup_dir} (checksums verified)",
+                backup_dir=str(backup_dir),
+                files=len(manifest.entries),
+            )
             self._faults.reached("after_backup")
-            journal = self._apply_steps(plan, journal)
+            journal = self._apply_steps(plan, journal, tracker, run_log)
             failing_step, failing_path = "verify", config_path
+            self._boundary("verify")
             journal = replace(journal, phase=VERIFYING, current_step="verify")
             write_journal(self.journal_path, journal)
-            self._verify(migration)
+            with runlog.bound(run_log, "executor"):
+                self._verify(migration)
+            executor.info(f"Verified: the config is a valid version {target}")
         except Exception as exc:
             cause: BaseException = exc
             if isinstance(exc, _StepFailure):
                 failing_step, failing_path, cause = exc.step, exc.path, exc.cause
             event = self._failure_event(journal, cause, failing_step, failing_path, manifest, info)
-            self._finish(journal, event, committed=False)
+            rollback = event.error_detail.rollback
+            if rollback == "failed":
+                state = runs.PARTIAL
+            elif isinstance(cause, RunCancelled):
+                state = runs.CANCELLED
+            else:
+                state = runs.FAILED
+            (executor.warning if state == runs.CANCELLED else executor.error)(
+                event.error_message,
+                step=failing_step,
+                rollback=rollback,
+                errno=event.error_detail.errno_name,
+            )
+            tracker.conclude_steps(
+                f"{type(cause).__name__}: {cause}", rolled_back=rollback == "succeeded"
+            )
+            update = tracker.final(state, event.message)
+            self._finish(journal, event, update, committed=False)
             return RunResult(run_id, migration.id, detection, event, source, backup_dir)
         event = events.migration_event(
             event_type=events.EXECUTION,
@@ -342,20 +483,40 @@ class MigrationEngine:
             error=events.ErrorInfo(backup_path=str(backup_dir)),
             system_info=info,
         )
-        self._finish(journal, event, committed=True)
+        executor.info(f"Config migrated {source} -> {target}", backup_dir=str(backup_dir))
+        update = tracker.final(runs.SUCCEEDED, "")
+        self._finish(journal, event, update, committed=True)
         self._outbox.set_state(f"config_version:{migration.id}", target)
         log.info("%s: config migrated %s -> %s", migration.id, source, target)
         return RunResult(run_id, migration.id, detection, event, source, backup_dir)
 
-    def _apply_steps(self, plan: Plan, journal: Journal) -> Journal:
+    def _boundary(self, step: str) -> None:
+        """A step boundary: the test/demo step delay, then stop here if cancelled or shutting
+        down (raises :class:`_StepFailure` carrying the step that was about to start)."""
+        if self._step_delay > 0:
+            self._control.pause(self._step_delay)
+        if self._should_stop():
+            raise _StepFailure(step, None, MigrationInterrupted("shutdown requested"))
+        try:
+            self._control.checkpoint()
+        except RunCancelled as exc:
+            raise _StepFailure(step, None, exc) from exc
+
+    def _apply_steps(
+        self, plan: Plan, journal: Journal, tracker: RunTracker, run_log: RunLog
+    ) -> Journal:
         done = 0
-        for planned in plan.steps:
-            if self._should_stop():
-                raise _StepFailure(
-                    planned.step.name, None, MigrationInterrupted("shutdown requested")
-                )
+        for index, planned in enumerate(plan.steps):
+            self._boundary(planned.step.name)
             journal = replace(journal, phase=APPLYING, current_step=planned.step.name)
             write_journal(self.journal_path, journal)
+            tracker.step_started(index)
+            step_log = run_log.source(planned.step.name)
+            step_log.info(
+                f"Step {index + 1}/{len(plan.steps)} started: {planned.step.description}",
+                from_version=planned.step.from_version,
+                to_version=planned.step.to_version,
+            )
             for op in planned.ops:
                 try:
                     if isinstance(op, WriteFile):
@@ -380,8 +541,10 @@ class MigrationEngine:
                 done += 1
                 journal = replace(journal, ops_done=done)
                 write_journal(self.journal_path, journal)
-                log.debug("%s: %s", planned.step.name, op.describe())
+                step_log.info(op.describe(), path=str(op.path))
                 self._faults.reached(f"after_write:{done}")
+            tracker.step_finished(index, runs.STEP_SUCCEEDED)
+            step_log.info(f"Step {index + 1}/{len(plan.steps)} done")
         return journal
 
     def _verify(self, migration: Migration) -> None:
@@ -441,19 +604,22 @@ class MigrationEngine:
         else:
             after = f"ROLLBACK FAILED: {rollback_error}"
         status = events.PARTIAL if rollback == "failed" else events.FAILED
-        full = (
-            f"Migration {journal.from_version} -> {journal.to_version} failed at step "
-            f"{step}{where}: {kind}{code_text}: {reason}; {after}. "
-            f"Backup: {backup_dir}"
-        )
+        versions = f"{journal.from_version} -> {journal.to_version}"
+        if isinstance(exc, RunCancelled):
+            full = f"Migration {versions} cancelled before step {step} ({reason}); {after}. "
+            short = f"Migration {versions} cancelled before {step}; {after}"
+        else:
+            full = f"Migration {versions} failed at step {step}{where}: {kind}{code_text}: "
+            short = f"Migration {versions} failed at {step}: {kind}{code_text}; {after}"
+            full += f"{reason}; {after}. "
+        full += f"Backup: {backup_dir}"
         log.error("%s: %s", journal.migration_id, full)
         return events.migration_event(
             event_type=events.EXECUTION,
             status=status,
             run_id=journal.run_id,
             event_id=journal.execution_event_id,
-            message=f"Migration {journal.from_version} -> {journal.to_version} failed at "
-            f"{step}: {kind}{code_text}; {after}",
+            message=short,
             error_message=full,
             error=events.ErrorInfo(
                 failing_step=step,
@@ -470,13 +636,27 @@ class MigrationEngine:
             system_info=info,
         )
 
-    def _finish(self, journal: Journal, event: agent_pb2.MigrationEvent, committed: bool) -> None:
-        """Store the outcome in the journal (the commit point when ``committed``), then in the
-        outbox, then delete the journal: a crash anywhere here reports it exactly once."""
-        journal = replace(journal, phase=OUTCOME, committed=committed, outcome_event=_encode(event))
+    def _finish(
+        self,
+        journal: Journal,
+        event: agent_pb2.MigrationEvent,
+        update: agent_pb2.RunUpdate,
+        committed: bool,
+    ) -> None:
+        """Store the outcome (event and terminal run snapshot) in the journal (the commit point
+        when ``committed``), then in the outbox, then delete the journal: a crash anywhere here
+        reports each exactly once (the outbox ignores an id it already holds)."""
+        journal = replace(
+            journal,
+            phase=OUTCOME,
+            committed=committed,
+            outcome_event=_encode(event),
+            outcome_update=_encode_update(update),
+        )
         write_journal(self.journal_path, journal)
         self._faults.reached("after_commit")
         self._outbox.add(event)
+        self._outbox.runs.add_update(update)
         self._faults.reached("before_journal_clear")
         clear_journal(self.journal_path)
 
@@ -497,15 +677,82 @@ class MigrationEngine:
             return None
         if journal is None:
             return None
+        run_log = RunLog(journal.run_id)
+        run_log.attach(self._outbox.runs)  # continues the run's log (persisted seq counter)
+        executor = run_log.source("executor")
         if journal.outcome_event:
             event = _decode(journal.outcome_event)
             log.warning("recovering run %s: recording its stored outcome", journal.run_id)
+            executor.warning(
+                "Agent restarted after a crash; recorded the stored outcome of this run: "
+                f"{event.message}",
+                phase=journal.phase,
+            )
         else:
             event = self._interrupted_event(journal)
+            executor.error(event.error_message, phase=journal.phase, step=journal.current_step)
+        if journal.outcome_update:
+            update = _decode_update(journal.outcome_update)
+        else:
+            # Journal the decided outcome first: a crash before the journal is cleared then
+            # records these same ids again (exactly once), never a second terminal snapshot.
+            update = self._recovered_update(journal, event)
+            journal = replace(
+                journal,
+                phase=OUTCOME,
+                committed=event.status == events.SUCCESS,
+                outcome_event=_encode(event),
+                outcome_update=_encode_update(update),
+            )
+            write_journal(self.journal_path, journal)
         self._outbox.add(event)
+        self._outbox.runs.add_update(update)
         self._faults.reached("before_journal_clear")
         clear_journal(self.journal_path)
         return event
+
+    def _recovered_update(
+        self, journal: Journal, event: agent_pb2.MigrationEvent
+    ) -> agent_pb2.RunUpdate:
+        """The terminal snapshot of a run resolved by :meth:`recover` (journal without one)."""
+        tracker = RunTracker(
+            self._outbox.runs,
+            run_id=journal.run_id,
+            migration_id=journal.migration_id,
+            migration_from=journal.from_version,
+            migration_to=journal.to_version,
+            steps=journal.steps,
+            requested_by=journal.requested_by_action_id,
+            started_at=_parse_time(journal.started_at),
+        )
+        rolled_back = event.error_detail.rollback == "succeeded"
+        current = tracker.index(journal.current_step)
+        for index in range(len(journal.steps)):
+            if event.status == events.SUCCESS:
+                status = runs.STEP_SUCCEEDED
+            elif current is None:
+                # before the first step (nothing applied) or while verifying (all applied)
+                applied = journal.phase == VERIFYING
+                status = (
+                    (runs.STEP_ROLLED_BACK if rolled_back else runs.STEP_SUCCEEDED)
+                    if applied
+                    else runs.STEP_SKIPPED
+                )
+            elif index < current:
+                status = runs.STEP_ROLLED_BACK if rolled_back else runs.STEP_SUCCEEDED
+            elif index == current:
+                status = runs.STEP_FAILED
+            else:
+                status = runs.STEP_SKIPPED
+            tracker.set_step(index, status, "interrupted" if status == runs.STEP_FAILED else "")
+        if event.status == events.SUCCESS:
+            state = runs.SUCCEEDED
+        elif event.status == events.PARTIAL:
+            state = runs.PARTIAL
+        else:
+            state = runs.FAILED
+        error = "" if state == runs.SUCCEEDED else event.message
+        return tracker.final(state, error)
 
     def _interrupted_event(self, journal: Journal) -> agent_pb2.MigrationEvent:
         backup_dir = Path(journal.backup_dir)

@@ -12,8 +12,9 @@ It exists only while a run is in flight. Phases, in order::
 The commit point is the ``outcome`` write with ``committed = true``. On start, a journal left by a
 crash is resolved by the engine (:func:`agent.migrations.engine.recover`): before ``outcome`` the
 run is rolled back from the backup and reported as failed ("interrupted ... rolled back"); at
-``outcome`` the stored event (and the run's terminal snapshot) is recorded. Either way the event goes into the outbox (INSERT OR
-IGNORE on its pre-generated id) BEFORE the journal is deleted, so it is reported exactly once.
+``outcome`` the stored event (and the run's terminal snapshot) is recorded. Either way the event
+goes into the outbox (INSERT OR IGNORE on its pre-generated id) BEFORE the journal is deleted, so
+it is reported exactly once.
 """
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ class Journal:
     files_removed: tuple[str, ...] = ()
     committed: bool = False
     outcome_event: str = ""
-    # Runs (agent.runs): the id of the terminal RunUpdate (pre-generated, so it is recorded
-    # exactly once), the terminal snapshot itself once decided (base64 of the serialized
-    # RunUpdate, stored with ``outcome_event``) and the server action that asked for the run.
-    final_update_id: str = ""
+    # Runs (agent.runs): the terminal snapshot once decided (base64 of the serialized RunUpdate,
+    # stored with ``outcome_event``, so it is recorded exactly once) and the server action that
+    # asked for the run.
     outcome_update: str = ""
     requested_by_action_id: str = ""
 

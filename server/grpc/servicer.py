@@ -5,10 +5,13 @@ Status codes are never decided here: errors propagate to ``interceptors.Flagpost
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flagpost.v1 import agent_pb2
-from server.grpc import convert
+from server.grpc import convert, convert_runs
 from server.grpc.interceptors import current_agent_id
 from server.services import Services, enrollment
+from server.services.ingest import RunInput
 
 
 class AgentServicer:
@@ -35,12 +38,24 @@ class AgentServicer:
     async def CheckIn(
         self, request: agent_pb2.CheckInRequest, context: object
     ) -> agent_pb2.CheckInResponse:
-        """Store the check-in's events (ack only after commit) and refresh the agent's facts."""
-        checkin = convert.checkin_from_proto(request, current_agent_id(), self._config)
-        await self._services.ingest.submit(
-            checkin.agent_id, checkin.facts, checkin.events, sent=len(checkin.ack_ids)
+        """Store the check-in's events, run updates and log lines in one transaction (ack only
+        after commit), refresh the agent's facts, and hand out its pending actions."""
+        now = datetime.now(UTC)
+        checkin = convert.checkin_from_proto(request, current_agent_id(), self._config, now)
+        runs = convert_runs.runs_part_from_proto(
+            request, checkin.agent_id, self._config, int(now.timestamp())
+        )
+        result = await self._services.ingest.submit(
+            checkin.agent_id,
+            checkin.facts,
+            checkin.events,
+            sent=len(checkin.ack_ids),
+            runs=RunInput(runs.updates, runs.log_lines, runs.acked_action_ids),
         )
         return agent_pb2.CheckInResponse(
             acknowledged_event_ids=checkin.ack_ids,
             next_checkin_seconds=self._config.checkin_interval_seconds,
+            actions=[convert_runs.action_to_proto(action) for action in result.actions],
+            acknowledged_run_update_ids=runs.update_ack_ids,
+            acknowledged_log_lines=convert_runs.log_acks_to_proto(runs.log_acks),
         )

@@ -101,9 +101,10 @@ def agent_health(
 async def get_agent(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig, agent_id: str
 ) -> AgentSummary:
-    """One agent with its derived health. Raises NotFound."""
-    async with sessions() as session:
-        record = await agents_db.get_agent(session, agent_id)
+    """One agent with its derived health. Raises NotFound (Unavailable: database down)."""
+    with unavailable_on_outage("get agent"):
+        async with sessions() as session:
+            record = await agents_db.get_agent(session, agent_id)
     if record is None:
         raise NotFound(f"no agent {agent_id}")
     return _summary(record, datetime.now(UTC), config)
@@ -112,9 +113,10 @@ async def get_agent(
 async def list_agents(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig
 ) -> list[AgentSummary]:
-    """Every agent with its derived health, by hostname."""
-    async with sessions() as session:
-        records = await agents_db.list_agents(session)
+    """Every agent with its derived health, by hostname (Unavailable: database down)."""
+    with unavailable_on_outage("list agents"):
+        async with sessions() as session:
+            records = await agents_db.list_agents(session)
     now = datetime.now(UTC)
     return [_summary(record, now, config) for record in records]
 

@@ -1,15 +1,19 @@
-"""The event bus: wake-ups for live History streams, within one process and across replicas.
+"""The event bus: wake-ups for live History and run streams, within one process and across
+replicas.
 
-The bus never carries events, only "History rows up to id N have been committed" wake-ups; every
-stream then reads the rows themselves from the database (``id > its cursor``), so a stream shows
-only what is saved and a wake-up that is lost or repeated costs nothing but a query.
+The bus never carries events, only "History rows up to id N have been committed" wake-ups (and,
+on the run topic, "run R changed or has new log lines"); every stream then reads the rows
+themselves from the database (``id > its cursor``, ``seq > its cursor``), so a stream shows only
+what is saved and a wake-up that is lost or repeated costs nothing but a query.
 
 - :class:`EventBus` fans wake-ups out in-process: each stream holds a :class:`Subscription`,
   a coalescing flag (a slow stream never queues anything up).
+- Run streams subscribe to one run (:meth:`EventBus.subscribe_run`) and are woken by
+  :meth:`EventBus.publish_runs`.
 - :class:`PostgresEventBus` adds a ``LISTEN`` connection (:class:`server.storage.notify.
   HistoryListener`): writers on any replica ``pg_notify`` inside their transaction
-  (:func:`server.storage.notify.announce_history_commit`), every replica hears it and wakes its
-  own streams.
+  (:func:`server.storage.notify.announce_history_commit`; ``pg_notify('flagpost_runs', run_id)``
+  for runs), every replica hears it and wakes its own streams.
 
 The ingest writer calls :meth:`EventBus.publish_committed` after each commit that stored rows
 (through :meth:`EventBus.on_ingest_commit`, registered with ``IngestWriter.add_commit_listener``):
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -39,8 +43,9 @@ class Subscription:
     """One stream's wake-up flag. Create with :meth:`EventBus.subscribe`; use as a context
     manager (or call :meth:`close`) so the bus forgets it."""
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, run_id: str | None = None) -> None:
         self._bus = bus
+        self.run_id = run_id  # None: the History topic
         self._flag = asyncio.Event()
         self._hint: int | None = None
         self._look = False  # a wake-up without an id: the stream must query
@@ -79,7 +84,7 @@ class Subscription:
 
     def close(self) -> None:
         """Unsubscribe (idempotent)."""
-        self._bus._subscribers.discard(self)
+        self._bus._forget(self)
 
     def __enter__(self) -> Subscription:
         return self
@@ -100,21 +105,55 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._run_subscribers: dict[str, set[Subscription]] = {}
         self._ending = False
         self.published = 0  # wake-ups received (local publishes plus notifications)
+        self.run_wakeups = 0  # run-topic wake-ups received
 
     @property
     def subscribers(self) -> int:
-        return len(self._subscribers)
+        """Open subscriptions, History and run streams together."""
+        return len(self._subscribers) + sum(len(s) for s in self._run_subscribers.values())
 
     def subscribe(self) -> Subscription:
-        """A new subscription; already ended when the bus is shutting down."""
+        """A new History subscription; already ended when the bus is shutting down."""
         sub = Subscription(self)
         if self._ending:
             sub._end()
         else:
             self._subscribers.add(sub)
         return sub
+
+    def subscribe_run(self, run_id: str) -> Subscription:
+        """A new subscription to one run's changes (state, steps, log lines)."""
+        sub = Subscription(self, run_id)
+        if self._ending:
+            sub._end()
+        else:
+            self._run_subscribers.setdefault(run_id, set()).add(sub)
+        return sub
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub.run_id is None:
+            self._subscribers.discard(sub)
+            return
+        subs = self._run_subscribers.get(sub.run_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._run_subscribers[sub.run_id]
+
+    def publish_runs(self, run_ids: Collection[str] | None = None) -> None:
+        """Wake the streams of ``run_ids`` (``None`` or empty: every run stream): those runs
+        changed or got new log lines. Call it only AFTER the commit. Never blocks, never
+        raises."""
+        self.run_wakeups += 1
+        if not run_ids:
+            targets = [sub for subs in self._run_subscribers.values() for sub in subs]
+        else:
+            targets = [sub for run_id in run_ids for sub in self._run_subscribers.get(run_id, ())]
+        for sub in targets:
+            sub._wake(None)
 
     def publish_committed(self, max_id: int | None = None) -> None:
         """Wake every stream: History rows up to ``max_id`` are committed (``None``: something
@@ -124,9 +163,11 @@ class EventBus:
             sub._wake(max_id)
 
     def on_ingest_commit(self, batch: CommittedBatch) -> None:
-        """An ``IngestWriter`` commit listener: publish when the batch stored new rows."""
+        """An ``IngestWriter`` commit listener: publish new History rows and changed runs."""
         if batch.max_id is not None:
             self.publish_committed(batch.max_id)
+        if batch.run_ids:
+            self.publish_runs(batch.run_ids)
 
     def end_streams(self) -> None:
         """End every subscription, now and later (server shutdown: streams finish their
@@ -134,7 +175,11 @@ class EventBus:
         self._ending = True
         for sub in list(self._subscribers):
             sub._end()
+        for subs in list(self._run_subscribers.values()):
+            for sub in list(subs):
+                sub._end()
         self._subscribers.clear()
+        self._run_subscribers.clear()
 
     async def start(self) -> None:
         """Start receiving wake-ups from other processes (nothing to do in-process)."""
@@ -152,8 +197,14 @@ class PostgresEventBus(EventBus):
     def __init__(self, database_url: str, *, ping_seconds: float = 30.0) -> None:
         super().__init__()
         self.listener = HistoryListener(
-            database_url, self.publish_committed, ping_seconds=ping_seconds
+            database_url,
+            self.publish_committed,
+            on_runs=self._on_runs_notification,
+            ping_seconds=ping_seconds,
         )
+
+    def _on_runs_notification(self, run_id: str | None) -> None:
+        self.publish_runs([run_id] if run_id else None)
 
     async def start(self) -> None:
         """Open the ``LISTEN`` connection (raises when PostgreSQL cannot be reached)."""

@@ -37,16 +37,27 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
-from server.domain import HostFacts, NewEvent
+from server.domain import HostFacts, NewEvent, NewLogLine, NewRunUpdate, PendingAction
 from server.errors import ResourceExhausted, Unavailable
 from server.services.health import DatabaseHealth, is_outage
 from server.storage import agents as agents_db
 from server.storage import events as events_db
-from server.storage.batches import BatchStore, SessionStore
+from server.storage import run_ingest
+from server.storage.batches import BatchStore, SessionStore, StoreResult
 
 log = logging.getLogger(__name__)
 
 LAST_SEEN_RESOLUTION = 1.0  # seconds
+# A log line row (7 columns, 3 indexes) costs the database about a quarter of an event row
+# (15 columns, 7 indexes): measured, 1,000-line check-ins batched by the event limit made
+# transactions too small (~2 check-ins each) to reach 50,000 lines/s on SQLite.
+LOG_LINES_PER_COST_UNIT = 4
+
+
+def checkin_cost(events: int, run_updates: int, log_lines: int) -> int:
+    """A check-in's weight in the queue bound and batch size (``ingest_*_max_events``), in
+    events: events and run updates count one each, log lines a quarter; at least one."""
+    return max(1, events + run_updates + -(-log_lines // LOG_LINES_PER_COST_UNIT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,16 @@ class IngestResult:
 
     stored: int  # events newly inserted
     duplicates: int  # events already stored (or repeated within the batch)
+    actions: tuple[PendingAction, ...] = ()  # to deliver in the check-in's response
+
+
+@dataclass(frozen=True, slots=True)
+class RunInput:
+    """The runs part of a validated check-in (``server.storage.run_ingest`` applies it)."""
+
+    updates: Sequence[NewRunUpdate] = ()
+    log_lines: Sequence[NewLogLine] = ()  # unique by (run_id, seq)
+    acked_action_ids: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +85,7 @@ class CommittedBatch:
     max_id: int | None  # highest update_events.id inserted, None when nothing new
     stored: int
     agent_ids: frozenset[str]
+    run_ids: frozenset[str] = frozenset()  # runs changed or with new log lines
 
 
 CommitListener = Callable[[CommittedBatch], None]
@@ -78,10 +100,11 @@ class _Checkin:
     sent: int  # events in the request (before de-duplication)
     future: asyncio.Future[IngestResult]
     submitted: float
+    work: run_ingest.RunWork
     cost: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cost = max(1, len(self.rows))  # an empty check-in still takes a slot
+        self.cost = checkin_cost(len(self.rows), len(self.work.updates), len(self.work.log_rows))
 
 
 class IngestWriter:
@@ -116,6 +139,11 @@ class IngestWriter:
         self.rejected = 0  # check-ins refused (queue full, stopping, db down) or failed
         self.batches = 0  # transactions committed
         self.failed_batches = 0
+        self.run_updates_applied = 0
+        self.run_updates_ignored = 0  # duplicates, older snapshots, refused transitions
+        self.log_lines_stored = 0
+        self.log_lines_dropped = 0  # another agent's run, or a row that failed alone
+        self.actions_delivered = 0
 
     @property
     def queued_events(self) -> int:
@@ -149,21 +177,36 @@ class IngestWriter:
             await self._store.close()
 
     async def submit(
-        self, agent_id: str, facts: HostFacts | None, events: Sequence[NewEvent], sent: int = -1
+        self,
+        agent_id: str,
+        facts: HostFacts | None,
+        events: Sequence[NewEvent],
+        sent: int = -1,
+        *,
+        runs: RunInput | None = None,
     ) -> IngestResult:
         """Queue one validated check-in and wait until it is committed.
 
         ``events`` are unique by event_id; ``sent`` is how many the request carried (default
-        ``len(events)``; the difference counts as duplicates). Raises ResourceExhausted when the
-        queue is full, Unavailable when the server is stopping, the database is known to be
-        down or the commit failed (in every case nothing of this check-in was stored)."""
+        ``len(events)``; the difference counts as duplicates). ``runs``: its run updates, log
+        lines and acknowledged actions, applied in the same transaction. The result carries the
+        actions to deliver to the agent. Raises ResourceExhausted when the queue is full,
+        Unavailable when the server is stopping, the database is known to be down or the commit
+        failed (in every case nothing of this check-in was stored)."""
         if self._closing or not self.running:
             self.rejected += 1
             raise Unavailable("the server is shutting down; retry shortly")
         if self._health is not None and not self._health.available:
             self.rejected += 1
             raise Unavailable("the database is unavailable; retry later")
-        cost = max(1, len(events))
+        work = run_ingest.RunWork(agent_id)
+        if runs is not None:
+            work.updates = runs.updates
+            work.acked_action_ids = runs.acked_action_ids
+            if runs.log_lines:
+                work.log_rows = run_ingest.encode_log_lines(runs.log_lines, self._dialect)
+                work.log_run_ids = frozenset(line.run_id for line in runs.log_lines)
+        cost = checkin_cost(len(events), len(work.updates), len(work.log_rows))
         if self._queued_cost + cost > self._config.ingest_queue_max_events:
             self.rejected += 1
             raise ResourceExhausted(
@@ -178,6 +221,7 @@ class IngestWriter:
             sent=len(events) if sent < 0 else sent,
             future=asyncio.get_running_loop().create_future(),
             submitted=time.perf_counter(),
+            work=work,
         )
         self._queued_cost += item.cost
         self._pending.append(item)
@@ -245,7 +289,7 @@ class IngestWriter:
         mono = time.monotonic()
         updates = self._agent_updates(batch, now, mono)
         try:
-            inserted = await self._store.store(rows, updates)
+            result = await self._store.store(rows, updates, [item.work for item in batch])
         except Exception as exc:  # nothing of this batch is stored; keep the writer alive
             self._batch_failed(batch, exc)
             if not is_outage(exc) and len(batch) > 1:
@@ -262,7 +306,7 @@ class IngestWriter:
                 update.facts if update.facts is not None else self._known_facts(update.agent_id),
                 mono,
             )
-        self._resolve(batch, inserted)
+        self._resolve(batch, result)
 
     def _known_facts(self, agent_id: str) -> HostFacts | None:
         written = self._written.get(agent_id)
@@ -289,7 +333,13 @@ class IngestWriter:
             if not item.future.done():
                 item.future.set_exception(Unavailable("could not store the check-in; retry later"))
 
-    def _resolve(self, batch: list[_Checkin], inserted: list[tuple[int, str]]) -> None:
+    def _resolve(self, batch: list[_Checkin], result: StoreResult) -> None:
+        inserted = result.inserted
+        runs = result.runs
+        self.run_updates_applied += runs.updates_applied
+        self.run_updates_ignored += runs.updates_ignored
+        self.log_lines_stored += runs.log_lines_stored
+        self.log_lines_dropped += runs.log_lines_dropped
         new_ids = {event_id for _, event_id in inserted}
         self.batches += 1
         self.checkins += len(batch)
@@ -305,13 +355,16 @@ class IngestWriter:
                     new += 1
             if observe is not None:
                 observe(done - item.submitted)
+            actions = tuple(runs.actions.get(item.agent_id, ()))
+            self.actions_delivered += len(actions)
             if not item.future.done():
-                item.future.set_result(IngestResult(new, item.sent - new))
+                item.future.set_result(IngestResult(new, item.sent - new, actions))
         if self._listeners:
             committed = CommittedBatch(
                 max_id=max((row_id for row_id, _ in inserted), default=None),
                 stored=len(inserted),
                 agent_ids=frozenset(item.agent_id for item in batch),
+                run_ids=frozenset(runs.changed_run_ids),
             )
             for listener in self._listeners:
                 try:

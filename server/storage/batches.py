@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy.engine import Connection
@@ -27,16 +29,28 @@ from server.storage import agents as agents_db
 from server.storage import events as events_db
 from server.storage import notify
 from server.storage.db import async_url, create_sync_sqlite_engine, sqlite_path
+from server.storage.run_ingest import RunBatchResult, RunWork, apply_run_batch
 
 Inserted = list[tuple[int, str]]  # (update_events.id, event_id) of each new row
+
+
+@dataclass(slots=True)
+class StoreResult:
+    """What one batch transaction stored."""
+
+    inserted: Inserted  # History rows (the check-ins' events and any run-update notices)
+    runs: RunBatchResult = field(default_factory=RunBatchResult)
 
 
 class BatchStore(Protocol):
     """Stores one batch in one transaction; raises (nothing stored) on any failure."""
 
     async def store(
-        self, rows: Sequence[events_db.Row], updates: Sequence[agents_db.CheckinUpdate]
-    ) -> Inserted: ...
+        self,
+        rows: Sequence[events_db.Row],
+        updates: Sequence[agents_db.CheckinUpdate],
+        works: Sequence[RunWork] = (),
+    ) -> StoreResult: ...
 
     async def close(self) -> None: ...
 
@@ -48,18 +62,26 @@ class SessionStore:
         self._sessions = sessions
 
     async def store(
-        self, rows: Sequence[events_db.Row], updates: Sequence[agents_db.CheckinUpdate]
-    ) -> Inserted:
-        """Insert ``rows`` (duplicates skipped) and apply ``updates``, then commit."""
+        self,
+        rows: Sequence[events_db.Row],
+        updates: Sequence[agents_db.CheckinUpdate],
+        works: Sequence[RunWork] = (),
+    ) -> StoreResult:
+        """Apply the runs part (``works``), insert ``rows`` and any run-update notices
+        (duplicates skipped) and apply ``updates``, then commit."""
         async with self._sessions() as session, session.begin():
+            conn = await session.connection()
+            now = datetime.now(UTC)
+            runs = await conn.run_sync(apply_run_batch, works, now) if works else RunBatchResult()
+            if runs.notices:
+                rows = [*rows, *events_db.encode_events(runs.notices, now, conn.dialect.name)]
             if rows:  # History ids become visible in id order across replicas (PostgreSQL)
                 await notify.lock_history_writes(session)
-            conn = await session.connection()
             inserted = await events_db.insert_rows(conn, rows)
             await agents_db.record_checkins(session, updates)
             if inserted:  # NOTIFY other replicas' live streams, delivered at COMMIT
                 await notify.announce_history_commit(session, max(i for i, _ in inserted))
-        return inserted
+        return StoreResult(inserted, runs)
 
     async def close(self) -> None:
         """Nothing to release: the sessions belong to the app's engine."""
@@ -76,25 +98,37 @@ class SqliteThreadStore:
         self._conn: Connection | None = None
 
     async def store(
-        self, rows: Sequence[events_db.Row], updates: Sequence[agents_db.CheckinUpdate]
-    ) -> Inserted:
-        """Insert ``rows`` (duplicates skipped) and apply ``updates``, then commit."""
+        self,
+        rows: Sequence[events_db.Row],
+        updates: Sequence[agents_db.CheckinUpdate],
+        works: Sequence[RunWork] = (),
+    ) -> StoreResult:
+        """Apply the runs part (``works``), insert ``rows`` and any run-update notices
+        (duplicates skipped) and apply ``updates``, then commit."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._store, rows, updates)
+        return await loop.run_in_executor(self._executor, self._store, rows, updates, works)
 
     def _store(
-        self, rows: Sequence[events_db.Row], updates: Sequence[agents_db.CheckinUpdate]
-    ) -> Inserted:
+        self,
+        rows: Sequence[events_db.Row],
+        updates: Sequence[agents_db.CheckinUpdate],
+        works: Sequence[RunWork],
+    ) -> StoreResult:
         if self._conn is None:
             self._conn = self._engine.connect()
+        conn = self._conn
         try:
-            with self._conn.begin():
-                inserted = events_db.insert_rows_sync(self._conn, rows)
-                agents_db.record_checkins_sync(self._conn, updates)
+            with conn.begin():
+                now = datetime.now(UTC)
+                runs = apply_run_batch(conn, works, now) if works else RunBatchResult()
+                if runs.notices:
+                    rows = [*rows, *events_db.encode_events(runs.notices, now, "sqlite")]
+                inserted = events_db.insert_rows_sync(conn, rows)
+                agents_db.record_checkins_sync(conn, updates)
         except BaseException:
             self._drop_connection()  # start the next batch on a fresh connection
             raise
-        return inserted
+        return StoreResult(inserted, runs)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

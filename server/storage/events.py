@@ -83,6 +83,11 @@ def _json_text(value: dict[str, Any]) -> str:
     return _json(value) if value else _EMPTY_JSON
 
 
+def json_text(value: dict[str, Any]) -> str:
+    """Compact JSON of a flat dict, the way the hot insert paths store JSON columns."""
+    return _json(value) if value else _EMPTY_JSON
+
+
 def sqlite_timestamp(value: datetime) -> str:
     """A UTC timestamp as SQLAlchemy stores it on SQLite (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
     if value.tzinfo is not UTC:

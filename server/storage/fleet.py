@@ -77,16 +77,13 @@ async def count_agents_by_checkin(
     ``online_since``), ``stale`` (between), ``offline`` (before ``offline_before``), ``never``
     (no check-in) and ``revoked``. Counted in the database: the fleet may be large."""
     last = Agent.last_checkin_at
-    bucket = (
-        select(
-            Agent.revoked,
-            func.count().filter(last.is_(None)).label("never"),
-            func.count().filter(last >= online_since).label("online"),
-            func.count().filter(last < offline_before).label("offline"),
-            func.count().label("total"),
-        )
-        .group_by(Agent.revoked)
-    )
+    bucket = select(
+        Agent.revoked,
+        func.count().filter(last.is_(None)).label("never"),
+        func.count().filter(last >= online_since).label("online"),
+        func.count().filter(last < offline_before).label("offline"),
+        func.count().label("total"),
+    ).group_by(Agent.revoked)
     counts = {"online": 0, "stale": 0, "offline": 0, "never": 0, "revoked": 0}
     for row in await session.execute(bucket):
         if row.revoked:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -144,4 +145,101 @@ class UpdateEvent(Base):
         Index(None, "category", "id"),
         Index(None, "occurred_at"),
         Index(None, "run_id"),
+    )
+
+
+class MigrationRun(Base):
+    """One detection + execution attempt on one agent (``id`` is the agent-made run_id).
+
+    ``last_update_id`` is the newest ``RunUpdate.update_id`` applied (UUIDv7s sort by time as
+    text): an older update is ignored. NULL means the row was created for log lines that
+    arrived before any update of the run.
+    """
+
+    __tablename__ = "migration_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    migration_id: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    steps_total: Mapped[int] = mapped_column(Integer, default=0)
+    migration_from: Mapped[str] = mapped_column(String(64), default="")
+    migration_to: Mapped[str] = mapped_column(String(64), default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_update_id: Mapped[str | None] = mapped_column(String(36))
+    requested_by: Mapped[str | None] = mapped_column(String(128))
+    requested_action_id: Mapped[str | None] = mapped_column(String(36))
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
+    cancel_requested_at: Mapped[datetime | None]
+    cancelled_by: Mapped[str | None] = mapped_column(String(128))
+
+    # Lists are "<filter> ORDER BY created_at DESC, id DESC" (keyset); retention scans by age.
+    __table_args__ = (
+        Index(None, "created_at", "id"),
+        Index(None, "agent_id", "created_at", "id"),
+        Index(None, "state", "created_at", "id"),
+        Index(None, "updated_at"),
+    )
+
+
+class RunStepRow(Base):
+    """One step of a run, as last reported."""
+
+    __tablename__ = "run_steps"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("migration_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(Text, default="")
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TaskLog(Base):
+    """One log line of a run; ``seq`` is per run, gap-free from 1, assigned by the agent."""
+
+    __tablename__ = "task_logs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("migration_runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[datetime]
+    level: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    metadata_json: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    # The viewer filters one run by level and/or source in seq order.
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        Index(None, "run_id", "level", "seq"),
+        Index(None, "run_id", "source", "seq"),
+    )
+
+
+class PendingActionRow(Base):
+    """An action for an agent: delivered with every check-in until acknowledged or expired."""
+
+    __tablename__ = "pending_actions"
+
+    action_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
+    requested_by: Mapped[str] = mapped_column(String(128), default="")
+
+    __table_args__ = (
+        Index(None, "agent_id", "acknowledged_at"),
+        Index(None, "created_at"),
     )

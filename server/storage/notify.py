@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import String, cast, func, select
@@ -34,11 +34,15 @@ from server.storage.models import UpdateEvent
 log = logging.getLogger(__name__)
 
 CHANNEL = "flagpost_history"
+# Run changes: writers pg_notify(RUNS_CHANNEL, run_id) in the transaction that changed the run
+# (payload "" = "look at every run"); the run streams of every replica wake up.
+RUNS_CHANNEL = "flagpost_runs"
 # pg_advisory_xact_lock key: the ASCII bytes of "flagpost" as a signed 64-bit integer.
 HISTORY_LOCK_KEY = int.from_bytes(b"flagpost", "big", signed=True)
 LISTENER_APPLICATION_NAME = "flagpost-history-listener"
 
 WakeCallback = Callable[[int | None], None]
+RunsCallback = Callable[[str | None], None]
 
 
 def _is_postgresql(session: AsyncSession) -> bool:
@@ -79,6 +83,21 @@ async def announce_history_commit(session: AsyncSession, max_id: int | None = No
     return None if row[0] is None else int(row[0])
 
 
+MAX_RUN_NOTIFICATIONS = 100
+
+
+async def announce_runs_changed(session: AsyncSession, run_ids: Collection[str]) -> None:
+    """Call inside the transaction that changed runs (state, steps or log lines). On PostgreSQL
+    it queues ``NOTIFY flagpost_runs, '<run_id>'`` per run (one ``''`` = "every run" beyond
+    :data:`MAX_RUN_NOTIFICATIONS`), delivered at COMMIT; on SQLite (one process) it does nothing:
+    the writer's commit listener wakes the local streams."""
+    if not run_ids or not _is_postgresql(session):
+        return
+    payloads = sorted(run_ids) if len(run_ids) <= MAX_RUN_NOTIFICATIONS else [""]
+    for payload in payloads:
+        await session.execute(select(func.pg_notify(RUNS_CHANNEL, payload)))
+
+
 def parse_payload(payload: str) -> int | None:
     """The id carried by a notification; ``None`` (meaning "look") for anything else."""
     text = payload.strip()
@@ -104,10 +123,12 @@ def _connect_kwargs(url: URL) -> dict[str, Any]:
 
 
 class HistoryListener:
-    """A dedicated asyncpg connection ``LISTEN``-ing on :data:`CHANNEL`.
+    """A dedicated asyncpg connection ``LISTEN``-ing on :data:`CHANNEL` (and, with ``on_runs``,
+    on :data:`RUNS_CHANNEL`).
 
     ``on_wake(max_id)`` is called on the event loop for every notification (``max_id`` from its
-    payload) and with ``None`` after every (re)connection. The connection is pinged every
+    payload) and with ``None`` after every (re)connection; ``on_runs(run_id)`` likewise for run
+    notifications (``None``: every run). The connection is pinged every
     ``ping_seconds``; when it is lost the listener reconnects with exponential backoff.
     """
 
@@ -116,6 +137,7 @@ class HistoryListener:
         database_url: str,
         on_wake: WakeCallback,
         *,
+        on_runs: RunsCallback | None = None,
         ping_seconds: float = 30.0,
         retry_initial_seconds: float = 0.5,
         retry_max_seconds: float = 15.0,
@@ -126,6 +148,7 @@ class HistoryListener:
             raise ValueError("HistoryListener needs a PostgreSQL database_url")
         self._connect_kwargs = _connect_kwargs(url)
         self._on_wake = on_wake
+        self._on_runs = on_runs
         self._ping_seconds = ping_seconds
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
@@ -163,6 +186,8 @@ class HistoryListener:
         conn = await asyncpg.connect(timeout=self._connect_timeout, **self._connect_kwargs)
         try:
             await conn.add_listener(CHANNEL, self._on_notification)
+            if self._on_runs is not None:
+                await conn.add_listener(RUNS_CHANNEL, self._on_runs_notification)
         except BaseException:
             await conn.close()
             raise
@@ -173,6 +198,12 @@ class HistoryListener:
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
         self._on_wake(parse_payload(payload))
+
+    def _on_runs_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.notifications += 1
+        if self._on_runs is not None:
+            run_id = payload.strip()
+            self._on_runs(run_id if run_id and len(run_id) <= 64 else None)
 
     async def _run(self, conn: Any) -> None:
         delay = self._retry_initial
@@ -192,6 +223,8 @@ class HistoryListener:
                 log.info("history listener: reconnected")
                 delay = self._retry_initial
                 self._on_wake(None)  # notifications may have been missed: every stream looks
+                if self._on_runs is not None:
+                    self._on_runs(None)
             try:
                 await self._watch(conn)
             finally:

@@ -1,4 +1,10 @@
-"""The web transport: History page, its live stream, JSON API, health endpoint (aiohttp + Jinja2).
+"""The web transport (aiohttp + Jinja2): the fleet overview (``/``), agent pages, the runs pages
+and the History, their live streams (Server-Sent Events), the JSON API, the health endpoint.
+
+Modules: ``routes`` (History, health) · ``pages`` (overview, agent) · ``run_pages`` (runs,
+run, their forms) · ``sse`` / ``run_stream`` (live streams) · ``views`` / ``fleet_views`` /
+``run_views`` / ``charts`` (view models) · ``params`` / ``log_params`` (query parsing) ·
+``api_runs`` / ``openapi`` (the runs JSON API) · ``middleware`` (errors, security headers).
 
 ``setup_web(app)`` is called by ``server.app.create_app``; it expects ``keys.CONFIG`` to be set and
 ``keys.SESSIONS`` / ``keys.ENGINE`` (and ``keys.BUS`` for live updates, see
@@ -15,6 +21,7 @@ import jinja2
 from aiohttp import web
 
 from server.services.bus import end_streams_on_shutdown
+from server.web.api_runs import add_api_routes
 from server.web.middleware import error_middleware, security_headers
 from server.web.routes import add_routes
 
@@ -41,6 +48,7 @@ def setup_web(app: web.Application) -> None:
     app.on_shutdown.append(end_streams_on_shutdown)
     app.on_response_prepare.append(security_headers)
     add_routes(app)
+    add_api_routes(app)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
 
 

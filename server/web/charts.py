@@ -99,14 +99,14 @@ class StackedBarChart:
 
 def nice_max(value: int, ticks: int = 4) -> int:
     """The smallest axis maximum at or above ``value`` whose ``ticks`` equal steps are "round"
-    integers (1, 2, 2.5, 5 × 10ⁿ): 4, 8, 20, 40, 80, 100, 200, ..."""
+    integers (1, 2, 2.5, 5 x 10^n): 4, 8, 20, 40, 80, 100, 200, ..."""
     needed = max(value, 1) / ticks
     magnitude = 10 ** max(0, math.floor(math.log10(needed)))
     for step in (1, 2, 2.5, 5, 10):
         size = step * magnitude
         if size >= needed and size == int(size):
             return int(size) * ticks
-    return 10 * magnitude * ticks  # pragma: no cover - the loop always returns
+    return int(10 * magnitude * ticks)  # pragma: no cover - the loop always returns
 
 
 def _count(count: int, severity: Severity) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
-from server.domain import AgentHealth
+from server.domain import ActionKind, AgentHealth, PendingAction
 from server.services.fleet import AgentDetail, FleetAgent, FleetOverview, version_key
 from server.web.charts import StackedBarChart, events_per_hour_chart
 from server.web.run_views import RunRow
@@ -202,7 +202,22 @@ class AgentPage:
     run_disabled_reason: str
     history_url: str
     all_runs_url: str
+    pending: tuple[str, ...]  # actions queued for the agent, not acknowledged yet
     notice: str
+
+
+def pending_action_note(action: PendingAction, now: datetime) -> str:
+    """``Run requested by web 5 minutes ago, delivered, waiting for the agent``."""
+    what = {
+        ActionKind.RUN_MIGRATION: "Run requested",
+        ActionKind.CANCEL_RUN: "Cancel requested",
+    }.get(action.kind, str(action.kind))
+    status = (
+        "delivered, waiting for the agent to accept it"
+        if action.delivered_at
+        else "waiting for the agent's next check-in"
+    )
+    return f"{what} by {action.requested_by} {relative_time(action.created_at, now)}: {status}."
 
 
 def agent_page(
@@ -210,6 +225,7 @@ def agent_page(
     now: datetime,
     *,
     runs: Sequence[RunRow] = (),
+    pending: Sequence[str] = (),
     notice: str = "",
 ) -> AgentPage:
     """The agent page's view model: facts, runs, recent events."""
@@ -219,8 +235,11 @@ def agent_page(
     checkin = f"{display_time(last)} ({relative_time(last, now)})" if last else "never"
     facts = (
         DetailItem("Hostname", r.hostname),
-        DetailItem("Health", health.label, tone="good" if health.key == "online" else "bad"
-                   if health.key in ("offline",) else ""),
+        DetailItem(
+            "Health",
+            health.label,
+            tone="good" if health.key == "online" else "bad" if health.key in ("offline",) else "",
+        ),
         DetailItem("Last check-in", checkin),
         DetailItem("Operating system", r.os or "—"),
         DetailItem("Kernel", r.kernel or "—", mono=True),
@@ -244,5 +263,6 @@ def agent_page(
         run_disabled_reason="this agent is revoked" if r.revoked else "",
         history_url="/history?" + urlencode([("agent", r.id)]),
         all_runs_url="/runs?" + urlencode([("agent", r.id)]),
+        pending=tuple(pending),
         notice=notice,
     )

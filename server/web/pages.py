@@ -12,9 +12,15 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from server import keys
+from server.domain import RunFilter, RunState
 from server.errors import InvalidArgument, PermissionDenied
+from server.services import actions as actions_service
 from server.services import fleet as fleet_service
-from server.web.fleet_views import agent_page, overview_page
+from server.services import runs as runs_service
+from server.web.fleet_views import agent_page, overview_page, pending_action_note
+from server.web.run_views import run_row
+
+AGENT_PAGE_RUNS = 10
 
 MAX_ID = 64
 
@@ -48,8 +54,16 @@ async def overview(request: web.Request) -> web.StreamResponse:
     for input, events per hour over the last day."""
     app = request.app
     now = datetime.now(UTC)
-    fleet = await fleet_service.fleet_overview(app[keys.SESSIONS], app[keys.CONFIG], now)
-    view = overview_page(fleet)
+    sessions = app[keys.SESSIONS]
+    fleet = await fleet_service.fleet_overview(sessions, app[keys.CONFIG], now)
+    by_state = await runs_service.count_runs_by_state(sessions)
+    latest = await runs_service.latest_runs(sessions, [a.record.id for a in fleet.agents])
+    view = overview_page(
+        fleet,
+        waiting_runs=by_state.get(RunState.AWAITING_INPUT, 0),
+        active_runs=by_state.get(RunState.RUNNING, 0) + by_state.get(RunState.PENDING, 0),
+        latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
+    )
     return aiohttp_jinja2.render_template("overview.html", request, {"page": view})
 
 
@@ -58,12 +72,28 @@ async def agent(request: web.Request) -> web.StreamResponse:
     app = request.app
     agent_id = path_id(request, "agent_id")
     now = datetime.now(UTC)
-    detail = await fleet_service.agent_detail(app[keys.SESSIONS], app[keys.CONFIG], agent_id, now)
-    view = agent_page(detail, now)
+    sessions = app[keys.SESSIONS]
+    detail = await fleet_service.agent_detail(sessions, app[keys.CONFIG], agent_id, now)
+    runs = await runs_service.list_runs(
+        sessions, RunFilter(agent_id=agent_id, limit=AGENT_PAGE_RUNS)
+    )
+    pending = await actions_service.list_pending_actions(sessions, agent_id, now)
+    requested = request.query.get("requested", "")
+    just_asked = any(a.action_id == requested for a in pending)
+    view = agent_page(
+        detail,
+        now,
+        runs=[run_row(r, now) for r in runs.runs],
+        pending=[pending_action_note(a, now) for a in pending if a.action_id != requested],
+        notice="Run requested: the agent starts it with its next check-in." if just_asked else "",
+    )
     return aiohttp_jinja2.render_template("agent.html", request, {"page": view})
 
 
 def add_page_routes(app: web.Application) -> None:
-    """Register the overview and agent pages."""
+    """Register the overview, the agent page and the runs pages."""
+    from server.web.run_pages import add_run_routes  # it imports path_id from here
+
     app.router.add_get("/", overview, name="overview")
     app.router.add_get("/agents/{agent_id}", agent, name="agent")
+    add_run_routes(app)

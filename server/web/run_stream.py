@@ -65,14 +65,19 @@ class RunStreamSettings:
 RUN_STREAM_SETTINGS = web.AppKey("run_stream_settings", RunStreamSettings)
 
 
+def template_macro(app: web.Application, name: str, template: str = RUNS_TEMPLATE) -> Any:
+    """A macro of one of the app's templates, callable from Python (returns Markup)."""
+    module = aiohttp_jinja2.get_env(app).get_template(template).module
+    return getattr(module, name)
+
+
 class _Renderer:
     """The page's own Jinja macros, so streamed HTML is escaped exactly like the page."""
 
     def __init__(self, app: web.Application) -> None:
-        module = aiohttp_jinja2.get_env(app).get_template(RUNS_TEMPLATE).module
-        self._log_line: Any = getattr(module, "log_line")
-        self._status: Any = getattr(module, "run_status")
-        self._counts: Any = getattr(module, "log_counts")
+        self._log_line = template_macro(app, "log_line")
+        self._status = template_macro(app, "run_status")
+        self._counts = template_macro(app, "log_counts")
 
     def log_frame(self, line: LogLineRow) -> str:
         data = _dumps({"line": log_line_json(line), "html": str(self._log_line(line))})
@@ -120,7 +125,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
 
     # Subscribe before the first read: a commit after it always wakes us.
-    with bus.subscribe() as sub:
+    with bus.subscribe_run(run_id) as sub:
         first = await run_data.run_status(app, run_id)  # NotFound: a 404 before any byte
         response = web.StreamResponse(
             headers={
@@ -165,7 +170,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
                 if sub.closed:
                     break
                 if woke:
-                    sub.take(-1)  # any commit may concern this run
+                    sub.take(-1)  # run wake-ups carry no cursor: always read
                 must_read = woke or _poll_due(state, settings, loop.time(), next_read)
         except ConnectionResetError:
             log.debug("run stream: client disconnected")

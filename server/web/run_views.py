@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from server.domain import LogLineRecord, LogStats, RunDetail, RunStep, RunSummary
+
 
 @dataclass(frozen=True, slots=True)
 class StateStyle:
@@ -46,7 +48,9 @@ LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 def state_style(state: str) -> StateStyle:
     """The style of a run state; an unknown one is shown neutrally under its own name."""
     key = state.upper()
-    return STATE_STYLES.get(key) or StateStyle("pending", key.replace("_", " ").capitalize(), "info")
+    return STATE_STYLES.get(key) or StateStyle(
+        "pending", key.replace("_", " ").capitalize(), "info"
+    )
 
 
 def step_style(status: str) -> StateStyle:
@@ -153,7 +157,8 @@ def log_stats_view(by_level: dict[str, int], by_source: dict[str, int]) -> LogSt
     first)."""
     levels = [CountChip(name, level_key(name), by_level.get(name, 0)) for name in LOG_LEVELS]
     levels.extend(
-        CountChip(name, level_key(name), n) for name, n in sorted(by_level.items())
+        CountChip(name, level_key(name), n)
+        for name, n in sorted(by_level.items())
         if name not in LOG_LEVELS
     )
     sources = tuple(
@@ -227,3 +232,187 @@ def log_line_json(line: LogLineRow) -> dict[str, object]:
         "message": line.message,
         "metadata": dict(line.metadata),
     }
+
+
+def _transition(source: str, target: str) -> str:
+    if not source and not target:
+        return ""
+    return f"{source or '?'} → {target or '?'}"
+
+
+def _agent_url(agent_id: str) -> str | None:
+    return f"/agents/{quote(agent_id, safe='')}" if agent_id else None
+
+
+def _iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat() if value is not None else ""
+
+
+def _display(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
+
+
+def run_row(run: RunSummary, now: datetime) -> RunRow:
+    """One runs-table row."""
+    return RunRow(
+        id=run.id,
+        short_id=short_id(run.id),
+        url=run_url(run.id),
+        state=state_style(run.state),
+        agent_id=run.agent_id,
+        hostname=run.hostname or run.agent_id,
+        agent_url=_agent_url(run.agent_id),
+        migration_id=run.migration_id,
+        transition=_transition(run.migration_from, run.migration_to),
+        steps_done=run.steps_done,
+        steps_total=run.steps_total,
+        started_iso=_iso(run.started_at),
+        started_display=_display(run.started_at),
+        duration=format_duration(run.duration_seconds(now)),
+    )
+
+
+def step_row(step: RunStep) -> StepRow:
+    """One row of the step table."""
+    style = step_style(step.status)
+    return StepRow(
+        number=step.index + 1,
+        name=step.name,
+        status_key=style.key,
+        status_label=style.label,
+        icon=style.icon,
+        duration=format_duration(step.duration_ms / 1000) if step.duration_ms else "—",
+        error=step.error,
+    )
+
+
+def log_line_row(line: LogLineRecord) -> LogLineRow:
+    """One log line as the viewer shows it (metadata sorted by key)."""
+    return LogLineRow(
+        seq=line.seq,
+        time_iso=_iso(line.timestamp),
+        time_display=display_clock(line.timestamp),
+        level=line.level.upper(),
+        level_key=level_key(line.level),
+        source=line.source,
+        message=line.message,
+        metadata=tuple(sorted((str(k), str(v)) for k, v in line.metadata.items())),
+    )
+
+
+def eta_text(seconds: float | None, basis: str) -> str:
+    """``about 2 min 05 s left (from this run's steps)``; ``""`` when unknown."""
+    if seconds is None:
+        return ""
+    source = {
+        "this_run": " (from this run's steps so far)",
+        "past_runs": " (from past runs of this migration)",
+    }.get(basis, "")
+    if seconds < 1:
+        return f"almost done{source}"
+    return f"about {format_duration(seconds)} left{source}"
+
+
+def _cancel_note(run: RunSummary, cancel_pending: bool) -> str:
+    if run.cancelled_by:
+        return f"Cancelled by {run.cancelled_by}."
+    if cancel_pending:
+        who = f" by {run.cancel_requested_by}" if run.cancel_requested_by else ""
+        when = f" at {_display(run.cancel_requested_at)}" if run.cancel_requested_at else ""
+        return (
+            f"Cancellation requested{who}{when}: the agent stops at the next step boundary "
+            "and rolls back."
+        )
+    return ""
+
+
+def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDetailView:
+    """The run page's status block."""
+    run = detail.run
+    percent = max(0, min(100, round(detail.progress * 100)))
+    if run.steps_total:
+        progress_text = f"{run.steps_done} of {run.steps_total} steps · {percent}%"
+    else:
+        progress_text = "done" if run.terminal else "planning…"
+    input_request = ""
+    if run.state == "AWAITING_INPUT":
+        input_request = (
+            "The migration needs a value the old configuration never held; the agent keeps the "
+            "run open until it is provided or the run is cancelled."
+        )
+    return RunDetailView(
+        id=run.id,
+        short_id=short_id(run.id),
+        url=run_url(run.id),
+        state_name=str(run.state),
+        state=state_style(run.state),
+        terminal=run.terminal,
+        cancellable=not run.terminal and not detail.cancel_pending,
+        agent_id=run.agent_id,
+        hostname=run.hostname or run.agent_id,
+        agent_url=_agent_url(run.agent_id),
+        migration_id=run.migration_id,
+        transition=_transition(run.migration_from, run.migration_to),
+        steps_done=run.steps_done,
+        steps_total=run.steps_total,
+        percent=percent,
+        progress_text=progress_text,
+        eta=eta_text(detail.eta_seconds, detail.eta_basis) if not run.terminal else "",
+        started_iso=_iso(run.started_at),
+        started_display=_display(run.started_at),
+        finished_iso=_iso(run.finished_at),
+        finished_display=_display(run.finished_at),
+        duration=format_duration(run.duration_seconds(now)),
+        error_message=run.error_message,
+        input_request=input_request,
+        cancel_note=_cancel_note(run, detail.cancel_pending),
+        steps=tuple(step_row(s) for s in detail.steps),
+        stats=log_stats_view(stats.by_level, stats.by_source),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A filter-form choice (checkbox or select option)."""
+
+    value: str
+    label: str
+    selected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunsPage:
+    """Everything ``runs.html`` renders."""
+
+    runs: tuple[RunRow, ...]
+    states: tuple[Option, ...]
+    agents: tuple[Option, ...]
+    filtered: bool
+    paged: bool
+    newest_url: str
+    more_url: str | None
+    more_fragment_url: str | None
+    limit: int | None  # only when it differs from the default
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilterForm:
+    levels: tuple[Option, ...]
+    sources: tuple[Option, ...]
+    q: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """Everything ``run.html`` renders."""
+
+    run: RunDetailView
+    stats: LogStatsView
+    lines: tuple[LogLineRow, ...]
+    filters: LogFilterForm
+    earlier_url: str | None
+    stream_url: str
+    log_cursor: int  # the stream's start: lines up to here were examined for this page
+    cancel_action: str
+    notice: str

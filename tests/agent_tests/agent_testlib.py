@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,26 @@ class FakeServer:
     ack_none: bool = False
     next_checkin_seconds: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Runs (issue 4): stored like the real server (idempotent by update_id / (run_id, seq)).
+    stored_updates: dict[str, agent_pb2.RunUpdate] = field(default_factory=dict)
+    stored_lines: dict[tuple[str, int], agent_pb2.LogLine] = field(default_factory=dict)
+    ack_runs: bool = True  # False: behave like a server that ignores run updates and log lines
+    reject_update_ids: set[str] = field(default_factory=set)
+    actions: list[agent_pb2.Action] = field(default_factory=list)  # sent once, next response
+    action_acks: list[str] = field(default_factory=list)
+    checkin_times: list[float] = field(default_factory=list)  # time.monotonic() of each CheckIn
+
+    def updates_of(self, run_id: str) -> list[agent_pb2.RunUpdate]:
+        """Stored updates of one run, in update_id (= time) order."""
+        with self.lock:
+            found = [u for u in self.stored_updates.values() if u.run_id == run_id]
+        return sorted(found, key=lambda u: u.update_id)
+
+    def lines_of(self, run_id: str) -> list[agent_pb2.LogLine]:
+        """Stored lines of one run, by seq."""
+        with self.lock:
+            found = [line for key, line in self.stored_lines.items() if key[0] == run_id]
+        return sorted(found, key=lambda line: line.seq)
 
 
 class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
@@ -115,6 +136,7 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         state = self.state
         with state.lock:
             state.checkins.append(request)
+            state.checkin_times.append(time.monotonic())
             state.metadata.append(dict(context.invocation_metadata()))
             failure = state.failures.pop(0) if state.failures else None
         if failure is not None:
@@ -135,10 +157,34 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"events[{index}].event_type: unknown event type {event.event_type}",
                 )
+        for index, update in enumerate(request.run_updates):
+            if update.update_id in state.reject_update_ids:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"run_updates[{index}].state: invalid transition",
+                )
         with state.lock:
             for event in request.events:
                 state.stored.setdefault(event.event_id, event)
+            state.action_acks.extend(request.acknowledged_action_ids)
+            actions, state.actions = state.actions, []
+            if state.ack_runs:
+                for update in request.run_updates:
+                    state.stored_updates.setdefault(update.update_id, update)
+                for line in request.log_lines:
+                    state.stored_lines.setdefault((line.run_id, line.seq), line)
         acked = [] if state.ack_none else [event.event_id for event in request.events]
-        return agent_pb2.CheckInResponse(
-            acknowledged_event_ids=acked, next_checkin_seconds=state.next_checkin_seconds
+        response = agent_pb2.CheckInResponse(
+            acknowledged_event_ids=acked,
+            next_checkin_seconds=state.next_checkin_seconds,
+            actions=actions,
         )
+        if state.ack_runs:
+            response.acknowledged_run_update_ids.extend(u.update_id for u in request.run_updates)
+            by_run: dict[str, list[int]] = {}
+            for line in request.log_lines:
+                by_run.setdefault(line.run_id, []).append(line.seq)
+            response.acknowledged_log_lines.extend(
+                agent_pb2.LogAck(run_id=run_id, seqs=seqs) for run_id, seqs in by_run.items()
+            )
+        return response

@@ -165,10 +165,21 @@ def test_run_checks_in_and_stops_on_sigterm(tmp_path: Path, fake_server: FakeSer
         text=True,
     )
     try:
+        # Check-ins run on their own thread, beside the start-up migration: wait until the
+        # migration's outcome was delivered and a few more check-ins (re-detections) happened.
         deadline = time.monotonic() + 20
-        while len(fake_server.checkins) < 4 and time.monotonic() < deadline:
+
+        def successes() -> int:
+            with fake_server.lock:
+                found = [e.status for e in fake_server.stored.values()]
+            return found.count(agent_pb2.EVENT_STATUS_SUCCESS)
+
+        while successes() < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(fake_server.checkins) >= 4
+        seen = len(fake_server.checkins)
+        while len(fake_server.checkins) < seen + 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert successes() == 2 and len(fake_server.checkins) >= seen + 4
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=15)
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from agent_testlib import agent_env, run_agent, snapshot, write_legacy
 
-from agent import events
+from agent import events, runs
 from agent.migrations.engine import MigrationEngine
 from agent.migrations.journal import read_journal
 from agent.outbox import Outbox
@@ -46,11 +46,23 @@ def test_crash_then_restart(tmp_path: Path, point: str) -> None:
         recovered = MigrationEngine(root, state, outbox).recover()
         assert recovered is not None
         stored = [e for e in outbox.events() if e.run_id == run_id]
+        updates = outbox.runs.updates(run_id)
+        lines = outbox.runs.lines(run_id)
     assert not (state / "migration-journal.json").exists()
     outcomes = [e for e in stored if e.event_type == events.EXECUTION]
     assert len(outcomes) == 1
     assert outcomes[0].event_id == journal.execution_event_id == recovered.event_id
     assert len([e for e in stored if e.event_type == events.DETECTION]) == 1
+
+    # The run: exactly one terminal snapshot, the log continues gap-free after the restart.
+    terminal = [u for u in updates if u.state in runs.TERMINAL]
+    assert len(terminal) == 1 and terminal[0] == updates[-1]
+    assert terminal[0].state == (runs.FAILED if point in ROLLED_BACK else runs.SUCCEEDED)
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    assert lines[-1].source == "executor"
+    assert "restarted" in lines[-1].message or "interrupted" in lines[-1].message
+    if point in ROLLED_BACK and point.startswith("after_write"):
+        assert "failed" in [step.status for step in terminal[0].steps]
 
     current = snapshot(root / "etc")
     if point in ROLLED_BACK:
@@ -69,8 +81,8 @@ def test_crash_then_restart(tmp_path: Path, point: str) -> None:
     assert again.returncode == 0, again.stderr
     assert snapshot(root / "etc") == new
     with Outbox(state / "outbox.db") as outbox:
-        runs = [e for e in outbox.events() if e.run_id == run_id]
-    assert [e.event_id for e in runs] == [e.event_id for e in stored]
+        again_events = [e for e in outbox.events() if e.run_id == run_id]
+    assert [e.event_id for e in again_events] == [e.event_id for e in stored]
 
 
 def test_crash_during_recovery_still_reports_once(tmp_path: Path) -> None:
@@ -99,4 +111,6 @@ def test_crash_during_recovery_still_reports_once(tmp_path: Path) -> None:
             for e in outbox.events()
             if e.run_id == journal.run_id and e.event_type == events.EXECUTION
         ]
+        terminal = [u for u in outbox.runs.updates(journal.run_id) if u.state in runs.TERMINAL]
     assert len(outcomes) == 1 and outcomes[0].status == events.FAILED
+    assert len(terminal) == 1 and terminal[0].state == runs.FAILED

@@ -1,0 +1,69 @@
+"""SQL of the action queue (``pending_actions``) outside ingest: queueing and listing.
+
+Delivery and acknowledgement happen in the ingest transaction
+(``server.storage.run_ingest``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.domain import ActionKind, PendingAction
+from server.storage.models import PendingActionRow
+
+
+def _action(row: Any) -> PendingAction:
+    return PendingAction(
+        action_id=row.action_id,
+        agent_id=row.agent_id,
+        kind=ActionKind(row.kind),
+        params={str(k): str(v) for k, v in (row.params or {}).items()},
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        delivered_at=row.delivered_at,
+        acknowledged_at=row.acknowledged_at,
+        requested_by=row.requested_by,
+    )
+
+
+async def create_action(session: AsyncSession, action: PendingAction) -> None:
+    """Queue ``action`` for its agent."""
+    await session.execute(
+        insert(PendingActionRow).values(
+            action_id=action.action_id,
+            agent_id=action.agent_id,
+            kind=action.kind.value,
+            params=dict(action.params),
+            created_at=action.created_at,
+            expires_at=action.expires_at,
+            delivered_at=None,
+            acknowledged_at=None,
+            requested_by=action.requested_by,
+        )
+    )
+
+
+async def open_actions(
+    session: AsyncSession, agent_id: str, now: datetime, kind: ActionKind | None = None
+) -> list[PendingAction]:
+    """Unacknowledged, unexpired actions of ``agent_id`` (of ``kind`` when given), oldest
+    first."""
+    query = select(PendingActionRow).where(
+        PendingActionRow.agent_id == agent_id,
+        PendingActionRow.acknowledged_at.is_(None),
+        PendingActionRow.expires_at > now,
+    )
+    if kind is not None:
+        query = query.where(PendingActionRow.kind == kind.value)
+    query = query.order_by(PendingActionRow.created_at, PendingActionRow.action_id)
+    return [_action(row) for row in (await session.execute(query)).scalars()]
+
+
+async def get_action(session: AsyncSession, action_id: str) -> PendingAction | None:
+    """One action, or None."""
+    row = await session.get(PendingActionRow, action_id)
+    return None if row is None else _action(row)

@@ -1,0 +1,240 @@
+"""Retention on SQLite and PostgreSQL: a seeded database pruned to the limits in bounded
+batches, a run awaiting input survives; the ``flagpost-server prune`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from server.config import ServerConfig, load_config
+from server.domain import (
+    Category,
+    EventStatus,
+    HostFacts,
+    LogLevel,
+    NewEvent,
+    NewLogLine,
+    RunState,
+    Severity,
+)
+from server.services.retention import PruneResult, RetentionJob, prune
+from server.storage import run_ingest
+from server.storage.agents import create_agent
+from server.storage.db import create_engine_for_url, make_sessionmaker
+from server.storage.events import insert_events
+from server.storage.models import MigrationRun, RunStepRow, TaskLog, UpdateEvent
+
+NOW = datetime.now(UTC)
+OLD = NOW - timedelta(days=40)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine_for_url(db_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def config_for(db_url: str, **overrides: object) -> ServerConfig:
+    base = {
+        "database_url": db_url,
+        "retention_days": 30,
+        "max_events_per_agent": 10,
+        "max_runs_per_agent": 3,
+        "retention_batch_size": 1000,
+    }
+    return load_config(env={}, overrides=base | overrides)
+
+
+def event(agent_id: str, occurred_at: datetime) -> NewEvent:
+    return NewEvent(
+        event_id=str(uuid.uuid4()),
+        agent_id=agent_id,
+        category=Category.MIGRATION,
+        event_type="migration_detection",
+        status=EventStatus.SUCCESS,
+        severity=Severity.SUCCESS,
+        message="",
+        error_message="",
+        error_detail={},
+        migration_from="1",
+        migration_to="2",
+        run_id=None,
+        system_info={},
+        occurred_at=occurred_at,
+    )
+
+
+async def add_run(
+    sessions: async_sessionmaker[AsyncSession],
+    agent_id: str,
+    state: RunState,
+    at: datetime,
+    lines: int = 0,
+) -> str:
+    run_id = str(uuid.uuid4())
+    async with sessions() as session, session.begin():
+        session.add(
+            MigrationRun(
+                id=run_id,
+                agent_id=agent_id,
+                migration_id="agent-config",
+                state=state.value,
+                steps_done=1,
+                steps_total=2,
+                migration_from="1",
+                migration_to="2",
+                error_message="",
+                created_at=at,
+                updated_at=at,
+            )
+        )
+        session.add(
+            RunStepRow(run_id=run_id, idx=0, name="a", status="succeeded", error="", duration_ms=5)
+        )
+        await session.flush()
+        conn = await session.connection()
+        rows = run_ingest.encode_log_lines(
+            [
+                NewLogLine(run_id, seq, at, LogLevel.INFO, "executor", f"line {seq}", {})
+                for seq in range(1, lines + 1)
+            ],
+            conn.dialect.name,
+        )
+        await conn.run_sync(run_ingest.insert_log_rows, rows)
+    return run_id
+
+
+async def scalar(sessions: async_sessionmaker[AsyncSession], query: object) -> int:
+    async with sessions() as session:
+        return int((await session.execute(query)).scalar_one())  # type: ignore[call-overload]
+
+
+async def seed(sessions: async_sessionmaker[AsyncSession]) -> dict[str, object]:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    async with sessions() as session, session.begin():
+        for agent_id, name in ((a, "a"), (b, "b")):
+            await create_agent(session, agent_id, HostFacts(hostname=name), OLD, 60)
+        # a: 5 old + 25 recent events; b: 4 recent.
+        events = [event(a, OLD + timedelta(minutes=i)) for i in range(5)]
+        events += [event(a, NOW - timedelta(minutes=30 - i)) for i in range(25)]
+        events += [event(b, NOW - timedelta(minutes=i)) for i in range(4)]
+        await insert_events(session, events, NOW)
+    old_big = await add_run(sessions, a, RunState.SUCCEEDED, OLD, lines=2_500)
+    waiting = await add_run(sessions, a, RunState.AWAITING_INPUT, OLD - timedelta(days=1), 3)
+    recent = [
+        await add_run(sessions, a, RunState.SUCCEEDED, NOW - timedelta(hours=10 - i), lines=10)
+        for i in range(5)
+    ]
+    b_run = await add_run(sessions, b, RunState.FAILED, NOW, lines=1)
+    return {
+        "a": a,
+        "b": b,
+        "old_big": old_big,
+        "waiting": waiting,
+        "recent": recent,
+        "b_run": b_run,
+    }
+
+
+async def test_prune_to_the_limits_waiting_run_survives(engine: AsyncEngine, db_url: str) -> None:
+    sessions = make_sessionmaker(engine)
+    seeded = await seed(sessions)
+    recent = seeded["recent"]
+    assert isinstance(recent, list)
+    reports: list[PruneResult] = []
+
+    result = await prune(
+        sessions, config_for(db_url), progress=lambda r: reports.append(dataclasses.replace(r))
+    )
+
+    # Events: a's 5 old ones by age, then a down to its newest 10; b untouched.
+    async def events_of(agent: object) -> list[datetime]:
+        async with sessions() as session:
+            rows = await session.execute(
+                select(UpdateEvent.occurred_at).where(UpdateEvent.agent_id == agent)
+            )
+            return list(rows.scalars())
+
+    a_events = await events_of(seeded["a"])
+    assert sorted(a_events) == [NOW - timedelta(minutes=30 - i) for i in range(15, 25)]
+    assert len(await events_of(seeded["b"])) == 4
+    assert result.events == 20
+
+    # Runs: the old one (and its 2,500 lines, in 3 bounded transactions) by age; a's two
+    # oldest recent ones over the cap of 3; the waiting run is never pruned.
+    async with sessions() as session:
+        left = set((await session.execute(select(MigrationRun.id))).scalars())
+    assert left == {seeded["waiting"], *recent[2:], seeded["b_run"]}
+    assert result.runs == 3
+    assert result.log_lines == 2_500 + 20
+    lines_left = await scalar(sessions, select(func.count()).select_from(TaskLog))
+    assert lines_left == 3 + 30 + 1
+    steps_left = await scalar(sessions, select(func.count()).select_from(RunStepRow))
+    assert steps_left == len(left)
+    assert reports[-1].phase == "done" and reports[-1].total == result.total
+    log_reports = [r.log_lines for r in reports]
+    assert 1000 in log_reports and 2000 in log_reports  # bounded: 1,000 lines per transaction
+
+    again = await prune(sessions, config_for(db_url))
+    assert again.total == 0
+
+
+async def test_zero_disables_limits(engine: AsyncEngine, db_url: str) -> None:
+    sessions = make_sessionmaker(engine)
+    await seed(sessions)
+    config = config_for(db_url, retention_days=0, max_events_per_agent=0, max_runs_per_agent=0)
+    assert (await prune(sessions, config)).total == 0
+
+
+async def test_prune_command_shows_progress(engine: AsyncEngine, db_url: str) -> None:
+    await seed(make_sessionmaker(engine))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGPOST_")}
+    env.update(
+        FLAGPOST_RETENTION_DAYS="30",
+        FLAGPOST_MAX_EVENTS_PER_AGENT="10",
+        FLAGPOST_MAX_RUNS_PER_AGENT="3",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "prune", "--database-url", db_url],
+        capture_output=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+        check=False,
+    )
+    stderr = done.stderr.decode()  # bytes: text mode would turn the progress "\r" into "\n"
+    assert done.returncode == 0, stderr
+    assert "\rpruning (" in stderr
+    assert "pruned 20 events, 3 runs, 2520 log lines" in done.stdout.decode()
+
+
+async def test_background_job_prunes_and_stops(engine: AsyncEngine, db_url: str) -> None:
+    sessions = make_sessionmaker(engine)
+    seeded = await seed(sessions)
+    job = RetentionJob(sessions, config_for(db_url), first_delay=0)
+    job.start()
+    try:
+        for _ in range(200):
+            if job.runs:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await job.stop()
+    assert job.runs == 1 and job.last is not None and job.last.runs == 3
+    async with sessions() as session:
+        assert await session.get(MigrationRun, seeded["waiting"]) is not None
+        assert await session.get(MigrationRun, seeded["old_big"]) is None

@@ -1,0 +1,105 @@
+"""Revision 0002 (runs, steps, logs, actions) upgrades a database already holding data and
+downgrades cleanly, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+from server.storage import schema
+from server.storage.db import create_engine_for_url
+from server.storage.models import Base
+
+NEW_TABLES = {"migration_runs", "run_steps", "task_logs", "pending_actions"}
+
+
+def _state(connection: Connection) -> tuple[set[str], list[object]]:
+    tables = set(inspect(connection).get_table_names()) - {"alembic_version"}
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return tables, list(compare_metadata(context, Base.metadata))
+
+
+async def _run(url: str, statement: str, **params: object) -> list[tuple[object, ...]]:
+    engine = create_engine_for_url(url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def _inspect(url: str) -> tuple[set[str], list[object]]:
+    engine = create_engine_for_url(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_state)
+    finally:
+        await engine.dispose()
+
+
+async def test_0002_upgrades_a_database_holding_events(empty_any_db_url: str) -> None:
+    url = empty_any_db_url
+    await asyncio.to_thread(schema.upgrade, url, "0001")
+    agent_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    await _run(
+        url,
+        "INSERT INTO agents (id, hostname, machine_id, os, kernel, agent_version, config_version, "
+        "disk_free_bytes, facts, enrolled_at, checkin_interval_seconds, revoked) VALUES "
+        "(:id, 'h', '', '', '', '', '1', 0, '{}', :now, 60, false)",
+        id=agent_id,
+        now=now,
+    )
+    for _ in range(3):
+        await _run(
+            url,
+            "INSERT INTO update_events (event_id, agent_id, category, event_type, status, "
+            "severity, message, error_message, error_detail, migration_from, migration_to, "
+            "system_info, occurred_at, received_at) VALUES (:e, :a, 'migration', "
+            "'migration_detection', 'success', 'success', 'm', '', '{}', '1', '2', '{}', :now, "
+            ":now)",
+            e=str(uuid.uuid4()),
+            a=agent_id,
+            now=now,
+        )
+
+    await asyncio.to_thread(schema.upgrade, url)
+    tables, diff = await _inspect(url)
+    assert tables >= NEW_TABLES and diff == []
+    assert await _run(url, "SELECT count(*) FROM update_events") == [(3,)]
+    run_id = str(uuid.uuid4())
+    await _run(
+        url,
+        "INSERT INTO migration_runs (id, agent_id, migration_id, state, steps_done, steps_total, "
+        "migration_from, migration_to, error_message, created_at, updated_at) VALUES "
+        "(:r, :a, 'agent-config', 'RUNNING', 0, 2, '1', '2', '', :now, :now)",
+        r=run_id,
+        a=agent_id,
+        now=now,
+    )
+    await _run(
+        url,
+        "INSERT INTO task_logs (run_id, seq, timestamp, level, source, message, metadata_json) "
+        "VALUES (:r, 1, :now, 'INFO', 'executor', 'hello', '{}')",
+        r=run_id,
+        now=now,
+    )
+
+    # Down with data in the new tables: they go, the History stays.
+    await asyncio.to_thread(schema.downgrade, url, "0001")
+    tables, _ = await _inspect(url)
+    assert not NEW_TABLES & tables
+    assert await _run(url, "SELECT count(*) FROM update_events") == [(3,)]
+
+    await asyncio.to_thread(schema.upgrade, url)
+    tables, diff = await _inspect(url)
+    assert tables >= NEW_TABLES and diff == []
+    assert schema.current_revision(url) == schema.head_revision() == "0002"
+    assert await _run(url, "SELECT count(*) FROM migration_runs") == [(0,)]

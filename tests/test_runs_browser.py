@@ -1,0 +1,174 @@
+"""The run page in a real browser (Debian's chromium via Playwright) against a real server: log
+lines appear live, the level filter hides INFO lines, "Cancel run" cancels, and "Load more"
+appends runs. The agent is a real gRPC client reporting runs and log lines with check-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from playwright.async_api import Page, expect
+from test_runs_pages import XSS, RunAgent, start_with_settings, step
+
+from server.app import RunningServer
+from server.config import load_config
+
+if TYPE_CHECKING:
+    from conftest import WatchedPage
+
+pytestmark = pytest.mark.browser
+
+SHOTS = Path("/tmp")
+AT_BOTTOM = """() => {
+  const v = document.getElementById("log-view");
+  return v.scrollHeight > v.clientHeight && v.scrollHeight - v.scrollTop - v.clientHeight < 30;
+}"""
+
+
+@pytest.fixture
+async def server(sqlite_db_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    config = load_config(
+        env={},
+        overrides={
+            "database_url": sqlite_db_url,
+            "grpc_port": 0,
+            "web_port": 0,
+            "state_dir": tmp_path / "state",
+        },
+    )
+    running = await start_with_settings(config)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_run_page_live_tail_level_filter_and_cancel(
+    server: RunningServer, browser_page: WatchedPage
+) -> None:
+    page = browser_page.page
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agent = await RunAgent.enroll(server, channel, "web-01")
+        other = await RunAgent.enroll(server, channel, "db-01")
+        for _ in range(4):  # older runs for the list
+            done = await other.start_run()
+            done.state = "SUCCEEDED"
+            await other.check_in([other.update(done)])
+        run = await agent.start_run()
+        await agent.check_in(
+            [],
+            [
+                agent.line(run, "detected config version 1", "INFO", "detector"),
+                agent.line(run, "backup written", "INFO", "executor", path="/var/backups/1"),
+            ],
+        )
+        await step(agent, run)
+
+        await page.goto(f"{server.web_url}/runs/{run.run_id}")
+        lines = page.locator("#log-lines > li")
+        await expect(lines).to_have_count(3)
+        await expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+
+        # Live tail: lines checked in now appear without a reload, escaped.
+        await agent.check_in(
+            [],
+            [
+                agent.line(run, "converting format", "INFO", "convert_format"),
+                agent.line(run, XSS, "WARNING", "convert_format"),
+                agent.line(run, "disk almost full", "ERROR", "convert_format"),
+            ],
+        )
+        await expect(lines).to_have_count(6, timeout=2000)
+        await expect(page.locator("#log-6")).to_contain_text("disk almost full")
+        await expect(page.locator("#log-5 .log-message")).to_have_text(XSS)
+        assert await page.evaluate("window.__pwned") is None
+        await expect(page.locator("[data-count-level=ERROR] strong")).to_have_text("1")
+        # A step finishing updates the progress without a reload.
+        await step(agent, run)
+        await expect(page.locator(".run-progress-text")).to_contain_text("2 of 4 steps")
+        await page.screenshot(path=str(SHOTS / "run.png"), full_page=True)
+
+        # Auto-scroll follows the tail ...
+        view = page.locator("#log-view")
+        await agent.check_in(
+            [],
+            [agent.line(run, f"copying file {i}", "DEBUG", "split_secrets") for i in range(60)],
+        )
+        await expect(lines).to_have_count(67, timeout=2000)
+        await page.wait_for_function(AT_BOTTOM, timeout=2000)
+        # ... and pauses when the reader scrolls up: new lines do not move the view.
+        await view.evaluate("v => { v.scrollTop = 0; }")
+        follow = page.locator("#follow-button")
+        await expect(follow).to_be_visible()
+        await agent.check_in([], [agent.line(run, "one more", "DEBUG", "split_secrets")])
+        await expect(lines).to_have_count(68, timeout=2000)
+        assert await view.evaluate("v => v.scrollTop") == 0
+        await expect(follow).to_contain_text("1 new")
+        await follow.click()
+        await page.wait_for_function(AT_BOTTOM, timeout=2000)
+        await expect(follow).to_be_hidden()
+
+        # The level filter: only warnings and errors; INFO lines are hidden ...
+        await page.get_by_label("Warning").check()
+        await page.wait_for_url("**level=WARNING**")
+        await page.get_by_label("Error", exact=True).check()
+        await page.wait_for_url("**level=ERROR**")
+        await expect(page.locator("#log-lines > li.level-info")).to_have_count(0)
+        await expect(lines).to_have_count(2)
+        await expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        # ... also those arriving live, while matching ones still appear.
+        await agent.check_in(
+            [],
+            [
+                agent.line(run, "an info line", "INFO", "split_secrets"),
+                agent.line(run, "a warning line", "WARNING", "split_secrets"),
+            ],
+        )
+        await expect(page.locator("#log-lines")).to_contain_text("a warning line")
+        await expect(page.locator("#log-lines")).not_to_contain_text("an info line")
+        await expect(page.locator("#log-lines > li.level-info")).to_have_count(0)
+        await page.screenshot(path=str(SHOTS / "run-filtered.png"), full_page=True)
+
+        # Cancel from the button; the agent receives it and reports CANCELLED: live.
+        await page.get_by_role("button", name="Cancel run").click()
+        await page.wait_for_url("**cancel=requested**")
+        await expect(page.locator(".notice-cancel")).to_contain_text("Cancellation requested")
+        await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+        reply = await agent.check_in()
+        cancels = [a for a in reply.actions if a.kind == "cancel_run"]
+        assert [a.params["run_id"] for a in cancels] == [run.run_id]
+        run.state = "CANCELLED"
+        await agent.check_in([agent.update(run)], acked_actions=[cancels[0].action_id])
+        await expect(page.locator("#run-status .state-badge")).to_have_text(
+            "Cancelled", timeout=2000
+        )
+        await expect(page.locator("#live-status")).to_have_attribute("data-state", "done")
+
+        await _runs_list_and_screens(page, server, agent)
+    assert browser_page.dialogs == []
+    assert browser_page.problems == []
+
+
+async def _runs_list_and_screens(page: Page, server: RunningServer, agent: RunAgent) -> None:
+    await page.goto(f"{server.web_url}/runs?limit=2")
+    rows = page.locator("#runs-body > tr")
+    await expect(rows).to_have_count(2)
+    await page.get_by_role("link", name="Load more").click()
+    await expect(rows).to_have_count(4)
+    assert "limit=2" in page.url and "before" not in page.url  # appended in place
+    await page.get_by_role("link", name="Load more").click()
+    await expect(rows).to_have_count(5)
+    await expect(page.get_by_role("link", name="Load more")).to_have_count(0)
+    await page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+
+    await page.goto(f"{server.web_url}/agents/{agent.agent_id}")
+    await page.get_by_role("button", name="Run migration now").click()
+    await expect(page.locator(".notice-ok")).to_contain_text("Run requested")
+    await page.screenshot(path=str(SHOTS / "agent.png"), full_page=True)
+    await page.goto(f"{server.web_url}/")
+    await expect(page.locator("h1")).to_have_text("Fleet overview")
+    await page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
