@@ -54,8 +54,24 @@ def redact(metadata: Mapping[str, object]) -> dict[str, str]:
     return clean
 
 
+def _mirror_line(line: agent_pb2.LogLine) -> None:
+    """Echo a run's line on the agent's stderr log (secrets were redacted from its metadata)."""
+    level = LEVELS[line.level]
+    if _mirror.isEnabledFor(level):
+        extra = " ".join(f"{k}={v}" for k, v in line.metadata.items())
+        _mirror.log(
+            level,
+            "[run %s] %s: %s%s",
+            line.run_id[-12:],
+            line.source,
+            line.message,
+            f" ({extra})" if extra else "",
+        )
+
+
 class RunLog:
-    """Log lines of one run; buffered until :meth:`attach`, durable afterwards."""
+    """Log lines of one run; buffered until :meth:`attach`, durable afterwards. A line reaches
+    stderr when it becomes part of a run (at :meth:`attach`, or at once when attached)."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
@@ -77,10 +93,12 @@ class RunLog:
         self._queue = queue
         buffered, self._buffer = self._buffer, []
         for line in buffered:
+            _mirror_line(line)
             queue.add_line(line)
 
     def discard(self) -> None:
-        """The attempt is no run: drop the buffered lines."""
+        """The attempt is no run: drop the buffered lines (and never print them: a daemon that
+        re-detects an unchanged state every interval stays quiet)."""
         self._buffer.clear()
 
     def log(self, level: str, source: str, message: str, **metadata: object) -> None:
@@ -95,19 +113,10 @@ class RunLog:
         clean = redact(metadata)
         line.metadata.update(clean)
         self._count += 1
-        if _mirror.isEnabledFor(LEVELS[level]):
-            extra = " ".join(f"{k}={v}" for k, v in clean.items())
-            _mirror.log(
-                LEVELS[level],
-                "[run %s] %s: %s%s",
-                self.run_id[-12:],
-                source,
-                message,
-                f" ({extra})" if extra else "",
-            )
         if self._queue is None:
             self._buffer.append(line)
         else:
+            _mirror_line(line)
             self._queue.add_line(line)
 
     def source(self, source: str) -> SourceLog:

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -195,12 +196,18 @@ def main() -> int:
             user = unprivileged if name == "readonly" else None
             enroll = ["enroll", "--server", grpc_addr, "--token", token]
             subprocess.run(agent_command(root, *enroll, user=user), cwd=repo, check=True)
+            # The healthy agent pauses before each step so its run can be followed live on
+            # /runs (and cancelled there); the others run at full speed.
+            knobs = {"FLAGPOST_AGENT_STEP_DELAY_SECONDS": "3"} if name == "healthy" else {}
+            knobs["FLAGPOST_AGENT_STARTUP_JITTER_SECONDS"] = "2"
+            command = agent_command(root, "run", user=user)
             children.append(
-                subprocess.Popen(agent_command(root, "run", user=user), cwd=repo, text=True)
+                subprocess.Popen(command, cwd=repo, env={**os.environ, **knobs}, text=True)
             )
 
         print()
         print(f"History: {web_url}/history")
+        print(f"Fleet: {web_url}/   Runs: {web_url}/runs")
         print(f"grpc: {grpc_addr}")
         print("Enroll another agent by hand (see README, 'Five-minute tour'):")
         print(
@@ -226,7 +233,11 @@ def main() -> int:
             return 1
 
         print("Press Ctrl-C to stop.")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(1):
+            pass
         return 0
     finally:
         stop_all()
@@ -235,5 +246,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

@@ -15,6 +15,7 @@ import concurrent.futures
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -100,6 +101,16 @@ def fresh_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) ->
         yield f"{PG_BASE_URL}/{name}"
     finally:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def agent_base() -> Iterator[Path]:
+    """A world-traversable temp dir for agent roots (pytest's tmp_path is 0700, closed to an
+    agent that runs as ``nobody``)."""
+    base = Path(tempfile.mkdtemp(prefix="flagpost-agents-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

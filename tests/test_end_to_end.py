@@ -14,16 +14,12 @@ import hashlib
 import json
 import os
 import pwd
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from sqlalchemy import select
 
 from server import keys
@@ -45,15 +41,6 @@ this line has no equals sign
 check_interval = 300
 """
 NOBODY = pwd.getpwnam("nobody")
-
-
-@pytest.fixture
-def agent_base() -> Iterator[Path]:
-    """A world-traversable temp dir (pytest's tmp_path is 0700, closed to the nobody agent)."""
-    base = Path(tempfile.mkdtemp(prefix="flagpost-e2e-"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 async def run_agent(root: Path, *args: str, as_nobody: bool = False) -> str:
