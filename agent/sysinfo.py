@@ -33,6 +33,17 @@ def disk_free_bytes(path: Path) -> int:
     return 0
 
 
+def hostname(root: Path = Path("/")) -> str:
+    """``<root>/etc/hostname`` if present and non-empty, else the kernel's host name. Reading it
+    under the root keeps "every path hangs off one root": agents run in scratch roots (tests,
+    the demo) report the host name their root declares."""
+    try:
+        value = (root / "etc/hostname").read_text(encoding="utf-8").strip()
+    except OSError:
+        value = ""
+    return value or socket.gethostname()
+
+
 def machine_id(root: Path, state_dir: Path) -> str:
     """``<root>/etc/machine-id`` if present, else a generated id kept in ``state_dir``."""
     try:
@@ -61,7 +72,7 @@ def host_facts(
 ) -> agent_pb2.HostFacts:
     """The ``HostFacts`` message sent with Enroll and every CheckIn."""
     return agent_pb2.HostFacts(
-        hostname=socket.gethostname(),
+        hostname=hostname(root),
         os=os_name(),
         kernel=platform.release(),
         agent_version=__version__,
@@ -71,10 +82,10 @@ def host_facts(
     )
 
 
-def system_info(config_path: Path) -> dict[str, str]:
+def system_info(config_path: Path, root: Path = Path("/")) -> dict[str, str]:
     """The ``system_info`` map attached to every MigrationEvent."""
     return {
-        "hostname": socket.gethostname(),
+        "hostname": hostname(root),
         "os": os_name(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -51,6 +51,7 @@ CURRENT_CONFIG = {
     "logging": {"level": "info"},
     "secrets_file": "secrets.json",
 }
+HOSTNAMES = {"healthy": "web-01", "invalid": "db-02", "readonly": "cache-03", "current": "edge-04"}
 EXPECTED = {
     "healthy": {"migration_detection_success", "migration_execution_success"},
     "invalid": {"migration_detection_failed"},
@@ -73,14 +74,17 @@ def write_agent_roots(base: Path, unprivileged: pwd.struct_passwd | None) -> dic
     for name in EXPECTED:
         root = base / "agents" / name
         (root / "var" / "lib").mkdir(parents=True)
+        (root / "etc").mkdir()
+        # Each agent reports the host name its root declares, so the History tells them apart.
+        (root / "etc" / "hostname").write_text(HOSTNAMES[name] + "\n")
         roots[name] = root
     for name in ("healthy", "invalid", "readonly"):
         legacy = roots[name] / "etc" / "aggregator"
-        legacy.mkdir(parents=True)
+        legacy.mkdir()
         text = INVALID_CONFIG if name == "invalid" else LEGACY_CONFIG.format(token=f"demo-{name}")
         (legacy / "agent.conf").write_text(text)
     current = roots["current"] / "etc" / "flagpost"
-    current.mkdir(parents=True)
+    current.mkdir()
     (current / "agent.json").write_text(json.dumps(CURRENT_CONFIG, indent=2) + "\n")
     secrets = current / "secrets.json"
     secrets.write_text(json.dumps({"agent_token": "demo-current"}) + "\n")
@@ -88,7 +92,7 @@ def write_agent_roots(base: Path, unprivileged: pwd.struct_passwd | None) -> dic
 
     # The read-only agent: its legacy config dir cannot be changed by the user it runs as.
     ro = roots["readonly"]
-    (ro / "etc" / "flagpost").mkdir(parents=True)
+    (ro / "etc" / "flagpost").mkdir()
     if unprivileged is not None:
         for path in [ro, *ro.rglob("*")]:
             os.chown(path, unprivileged.pw_uid, unprivileged.pw_gid)

@@ -708,3 +708,13 @@ async def test_run_notifications_cross_processes_through_postgresql(db_url: str)
     finally:
         await engine.dispose()
         await bus.close()
+
+
+def test_short_run_ids_tell_time_ordered_runs_apart() -> None:
+    from agent.uuid7 import uuid7_str
+    from server.web.run_views import short_id
+
+    ids = [uuid7_str() for _ in range(50)]  # same millisecond or close: same leading block
+    shorts = {short_id(run_id) for run_id in ids}
+    assert len(shorts) == len(ids)
+    assert all(len(s) == 8 and s in run_id for s, run_id in zip(map(short_id, ids), ids))

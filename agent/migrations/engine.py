@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno as errno_module
+import functools
 import hashlib
 import logging
 import os
@@ -203,7 +204,9 @@ class MigrationEngine:
         self._state_dir = state_dir
         self._outbox = outbox
         self._faults = faults or FaultInjector()
-        self._system_info: SystemInfo = system_info or default_system_info
+        self._system_info: SystemInfo = system_info or functools.partial(
+            default_system_info, root=root
+        )
         self._should_stop = should_stop or (lambda: False)
         self._control = control or RunControl()
         self._step_delay = step_delay.total_seconds()

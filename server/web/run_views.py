@@ -66,9 +66,11 @@ def run_url(run_id: str) -> str:
 
 
 def short_id(run_id: str) -> str:
-    """The first block of a UUID (what people say out loud); the full id is shown alongside."""
-    head = run_id.split("-", 1)[0]
-    return head if 4 <= len(head) < len(run_id) else run_id
+    """The last 8 characters of a UUID: its random tail (agents make time-ordered UUIDv7 ids,
+    whose leading characters are the same for every run of the same minute). The full id is
+    shown alongside."""
+    tail = run_id.rsplit("-", 1)[-1][-8:]
+    return tail if 4 <= len(tail) < len(run_id) else run_id
 
 
 def format_duration(delta: timedelta | float | None) -> str:

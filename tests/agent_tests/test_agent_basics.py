@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import stat
 import time
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import sysinfo
 from agent.backoff import Backoff, jittered
 from agent.config import AgentConfigError, RetrySettings, load_config
 from agent.migrations.fsops import atomic_write
@@ -136,3 +138,14 @@ def test_atomic_write_sets_mode_and_leaves_no_temp(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["secret.json"]
+
+
+def test_hostname_comes_from_the_root_when_it_declares_one(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "flagpost" / "agent.json"
+    bare = sysinfo.host_facts(tmp_path, tmp_path / "state", config, "4")
+    assert bare.hostname == socket.gethostname()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hostname").write_text("edge-42\n")
+    facts = sysinfo.host_facts(tmp_path, tmp_path / "state", config, "4")
+    assert facts.hostname == "edge-42"
+    assert sysinfo.system_info(config, tmp_path)["hostname"] == "edge-42"
