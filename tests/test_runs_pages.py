@@ -717,4 +717,4 @@ def test_short_run_ids_tell_time_ordered_runs_apart() -> None:
     ids = [uuid7_str() for _ in range(50)]  # same millisecond or close: same leading block
     shorts = {short_id(run_id) for run_id in ids}
     assert len(shorts) == len(ids)
-    assert all(len(s) == 8 and s in run_id for s, run_id in zip(map(short_id, ids), ids))
+    assert all(len(short_id(run_id)) == 8 and short_id(run_id) in run_id for run_id in ids)
