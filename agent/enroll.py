@@ -7,17 +7,15 @@ not even briefly), fsynced and renamed into place. The credential is never logge
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
 
-from agent.migrations.fsops import fsync_dir
+from agent.migrations.fsops import atomic_write
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -61,21 +59,7 @@ def save_credentials(path: Path, credentials: Credentials) -> None:
         },
         indent=2,
     ).encode("utf-8")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_dir(path.parent)
+    atomic_write(path, data, 0o600)
 
 
 def load_credentials(path: Path) -> Credentials | None:

@@ -28,6 +28,8 @@ import pytest
 if TYPE_CHECKING:
     from playwright.async_api import ConsoleMessage, Dialog, Page, Response
 
+    from server.config import ServerConfig
+
 PG_BASE_URL = os.environ.get("FLAGPOST_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 RUN_TAG = uuid.uuid4().hex[:8]
@@ -149,21 +151,24 @@ def empty_any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def server_config(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A ServerConfig on the fresh database, ports 0 (the OS picks), state in tmp_path."""
+def make_server_config(db_url: str, tmp_path: Path, **overrides: object) -> ServerConfig:
+    """A ServerConfig for tests: ``db_url``, ports 0 (the OS picks), state in ``tmp_path``, no
+    environment; ``overrides`` on top."""
     from server.config import load_config
 
-    return load_config(
-        env={},
-        overrides={
-            "database_url": db_url,
-            "grpc_port": 0,
-            "web_port": 0,
-            "state_dir": tmp_path / "server-state",
-            "checkin_interval_seconds": 1,
-        },
-    )
+    settings: dict[str, object] = {
+        "database_url": db_url,
+        "grpc_port": 0,
+        "web_port": 0,
+        "state_dir": tmp_path / "server-state",
+    }
+    return load_config(env={}, overrides={**settings, **overrides})
+
+
+@pytest.fixture
+def server_config(db_url: str, tmp_path: Path) -> ServerConfig:
+    """A ServerConfig on the fresh database (both backends), agents asked to check in every 1 s."""
+    return make_server_config(db_url, tmp_path, checkin_interval_seconds=1)
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import make_server_config
 from playwright.async_api import expect
 from test_history_web import READONLY_ERROR, XSS_MESSAGE, Seeded, seed
-
-from server.config import load_config
 
 if TYPE_CHECKING:
     from conftest import WatchedPage
@@ -34,15 +33,7 @@ async def server(
     from server.app import start_server  # imported here: needs the generated gRPC modules
 
     seeded = await seed(sqlite_db_url)
-    config = load_config(
-        env={},
-        overrides={
-            "database_url": sqlite_db_url,
-            "grpc_port": 0,
-            "web_port": 0,
-            "state_dir": tmp_path / "state",
-        },
-    )
+    config = make_server_config(sqlite_db_url, tmp_path)
     running = await start_server(config)
     try:
         yield running, seeded

@@ -24,6 +24,7 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
+from conftest import make_server_config
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 from test_history_web import AGENTS, XSS_MESSAGE, _event, build_app, seed, start_client
@@ -635,15 +636,7 @@ async def test_new_failure_appears_in_chromium_without_reload(
 ) -> None:
     from playwright.async_api import expect
 
-    config = load_config(
-        env={},
-        overrides={
-            "database_url": sqlite_db_url,
-            "grpc_port": 0,
-            "web_port": 0,
-            "state_dir": tmp_path / "state",
-        },
-    )
+    config = make_server_config(sqlite_db_url, tmp_path)
     server = await start_server(config)
     page = browser_page.page
     try:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from conftest import make_server_config
 from playwright.async_api import Page, expect
 from test_runs_pages import XSS, RunAgent, start_with_settings, step
 
 from server.app import RunningServer
-from server.config import load_config
 
 if TYPE_CHECKING:
     from conftest import WatchedPage
@@ -31,15 +31,7 @@ AT_BOTTOM = """() => {
 
 @pytest.fixture
 async def server(sqlite_db_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    config = load_config(
-        env={},
-        overrides={
-            "database_url": sqlite_db_url,
-            "grpc_port": 0,
-            "web_port": 0,
-            "state_dir": tmp_path / "state",
-        },
-    )
+    config = make_server_config(sqlite_db_url, tmp_path)
     running = await start_with_settings(config)
     try:
         yield running
