@@ -18,15 +18,15 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+from server_testlib import WatchedPage, make_server_config
 
 if TYPE_CHECKING:
-    from playwright.async_api import ConsoleMessage, Dialog, Page, Response
+    from playwright.async_api import ConsoleMessage, Dialog, Response
 
     from server.config import ServerConfig
 
@@ -151,20 +151,6 @@ def empty_any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def make_server_config(db_url: str, tmp_path: Path, **overrides: object) -> ServerConfig:
-    """A ServerConfig for tests: ``db_url``, ports 0 (the OS picks), state in ``tmp_path``, no
-    environment; ``overrides`` on top."""
-    from server.config import load_config
-
-    settings: dict[str, object] = {
-        "database_url": db_url,
-        "grpc_port": 0,
-        "web_port": 0,
-        "state_dir": tmp_path / "server-state",
-    }
-    return load_config(env={}, overrides={**settings, **overrides})
-
-
 @pytest.fixture
 def server_config(db_url: str, tmp_path: Path) -> ServerConfig:
     """A ServerConfig on the fresh database (both backends), agents asked to check in every 1 s."""
@@ -185,17 +171,6 @@ async def running_server(server_config) -> AsyncIterator[object]:  # type: ignor
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@dataclass
-class WatchedPage:
-    """A chromium page and what went wrong on it: dialogs (an ``alert`` from injected script),
-    console errors and page errors (CSP violations show up there), and HTTP error responses."""
-
-    page: Page
-    dialogs: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    bad_responses: list[str] = field(default_factory=list)
 
 
 @pytest.fixture

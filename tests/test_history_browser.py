@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import make_server_config
 from playwright.async_api import expect
+from server_testlib import make_server_config
 from test_history_web import READONLY_ERROR, XSS_MESSAGE, Seeded, seed
 
 if TYPE_CHECKING:
-    from conftest import WatchedPage
+    from server_testlib import WatchedPage
 
     from server.app import RunningServer
 

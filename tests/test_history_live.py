@@ -24,8 +24,8 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
-from conftest import make_server_config
 from google.protobuf.timestamp_pb2 import Timestamp
+from server_testlib import make_server_config
 from sqlalchemy import text
 from test_history_web import AGENTS, XSS_MESSAGE, _event, build_app, seed, start_client
 
@@ -42,7 +42,7 @@ from server.storage.events import insert_events
 from server.web.sse import STREAM_SETTINGS, StreamSettings
 
 if TYPE_CHECKING:
-    from conftest import WatchedPage
+    from server_testlib import WatchedPage
 
 FAST = StreamSettings(heartbeat_seconds=0.3, disconnect_check_seconds=0.05, batch_size=4)
 REPO = Path(__file__).resolve().parents[1]
@@ -454,17 +454,20 @@ class Agent:
         self.stub = agent_pb2_grpc.AgentServiceStub(channel)
         self.agent_id = agent_id
         self.credential = credential
+        self.facts = agent_pb2.HostFacts()
 
     @classmethod
     async def enroll(cls, channel: grpc.aio.Channel, token: str, hostname: str) -> Agent:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         facts = agent_pb2.HostFacts(hostname=hostname, os="Debian 12", agent_version="0.1.0")
         reply = await stub.Enroll(agent_pb2.EnrollRequest(token=token, facts=facts))
-        return cls(channel, reply.agent_id, reply.credential)
+        agent = cls(channel, reply.agent_id, reply.credential)
+        agent.facts = facts  # sent with every check-in: the credential is bound to its machine
+        return agent
 
     async def check_in(self, *events: agent_pb2.MigrationEvent) -> list[str]:
         reply = await self.stub.CheckIn(
-            agent_pb2.CheckInRequest(agent_id=self.agent_id, events=list(events)),
+            agent_pb2.CheckInRequest(agent_id=self.agent_id, facts=self.facts, events=list(events)),
             metadata=(("authorization", f"Bearer {self.credential}"),),
         )
         return list(reply.acknowledged_event_ids)

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from conftest import make_server_config
 from playwright.async_api import Page, expect
+from server_testlib import make_server_config
 from test_runs_pages import XSS, RunAgent, start_with_settings, step
 
 from server.app import RunningServer
 
 if TYPE_CHECKING:
-    from conftest import WatchedPage
+    from server_testlib import WatchedPage
 
 pytestmark = pytest.mark.browser
 

@@ -113,6 +113,7 @@ class RunAgent:
         self.stub = agent_pb2_grpc.AgentServiceStub(channel)
         self.agent_id = agent_id
         self.credential = credential
+        self.facts = agent_pb2.HostFacts()
         self.actions: list[agent_pb2.Action] = []
 
     @classmethod
@@ -121,7 +122,9 @@ class RunAgent:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         facts = agent_pb2.HostFacts(hostname=host, os="Debian 12", config_version="1")
         reply = await stub.Enroll(agent_pb2.EnrollRequest(token=token, facts=facts))
-        return cls(channel, reply.agent_id, reply.credential)
+        agent = cls(channel, reply.agent_id, reply.credential)
+        agent.facts = facts  # sent with every check-in: the credential is bound to its machine
+        return agent
 
     async def check_in(
         self,
@@ -132,6 +135,7 @@ class RunAgent:
         reply: agent_pb2.CheckInResponse = await self.stub.CheckIn(
             agent_pb2.CheckInRequest(
                 agent_id=self.agent_id,
+                facts=self.facts,
                 run_updates=list(updates),
                 log_lines=list(lines),
                 acknowledged_action_ids=list(acked_actions),
@@ -404,6 +408,7 @@ async def test_run_page_shows_state_steps_logs_and_filters(
         await agent.stub.CheckIn(
             agent_pb2.CheckInRequest(
                 agent_id=agent.agent_id,
+                facts=agent.facts,
                 events=[
                     agent_pb2.MigrationEvent(
                         event_id=uuid7_str(),
