@@ -32,6 +32,7 @@ from agent.enroll import Credentials
 from agent.outbox import Outbox, PendingEvent
 from agent.run_queue import PendingLine, PendingUpdate
 from agent.sysinfo import agent_info
+from agent.tls import ChannelSecurity, open_channel
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,15 @@ class CheckInClient:
     """A synchronous gRPC client for ``AgentService.CheckIn``; close it (or use ``with``)."""
 
     def __init__(
-        self, target: str, credentials: Credentials, timeout: timedelta = timedelta(seconds=10)
+        self,
+        target: str,
+        credentials: Credentials,
+        timeout: timedelta = timedelta(seconds=10),
+        security: ChannelSecurity | None = None,
     ) -> None:
+        """``security``: TLS settings for the channel (:mod:`agent.tls`); None is plain text."""
         self._target = target
+        self._security = security
         self._credentials = credentials
         self._timeout = timeout.total_seconds()
         self._channel: grpc.Channel | None = None
@@ -110,7 +117,8 @@ class CheckInClient:
 
     def _send(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
         if self._stub is None:
-            self._channel = grpc.insecure_channel(self._target)
+            # ChannelError (an RpcError, UNAVAILABLE) when TLS cannot be set up
+            self._channel = open_channel(self._target, self._security, self._timeout)
             self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         request.agent_id = self._credentials.agent_id
         metadata = (("authorization", f"Bearer {self._credentials.credential}"),)

@@ -23,6 +23,7 @@ from agent.migrations.engine import make_plan
 from agent.migrations.model import DetectionError, DiskView
 from agent.migrations.registry import default_registry
 from agent.sysinfo import host_facts
+from agent.tls import ChannelSecurity
 
 log = logging.getLogger("agent")
 
@@ -96,7 +97,12 @@ def _enroll(config: AgentConfig, args: argparse.Namespace) -> int:
     facts = host_facts(config.root, config.state_dir, json_conf(config.root), version)
     try:
         credentials = enroll(
-            config.server, token, facts, config.credentials_path, config.rpc_timeout
+            config.server,
+            token,
+            facts,
+            config.credentials_path,
+            config.rpc_timeout,
+            ChannelSecurity.from_config(config),
         )
     except EnrollmentError as exc:
         print(f"flagpost-agent: {exc}", file=sys.stderr)

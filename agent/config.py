@@ -22,6 +22,10 @@ TOML keys (all optional)::
     fast_checkin_linger_seconds = 5       # fast cadence for this long after a run ends
     crash_at = ""                     # test-only fault injection point
     step_delay_seconds = 0            # test/demo knob: pause before each migration step
+    ca_file = "/etc/flagpost-agent/ca.pem"  # TLS: verify the server against this CA
+    server_fingerprint = "sha256:ab12..."  # TLS: or pin the server certificate's sha256
+    client_cert_file = ""             # mutual TLS: this agent's certificate and key (PEM)
+    client_key_file = ""
     [retry]
     initial_seconds = 1
     max_seconds = 300
@@ -84,6 +88,13 @@ class AgentConfig:
     step_delay: timedelta = timedelta(0)
     log_level: str = "INFO"
     config_file: Path | None = None
+    # TLS (agent/tls.py): with a CA file or a pinned server certificate fingerprint (lower-case
+    # hex sha256) the agent talks TLS and verifies the server; neither means plain text. A client
+    # certificate and key are presented to a server that requires mutual TLS.
+    ca_file: Path | None = None
+    server_fingerprint: str = ""
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -154,6 +165,10 @@ _TOP_KEYS = (
     "crash_at",
     "step_delay_seconds",
     "log_level",
+    "ca_file",
+    "server_fingerprint",
+    "client_cert_file",
+    "client_key_file",
 )
 
 
@@ -198,6 +213,10 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
             if level not in LOG_LEVELS:
                 raise AgentConfigError(f"{name}: unknown log level {value!r}")
             changes["log_level"] = level
+        elif key in ("ca_file", "client_cert_file", "client_key_file"):
+            changes[key] = Path(str(value)) if str(value) else None
+        elif key == "server_fingerprint":
+            changes[key] = _fingerprint(name, value)
         elif key == "retry_initial_seconds":
             retry_changes["initial"] = _seconds(name, value)
         elif key == "retry_max_seconds":
@@ -211,6 +230,15 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
     if retry_changes:
         changes["retry"] = replace(config.retry, **retry_changes)
     return replace(config, **changes)
+
+
+def _fingerprint(name: str, value: Any) -> str:
+    """``sha256:AB:CD...``, ``abcd...`` -> 64 lower-case hex digits ("" stays "")."""
+    text = str(value).strip().lower()
+    text = text.removeprefix("sha256:").replace(":", "")
+    if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+        raise AgentConfigError(f"{name}: expected a sha256 fingerprint (64 hex digits)")
+    return text
 
 
 def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -264,4 +292,8 @@ def load_config(
         config = replace(config, config_file=toml_path)
     config = _apply(config, env_values, "environment")
     config = _apply(config, cli_values, "command line")
+    if (config.client_cert_file is None) != (config.client_key_file is None):
+        raise AgentConfigError("client_cert_file and client_key_file must be set together")
+    if config.client_cert_file is not None and not (config.ca_file or config.server_fingerprint):
+        raise AgentConfigError("client_cert_file needs ca_file or server_fingerprint (TLS)")
     return config

@@ -53,6 +53,7 @@ from agent.outbox import Outbox
 from agent.runs import RunControl
 from agent.schedule import CheckInSchedule
 from agent.sysinfo import host_facts
+from agent.tls import ChannelSecurity
 from flagpost.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,12 @@ class Agent:
     def _client_for(self, credentials: Credentials) -> CheckInClient:
         if self._client is None:
             target = self._config.server or credentials.server
-            self._client = CheckInClient(target, credentials, self._config.rpc_timeout)
+            self._client = CheckInClient(
+                target,
+                credentials,
+                self._config.rpc_timeout,
+                ChannelSecurity.from_config(self._config),
+            )
             self._schedule.adopt(credentials.checkin_interval)
         return self._client
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from agent.migrations.fsops import atomic_write
+from agent.tls import ChannelError, ChannelSecurity, open_channel
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,20 @@ def enroll(
     facts: agent_pb2.HostFacts,
     credentials_path: Path,
     timeout: timedelta = timedelta(seconds=10),
+    security: ChannelSecurity | None = None,
 ) -> Credentials:
     """Call ``Enroll`` on ``server`` (host:port) and store the credentials. Raises
-    :class:`EnrollmentError` with the gRPC status on failure (the token is never included)."""
+    :class:`EnrollmentError` with the gRPC status on failure (the token is never included).
+    ``security``: TLS settings for the channel (:mod:`agent.tls`); None is plain text."""
     if not server:
         raise EnrollmentError("no server address: pass --server HOST:PORT")
     if not token:
         raise EnrollmentError("no enrollment token")
-    with grpc.insecure_channel(server) as channel:
+    try:
+        channel = open_channel(server, security, timeout.total_seconds())
+    except ChannelError as exc:
+        raise EnrollmentError(f"enrollment at {server} failed: {exc.details()}") from None
+    with channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         try:
             response = stub.Enroll(

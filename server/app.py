@@ -10,7 +10,8 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 3. the health monitor: probes the database about once a second while idle or failing;
 4. the ingest writer (group commit; wakes the bus after each commit); on stop it drains and
    commits what is queued;
-5. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``);
+5. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``; TLS, and the web's TLS,
+   from ``server.tls`` when ``tls_cert_file`` is set);
 6. the retention job (``server.services.retention``): prunes events, runs and logs beyond the
    configured limits every ``retention_interval_minutes``, in bounded batches.
 
@@ -46,6 +47,7 @@ from server.services.retention import RetentionJob
 from server.storage import schema
 from server.storage.batches import make_batch_store
 from server.storage.db import create_engine, make_sessionmaker
+from server.tls import ServerTLS, load_server_tls, warn_if_plaintext, web_ssl_context
 from server.web import setup_web
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,16 @@ class _Lifecycle:
 
 
 _LIFECYCLE = web.AppKey("lifecycle", _Lifecycle)
+
+
+@dataclass(frozen=True)
+class _Transport:
+    """The TLS material both transports serve (None: plain text), loaded once per app."""
+
+    tls: ServerTLS | None
+
+
+_TRANSPORT = web.AppKey("transport", _Transport)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -133,7 +145,9 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _grpc(app: web.Application) -> AsyncIterator[None]:
-    server, port = await create_grpc_server(app[keys.CONFIG], app[keys.SERVICES])
+    server, port = await create_grpc_server(
+        app[keys.CONFIG], app[keys.SERVICES], tls=app[_TRANSPORT].tls
+    )
     await server.start()
     app[keys.PORTS].grpc = port
     app[_LIFECYCLE].grpc_server = server
@@ -168,6 +182,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.PORTS] = keys.BoundPorts()
     app[_LIFECYCLE] = _Lifecycle()
+    app[_TRANSPORT] = _Transport(load_server_tls(config))  # ConfigError on bad TLS settings
     metrics = ServerMetrics()
     app[keys.METRICS] = metrics
     app.cleanup_ctx.extend([_database, bus_ctx, _health_monitor, _ingest, _grpc, _retention])
@@ -186,6 +201,7 @@ class RunningServer:
     grpc_port: int
     web_port: int
     web_url: str
+    tls: ServerTLS | None = None
     _stopped: bool = field(default=False, repr=False)
 
     async def stop(self) -> None:
@@ -201,14 +217,25 @@ async def start_server(config: ServerConfig) -> RunningServer:
     """Create the app and start it: gRPC and web both listening (port 0 picks free ports).
 
     Raises SchemaOutOfDate when the database is behind (and ``auto_upgrade`` is off),
-    Unavailable when it cannot be reached, OSError when a port cannot be bound."""
+    Unavailable when it cannot be reached, OSError when a port cannot be bound, ConfigError
+    when the TLS settings are incomplete or the files unusable. With ``tls_cert_file`` and
+    ``tls_key_file`` both transports serve TLS (``web_url`` is https); without them, a
+    non-loopback address gets a loud plain-text warning (``server.tls.warn_if_plaintext``)."""
     app = create_app(config)
+    tls = app[_TRANSPORT].tls
+    if tls is None:
+        warn_if_plaintext(config)
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=WEB_SHUTDOWN_TIMEOUT_S, access_log=None
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.web_host, config.web_port)
+        site = web.TCPSite(
+            runner,
+            config.web_host,
+            config.web_port,
+            ssl_context=web_ssl_context(tls) if tls is not None else None,
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -220,5 +247,6 @@ async def start_server(config: ServerConfig) -> RunningServer:
         runner=runner,
         grpc_port=app[keys.PORTS].grpc,
         web_port=web_port,
-        web_url=f"http://{config.web_host}:{web_port}",
+        web_url=f"{'https' if tls is not None else 'http'}://{config.web_host}:{web_port}",
+        tls=tls,
     )

@@ -4,8 +4,10 @@
                                           [--state-dir DIR] [--auto-upgrade]
     flagpost-server [--config FILE] db upgrade | db downgrade REV | db current
     flagpost-server [--config FILE] token create [--uses N] [--expires 24h|30m|7d|never]
+    flagpost-server [--config FILE] token list | token revoke PREFIX|ID
     flagpost-server [--config FILE] agent list | agent revoke AGENT_ID
     flagpost-server [--config FILE] prune [--database-url URL]
+    flagpost-server tls selfsigned --out DIR [--host HOST]... [--days N]
 
 Flags override the config file and ``FLAGPOST_*`` environment (``load_config(overrides=…)``).
 Exit codes: 0 ok, 1 error, 2 usage error or database schema out of date.
@@ -113,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(hours=24),
         help="lifetime: 30m, 24h, 7d or never (default 24h)",
     )
+    token_commands.add_parser(
+        "list", parents=[db_url], help="list tokens: prefix, dates, uses left, state (no secrets)"
+    )
+    token_revoke = token_commands.add_parser(
+        "revoke", parents=[db_url], help="revoke a token: it can never enroll again"
+    )
+    token_revoke.add_argument("token", metavar="PREFIX|ID", help="as shown by `token list`")
 
     agent = commands.add_parser("agent", help="enrolled agents")
     agent_commands = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
@@ -127,6 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[db_url],
         help="delete events, runs and logs beyond the retention limits (progress on stderr)",
     )
+    tls = commands.add_parser("tls", help="TLS certificates")
+    tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    selfsigned = tls_commands.add_parser(
+        "selfsigned",
+        help="write a development CA, a server certificate and an agent client certificate",
+    )
+    selfsigned.add_argument("--out", type=Path, required=True, help="directory to write into")
+    selfsigned.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="HOST",
+        help="IP address or DNS name the server certificate is valid for (repeat; "
+        "default 127.0.0.1 and localhost)",
+    )
+    selfsigned.add_argument("--days", type=_positive_int, default=365, help="validity (365)")
     return parser
 
 
@@ -158,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_agent(config, args))
         if args.command == "prune":
             return asyncio.run(_prune(config))
+        if args.command == "tls":
+            return _tls_selfsigned(args.out, args.hosts, args.days)
+        if args.token_command in ("list", "revoke"):
+            return asyncio.run(_token_manage(config, args))
         return asyncio.run(_token_create(config, args.uses, args.expires))
     except SchemaOutOfDate as exc:
         print(f"flagpost-server: {exc.message}", file=sys.stderr)
@@ -198,6 +227,47 @@ async def _token_create(config: ServerConfig, uses: int, expires: timedelta | No
     finally:
         await engine.dispose()
     print(token)
+    return EXIT_OK
+
+
+async def _token_manage(config: ServerConfig, args: argparse.Namespace) -> int:
+    from server.services import enrollment
+    from server.storage import schema
+    from server.storage.db import create_engine, make_sessionmaker
+
+    engine = create_engine(config)
+    try:
+        await schema.assert_schema_current(engine)
+        sessions = make_sessionmaker(engine)
+        if args.token_command == "revoke":  # noqa: S105 - a subcommand name
+            count = await enrollment.revoke_token(sessions, args.token)
+            print(f"revoked {count} enrollment token{'s' if count != 1 else ''} ({args.token})")
+            return EXIT_OK
+        tokens = await enrollment.list_tokens(sessions)
+    finally:
+        await engine.dispose()
+    print(f"{'ID':>6}  {'PREFIX':12}  {'CREATED':19}  {'EXPIRES':19}  {'USES LEFT':>9}  STATE")
+    for t in tokens:
+        expires = t.expires_at.strftime("%Y-%m-%d %H:%M:%S") if t.expires_at else "never"
+        created = t.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{t.id:>6}  {t.prefix:12}  {created:19}  {expires:19}  {t.uses_left:>9}  "
+            f"{t.state.value}"
+        )
+    return EXIT_OK
+
+
+def _tls_selfsigned(out: Path, hosts: list[str] | None, days: int) -> int:
+    from server.tls import DEFAULT_HOSTS, write_selfsigned
+
+    files = write_selfsigned(out, hosts or DEFAULT_HOSTS, days)
+    print(f"CA certificate:      {files.ca_cert}  (agents: ca_file)")
+    print(f"CA key:              {files.ca_key}  (keep offline)")
+    print(f"server certificate:  {files.server_cert}  (server: tls_cert_file)")
+    print(f"server key:          {files.server_key}  (server: tls_key_file)")
+    print(f"agent certificate:   {files.agent_cert}  (agents: client_cert_file, mutual TLS)")
+    print(f"agent key:           {files.agent_key}  (agents: client_key_file)")
+    print(f"server fingerprint:  sha256:{files.server_fingerprint}  (agents: server_fingerprint)")
     return EXIT_OK
 
 
@@ -306,6 +376,9 @@ async def _serve(config: ServerConfig) -> int:
     try:
         print(f"grpc: {config.grpc_host}:{running.grpc_port}", flush=True)
         print(f"web: {running.web_url}/history", flush=True)
+        if running.tls is not None:
+            mutual = ", client certificates required" if running.tls.mutual else ""
+            print(f"tls: server certificate sha256:{running.tls.fingerprint}{mutual}", flush=True)
         await stop.wait()
     finally:
         await running.stop()

@@ -67,6 +67,12 @@ class ServerConfig:
     retention_interval_minutes: int = 60
     # Web
     history_page_size: int = 50
+    # TLS (server/tls.py): PEM files; both transports serve TLS when cert and key are set (""
+    # = plain text, with a loud warning on a non-loopback address). A client CA makes gRPC
+    # require agent client certificates that chain to it (mutual TLS); the web never asks.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     # Start-up: migrate the schema instead of refusing to start when it is behind.
     auto_upgrade: bool = False
     log_level: str = "INFO"

@@ -61,10 +61,17 @@ def log_line(run_id: str, seq: int, **overrides: Any) -> agent_pb2.LogLine:
 class AgentClient:
     """One enrolled agent talking real gRPC to a running server."""
 
-    def __init__(self, channel: grpc.aio.Channel, agent_id: str, credential: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        agent_id: str,
+        credential: str,
+        facts: agent_pb2.HostFacts = FACTS,
+    ) -> None:
         self.stub = agent_pb2_grpc.AgentServiceStub(channel)
         self.agent_id = agent_id
         self.credential = credential
+        self.facts = facts  # sent with every check-in: the credential is bound to its machine
 
     @classmethod
     async def enroll(
@@ -76,9 +83,10 @@ class AgentClient:
         facts.CopyFrom(FACTS)
         facts.hostname = hostname
         reply = await stub.Enroll(agent_pb2.EnrollRequest(token=token, facts=facts))
-        return cls(channel, reply.agent_id, reply.credential)
+        return cls(channel, reply.agent_id, reply.credential, facts)
 
     async def checkin(self, **fields: Any) -> agent_pb2.CheckInResponse:
+        fields.setdefault("facts", self.facts)
         request = agent_pb2.CheckInRequest(agent_id=self.agent_id, **fields)
         response: agent_pb2.CheckInResponse = await self.stub.CheckIn(
             request, metadata=(("authorization", f"Bearer {self.credential}"),)

@@ -117,6 +117,17 @@ async def healthz(server: RunningServer) -> int:
         return reply.status
 
 
+async def wait_for_healthz(server: RunningServer, status: int, within: float = 10.0) -> None:
+    """``/healthz`` answers ``status`` within ``within`` seconds (the monitor probes every
+    ``health_probe_interval_ms``; a pooled connection to the old database may fail once)."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if await healthz(server) == status:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"/healthz never answered {status}")
+
+
 async def stored(server: RunningServer, ids: list[str]) -> list[str]:
     async with server.app[keys.SESSIONS]() as session:
         rows = await session.execute(
@@ -161,12 +172,12 @@ async def test_postgresql_refusing_connections_then_back(
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             before = agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(3)])
             await stub.CheckIn(before, metadata=auth(credential))
-            assert await health_status(server.grpc_port) == SERVING
-            assert await healthz(server) == 200
+            await wait_for_status(server.grpc_port, SERVING)
+            await wait_for_healthz(server, 200)
 
             await proxy.stop()  # connections refused from now on
             await wait_for_status(server.grpc_port, NOT_SERVING)
-            assert await healthz(server) == 503
+            await wait_for_healthz(server, 503)
             during = agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(5)])
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -178,7 +189,7 @@ async def test_postgresql_refusing_connections_then_back(
 
             await proxy.start()  # same port: the database is back
             await wait_for_status(server.grpc_port, SERVING)
-            assert await healthz(server) == 200
+            await wait_for_healthz(server, 200)
             reply = await stub.CheckIn(during, metadata=auth(credential), timeout=10)
             assert list(reply.acknowledged_event_ids) == [e.event_id for e in during.events]
 
@@ -220,13 +231,13 @@ async def test_sqlite_locked_by_another_process_then_released(server_config: Ser
             assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
             # Sent at once: it may reach the writer before the monitor notices the lock; either
             # way it fails with a retryable error and stores nothing.
-            racing = agent_pb2.CheckInRequest(events=[event() for _ in range(4)])
+            racing = agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(4)])
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.CheckIn(racing, metadata=auth(credential), timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
             await wait_for_status(server.grpc_port, NOT_SERVING)
-            during = agent_pb2.CheckInRequest(events=[event() for _ in range(5)])
+            during = agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(5)])
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.CheckIn(during, metadata=auth(credential), timeout=10)

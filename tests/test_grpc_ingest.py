@@ -346,7 +346,7 @@ async def test_queue_full_answers_resource_exhausted_with_retry_hint(
             _, credential = await enroll(server, channel)
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.CheckIn(
-                agent_pb2.CheckInRequest(events=[event() for _ in range(4)]),
+                agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(4)]),
                 metadata=auth(credential),
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -53,7 +53,9 @@ async def test_counters_follow_real_checkins(running_server: RunningServer) -> N
         # Two already stored, one repeated inside the request, two new.
         again = [first[0], first[1], *(event() for _ in range(2))]
         again.append(again[-1])
-        await stub.CheckIn(agent_pb2.CheckInRequest(events=again), metadata=auth(credential))
+        await stub.CheckIn(
+            agent_pb2.CheckInRequest(facts=FACTS, events=again), metadata=auth(credential)
+        )
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.CheckIn(
                 agent_pb2.CheckInRequest(events=[event(event_id="nope")]),
@@ -96,7 +98,7 @@ async def test_each_server_has_its_own_registry(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{other.grpc_port}") as channel:
             _, credential = await enroll(other, channel)
             await agent_pb2_grpc.AgentServiceStub(channel).CheckIn(
-                agent_pb2.CheckInRequest(events=[event()]), metadata=auth(credential)
+                agent_pb2.CheckInRequest(facts=FACTS, events=[event()]), metadata=auth(credential)
             )
         assert value(await scrape(other), "flagpost_checkins_total") == 1
         assert value(await scrape(running_server), "flagpost_checkins_total") == 0
@@ -113,7 +115,7 @@ async def test_overload_counts_as_overloaded(server_config: ServerConfig) -> Non
             _, credential = await enroll(server, channel)
             with pytest.raises(grpc.aio.AioRpcError):
                 await agent_pb2_grpc.AgentServiceStub(channel).CheckIn(
-                    agent_pb2.CheckInRequest(events=[event() for _ in range(4)]),
+                    agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(4)]),
                     metadata=auth(credential),
                 )
         metrics = await scrape(server)

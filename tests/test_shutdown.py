@@ -123,7 +123,7 @@ async def run_lanes(served: Served, load: Load, stop: asyncio.Event) -> None:
                 load.in_flight[index] = ids
                 try:
                     reply = await stub.CheckIn(
-                        agent_pb2.CheckInRequest(events=events),
+                        agent_pb2.CheckInRequest(facts=FACTS, events=events),
                         metadata=auth(credentials[index]),
                         timeout=60,
                     )

@@ -2,7 +2,9 @@
 
 (a) Every method outside ``PUBLIC_METHODS`` / ``PUBLIC_SERVICE_PREFIXES`` needs
     ``authorization: Bearer <credential>`` metadata; the authenticated agent id is handed to
-    the servicer through the ``CURRENT_AGENT`` contextvar (read it with ``current_agent_id()``).
+    the servicer through the ``CURRENT_AGENT`` contextvar (read it with ``current_agent_id()``),
+    and the machine id its credential is bound to through ``CURRENT_MACHINE``
+    (``current_machine_id()``; None when the authenticate callable returns only an agent id).
 (b) A FlagpostError becomes the status named by ``err.grpc_code`` with its message
     (ResourceExhausted adds trailing metadata ``retry-after-ms``); any other exception becomes
     INTERNAL with a generic message, logged here with its traceback. Nowhere else decides a
@@ -18,8 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from server.errors import FlagpostError, ResourceExhausted, Unauthenticated
+from server.errors import FlagpostError, InvalidArgument, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,13 @@ PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 RETRY_AFTER_KEY = "retry-after-ms"
 
 CURRENT_AGENT: contextvars.ContextVar[str] = contextvars.ContextVar("flagpost_agent_id")
+# The machine id the credential is bound to; None when the authenticator binds none.
+CURRENT_MACHINE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flagpost_machine_id", default=None
+)
 
-Authenticate = Callable[[str], Awaitable[str]]
+# -> agent id, or (agent id, bound machine id)
+Authenticate = Callable[[str], Awaitable[str | tuple[str, str]]]
 ErrorObserver = Callable[[str, str], None]  # (method, reason): metrics
 
 
@@ -39,6 +47,11 @@ def current_agent_id() -> str:
         return CURRENT_AGENT.get()
     except LookupError:
         raise Unauthenticated("no authenticated agent for this call") from None
+
+
+def current_machine_id() -> str | None:
+    """The machine id the current RPC's credential is bound to (None: no binding known)."""
+    return CURRENT_MACHINE.get()
 
 
 def is_public(method: str) -> bool:
@@ -77,6 +90,24 @@ async def _abort(
     await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
 
 
+def _parsing(
+    behavior: Callable[..., Any], deserializer: Callable[[bytes], Any] | None
+) -> Callable[..., Any]:
+    """``behavior`` taking the raw request bytes: parse them with ``deserializer`` first; a
+    message that does not parse (corrupt wire format, bad UTF-8) is InvalidArgument."""
+    if deserializer is None:
+        return behavior
+
+    def parse_then_call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = deserializer(raw)
+        except DecodeError:
+            raise InvalidArgument("is not a valid protobuf message", field="request") from None
+        return behavior(request, context)
+
+    return parse_then_call
+
+
 class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates and maps errors for every RPC (see module docstring)."""
 
@@ -86,8 +117,13 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
         if not is_public(method):
-            agent_id = await self._authenticate(bearer_token(context.invocation_metadata()))
-            CURRENT_AGENT.set(agent_id)
+            identity = await self._authenticate(bearer_token(context.invocation_metadata()))
+            if isinstance(identity, str):
+                CURRENT_AGENT.set(identity)
+                CURRENT_MACHINE.set(None)
+            else:
+                CURRENT_AGENT.set(identity[0])
+                CURRENT_MACHINE.set(identity[1])
 
     async def intercept_service(
         self,
@@ -99,9 +135,12 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         method: str = details.method
         if handler.unary_unary is not None:
+            # The request arrives as bytes and is parsed inside the wrapper, after
+            # authentication: a corrupt message is then INVALID_ARGUMENT, not grpc's UNKNOWN.
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(
+                    method, _parsing(handler.unary_unary, handler.request_deserializer)
+                ),
                 response_serializer=handler.response_serializer,
             )
         if is_public(method):

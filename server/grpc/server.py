@@ -11,13 +11,14 @@ from server.config import ServerConfig
 from server.grpc.interceptors import FlagpostInterceptor
 from server.grpc.servicer import AgentServicer
 from server.services import Services
+from server.tls import ServerTLS, grpc_server_credentials
 
 AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 async def create_grpc_server(
-    config: ServerConfig, services: Services
+    config: ServerConfig, services: Services, tls: ServerTLS | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Build the grpc.aio server bound to ``config.grpc_host:grpc_port`` (0 = a free port).
 
@@ -25,10 +26,12 @@ async def create_grpc_server(
     and flagpost.v1.AgentService: SERVING, NOT_SERVING while ``services.health`` says the
     database is unreachable) and reflection for all three services. Returns
     ``(server, bound_port)``; the caller starts it and stops it (``await server.stop(grace)``).
+    With ``tls`` (``server.tls.load_server_tls``) the port serves TLS only, requiring client
+    certificates under mutual TLS; without it, plain text.
     """
     on_error = services.metrics.record_rpc_error if services.metrics is not None else None
     server = grpc.aio.server(
-        interceptors=[FlagpostInterceptor(services.authenticator.authenticate, on_error)],
+        interceptors=[FlagpostInterceptor(services.authenticator.identify, on_error)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
@@ -56,7 +59,10 @@ async def create_grpc_server(
     )
     address = f"{config.grpc_host}:{config.grpc_port}"
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, grpc_server_credentials(tls))
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
     if not port:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from flagpost.v1 import agent_pb2
 from server.grpc import convert, convert_runs
-from server.grpc.interceptors import current_agent_id
-from server.services import Services, enrollment
+from server.grpc.interceptors import current_agent_id, current_machine_id
+from server.services import Services, agents, enrollment
 from server.services.ingest import RunInput
 
 
@@ -39,9 +39,13 @@ class AgentServicer:
         self, request: agent_pb2.CheckInRequest, context: object
     ) -> agent_pb2.CheckInResponse:
         """Store the check-in's events, run updates and log lines in one transaction (ack only
-        after commit), refresh the agent's facts, and hand out its pending actions."""
+        after commit), refresh the agent's facts, and hand out its pending actions. Refused
+        unless the facts carry the machine id the credential is bound to."""
         now = datetime.now(UTC)
         checkin = convert.checkin_from_proto(request, current_agent_id(), self._config, now)
+        agents.check_machine(
+            current_machine_id(), request.HasField("facts"), request.facts.machine_id
+        )
         runs = convert_runs.runs_part_from_proto(
             request, checkin.agent_id, self._config, int(now.timestamp())
         )

@@ -1,27 +1,57 @@
 """Agents: authenticating their credentials, revoking them, deriving their health.
 
 Authentication keeps a tiny in-process cache of *successful* lookups (credential hash ->
-agent id) for ``AUTH_CACHE_TTL`` seconds, so a busy agent's check-ins do not each pay a SELECT.
-Consequence, by design: revoking an agent takes effect on this process within that TTL
-(``revoke`` also clears the local cache at once). Failures are never cached.
+agent id and bound machine id) for ``AUTH_CACHE_TTL`` seconds, so a busy agent's check-ins do
+not each pay a SELECT. Consequence, by design: revoking an agent takes effect on this process
+within that TTL (``revoke`` also clears the local cache at once). Failures are never cached.
+
+Machine binding: a credential is bound to the ``machine_id`` its agent enrolled with; every
+check-in must carry host facts with that machine id (``check_machine``), so a credential copied
+to another host is refused.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import AgentHealth, AgentSummary
-from server.errors import NotFound, PermissionDenied, Unauthenticated
+from server.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
 from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_db
 
 AUTH_CACHE_TTL = 5.0
 AUTH_CACHE_MAX = 100_000
+
+
+class AgentIdentity(NamedTuple):
+    """An authenticated agent and the machine its credential is bound to (enrollment's
+    ``HostFacts.machine_id``)."""
+
+    agent_id: str
+    machine_id: str
+
+
+MACHINE_MISMATCH = "credential bound to another machine"
+
+
+def check_machine(bound_machine_id: str | None, has_facts: bool, machine_id: str) -> None:
+    """Refuse a check-in that does not prove it comes from the enrolled machine: no host facts
+    (InvalidArgument), another ``machine_id`` or no known binding (PermissionDenied). No
+    database access: the bound machine comes with the (cached) credential lookup, ``identify``."""
+    if bound_machine_id is None:
+        raise PermissionDenied("no machine binding known for this credential")
+    if not has_facts:
+        raise InvalidArgument(
+            "is required: the agent credential is bound to the enrolled machine_id", field="facts"
+        )
+    if machine_id != bound_machine_id:
+        raise PermissionDenied(MACHINE_MISMATCH)
 
 
 class Authenticator:
@@ -34,12 +64,17 @@ class Authenticator:
     ) -> None:
         self._sessions = sessions
         self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[AgentIdentity, float]] = {}
         self.lookups = 0  # database lookups (cache misses), for metrics
 
     async def authenticate(self, credential: str) -> str:
         """The agent id owning ``credential``. Raises Unauthenticated for a missing, unknown,
         expired or revoked credential and PermissionDenied for a revoked agent."""
+        return (await self.identify(credential)).agent_id
+
+    async def identify(self, credential: str) -> AgentIdentity:
+        """The agent owning ``credential`` and its bound machine id; raises as ``authenticate``
+        (one cached lookup serves both)."""
         if not credential.startswith(CREDENTIAL_PREFIX) or len(credential) > 128:
             raise Unauthenticated("invalid agent credential")
         digest = secret_hash(credential)
@@ -59,12 +94,13 @@ class Authenticator:
             raise PermissionDenied("this agent has been revoked")
         if len(self._cache) >= AUTH_CACHE_MAX:
             self._cache.clear()
-        self._cache[digest] = (record.agent_id, now + self._ttl)
-        return record.agent_id
+        identity = AgentIdentity(record.agent_id, record.machine_id)
+        self._cache[digest] = (identity, now + self._ttl)
+        return identity
 
     def forget(self, agent_id: str) -> None:
         """Drop cached lookups for ``agent_id`` (after a revocation)."""
-        for digest in [d for d, (a, _) in self._cache.items() if a == agent_id]:
+        for digest in [d for d, (a, _) in self._cache.items() if a.agent_id == agent_id]:
             del self._cache[digest]
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.domain import HostFacts
-from server.errors import InvalidArgument, Unauthenticated
+from server.errors import InvalidArgument, NotFound, Unauthenticated
 from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_db
 from server.storage import tokens as tokens_db
@@ -104,3 +106,81 @@ async def _register(
 ) -> None:
     await agents_db.create_agent(session, agent_id, facts, now, checkin_interval_seconds)
     await agents_db.store_credential(session, agent_id, secret_hash(credential), now)
+
+
+class TokenState(StrEnum):
+    """Whether a token can still enroll, and if not, why (revoked wins over the others)."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    USED_UP = "used up"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSummary:
+    """One enrollment token for ``token list``: its display prefix, never the token."""
+
+    id: int
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    uses_left: int
+    state: TokenState
+
+
+def token_state(record: tokens_db.TokenRecord, now: datetime) -> TokenState:
+    """The state of a stored token at ``now`` (the same rules ``consume_token`` applies)."""
+    if record.revoked:
+        return TokenState.REVOKED
+    if record.uses_left <= 0:
+        return TokenState.USED_UP
+    if record.expires_at is not None and record.expires_at <= now:
+        return TokenState.EXPIRED
+    return TokenState.ACTIVE
+
+
+async def list_tokens(sessions: async_sessionmaker[AsyncSession]) -> list[TokenSummary]:
+    """Every enrollment token, newest first, with its derived state."""
+    with unavailable_on_outage("list tokens"):
+        async with sessions() as session:
+            records = await tokens_db.list_tokens(session)
+    now = datetime.now(UTC)
+    return [
+        TokenSummary(
+            id=r.id,
+            prefix=r.prefix,
+            created_at=r.created_at,
+            expires_at=r.expires_at,
+            uses_left=r.uses_left,
+            state=token_state(r, now),
+        )
+        for r in records
+    ]
+
+
+async def revoke_token(sessions: async_sessionmaker[AsyncSession], prefix_or_id: str) -> int:
+    """Revoke the token with this display prefix (``fpt_`` + 8 characters, as ``token list``
+    shows it) or row id; it can never enroll again. Returns how many tokens were revoked.
+    Raises NotFound when no unrevoked token matches; a full token is refused (InvalidArgument)
+    so that secrets are not typed where shells keep history."""
+    key = prefix_or_id.strip()
+    if key.startswith(TOKEN_PREFIX) and len(key) > DISPLAY_PREFIX_CHARS:
+        raise InvalidArgument(
+            f"give the {DISPLAY_PREFIX_CHARS}-character prefix shown by `token list`, "
+            "not the whole token",
+            field="token",
+        )
+    with unavailable_on_outage("revoke token"):
+        async with sessions() as session, session.begin():
+            if key.isdigit():
+                count = await tokens_db.revoke_token_by_id(session, int(key))
+            elif key.startswith(TOKEN_PREFIX) and len(key) == DISPLAY_PREFIX_CHARS:
+                count = await tokens_db.revoke_token(session, key)
+            else:
+                raise InvalidArgument(
+                    f"expected a token id or a prefix such as {TOKEN_PREFIX}AbCd1234", field="token"
+                )
+    if count == 0:
+        raise NotFound(f"no unrevoked enrollment token {key}")
+    return count

@@ -42,6 +42,7 @@ class CredentialRecord:
     agent_revoked: bool
     credential_revoked: bool
     expires_at: datetime | None
+    machine_id: str = ""  # the agent's enrolled machine: the credential is bound to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,7 @@ async def find_credential(session: AsyncSession, secret_hash: str) -> Credential
             Agent.revoked,
             AgentCredential.revoked_at,
             AgentCredential.expires_at,
+            Agent.machine_id,
         )
         .join(Agent, Agent.id == AgentCredential.agent_id)
         .where(AgentCredential.secret_hash == secret_hash)
@@ -202,4 +204,5 @@ async def find_credential(session: AsyncSession, secret_hash: str) -> Credential
         agent_revoked=bool(row.revoked),
         credential_revoked=row.revoked_at is not None,
         expires_at=row.expires_at,
+        machine_id=row.machine_id,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import LogLineRecord
@@ -61,7 +61,9 @@ async def query_lines(
     if sources:
         query = query.where(TaskLog.source.in_(list(sources)))
     if text:
-        pattern = f"%{_escape_like(text.lower())}%"
+        # Both sides lowered by the database: SQLite's lower() folds ASCII only, so a pattern
+        # lowered in Python would miss a literal match on non-ASCII capitals.
+        pattern = func.lower(literal(f"%{_escape_like(text)}%"))
         query = query.where(func.lower(TaskLog.message).like(pattern, escape="\\"))
     query = query.order_by(TaskLog.seq).limit(limit)
     return [_record(row) for row in await session.execute(query)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -82,6 +83,55 @@ async def revoke_token(session: AsyncSession, prefix: str) -> int:
     result = await session.execute(
         update(EnrollmentToken)
         .where(EnrollmentToken.prefix == prefix, EnrollmentToken.revoked.is_(False))
+        .values(revoked=True)
+        .returning(EnrollmentToken.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(result.all())
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An enrollment token as listed to operators: never the token or its hash."""
+
+    id: int
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    uses_left: int
+    revoked: bool
+
+
+async def list_tokens(session: AsyncSession) -> list[TokenRecord]:
+    """Every enrollment token, newest first."""
+    result = await session.execute(
+        select(
+            EnrollmentToken.id,
+            EnrollmentToken.prefix,
+            EnrollmentToken.created_at,
+            EnrollmentToken.expires_at,
+            EnrollmentToken.uses_left,
+            EnrollmentToken.revoked,
+        ).order_by(EnrollmentToken.created_at.desc(), EnrollmentToken.id.desc())
+    )
+    return [
+        TokenRecord(
+            id=row.id,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            uses_left=row.uses_left,
+            revoked=bool(row.revoked),
+        )
+        for row in result
+    ]
+
+
+async def revoke_token_by_id(session: AsyncSession, token_id: int) -> int:
+    """Revoke the token with row id ``token_id`` unless already revoked; returns 0 or 1."""
+    result = await session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == token_id, EnrollmentToken.revoked.is_(False))
         .values(revoked=True)
         .returning(EnrollmentToken.id)
         .execution_options(synchronize_session=False)

@@ -328,8 +328,11 @@ def simulate_agent(
         startup_jitter=timedelta(seconds=spec.startup_jitter_s),
         rng=rng,
     )
-    facts = agent_pb2.HostFacts(
-        hostname=state_dir.name, os="Debian GNU/Linux 12", agent_version="0.1.0"
+    facts = agent_pb2.HostFacts(  # the machine id it enrolled with (Fleet.enroll)
+        hostname=state_dir.name,
+        os="Debian GNU/Linux 12",
+        agent_version="0.1.0",
+        machine_id=f"fleet-{state_dir.name}",
     )
     period = spec.seconds / max(1, quota)
     started = time.monotonic()

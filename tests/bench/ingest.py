@@ -99,7 +99,7 @@ async def drive(
             # building messages (on 2 cores the load generator competes with the server).
             request = agent_pb2.CheckInRequest(
                 agent_id=agent_id,
-                facts=agent_pb2.HostFacts(hostname=f"bench-{lane}", agent_version="0.1.0"),
+                facts=bench_facts(lane % len(agents)),
                 events=[make_event(uuid7_str(), lane + k) for k in range(per)],
             )
             while time.monotonic() < deadline:
@@ -128,6 +128,14 @@ def worker(args: tuple[str, list[tuple[str, str]], int, float, int]) -> WorkerRe
     return asyncio.run(drive(*args))
 
 
+def bench_facts(index: int) -> agent_pb2.HostFacts:
+    """The host facts bench agent ``index`` enrolls and checks in with (the server binds the
+    credential to the machine id)."""
+    return agent_pb2.HostFacts(
+        hostname=f"bench-{index}", agent_version="0.1.0", machine_id=f"bench-{index}"
+    )
+
+
 def enroll(target: str, token: str, count: int) -> list[tuple[str, str]]:
     result = []
     with grpc.insecure_channel(target) as channel:
@@ -136,7 +144,7 @@ def enroll(target: str, token: str, count: int) -> list[tuple[str, str]]:
             response = stub.Enroll(
                 agent_pb2.EnrollRequest(
                     token=token,
-                    facts=agent_pb2.HostFacts(hostname=f"bench-{i}", machine_id=f"bench-{i}"),
+                    facts=bench_facts(i),
                 )
             )
             result.append((response.agent_id, response.credential))
@@ -344,7 +352,9 @@ def prefill(target: str, agents: list[tuple[str, str]], total: int) -> None:
                 for _ in range(rounds):
                     run_id = uuid7_str()
                     request = agent_pb2.CheckInRequest(
-                        agent_id=agent_id, events=[make_event(run_id, k) for k in range(per)]
+                        agent_id=agent_id,
+                        facts=bench_facts(0),
+                        events=[make_event(run_id, k) for k in range(per)],
                     )
                     await stub.CheckIn(request, metadata=metadata, timeout=120)
 

@@ -30,7 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from tests.bench.ingest import REPO, cli, enroll, scrape, server_env
+from tests.bench.ingest import REPO, bench_facts, cli, enroll, scrape, server_env
 
 SOURCES = ("detector", "executor", "move_legacy_config", "rename_keys", "split_secrets")
 LEVELS = ("DEBUG", "INFO", "INFO", "INFO", "WARNING", "ERROR")
@@ -82,14 +82,20 @@ async def drive(
                 started_at=stamp,
             )
             await stub.CheckIn(
-                agent_pb2.CheckInRequest(agent_id=agent_id, run_updates=[opening]),
+                agent_pb2.CheckInRequest(
+                    agent_id=agent_id,
+                    facts=bench_facts(lane % len(agents)),
+                    run_updates=[opening],
+                ),
                 metadata=metadata,
                 timeout=30,
             )
             # One request per lane, built once; each check-in only renumbers the seqs, so the
             # client's CPU goes to gRPC, not to building messages (2 cores are shared).
             request = agent_pb2.CheckInRequest(
-                agent_id=agent_id, log_lines=[_line(run_id, s, stamp) for s in range(1, per + 1)]
+                agent_id=agent_id,
+                facts=bench_facts(lane % len(agents)),
+                log_lines=[_line(run_id, s, stamp) for s in range(1, per + 1)],
             )
             seq = 0
             while time.monotonic() < deadline:
