@@ -126,16 +126,17 @@ async def get_agent(session: AsyncSession, agent_id: str) -> AgentRecord | None:
     row = await session.get(Agent, agent_id)
     if row is None:
         return None
-    return _record(row)
+    return agent_record(row)
 
 
 async def list_agents(session: AsyncSession) -> list[AgentRecord]:
     """Every agent, by hostname then id."""
     result = await session.execute(select(Agent).order_by(Agent.hostname, Agent.id))
-    return [_record(row) for row in result.scalars()]
+    return [agent_record(row) for row in result.scalars()]
 
 
-def _record(row: Agent) -> AgentRecord:
+def agent_record(row: Any) -> AgentRecord:
+    """An ``agents`` row (ORM object or selected columns with the same names) as a record."""
     return AgentRecord(
         id=row.id,
         hostname=row.hostname,

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.storage.agents import AgentRecord
+from server.storage.agents import AgentRecord, agent_record
 from server.storage.models import Agent, UpdateEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -28,23 +28,6 @@ class HourlyCount:
     hour: datetime
     severity: str
     count: int
-
-
-def _record(row: Any) -> AgentRecord:
-    return AgentRecord(
-        id=row.id,
-        hostname=row.hostname,
-        os=row.os,
-        kernel=row.kernel,
-        agent_version=row.agent_version,
-        config_version=row.config_version,
-        disk_free_bytes=row.disk_free_bytes,
-        machine_id=row.machine_id,
-        enrolled_at=row.enrolled_at,
-        last_checkin_at=row.last_checkin_at,
-        checkin_interval_seconds=row.checkin_interval_seconds,
-        revoked=row.revoked,
-    )
 
 
 async def list_agent_records(session: AsyncSession, limit: int) -> list[AgentRecord]:
@@ -67,7 +50,7 @@ async def list_agent_records(session: AsyncSession, limit: int) -> list[AgentRec
         .order_by(Agent.hostname, Agent.id)
         .limit(limit)
     )
-    return [_record(row) for row in result]
+    return [agent_record(row) for row in result]
 
 
 async def count_agents_by_checkin(

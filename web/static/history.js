@@ -19,8 +19,6 @@
   var indicatorText = indicator ? indicator.querySelector(".live-text") : null;
   var baseUrl = section.getAttribute("data-live-url");
   var cursor = section.getAttribute("data-live-after") || "";
-  var source = null;
-  var retryTimer = null;
   var newCount = 0;
 
   var LABELS = {
@@ -100,42 +98,9 @@
     setState("live");
   }
 
-  function connect() {
-    retryTimer = null;
-    setState(source ? "reconnecting" : "connecting");
-    source = new EventSource(streamUrl());
-    source.addEventListener("open", function () {
-      setState("live");
-    });
-    source.addEventListener("event", onEvent);
-    source.addEventListener("error", function () {
-      if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up (e.g. an error status): try again later from our last id.
-        setState("offline");
-        source.close();
-        if (retryTimer === null) {
-          retryTimer = window.setTimeout(connect, 10000);
-        }
-      } else {
-        setState("reconnecting"); // the browser retries by itself, with Last-Event-ID
-      }
-    });
-  }
-
-  window.addEventListener("pagehide", function () {
-    if (source) {
-      source.close();
-    }
-    if (retryTimer !== null) {
-      window.clearTimeout(retryTimer);
-    }
+  window.FlagpostLive.open({
+    url: streamUrl,
+    listeners: { event: onEvent },
+    setState: setState,
   });
-
-  window.addEventListener("pageshow", function (event) {
-    if (event.persisted) {
-      connect(); // restored from the back/forward cache: resume from our last id
-    }
-  });
-
-  connect();
 })();

@@ -20,8 +20,6 @@
   var following = true;
   var unseen = 0;
   var cursor = panel ? panel.getAttribute("data-after") || "" : "";
-  var source = null;
-  var retryTimer = null;
   var NEAR_BOTTOM_PX = 24;
 
   // Filters apply as soon as they change (the form still has its submit button without JS).
@@ -172,41 +170,9 @@
     return url.toString();
   }
 
-  function connect() {
-    retryTimer = null;
-    setState(source ? "reconnecting" : "connecting");
-    source = new EventSource(streamUrl());
-    source.addEventListener("open", function () {
-      setState("live");
-    });
-    source.addEventListener("log", onLog);
-    source.addEventListener("run", onRun);
-    source.addEventListener("error", function () {
-      if (source.readyState === EventSource.CLOSED) {
-        setState("offline");
-        source.close();
-        if (retryTimer === null) {
-          retryTimer = window.setTimeout(connect, 10000);
-        }
-      } else {
-        setState("reconnecting");
-      }
-    });
-  }
-
-  window.addEventListener("pagehide", function () {
-    if (source) {
-      source.close();
-    }
-    if (retryTimer !== null) {
-      window.clearTimeout(retryTimer);
-    }
+  window.FlagpostLive.open({
+    url: streamUrl,
+    listeners: { log: onLog, run: onRun },
+    setState: setState,
   });
-  window.addEventListener("pageshow", function (event) {
-    if (event.persisted) {
-      connect();
-    }
-  });
-
-  connect();
 })();
