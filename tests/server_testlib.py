@@ -4,11 +4,14 @@ so nothing should be imported from a conftest by name)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.config import ServerConfig
+from server.domain import Category, EventStatus, NewEvent, Severity
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -37,3 +40,23 @@ class WatchedPage:
     dialogs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     bad_responses: list[str] = field(default_factory=list)
+
+
+def new_event(agent_id: str, occurred_at: datetime | None = None) -> NewEvent:
+    """A valid, already-converted migration event (what ingest hands to storage)."""
+    return NewEvent(
+        event_id=str(uuid.uuid4()),
+        agent_id=agent_id,
+        category=Category.MIGRATION,
+        event_type="migration_detection",
+        status=EventStatus.SUCCESS,
+        severity=Severity.SUCCESS,
+        message="needs migration",
+        error_message="",
+        error_detail={},
+        migration_from="1",
+        migration_to="2",
+        run_id=None,
+        system_info={},
+        occurred_at=occurred_at or datetime.now(UTC),
+    )

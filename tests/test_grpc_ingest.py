@@ -16,13 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from server_testlib import new_event
 from sqlalchemy import func, select, update
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 from server import keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
-from server.domain import Category, EventStatus, HostFacts, NewEvent, Severity
+from server.domain import Category, HostFacts, Severity
 from server.errors import ResourceExhausted, Unavailable
 from server.services import agents as agent_service
 from server.services import enrollment
@@ -360,25 +361,6 @@ async def test_queue_full_answers_resource_exhausted_with_retry_hint(
 
 
 # --- the IngestWriter directly ------------------------------------------------------------
-
-
-def new_event(agent_id: str) -> NewEvent:
-    return NewEvent(
-        event_id=str(uuid.uuid4()),
-        agent_id=agent_id,
-        category=Category.MIGRATION,
-        event_type="migration_detection",
-        status=EventStatus.SUCCESS,
-        severity=Severity.SUCCESS,
-        message="needs migration",
-        error_message="",
-        error_detail={},
-        migration_from="1",
-        migration_to="2",
-        run_id=None,
-        system_info={},
-        occurred_at=datetime.now(UTC),
-    )
 
 
 @pytest.fixture

@@ -14,19 +14,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from server_testlib import new_event
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig, load_config
 from server.domain import (
-    Category,
-    EventStatus,
     HostFacts,
     LogLevel,
-    NewEvent,
     NewLogLine,
     RunState,
-    Severity,
 )
 from server.services.retention import PruneResult, RetentionJob, prune
 from server.storage import run_ingest
@@ -57,25 +54,6 @@ def config_for(db_url: str, **overrides: object) -> ServerConfig:
         "retention_batch_size": 1000,
     }
     return load_config(env={}, overrides=base | overrides)
-
-
-def event(agent_id: str, occurred_at: datetime) -> NewEvent:
-    return NewEvent(
-        event_id=str(uuid.uuid4()),
-        agent_id=agent_id,
-        category=Category.MIGRATION,
-        event_type="migration_detection",
-        status=EventStatus.SUCCESS,
-        severity=Severity.SUCCESS,
-        message="",
-        error_message="",
-        error_detail={},
-        migration_from="1",
-        migration_to="2",
-        run_id=None,
-        system_info={},
-        occurred_at=occurred_at,
-    )
 
 
 async def add_run(
@@ -129,9 +107,9 @@ async def seed(sessions: async_sessionmaker[AsyncSession]) -> dict[str, object]:
         for agent_id, name in ((a, "a"), (b, "b")):
             await create_agent(session, agent_id, HostFacts(hostname=name), OLD, 60)
         # a: 5 old + 25 recent events; b: 4 recent.
-        events = [event(a, OLD + timedelta(minutes=i)) for i in range(5)]
-        events += [event(a, NOW - timedelta(minutes=30 - i)) for i in range(25)]
-        events += [event(b, NOW - timedelta(minutes=i)) for i in range(4)]
+        events = [new_event(a, OLD + timedelta(minutes=i)) for i in range(5)]
+        events += [new_event(a, NOW - timedelta(minutes=30 - i)) for i in range(25)]
+        events += [new_event(b, NOW - timedelta(minutes=i)) for i in range(4)]
         await insert_events(session, events, NOW)
     old_big = await add_run(sessions, a, RunState.SUCCEEDED, OLD, lines=2_500)
     waiting = await add_run(sessions, a, RunState.AWAITING_INPUT, OLD - timedelta(days=1), 3)

@@ -14,15 +14,15 @@ driver-level SQL with ``ON CONFLICT (event_id) DO NOTHING RETURNING``:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from server.domain import NewEvent
+from server.storage.bulk import BulkInsert
 
 Row = tuple[Any, ...]
 
@@ -60,7 +60,6 @@ _PG_TYPES = (
     "timestamptz",
     "timestamptz",
 )
-_SQLITE_CHUNKS = (1024, 256, 64, 16, 4, 1)  # 1024 rows x 15 columns < SQLite's 32766 variables
 _EMPTY_JSON = "{}"
 
 
@@ -143,36 +142,13 @@ def encode_events(events: Sequence[NewEvent], received_at: datetime, dialect: st
     ]
 
 
-def _sqlite_insert(rows: int) -> str:
-    # Built once at import from constants only: no value ever reaches the SQL text.
-    group = "(" + ",".join("?" * len(COLUMNS)) + ")"
-    return (
-        f"INSERT INTO update_events ({','.join(COLUMNS)}) VALUES "  # noqa: S608
-        + ",".join([group] * rows)
-        + " ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
-    )
-
-
-_SQLITE_INSERTS = {size: _sqlite_insert(size) for size in _SQLITE_CHUNKS}
-_PG_INSERT = (
-    f"INSERT INTO update_events ({','.join(COLUMNS)}) SELECT * FROM unnest("  # noqa: S608
-    + ",".join(f"${i}::{t}[]" for i, t in enumerate(_PG_TYPES, start=1))
-    + ") ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+_EVENTS = BulkInsert(
+    "update_events", COLUMNS, _PG_TYPES, conflict="event_id", returning="id, event_id"
 )
 
 
 def _returned(rows: Sequence[Any]) -> list[tuple[int, str]]:
     return [(int(row[0]), str(row[1])) for row in rows]
-
-
-def _sqlite_statements(rows: Sequence[Row]) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    start = 0
-    total = len(rows)
-    for size in _SQLITE_CHUNKS:
-        while total - start >= size:
-            params = tuple(chain.from_iterable(rows[start : start + size]))
-            yield _SQLITE_INSERTS[size], params
-            start += size
 
 
 async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> list[tuple[int, str]]:
@@ -183,10 +159,10 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> list[tuple[
     inserted: list[tuple[int, str]] = []
     if conn.dialect.name == "postgresql":
         columns = [list(column) for column in zip(*rows, strict=True)]
-        result = await conn.exec_driver_sql(_PG_INSERT, tuple(columns))
+        result = await conn.exec_driver_sql(_EVENTS.postgresql, tuple(columns))
         inserted.extend(_returned(result.fetchall()))
         return inserted
-    for sql, params in _sqlite_statements(rows):
+    for sql, params in _EVENTS.sqlite_statements(rows):
         result = await conn.exec_driver_sql(sql, params)
         inserted.extend(_returned(result.fetchall()))
     return inserted
@@ -195,7 +171,7 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> list[tuple[
 def insert_rows_sync(conn: Connection, rows: Sequence[Row]) -> list[tuple[int, str]]:
     """``insert_rows`` for SQLite on a synchronous connection (the SQLite writer thread)."""
     inserted: list[tuple[int, str]] = []
-    for sql, params in _sqlite_statements(rows):
+    for sql, params in _EVENTS.sqlite_statements(rows):
         inserted.extend(_returned(conn.exec_driver_sql(sql, params).fetchall()))
     return inserted
 

@@ -58,6 +58,7 @@ from server.domain import (
     Severity,
     run_transition_allowed,
 )
+from server.storage.bulk import BulkInsert
 from server.storage.events import json_text, sqlite_timestamp
 from server.storage.models import MigrationRun, PendingActionRow, RunStepRow
 from server.storage.notify import RUNS_CHANNEL  # payload: a run id ('' = look at every run)
@@ -73,7 +74,6 @@ _RUNS: Table = MigrationRun.__table__  # type: ignore[assignment]
 Row = tuple[Any, ...]
 LOG_COLUMNS = ("run_id", "seq", "timestamp", "level", "source", "message", "metadata_json")
 _LOG_PG_TYPES = ("varchar", "int8", "timestamptz", "varchar", "varchar", "text", "jsonb")
-_SQLITE_CHUNKS = (1024, 256, 64, 16, 4, 1)  # 1024 rows x 7 columns < 32766 variables
 
 
 def encode_log_lines(lines: Sequence[NewLogLine], dialect: str) -> list[Row]:
@@ -109,40 +109,16 @@ def encode_log_lines(lines: Sequence[NewLogLine], dialect: str) -> list[Row]:
     ]
 
 
-def _sqlite_log_insert(rows: int) -> str:
-    # Built once at import from constants only: no value ever reaches the SQL text.
-    group = "(" + ",".join("?" * len(LOG_COLUMNS)) + ")"
-    return (
-        f"INSERT INTO task_logs ({','.join(LOG_COLUMNS)}) VALUES "  # noqa: S608
-        + ",".join([group] * rows)
-        + " ON CONFLICT (run_id, seq) DO NOTHING"
-    )
-
-
-_SQLITE_LOG_INSERTS = {size: _sqlite_log_insert(size) for size in _SQLITE_CHUNKS}
-_PG_LOG_INSERT = (
-    f"INSERT INTO task_logs ({','.join(LOG_COLUMNS)}) SELECT * FROM unnest("  # noqa: S608
-    + ",".join(f"${i}::{t}[]" for i, t in enumerate(_LOG_PG_TYPES, start=1))
-    + ") ON CONFLICT (run_id, seq) DO NOTHING"
-)
+_LOGS = BulkInsert("task_logs", LOG_COLUMNS, _LOG_PG_TYPES, conflict="run_id, seq")
 _PG_NOTIFY_RUNS = "SELECT pg_notify($1, x) FROM unnest($2::varchar[]) AS x"
-
-
-def _sqlite_statements(rows: Sequence[Row]) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    start = 0
-    total = len(rows)
-    for size in _SQLITE_CHUNKS:
-        while total - start >= size:
-            yield _SQLITE_LOG_INSERTS[size], tuple(chain.from_iterable(rows[start : start + size]))
-            start += size
 
 
 def _insert_logs_once(conn: Connection, rows: Sequence[Row]) -> int:
     if conn.dialect.name == "postgresql":
         columns = tuple(list(column) for column in zip(*rows, strict=True))
-        return max(0, conn.exec_driver_sql(_PG_LOG_INSERT, columns).rowcount)
+        return max(0, conn.exec_driver_sql(_LOGS.postgresql, columns).rowcount)
     stored = 0
-    for sql, params in _sqlite_statements(rows):
+    for sql, params in _LOGS.sqlite_statements(rows):
         stored += max(0, conn.exec_driver_sql(sql, params).rowcount)
     return stored
 

@@ -180,6 +180,28 @@ def cli(env: dict[str, str], *args: str) -> str:
     ).stdout.strip()
 
 
+def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
+    """Start ``flagpost-server serve`` with ``env``; return it, its gRPC address and web URL
+    (read from the lines it prints once both listen)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    target = web = ""
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("grpc: "):
+            target = line.removeprefix("grpc: ").strip()
+        if line.startswith("web: "):
+            web = line.removeprefix("web: ").strip().removesuffix("/history")
+            break
+    return server, target, web
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Flagpost ingest benchmark")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
@@ -194,23 +216,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="flagpost-bench-"))
     env, pg_name = server_env(args.db, workdir)
     cli(env, "db", "upgrade")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server, target, web = serve(env)
     try:
-        target = web = ""
-        assert server.stdout is not None
-        for line in server.stdout:
-            if line.startswith("grpc: "):
-                target = line.removeprefix("grpc: ").strip()
-            if line.startswith("web: "):
-                web = line.removeprefix("web: ").strip().removesuffix("/history")
-                break
         token = cli(env, "token", "create", "--uses", str(args.agents))
         agents = enroll(target, token, args.agents)
         if args.prefill and args.db == "sqlite":

@@ -30,7 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from tests.bench.ingest import REPO, bench_facts, cli, enroll, scrape, server_env
+from tests.bench.ingest import bench_facts, cli, enroll, scrape, serve, server_env
 
 SOURCES = ("detector", "executor", "move_legacy_config", "rename_keys", "split_secrets")
 LEVELS = ("DEBUG", "INFO", "INFO", "INFO", "WARNING", "ERROR")
@@ -135,23 +135,8 @@ def main() -> int:
     env, pg_name = server_env(args.db, workdir)
     env["FLAGPOST_MAX_LOG_LINES_PER_CHECKIN"] = str(max(args.lines, 5000))
     cli(env, "db", "upgrade")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server, target, web = serve(env)
     try:
-        target = web = ""
-        assert server.stdout is not None
-        for out in server.stdout:
-            if out.startswith("grpc: "):
-                target = out.removeprefix("grpc: ").strip()
-            if out.startswith("web: "):
-                web = out.removeprefix("web: ").strip().removesuffix("/history")
-                break
         token = cli(env, "token", "create", "--uses", str(args.agents))
         agents = enroll(target, token, args.agents)
         proc = psutil.Process(server.pid)
