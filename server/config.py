@@ -73,6 +73,23 @@ class ServerConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # Trust (issue 5). The Ed25519 key that signs every action lives in
+    # <state_dir>/signing-key.pem (created 0600 on first start); replicas sharing a PostgreSQL
+    # must share that file. Agent credentials expire after credential_ttl_days (0: never) and
+    # are rotated automatically at the first check-in within credential_rotate_before_days of
+    # expiry. Enroll and login are rate limited per client address (login also per user name):
+    # at most N attempts per minute, then RESOURCE_EXHAUSTED / 429 with a retry hint.
+    credential_ttl_days: int = 90
+    credential_rotate_before_days: int = 14
+    enroll_rate_per_minute: int = 10
+    login_rate_per_minute: int = 5
+    session_ttl_hours: int = 12
+    # A file holding a bearer token Prometheus may use for /metrics ("" = logged-in users only).
+    metrics_token_file: str = ""
+    # Secret input (issue 6): answers are kept encrypted with <state_dir>/inputs.key (Fernet,
+    # created 0600 on first start) until the agent acknowledges them; each answer is at most
+    # input_max_bytes.
+    input_max_bytes: int = 4_096
     # Start-up: migrate the schema instead of refusing to start when it is behind.
     auto_upgrade: bool = False
     log_level: str = "INFO"

@@ -68,6 +68,13 @@ class ResourceExhausted(FlagpostError):
         self.retry_after_ms = retry_after_ms
 
 
+class RateLimited(ResourceExhausted):
+    """One client made too many attempts (logins, enrollments): 429 on the web."""
+
+    http_status = 429
+    reason = "rate_limited"
+
+
 class Unavailable(FlagpostError):
     """A dependency (the database) is unreachable; the operation is safe to retry."""
 

@@ -20,7 +20,8 @@ from server.storage.db import create_engine_for_url
 from server.storage.models import Base
 
 TABLES_0001 = {"agents", "enrollment_tokens", "agent_credentials", "update_events"}
-TABLES = TABLES_0001 | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
+TABLES_0003 = {"web_users", "web_sessions", "signing_keys"}
+TABLES = TABLES_0001 | {"migration_runs", "run_steps", "task_logs", "pending_actions"} | TABLES_0003
 
 
 def test_single_head() -> None:

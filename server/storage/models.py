@@ -84,6 +84,8 @@ class Agent(Base):
     checkin_interval_seconds: Mapped[int] = mapped_column(Integer, default=60)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked_at: Mapped[datetime | None]
+    # `flagpost-server agent rotate ID`: the next check-in hands out a new credential.
+    rotate_requested_at: Mapped[datetime | None]
 
     __table_args__ = (Index(None, "hostname"),)
 
@@ -113,6 +115,9 @@ class AgentCredential(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # NULL until the agent first authenticates with it (a rotated-in credential that was never
+    # used keeps the previous one valid).
+    last_used_at: Mapped[datetime | None]
 
 
 class UpdateEvent(Base):
@@ -238,8 +243,46 @@ class PendingActionRow(Base):
     delivered_at: Mapped[datetime | None]
     acknowledged_at: Mapped[datetime | None]
     requested_by: Mapped[str] = mapped_column(String(128), default="")
+    # 16 random bytes, hex: signed into the action; the agent executes a nonce at most once.
+    nonce: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
     __table_args__ = (
         Index(None, "agent_id", "acknowledged_at"),
         Index(None, "created_at"),
     )
+
+
+class WebUser(Base):
+    """A person who logs in to the web. Only an argon2id hash of the password is kept."""
+
+    __tablename__ = "web_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "viewer"
+    created_at: Mapped[datetime]
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebSession(Base):
+    """A logged-in browser. Only a SHA-256 of the (256-bit random) cookie value is kept."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SigningKey(Base):
+    """Public half of each server signing key in use (``key_id``: SHA-256 hex of the raw key).
+    Replicas sharing a database must sign with the same key: a server whose key differs from
+    the registered one refuses to start."""
+
+    __tablename__ = "signing_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))  # raw 32 bytes, hex
+    created_at: Mapped[datetime]

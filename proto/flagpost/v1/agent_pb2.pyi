@@ -82,14 +82,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., facts: _Optional[_Union[HostFacts, _Mapping]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("agent_id", "credential", "checkin_interval_seconds")
+    __slots__ = ("agent_id", "credential", "checkin_interval_seconds", "server_signing_key", "credential_expires_at")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     CHECKIN_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     credential: str
     checkin_interval_seconds: int
-    def __init__(self, agent_id: _Optional[str] = ..., credential: _Optional[str] = ..., checkin_interval_seconds: _Optional[int] = ...) -> None: ...
+    server_signing_key: bytes
+    credential_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, agent_id: _Optional[str] = ..., credential: _Optional[str] = ..., checkin_interval_seconds: _Optional[int] = ..., server_signing_key: _Optional[bytes] = ..., credential_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("failing_step", "file_path", "errno", "errno_name", "exception_type", "line", "rollback", "rollback_error", "backup_path")
@@ -177,7 +181,7 @@ class StepResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
 
 class RunUpdate(_message.Message):
-    __slots__ = ("update_id", "run_id", "state", "steps_done", "steps_total", "steps", "started_at", "finished_at", "migration_id", "migration_from", "migration_to", "error_message", "requested_by_action_id", "occurred_at")
+    __slots__ = ("update_id", "run_id", "state", "steps_done", "steps_total", "steps", "started_at", "finished_at", "migration_id", "migration_from", "migration_to", "error_message", "requested_by_action_id", "occurred_at", "input_request")
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +196,7 @@ class RunUpdate(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     run_id: str
     state: RunState
@@ -206,7 +211,28 @@ class RunUpdate(_message.Message):
     error_message: str
     requested_by_action_id: str
     occurred_at: _timestamp_pb2.Timestamp
-    def __init__(self, update_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_id: _Optional[str] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., error_message: _Optional[str] = ..., requested_by_action_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    input_request: InputRequest
+    def __init__(self, update_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_id: _Optional[str] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., error_message: _Optional[str] = ..., requested_by_action_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_request: _Optional[_Union[InputRequest, _Mapping]] = ...) -> None: ...
+
+class InputField(_message.Message):
+    __slots__ = ("name", "label", "secret", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    label: str
+    secret: bool
+    error: str
+    def __init__(self, name: _Optional[str] = ..., label: _Optional[str] = ..., secret: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class InputRequest(_message.Message):
+    __slots__ = ("request_id", "fields")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    fields: _containers.RepeatedCompositeFieldContainer[InputField]
+    def __init__(self, request_id: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[InputField, _Mapping]]] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("run_id", "seq", "timestamp", "level", "source", "message", "metadata")
@@ -234,7 +260,17 @@ class LogLine(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., level: _Optional[str] = ..., source: _Optional[str] = ..., message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "kind", "params", "expires_at")
+    __slots__ = ("action_id", "body", "signature")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    body: bytes
+    signature: bytes
+    def __init__(self, action_id: _Optional[str] = ..., body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ActionBody(_message.Message):
+    __slots__ = ("action_id", "agent_id", "kind", "params", "issued_at", "expires_at", "nonce")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -243,14 +279,20 @@ class Action(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     action_id: str
+    agent_id: str
     kind: str
     params: _containers.ScalarMap[str, str]
+    issued_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, action_id: _Optional[str] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, action_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class LogAck(_message.Message):
     __slots__ = ("run_id", "seqs")
@@ -261,15 +303,19 @@ class LogAck(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("acknowledged_event_ids", "next_checkin_seconds", "actions", "acknowledged_run_update_ids", "acknowledged_log_lines")
+    __slots__ = ("acknowledged_event_ids", "next_checkin_seconds", "actions", "acknowledged_run_update_ids", "acknowledged_log_lines", "new_credential", "new_credential_expires_at")
     ACKNOWLEDGED_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_RUN_UPDATE_IDS_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_LOG_LINES_FIELD_NUMBER: _ClassVar[int]
+    NEW_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    NEW_CREDENTIAL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     acknowledged_event_ids: _containers.RepeatedScalarFieldContainer[str]
     next_checkin_seconds: int
     actions: _containers.RepeatedCompositeFieldContainer[Action]
     acknowledged_run_update_ids: _containers.RepeatedScalarFieldContainer[str]
     acknowledged_log_lines: _containers.RepeatedCompositeFieldContainer[LogAck]
-    def __init__(self, acknowledged_event_ids: _Optional[_Iterable[str]] = ..., next_checkin_seconds: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., acknowledged_run_update_ids: _Optional[_Iterable[str]] = ..., acknowledged_log_lines: _Optional[_Iterable[_Union[LogAck, _Mapping]]] = ...) -> None: ...
+    new_credential: str
+    new_credential_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, acknowledged_event_ids: _Optional[_Iterable[str]] = ..., next_checkin_seconds: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., acknowledged_run_update_ids: _Optional[_Iterable[str]] = ..., acknowledged_log_lines: _Optional[_Iterable[_Union[LogAck, _Mapping]]] = ..., new_credential: _Optional[str] = ..., new_credential_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
