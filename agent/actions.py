@@ -1,9 +1,18 @@
-"""Actions from the server: what each one means to the agent, and the notices for refusals.
+"""Actions from the server: verify them, then what each one means to the agent.
 
 A check-in response may carry actions. Every received action id is recorded in the outbox (see
 :mod:`agent.run_queue`) and acknowledged in the next check-in, whatever happens to it; an action
 is executed at most once (a re-delivered id is acknowledged again, not executed again; an agent
 killed between receiving and executing an action does not execute it after the restart).
+
+Before anything else an action is verified (:mod:`agent.action_verify`): signed with the server
+key pinned at enrollment over exactly its body bytes, addressed to this agent, not expired; then
+its nonce must be new (:meth:`agent.run_queue.RunQueue.claim_nonce`, durable). An action that
+fails any check is refused: not executed, acknowledged, and reported as an ``agent_notice``
+warning event naming the reason (unsigned, bad signature, malformed, another agent's, expired,
+replayed, no pinned key).
+
+Accepted actions are dispatched by kind (:meth:`ActionHandler.register` adds a kind):
 
 * ``run_migration`` (params: ``migration_id``, optional; none means every registered
   migration): queued for the migration worker, which starts a run whose RunUpdates carry
@@ -13,8 +22,7 @@ killed between receiving and executing an action does not execute it after the r
   execution event is ``migration_execution_failed`` with ``exception_type`` "RunCancelled" and a
   message saying it was cancelled. A cancel for a run that is not in progress (finished, or
   unknown here) is refused with a notice.
-* An expired action (``expires_at`` set and not in the future by the agent's clock) or one of an
-  unknown kind is ignored and reported as an ``agent_notice`` warning event.
+* An action of an unknown kind is ignored and reported as an ``agent_notice`` warning event.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from agent import events
+from agent.action_verify import ActionRefused, VerifiedAction, verify
 from agent.outbox import Outbox
 from agent.runs import RunControl
 from agent.sysinfo import agent_info
@@ -34,6 +43,17 @@ log = logging.getLogger(__name__)
 
 RUN_MIGRATION = "run_migration"
 CANCEL_RUN = "cancel_run"
+
+# (verified action, outbox) -> what was done ("queued", "cancelled", "ignored", ...)
+KindHandler = Callable[[VerifiedAction, Outbox], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """What verification needs: this agent's id and the server key pinned at enrollment."""
+
+    agent_id: str
+    server_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,60 +69,83 @@ class RunRequest:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
 
-def expired(action: agent_pb2.Action, now: datetime | None = None) -> bool:
-    """True when the action has an expiry that is not in the future."""
-    if not action.HasField("expires_at"):
-        return False
-    expires: datetime = action.expires_at.ToDatetime(tzinfo=UTC)
-    return expires <= (now or datetime.now(UTC))
-
-
 class ActionHandler:
-    """Turns received actions into run requests, cancellations or notices."""
+    """Verifies received actions and turns them into run requests, cancellations or notices."""
 
     def __init__(
         self,
         control: RunControl,
         migration_ids: Collection[str],
         submit: Callable[[RunRequest], None],
+        trust: Callable[[], Trust | None],
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """``trust``: the agent id and pinned key (None: not enrolled), read per action so a
+        re-enrollment takes effect at once."""
         self._control = control
         self._migration_ids = frozenset(migration_ids)
         self._submit = submit
+        self._trust = trust
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._kinds: dict[str, KindHandler] = {
+            RUN_MIGRATION: self._run_migration,
+            CANCEL_RUN: self._cancel_run,
+        }
+
+    def register(self, kind: str, handler: KindHandler) -> None:
+        """Handle verified actions of ``kind`` with ``handler`` (replaces an earlier one)."""
+        self._kinds[kind] = handler
 
     def handle(self, action: agent_pb2.Action, outbox: Outbox) -> str:
-        """Act on one action; refusals become notices in ``outbox``. Returns what was done:
-        "queued", "cancelled", or "ignored"."""
-        label = f"Action {action.action_id} ({action.kind or 'no kind'})"
-        if expired(action, self._clock()):
-            expires = action.expires_at.ToDatetime(tzinfo=UTC).isoformat()
-            return self.notice(outbox, f"{label} expired at {expires}; ignored")
-        if action.kind == RUN_MIGRATION:
-            migration_id = action.params.get("migration_id", "")
-            if migration_id and migration_id not in self._migration_ids:
-                return self.notice(
-                    outbox,
-                    f"{label} ignored: no migration {migration_id!r} is registered on this agent",
-                )
-            log.info("%s: run requested", label)
-            expires = (
-                action.expires_at.ToDatetime(tzinfo=UTC) if action.HasField("expires_at") else None
+        """Verify and act on one action; refusals become notices in ``outbox``. Returns what was
+        done: "queued", "cancelled", "refused" or "ignored" (or a registered handler's word)."""
+        trust = self._trust()
+        try:
+            verified = verify(
+                action,
+                trust.server_key if trust is not None else b"",
+                trust.agent_id if trust is not None else "",
+                self._clock(),
             )
-            self._submit(RunRequest(action.action_id, migration_id, expires))
-            return "queued"
-        if action.kind == CANCEL_RUN:
-            run_id = action.params.get("run_id", "")
-            if run_id and self._control.cancel(
-                run_id, f"cancelled by request (action {action.action_id})"
-            ):
-                log.info("%s: cancelling run %s at the next step boundary", label, run_id)
-                return "cancelled"
+            earlier = outbox.runs.claim_nonce(
+                verified.nonce, verified.action_id, verified.expires_at
+            )
+            if earlier is not None:
+                raise ActionRefused(f"replayed (its nonce was already used by action {earlier})")
+        except ActionRefused as refusal:
+            self.notice(outbox, f"Action {action.action_id} refused: {refusal.reason}")
+            return "refused"
+        handler = self._kinds.get(verified.kind)
+        if handler is None:
             return self.notice(
-                outbox, f"{label} ignored: run {run_id or '(none given)'} is not in progress"
+                outbox,
+                f"Action {verified.action_id} ignored: unknown action kind {verified.kind!r}",
             )
-        return self.notice(outbox, f"{label} ignored: unknown action kind {action.kind!r}")
+        return handler(verified, outbox)
+
+    def _run_migration(self, action: VerifiedAction, outbox: Outbox) -> str:
+        label = f"Action {action.action_id} ({action.kind})"
+        migration_id = action.params.get("migration_id", "")
+        if migration_id and migration_id not in self._migration_ids:
+            return self.notice(
+                outbox,
+                f"{label} ignored: no migration {migration_id!r} is registered on this agent",
+            )
+        log.info("%s: run requested", label)
+        self._submit(RunRequest(action.action_id, migration_id, action.expires_at))
+        return "queued"
+
+    def _cancel_run(self, action: VerifiedAction, outbox: Outbox) -> str:
+        label = f"Action {action.action_id} ({action.kind})"
+        run_id = action.params.get("run_id", "")
+        if run_id and self._control.cancel(
+            run_id, f"cancelled by request (action {action.action_id})"
+        ):
+            log.info("%s: cancelling run %s at the next step boundary", label, run_id)
+            return "cancelled"
+        return self.notice(
+            outbox, f"{label} ignored: run {run_id or '(none given)'} is not in progress"
+        )
 
     @staticmethod
     def notice(outbox: Outbox, message: str) -> str:

@@ -16,6 +16,11 @@ agent reconnects is decided by its own jittered backoff, not by gRPC's internal 
 (which grows to two minutes and is the same for every agent).
 
 Events are never deleted except by an acknowledgement.
+
+Credential rotation: a response carrying ``new_credential`` is stored first (atomically, 0600,
+:func:`agent.enroll.save_credentials`), then used from the next call on. If it cannot be stored
+the old credential is kept (the server keeps it valid until the new one is used, and hands out
+another at the next check-in). The credential is never logged.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 
 from agent import events
-from agent.enroll import Credentials
+from agent.enroll import Credentials, save_credentials
 from agent.outbox import Outbox, PendingEvent
 from agent.run_queue import PendingLine, PendingUpdate
 from agent.sysinfo import agent_info
@@ -89,11 +95,14 @@ class CheckInClient:
         credentials: Credentials,
         timeout: timedelta = timedelta(seconds=10),
         security: ChannelSecurity | None = None,
+        credentials_path: Path | None = None,
     ) -> None:
-        """``security``: TLS settings for the channel (:mod:`agent.tls`); None is plain text."""
+        """``security``: TLS settings for the channel (:mod:`agent.tls`); None is plain text.
+        ``credentials_path``: where a rotated-in credential is stored (None: memory only)."""
         self._target = target
         self._security = security
         self._credentials = credentials
+        self._credentials_path = credentials_path
         self._timeout = timeout.total_seconds()
         self._channel: grpc.Channel | None = None
         self._stub: agent_pb2_grpc.AgentServiceStub | None = None
@@ -125,7 +134,39 @@ class CheckInClient:
         response: agent_pb2.CheckInResponse = self._stub.CheckIn(
             request, metadata=metadata, timeout=self._timeout
         )
+        if response.new_credential:
+            self._adopt(response)
         return response
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials the next call uses (after any rotation)."""
+        return self._credentials
+
+    def _adopt(self, response: agent_pb2.CheckInResponse) -> None:
+        """Store a rotated-in credential, then use it from the next call on."""
+        expires = (
+            response.new_credential_expires_at.ToDatetime(tzinfo=UTC)
+            if response.HasField("new_credential_expires_at")
+            else None
+        )
+        rotated = self._credentials.rotated(response.new_credential, expires)
+        if self._credentials_path is not None:
+            try:
+                save_credentials(self._credentials_path, rotated)
+            except OSError as exc:
+                log.error(
+                    "the server rotated this agent's credential but it cannot be stored in %s "
+                    "(%s); keeping the current one",
+                    self._credentials_path,
+                    exc.strerror or type(exc).__name__,
+                )
+                return
+        self._credentials = rotated
+        log.info(
+            "agent credential rotated by the server (new one expires %s)",
+            expires.isoformat() if expires is not None else "never",
+        )
 
     def cycle(
         self,

@@ -131,6 +131,9 @@ def _dry_run(config: AgentConfig) -> int:
         if not plan.needed:
             print("  no migration needed")
             continue
+        if plan.inputs:
+            names = ", ".join(spec.name for spec in plan.inputs)
+            print(f"  needs input when run (asked for on the server's run page): {names}")
         print(f"  would back up into {config.backups_dir}/<run id>/:")
         for path in plan.touched():
             state = "exists" if path.exists() else "absent, deleted on rollback"

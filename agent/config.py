@@ -22,6 +22,7 @@ TOML keys (all optional)::
     fast_checkin_linger_seconds = 5       # fast cadence for this long after a run ends
     crash_at = ""                     # test-only fault injection point
     step_delay_seconds = 0            # test/demo knob: pause before each migration step
+    input_timeout_seconds = 86400     # a run waiting for input (AWAITING_INPUT) fails after this
     ca_file = "/etc/flagpost-agent/ca.pem"  # TLS: verify the server against this CA
     server_fingerprint = "sha256:ab12..."  # TLS: or pin the server certificate's sha256
     client_cert_file = ""             # mutual TLS: this agent's certificate and key (PEM)
@@ -86,6 +87,9 @@ class AgentConfig:
     # each migration step (waking early on cancel or shutdown) so a run can be watched live and
     # cancelled mid-run. 0 in production.
     step_delay: timedelta = timedelta(0)
+    # How long a run may wait for input in total (across agent restarts) before it fails with
+    # "no input within 24 h for: ..." (agent/inputs.py, FLAGPOST_AGENT_INPUT_TIMEOUT_SECONDS).
+    input_timeout: timedelta = timedelta(days=1)
     log_level: str = "INFO"
     config_file: Path | None = None
     # TLS (agent/tls.py): with a CA file or a pinned server certificate fingerprint (lower-case
@@ -164,6 +168,7 @@ _TOP_KEYS = (
     "fast_checkin_linger_seconds",
     "crash_at",
     "step_delay_seconds",
+    "input_timeout_seconds",
     "log_level",
     "ca_file",
     "server_fingerprint",
@@ -206,6 +211,8 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
             changes["fast_checkin_linger"] = _seconds(name, value)
         elif key == "step_delay_seconds":
             changes["step_delay"] = _seconds(name, value)
+        elif key == "input_timeout_seconds":
+            changes["input_timeout"] = _seconds(name, value, 0.01)
         elif key == "crash_at":
             changes["crash_at"] = str(value)
         elif key == "log_level":

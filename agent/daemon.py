@@ -40,12 +40,13 @@ from datetime import timedelta
 from types import FrameType, TracebackType
 from typing import Any
 
-from agent.actions import ActionHandler, RunRequest
+from agent.actions import ActionHandler, RunRequest, Trust
 from agent.checkin import CheckInClient, CheckInResult
 from agent.checkin_loop import CheckInLoop
 from agent.config import AgentConfig
 from agent.enroll import Credentials, EnrollmentError, load_credentials
 from agent.faults import FaultInjector
+from agent.inputs import PROVIDE_INPUT, InputBroker, ProvideInputHandler
 from agent.migrations.chain import MIGRATION_ID, json_conf
 from agent.migrations.engine import MigrationEngine, RunResult
 from agent.migrations.registry import MigrationRegistry, default_registry
@@ -115,7 +116,14 @@ class Agent:
         self._requests: deque[RunRequest] = deque()
         self._requests_lock = threading.Lock()
         self._actions = ActionHandler(
-            self._control, [migration.id for migration in self._registry], self._submit
+            self._control, [migration.id for migration in self._registry], self._submit, self._trust
+        )
+        # Runs waiting for input (agent/inputs.py): only the daemon waits; `once` and
+        # `migrate` leave such a run waiting (the daemon asks again when it starts).
+        self._inputs = InputBroker()
+        self._wait_for_input = False
+        self._actions.register(
+            PROVIDE_INPUT, ProvideInputHandler(self._inputs, ActionHandler.notice)
         )
         self._engine = MigrationEngine(
             config.root,
@@ -125,6 +133,8 @@ class Agent:
             should_stop=self._stop.is_set,
             control=self._control,
             step_delay=config.step_delay,
+            inputs=self._inputs,
+            input_timeout=config.input_timeout,
         )
         self._schedule = CheckInSchedule(
             config.checkin_interval,
@@ -226,6 +236,7 @@ class Agent:
                     migration,
                     report_unchanged=report_unchanged,
                     requested_by=request.action_id if request is not None else "",
+                    wait_for_input=self._wait_for_input,
                 )
             )
         return results
@@ -266,6 +277,17 @@ class Agent:
         """Stored enrollment credentials, None if not enrolled."""
         return load_credentials(self._config.credentials_path)
 
+    def _trust(self) -> Trust | None:
+        """This agent's id and pinned server key, for verifying actions (None: not enrolled
+        or the credentials file is unreadable: every action is refused)."""
+        try:
+            credentials = self.credentials()
+        except EnrollmentError:
+            return None
+        if credentials is None:
+            return None
+        return Trust(credentials.agent_id, credentials.server_signing_key)
+
     def facts(self, outbox: Outbox | None = None) -> agent_pb2.HostFacts:
         """Host facts for the next check-in."""
         version = (outbox or self._outbox).get_state(f"config_version:{MIGRATION_ID}")
@@ -281,6 +303,7 @@ class Agent:
                 credentials,
                 self._config.rpc_timeout,
                 ChannelSecurity.from_config(self._config),
+                credentials_path=self._config.credentials_path,
             )
             self._schedule.adopt(credentials.checkin_interval)
         return self._client
@@ -348,6 +371,7 @@ class Agent:
     def run(self) -> int:
         """``flagpost-agent run``: the daemon loop until stopped. Returns the exit code."""
         self.recover()
+        self._wait_for_input = True  # answers arrive through the check-in thread
         try:
             credentials = self.credentials()
         except EnrollmentError:

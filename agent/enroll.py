@@ -1,16 +1,22 @@
 """Enrollment: trade an enrollment token for an agent id and credential, stored 0600.
 
-``state_dir/credentials.json`` holds ``agent_id``, ``credential``, ``server`` and the server's
-``checkin_interval_seconds``. It is created with ``os.open(..., 0o600)`` (never world-readable,
-not even briefly), fsynced and renamed into place. The credential is never logged.
+``state_dir/credentials.json`` holds ``agent_id``, ``credential``, ``server``, the server's
+``checkin_interval_seconds``, the server's Ed25519 public key pinned at enrollment
+(``server_signing_key``, hex: every action must be signed with it, see
+:mod:`agent.action_verify`) and the credential's expiry (``credential_expires_at``, ISO 8601,
+"" = never). It is created with ``os.open(..., 0o600)`` (never world-readable, not even
+briefly), fsynced and renamed into place. A credential rotated in by the server
+(``CheckInResponse.new_credential``) replaces the old one the same way, before it is used. The
+credential is never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -34,11 +40,23 @@ class Credentials:
     credential: str
     server: str
     checkin_interval_seconds: int = 0
+    server_signing_key: bytes = b""  # pinned at enrollment; b"": none (re-enroll)
+    credential_expires_at: str = ""  # ISO 8601; "": never
 
     def __repr__(self) -> str:
         return (
             f"Credentials(agent_id={self.agent_id!r}, credential='***', server={self.server!r}, "
-            f"checkin_interval_seconds={self.checkin_interval_seconds})"
+            f"checkin_interval_seconds={self.checkin_interval_seconds}, "
+            f"server_signing_key={self.server_signing_key.hex()[:16]!r}, "
+            f"credential_expires_at={self.credential_expires_at!r})"
+        )
+
+    def rotated(self, credential: str, expires_at: datetime | None) -> Credentials:
+        """These credentials with a new credential (from a rotation) and its expiry."""
+        return replace(
+            self,
+            credential=credential,
+            credential_expires_at=expires_at.isoformat() if expires_at is not None else "",
         )
 
     @property
@@ -57,6 +75,8 @@ def save_credentials(path: Path, credentials: Credentials) -> None:
             "credential": credentials.credential,
             "server": credentials.server,
             "checkin_interval_seconds": credentials.checkin_interval_seconds,
+            "server_signing_key": credentials.server_signing_key.hex(),
+            "credential_expires_at": credentials.credential_expires_at,
         },
         indent=2,
     ).encode("utf-8")
@@ -78,6 +98,8 @@ def load_credentials(path: Path) -> Credentials | None:
             credential=str(data["credential"]),
             server=str(data.get("server", "")),
             checkin_interval_seconds=int(data.get("checkin_interval_seconds", 0)),
+            server_signing_key=bytes.fromhex(str(data.get("server_signing_key", ""))),
+            credential_expires_at=str(data.get("credential_expires_at", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise EnrollmentError(f"{path}: malformed credentials ({type(exc).__name__})") from exc
@@ -116,12 +138,29 @@ def enroll(
             raise EnrollmentError(message) from None
     if not response.agent_id or not response.credential:
         raise EnrollmentError(f"enrollment at {server} returned no agent id or credential")
+    if len(response.server_signing_key) != 32:
+        raise EnrollmentError(
+            f"enrollment at {server} returned no server signing key (32 bytes expected, got "
+            f"{len(response.server_signing_key)}): the server is too old for this agent"
+        )
+    expires = (
+        response.credential_expires_at.ToDatetime(tzinfo=UTC).isoformat()
+        if response.HasField("credential_expires_at")
+        else ""
+    )
     credentials = Credentials(
         agent_id=response.agent_id,
         credential=response.credential,
         server=server,
         checkin_interval_seconds=int(response.checkin_interval_seconds),
+        server_signing_key=bytes(response.server_signing_key),
+        credential_expires_at=expires,
     )
     save_credentials(credentials_path, credentials)
-    log.info("enrolled at %s as agent %s", server, credentials.agent_id)
+    log.info(
+        "enrolled at %s as agent %s (server signing key %s pinned)",
+        server,
+        credentials.agent_id,
+        hashlib.sha256(credentials.server_signing_key).hexdigest()[:16],
+    )
     return credentials

@@ -16,8 +16,14 @@ file written by an older agent is upgraded in place:
     are kept.
 ``actions``
     Every action id received from the server: ``acked = 0`` until a check-in carrying it in
-    ``acknowledged_action_ids`` succeeded. A re-delivered action (our ack was lost) is recognised
-    and acknowledged again, never executed twice.
+    ``acknowledged_action_ids`` succeeded. A re-delivered action whose acknowledgement has not
+    reached the server yet is recognised and acknowledged again, never executed twice; one that
+    arrives again after the server confirmed our acknowledgement (the server never re-sends
+    those) is handed on, to be refused as a replay.
+``action_nonces``
+    The nonce of every signed action accepted, kept until the action's expiry plus
+    :data:`NONCE_MARGIN` and then pruned (an older copy is refused as expired anyway): an agent
+    executes a nonce at most once, across restarts.
 
 An item the server rejects as invalid (INVALID_ARGUMENT naming ``run_updates[i]`` or
 ``log_lines[i]``) is quarantined: kept, no longer sent, counted by ``flagpost-agent status``.
@@ -29,7 +35,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError
 
@@ -68,10 +74,19 @@ CREATE TABLE IF NOT EXISTS actions (
     received_at TEXT NOT NULL,
     acked INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS action_nonces (
+    nonce TEXT PRIMARY KEY,
+    action_id TEXT NOT NULL,
+    keep_until TEXT NOT NULL,
+    seen_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_action_nonces_keep ON action_nonces (keep_until);
 """
 
 KEEP_LOG_COUNTERS = 1000
 KEEP_ACKED_ACTIONS = 1000
+# How long past its action's expiry a nonce is remembered (clock steps, slow deliveries).
+NONCE_MARGIN = timedelta(hours=1)
 # Per-item framing overhead of a repeated message field inside CheckInRequest (tag + length).
 FRAME_BYTES = 6
 
@@ -97,6 +112,11 @@ class PendingLine:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _sortable(moment: datetime) -> str:
+    """A UTC time as fixed-width text (compares correctly as a string)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class RunQueue:
@@ -258,21 +278,58 @@ class RunQueue:
     # ------------------------------------------------------------ actions
 
     def receive_actions(self, actions: Sequence[agent_pb2.Action]) -> list[agent_pb2.Action]:
-        """Record received actions (to be acknowledged); returns those never seen before."""
-        new: list[agent_pb2.Action] = []
+        """Record received actions (to be acknowledged, whatever happens to them); returns
+        those never seen before and those seen again after the server confirmed our
+        acknowledgement (replays: :mod:`agent.actions` refuses them). An action re-delivered
+        while our acknowledgement is still pending is just acknowledged again."""
+        handed_on: list[agent_pb2.Action] = []
         with self._transaction():
             for action in actions:
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO actions (action_id, kind, received_at) VALUES (?, ?, ?)",
-                    (action.action_id, action.kind, _now()),
-                )
-                if cursor.rowcount == 1:
-                    new.append(action)
-                else:  # re-delivered: our acknowledgement was lost; acknowledge it again
+                row = self._db.execute(
+                    "SELECT acked FROM actions WHERE action_id = ?", (action.action_id,)
+                ).fetchone()
+                if row is None:
                     self._db.execute(
-                        "UPDATE actions SET acked = 0 WHERE action_id = ?", (action.action_id,)
+                        "INSERT INTO actions (action_id, kind, received_at) VALUES (?, '', ?)",
+                        (action.action_id, _now()),
                     )
-        return new
+                    handed_on.append(action)
+                    continue
+                if int(row[0]) == 1:
+                    handed_on.append(action)  # the server already had our ack: a replay
+                self._db.execute(
+                    "UPDATE actions SET acked = 0 WHERE action_id = ?", (action.action_id,)
+                )
+        return handed_on
+
+    def claim_nonce(self, nonce: bytes, action_id: str, expires_at: datetime) -> str | None:
+        """Record ``nonce`` as used by ``action_id`` (kept until ``expires_at`` +
+        NONCE_MARGIN; expired ones are pruned here). Returns None when it is new, else the id
+        of the action that already used it (this one is a replay)."""
+        now = datetime.now(UTC)
+        with self._transaction():
+            self._db.execute("DELETE FROM action_nonces WHERE keep_until < ?", (_sortable(now),))
+            row = self._db.execute(
+                "SELECT action_id FROM action_nonces WHERE nonce = ?", (nonce.hex(),)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            self._db.execute(
+                "INSERT INTO action_nonces (nonce, action_id, keep_until, seen_at) "
+                "VALUES (?, ?, ?, ?)",
+                (
+                    nonce.hex(),
+                    action_id,
+                    _sortable(expires_at + NONCE_MARGIN),
+                    _sortable(now),
+                ),
+            )
+        return None
+
+    def nonce_count(self) -> int:
+        """Nonces remembered (status, tests)."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM action_nonces").fetchone()
+        return int(count)
 
     def pending_action_acks(self) -> list[str]:
         """Action ids received but not yet acknowledged in a successful check-in."""

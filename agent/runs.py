@@ -4,7 +4,10 @@ What is a run: one detection + execution attempt of one registered migration, id
 ``run_id`` its events carry. The agent makes a run when
 
 * a migration is needed (the run executes it: RUNNING, a snapshot at each step start and end,
-  then SUCCEEDED, FAILED, PARTIAL (the rollback failed) or CANCELLED);
+  then SUCCEEDED, FAILED, PARTIAL (the rollback failed) or CANCELLED). A run whose steps need
+  inputs first reports AWAITING_INPUT (its ``input_request`` lists every input still missing,
+  a new ``request_id`` per ask) before anything is backed up or changed, and RUNNING again once
+  every answer was right (see :mod:`agent.inputs`);
 * detection failed and that outcome is reported (a FAILED run with 0 steps; the same failure
   seen again by the periodic re-detection is neither a new event nor a new run);
 * the server asked for it (action ``run_migration``): always a run, even when nothing is needed
@@ -33,6 +36,7 @@ from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2
 
 RUNNING = agent_pb2.RUN_STATE_RUNNING
+AWAITING_INPUT = agent_pb2.RUN_STATE_AWAITING_INPUT
 SUCCEEDED = agent_pb2.RUN_STATE_SUCCEEDED
 FAILED = agent_pb2.RUN_STATE_FAILED
 PARTIAL = agent_pb2.RUN_STATE_PARTIAL
@@ -88,6 +92,7 @@ class RunTracker:
         self.state = RUNNING
         self.error_message = ""
         self.finished_at: datetime | None = None
+        self.input_request: agent_pb2.InputRequest | None = None
         self._steps = [_Step(name) for name in steps]
 
     @property
@@ -122,6 +127,8 @@ class RunTracker:
                     duration_ms=step.duration_ms,
                 )
             )
+        if self.state == AWAITING_INPUT and self.input_request is not None:
+            update.input_request.CopyFrom(self.input_request)
         update.started_at.FromDatetime(self.started_at)
         if self.finished_at is not None:
             update.finished_at.FromDatetime(self.finished_at)
@@ -135,8 +142,15 @@ class RunTracker:
         return update
 
     def start(self) -> agent_pb2.RunUpdate:
-        """The run started: RUNNING with every step pending."""
+        """The run started (or resumed after its inputs were answered): RUNNING."""
         self.state = RUNNING
+        self.input_request = None
+        return self.emit()
+
+    def await_input(self, request: agent_pb2.InputRequest) -> agent_pb2.RunUpdate:
+        """The run waits for the inputs ``request`` lists: AWAITING_INPUT."""
+        self.state = AWAITING_INPUT
+        self.input_request = request
         return self.emit()
 
     def step_started(self, index: int) -> agent_pb2.RunUpdate:
@@ -176,6 +190,7 @@ class RunTracker:
         :meth:`agent.migrations.engine.MigrationEngine._finish`)."""
         self.state = state
         self.error_message = error_message
+        self.input_request = None
         self.finished_at = datetime.now(UTC)
         return self.snapshot(update_id)
 
@@ -260,6 +275,10 @@ class RunControl:
             if left <= 0:
                 return
             self._cancel.wait(min(left, 0.05))
+
+    def cancelled(self) -> bool:
+        """True once the run in progress was cancelled (a run waiting for input polls this)."""
+        return self._cancel.is_set()
 
     def checkpoint(self) -> None:
         """At a step boundary: raise :class:`RunCancelled` if the run was cancelled."""

@@ -1,24 +1,34 @@
-"""The `make run` demo: a Flagpost server on SQLite in a temp dir and four local agents.
+"""The `make run` demo: a Flagpost server on SQLite in a temp dir and five local agents.
 
     healthy   a legacy v1 config that migrates to v4       (detection + execution success)
     invalid   a legacy config with a syntax error on line 3 (detection failed)
     readonly  a legacy config in a read-only directory    (execution failed, rolled back)
     current   a config already at v4                      (detection not needed)
+    secrets   a legacy config whose database password and upstream token the old version
+              never held (only verifiers): its run waits for input (AWAITING_INPUT) until an
+              admin types them on the run page (the demo prints them)
 
 The read-only failure is a real OS error: as root (which ignores permission bits) that agent
 runs as the unprivileged user ``nobody`` through setpriv; as a normal user the directory's mode
 is enough.
 
-``--smoke`` waits until the four outcomes are in the History, prints them and exits (the demo test
+The web needs a login: the demo creates an admin (``demo-admin``) and a viewer
+(``demo-viewer``) with random passwords (``flagpost-server user create``, the password piped on
+stdin) and prints both logins.
+
+``--smoke`` waits until the five outcomes are in the History, prints them and exits (the demo test
 uses it); otherwise the demo runs until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.cookiejar
 import json
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -27,8 +37,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from agent.migrations.chain import legacy_config_with_secrets
 
 PY = sys.executable
 LEGACY_CONFIG = """\
@@ -51,12 +64,22 @@ CURRENT_CONFIG = {
     "logging": {"level": "info"},
     "secrets_file": "secrets.json",
 }
-HOSTNAMES = {"healthy": "web-01", "invalid": "db-02", "readonly": "cache-03", "current": "edge-04"}
+HOSTNAMES = {
+    "healthy": "web-01",
+    "invalid": "db-02",
+    "readonly": "cache-03",
+    "current": "edge-04",
+    "secrets": "vault-05",
+}
+# What the "secrets" agent's run asks for: random per demo, printed so the prompt can be answered.
+DEMO_DB_PASSWORD = "db-" + secrets.token_hex(4)
+DEMO_UPSTREAM_TOKEN = "upstream-" + secrets.token_hex(4)
 EXPECTED = {
     "healthy": {"migration_detection_success", "migration_execution_success"},
     "invalid": {"migration_detection_failed"},
     "readonly": {"migration_execution_failed"},
     "current": {"migration_detection_not_needed"},
+    "secrets": {"migration_detection_success"},  # then its run waits for input
 }
 
 
@@ -89,6 +112,17 @@ def write_agent_roots(base: Path, unprivileged: pwd.struct_passwd | None) -> dic
     secrets = current / "secrets.json"
     secrets.write_text(json.dumps({"agent_token": "demo-current"}) + "\n")
     secrets.chmod(0o600)
+    waiting = roots["secrets"] / "etc" / "aggregator"
+    waiting.mkdir()
+    (waiting / "agent.conf").write_text(
+        legacy_config_with_secrets(
+            server_url="https://flagpost.example.net:50051",
+            agent_token="demo-secrets",  # noqa: S106 (a placeholder, like the other agents')
+            database_url="postgresql://fleet@db.example/fleet",
+            database_password=DEMO_DB_PASSWORD,
+            upstream_token=DEMO_UPSTREAM_TOKEN,
+        )
+    )
 
     # The read-only agent: its legacy config dir cannot be changed by the user it runs as.
     ro = roots["readonly"]
@@ -130,13 +164,53 @@ def wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> s
     raise SystemExit(f"server did not print {prefix!r} within {timeout}s")
 
 
-def outcomes_by_host(web_url: str) -> dict[str, set[str]]:
-    with urllib.request.urlopen(f"{web_url}/api/v1/events?limit=200", timeout=5) as response:  # noqa: S310
+def create_user(env: dict[str, str], repo: Path, name: str, role: str) -> str:
+    """``flagpost-server user create NAME --role ROLE`` with a random password on stdin."""
+    password = secrets.token_urlsafe(12)
+    subprocess.run(
+        [PY, "-m", "server", "user", "create", name, "--role", role],
+        env=env,
+        cwd=repo,
+        check=True,
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+    )
+    return password
+
+
+def web_opener(web_url: str, name: str, password: str) -> urllib.request.OpenerDirector:
+    """A urllib opener logged in through the login form (its cookie jar holds the session)."""
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    with opener.open(f"{web_url}/login", timeout=5) as response:
+        match = re.search(r'name="csrf_token" value="([^"]+)"', response.read().decode())
+    if match is None:
+        raise SystemExit("demo: the login page has no CSRF token")
+    form = {"name": name, "password": password, "csrf_token": match.group(1), "next": "/"}
+    data = urllib.parse.urlencode(form).encode()
+    opener.open(f"{web_url}/login", data=data, timeout=5).close()
+    return opener
+
+
+def outcomes_by_host(opener: urllib.request.OpenerDirector, web_url: str) -> dict[str, set[str]]:
+    with opener.open(f"{web_url}/api/v1/events?limit=200", timeout=5) as response:
         events = json.load(response)["events"]
     seen: dict[str, set[str]] = {}
     for event in events:
         seen.setdefault(event["system_info"].get("config_path", ""), set()).add(event["outcome"])
     return seen
+
+
+def waiting_inputs(opener: urllib.request.OpenerDirector, web_url: str) -> list[str]:
+    """The input names the first run waiting for input asks for ([] when none waits)."""
+    with opener.open(f"{web_url}/api/v1/runs?state=awaiting_input", timeout=5) as response:
+        runs = json.load(response)["runs"]
+    if not runs:
+        return []
+    with opener.open(f"{web_url}/api/v1/runs/{runs[0]['id']}/inputs", timeout=5) as response:
+        return sorted(field["name"] for field in json.load(response)["fields"])
 
 
 def main() -> int:
@@ -188,6 +262,8 @@ def main() -> int:
         children.append(server)
         grpc_addr = wait_for_line(server, "grpc: ", 30)
         web_url = wait_for_line(server, "web: ", 30).removesuffix("/history")
+        admin_password = create_user(env, repo, "demo-admin", "admin")
+        viewer_password = create_user(env, repo, "demo-viewer", "viewer")
         token = subprocess.run(
             [PY, "-m", "server", "token", "create", "--uses", str(len(roots)), "--expires", "1h"],
             env=env,
@@ -210,9 +286,17 @@ def main() -> int:
             )
 
         print()
+        print(f"Log in at {web_url}/login")
+        print(f"  admin:  user demo-admin   password {admin_password}")
+        print(f"  viewer: user demo-viewer  password {viewer_password}")
         print(f"History: {web_url}/history")
         print(f"Fleet: {web_url}/   Runs: {web_url}/runs")
         print(f"grpc: {grpc_addr}")
+        print(
+            f"Agent {HOSTNAMES['secrets']} waits for input: open its run from {web_url}/runs as "
+            f"demo-admin and type database password {DEMO_DB_PASSWORD!r}, upstream token "
+            f"{DEMO_UPSTREAM_TOKEN!r} (try a wrong one first)"
+        )
         print("Enroll another agent by hand (see README, 'Five-minute tour'):")
         print(
             f"  FLAGPOST_DATABASE_URL={env['FLAGPOST_DATABASE_URL']} flagpost-server token create"
@@ -220,20 +304,24 @@ def main() -> int:
         print()
 
         if args.smoke:
+            opener = web_opener(web_url, "demo-viewer", viewer_password)
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
-                seen = outcomes_by_host(web_url)
+                seen = outcomes_by_host(opener, web_url)
                 got = {
                     name: set().union(*(v for k, v in seen.items() if f"/agents/{name}/" in k))
                     for name in EXPECTED
                 }
-                if all(EXPECTED[name] <= got[name] for name in EXPECTED):
+                asked = waiting_inputs(opener, web_url)
+                if asked and all(EXPECTED[name] <= got[name] for name in EXPECTED):
                     for name in EXPECTED:
                         print(f"demo: {name}: {', '.join(sorted(got[name]))}")
-                    print("demo: all four outcomes are in the History")
+                    print(f"demo: secrets: run waiting for input: {', '.join(asked)}")
+                    print("demo: all five outcomes are in the History")
                     return 0
                 time.sleep(0.5)
-            print(f"demo: timed out; outcomes seen: {outcomes_by_host(web_url)}", file=sys.stderr)
+            seen = outcomes_by_host(opener, web_url)
+            print(f"demo: timed out; outcomes seen: {seen}", file=sys.stderr)
             return 1
 
         print("Press Ctrl-C to stop.")

@@ -5,7 +5,8 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 
 1. the database: engine + sessionmaker into ``keys.ENGINE`` / ``keys.SESSIONS``, after checking
    the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``), and the
-   shared ``DatabaseHealth`` state (``keys.HEALTH``);
+   shared ``DatabaseHealth`` state (``keys.HEALTH``); then the action-signing key
+   (``<state_dir>/signing-key.pem``, ``keys.SIGNER``), checked against the database's registry;
 2. the event bus (``server.services.bus``, live History streams; ``keys.BUS``);
 3. the health monitor: probes the database about once a second while idle or failing;
 4. the ingest writer (group commit; wakes the bus after each commit); on stop it drains and
@@ -43,7 +44,10 @@ from server.services.agents import Authenticator
 from server.services.bus import bus_ctx, end_streams_on_shutdown
 from server.services.health import DatabaseHealth, HealthMonitor
 from server.services.ingest import IngestWriter
+from server.services.inputs import InputVault
 from server.services.retention import RetentionJob
+from server.services.signing_keys import register as register_signing_key
+from server.signing import load_or_create
 from server.storage import schema
 from server.storage.batches import make_batch_store
 from server.storage.db import create_engine, make_sessionmaker
@@ -99,6 +103,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await engine.dispose()
 
 
+async def _signing(app: web.Application) -> AsyncIterator[None]:
+    """The action-signing key (``server.signing``), registered in the database: a key that
+    differs from the one already registered refuses to start (ConfigError)."""
+    signer = await asyncio.to_thread(load_or_create, app[keys.CONFIG].state_dir)
+    await register_signing_key(app[keys.SESSIONS], signer)
+    app[keys.SIGNER] = signer
+    yield
+
+
 async def _health_monitor(app: web.Application) -> AsyncIterator[None]:
     monitor = HealthMonitor(app[keys.CONFIG], app[keys.ENGINE], app[keys.HEALTH])
     monitor.start()
@@ -128,8 +141,10 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
         sessions=sessions,
         authenticator=Authenticator(sessions),
         ingest=writer,
+        signer=app[keys.SIGNER],
         health=app[keys.HEALTH],
         metrics=metrics,
+        inputs=InputVault.open(config, sessions),  # <state_dir>/inputs.key; ConfigError if unsafe
     )
     try:
         yield
@@ -185,7 +200,9 @@ def create_app(config: ServerConfig) -> web.Application:
     app[_TRANSPORT] = _Transport(load_server_tls(config))  # ConfigError on bad TLS settings
     metrics = ServerMetrics()
     app[keys.METRICS] = metrics
-    app.cleanup_ctx.extend([_database, bus_ctx, _health_monitor, _ingest, _grpc, _retention])
+    app.cleanup_ctx.extend(
+        [_database, _signing, bus_ctx, _health_monitor, _ingest, _grpc, _retention]
+    )
     app.on_shutdown.extend([end_streams_on_shutdown, _stop_grpc])
     setup_web(app)
     add_metrics_route(app, metrics)

@@ -5,7 +5,9 @@
     flagpost-server [--config FILE] db upgrade | db downgrade REV | db current
     flagpost-server [--config FILE] token create [--uses N] [--expires 24h|30m|7d|never]
     flagpost-server [--config FILE] token list | token revoke PREFIX|ID
-    flagpost-server [--config FILE] agent list | agent revoke AGENT_ID
+    flagpost-server [--config FILE] agent list | agent revoke AGENT_ID | agent rotate AGENT_ID
+    flagpost-server [--config FILE] user create NAME --role admin|viewer [--password-file FILE]
+    flagpost-server [--config FILE] user list | user delete NAME
     flagpost-server [--config FILE] prune [--database-url URL]
     flagpost-server tls selfsigned --out DIR [--host HOST]... [--days N]
 
@@ -31,6 +33,7 @@ from typing import Any
 from server.config import ServerConfig, load_config
 from server.errors import ConfigError, FlagpostError, SchemaOutOfDate
 from server.logging import setup_logging
+from server.user_cli import add_user_commands, user_command
 
 log = logging.getLogger("server.cli")
 
@@ -130,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke", parents=[db_url], help="revoke an agent: its check-ins are refused from now on"
     )
     revoke.add_argument("agent_id", metavar="AGENT_ID")
+    rotate = agent_commands.add_parser(
+        "rotate",
+        parents=[db_url],
+        help="give the agent a new credential at its next check-in (the old one stops working "
+        "once the new one is used)",
+    )
+    rotate.add_argument("agent_id", metavar="AGENT_ID")
+
+    add_user_commands(commands, db_url)
 
     commands.add_parser(
         "prune",
@@ -181,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _db(config, args)
         if args.command == "agent":
             return asyncio.run(_agent(config, args))
+        if args.command == "user":
+            return asyncio.run(user_command(config, args))
         if args.command == "prune":
             return asyncio.run(_prune(config))
         if args.command == "tls":
@@ -305,6 +319,10 @@ async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:
         if args.agent_command == "revoke":
             await agent_service.revoke(sessions, args.agent_id)
             print(f"revoked {args.agent_id} (servers refuse it within a few seconds)")
+            return EXIT_OK
+        if args.agent_command == "rotate":
+            await agent_service.request_rotation(sessions, args.agent_id)
+            print(f"rotation requested for {args.agent_id}: new credential at its next check-in")
             return EXIT_OK
         agents = await agent_service.list_agents(sessions, config)
     finally:

@@ -228,6 +228,7 @@ class ActionKind(StrEnum):
 
     RUN_MIGRATION = "run_migration"
     CANCEL_RUN = "cancel_run"
+    PROVIDE_INPUT = "provide_input"  # answers to an input request (only in the signed body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +240,50 @@ class RunStep:
     status: str  # pending | running | succeeded | failed | rolled_back | skipped
     error: str = ""
     duration_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InputField:
+    """One input a waiting run asks for. ``error``: why the previous answer was refused."""
+
+    name: str  # [a-z0-9_]{1,64}
+    label: str
+    secret: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InputRequest:
+    """What an AWAITING_INPUT run asks for: every missing input at once. Never an answer."""
+
+    request_id: str  # a UUID, new for every ask
+    fields: tuple[InputField, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (``migration_runs.input_request``)."""
+        return {
+            "request_id": self.request_id,
+            "fields": [
+                {"name": f.name, "label": f.label, "secret": f.secret, "error": f.error}
+                for f in self.fields
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InputRequest:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            request_id=str(data.get("request_id", "")),
+            fields=tuple(
+                InputField(
+                    name=str(f.get("name", "")),
+                    label=str(f.get("label", "")),
+                    secret=bool(f.get("secret", False)),
+                    error=str(f.get("error", "")),
+                )
+                for f in data.get("fields", ())
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +305,7 @@ class NewRunUpdate:
     error_message: str
     requested_by_action_id: str | None
     occurred_at: datetime | None
+    input_request: InputRequest | None = None  # set exactly when state is AWAITING_INPUT
 
 
 class NewLogLine(NamedTuple):
@@ -299,10 +345,30 @@ class RunSummary:
     cancel_requested_by: str | None
     cancel_requested_at: datetime | None
     cancelled_by: str | None
+    # Issue 6: the last input request (kept after the run moved on), when the server got it,
+    # and who answered last and when.
+    input_request: InputRequest | None = None
+    input_requested_at: datetime | None = None
+    input_answered_by: str | None = None
+    input_answered_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_RUN_STATES
+
+    @property
+    def waiting_for_input(self) -> bool:
+        """AWAITING_INPUT with a request the server knows."""
+        return self.state == RunState.AWAITING_INPUT and self.input_request is not None
+
+    @property
+    def input_answered(self) -> bool:
+        """Answers were sent for the current request (the agent has not asked again since)."""
+        return (
+            self.input_answered_at is not None
+            and self.input_requested_at is not None
+            and self.input_answered_at >= self.input_requested_at
+        )
 
     def duration_seconds(self, now: datetime) -> float | None:
         """Seconds from start to finish (to ``now`` while active); None before it started."""
@@ -391,3 +457,6 @@ class PendingAction:
     delivered_at: datetime | None
     acknowledged_at: datetime | None
     requested_by: str
+    # 16 random bytes, hex, signed into the action (the agent executes a nonce at most once);
+    # "" for actions queued before alembic 0003 (see ``server.grpc.convert_runs.action_nonce``)
+    nonce: str = ""

@@ -93,3 +93,10 @@ class ConfigError(FlagpostError):
     """The server's own configuration is invalid."""
 
     reason = "config"
+
+
+class UnprotectedMethod(FlagpostError):
+    """Start-up check: a gRPC method is callable without authentication but is not on the
+    allow-list, or the authentication interceptor is missing. The server refuses to start."""
+
+    reason = "unprotected_method"

@@ -12,6 +12,7 @@ from server.metrics import ServerMetrics
 from server.services import Services
 from server.services.bus import EventBus
 from server.services.health import DatabaseHealth
+from server.signing import ActionSigner
 
 
 @dataclass
@@ -31,3 +32,4 @@ SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", ServerMetrics)  # per app: tests run several servers at once
 HEALTH = web.AppKey("health", DatabaseHealth)  # is the database reachable? (/healthz, gRPC)
 BUS = web.AppKey("bus", EventBus)
+SIGNER = web.AppKey("signer", ActionSigner)  # the server's Ed25519 action-signing key

@@ -139,8 +139,12 @@ class ServerMetrics:
 
 
 def add_metrics_route(app: web.Application, metrics: ServerMetrics) -> None:
-    """Serve ``GET /metrics`` on ``app``: the Prometheus text exposition of ``metrics``."""
+    """Serve ``GET /metrics`` on ``app``: the Prometheus text exposition of ``metrics``, to a
+    logged-in user or a scraper with the ``metrics_token_file`` bearer token."""
+    # imported here: server.web imports server.keys, which imports this module
+    from server.web.auth import metrics_reader
 
+    @metrics_reader
     async def metrics_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}

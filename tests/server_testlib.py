@@ -4,17 +4,27 @@ so nothing should be imported from a conftest by name)."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from server.config import ServerConfig
 from server.domain import Category, EventStatus, NewEvent, Severity
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
+
+    from server.app import RunningServer
 
 
 def make_server_config(db_url: str, tmp_path: Path, **overrides: object) -> ServerConfig:
@@ -27,6 +37,8 @@ def make_server_config(db_url: str, tmp_path: Path, **overrides: object) -> Serv
         "grpc_port": 0,
         "web_port": 0,
         "state_dir": tmp_path / "server-state",
+        # Tests enroll many agents from 127.0.0.1; tests/test_rotation.py sets a limit to test it.
+        "enroll_rate_per_minute": 0,
     }
     return load_config(env={}, overrides={**settings, **overrides})
 
@@ -60,3 +72,137 @@ def new_event(agent_id: str, occurred_at: datetime | None = None) -> NewEvent:
         system_info={},
         occurred_at=occurred_at or datetime.now(UTC),
     )
+
+
+# --- web login (issue 5): every protected route needs a session ----------------------------
+
+
+@dataclass(frozen=True)
+class WebAccount:
+    """A web user created for a test (``password`` is the plain text, for logging in)."""
+
+    name: str
+    password: str
+    role: str
+
+
+async def create_web_user(
+    server: RunningServer | web.Application, role: str = "admin", name: str | None = None
+) -> WebAccount:
+    """Create a web user through the service layer (argon2 hash) on the database of ``server``
+    (a running server or a started aiohttp application)."""
+    from server import keys
+    from server.services import users as users_service
+
+    app = server if isinstance(server, web.Application) else server.app
+
+    account = WebAccount(
+        name=name or f"{role}-{secrets.token_hex(4)}",
+        password=secrets.token_urlsafe(12),
+        role=role,
+    )
+    await users_service.create_user(
+        app[keys.SESSIONS], account.name, account.password, account.role
+    )
+    return account
+
+
+_HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_META_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+async def login_http(
+    http: aiohttp.ClientSession | TestClient[web.Request, web.Application],
+    web_url: str,
+    account: WebAccount,
+    next_path: str = "/",
+) -> str:
+    """Log ``http`` in through the real form (GET /login for its CSRF cookie, POST /login);
+    returns the session's CSRF token (read from the page's ``<meta name="csrf-token">``).
+    ``http`` needs a cookie jar that keeps cookies for IP addresses
+    (``aiohttp.CookieJar(unsafe=True)``)."""
+    async with http.get(f"{web_url}/login") as reply:
+        assert reply.status == 200, reply.status
+        match = _HIDDEN_CSRF.search(await reply.text())
+        assert match is not None
+    form = {
+        "name": account.name,
+        "password": account.password,
+        "next": next_path,
+        "csrf_token": match.group(1),
+    }
+    async with http.post(f"{web_url}/login", data=form, allow_redirects=False) as reply:
+        assert reply.status == 303, (reply.status, await reply.text())
+    async with http.get(f"{web_url}/login?next=/", allow_redirects=True) as reply:
+        meta = _META_CSRF.search(await reply.text())
+        assert reply.status == 200 and meta is not None, reply.status
+    return meta.group(1)
+
+
+@asynccontextmanager
+async def logged_in_http(
+    server: RunningServer,
+    role: str = "admin",
+    *,
+    base_url: bool = False,
+    csrf_header: bool = True,
+    account: WebAccount | None = None,
+    **session_kwargs: Any,
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """An ``aiohttp.ClientSession`` logged in as a new user with ``role`` on ``server``: the
+    session cookie in its jar and (``csrf_header``) ``X-CSRF-Token`` sent with every request.
+    ``base_url``: requests may use paths relative to ``server.web_url``."""
+    account = account or await create_web_user(server, role)
+    kwargs: dict[str, Any] = {"cookie_jar": aiohttp.CookieJar(unsafe=True), **session_kwargs}
+    if base_url:
+        kwargs["base_url"] = server.web_url
+    async with aiohttp.ClientSession(**kwargs) as http:
+        csrf = await login_http(http, "" if base_url else server.web_url, account)
+        if csrf_header:
+            http.headers["X-CSRF-Token"] = csrf
+        yield http
+
+
+async def login_browser(
+    page: Page, web_url: str, account: WebAccount, next_path: str = "/history"
+) -> None:
+    """Log a Playwright page in through the login form; it ends on ``next_path``."""
+    await page.goto(f"{web_url}/login?next={next_path}")
+    await page.fill("#login-name", account.name)
+    await page.fill("#login-password", account.password)
+    async with page.expect_navigation():
+        await page.click("#login-submit")
+    assert page.url.startswith(f"{web_url}{next_path}"), page.url
+
+
+async def browser_logged_in(
+    server: RunningServer, page: Page, role: str = "admin", next_path: str = "/history"
+) -> WebAccount:
+    """Create a user with ``role`` and log ``page`` in as it (ends on ``next_path``)."""
+    account = await create_web_user(server, role)
+    await login_browser(page, server.web_url, account, next_path)
+    return account
+
+
+async def login_test_client(
+    client: TestClient[web.Request, web.Application], role: str = "admin"
+) -> WebAccount:
+    """Log an aiohttp ``TestClient`` in as a new user with ``role``; its requests then carry
+    the session cookie and ``X-CSRF-Token``."""
+    account = await create_web_user(client.app, role)
+    csrf = await login_http(client, "", account)
+    client.session.headers["X-CSRF-Token"] = csrf
+    return account
+
+
+def action_body(action: Any, public_key: bytes | None = None) -> Any:
+    """The ``ActionBody`` inside a signed ``Action`` from a real server; with ``public_key``
+    (``app[keys.SIGNER].public_key_bytes()``) the signature is verified first (InvalidSignature
+    otherwise)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from flagpost.v1 import agent_pb2
+
+    if public_key is not None:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(action.signature, action.body)
+    return agent_pb2.ActionBody.FromString(action.body)

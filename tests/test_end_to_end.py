@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from server_testlib import logged_in_http
 from sqlalchemy import select
 
 from server import keys
@@ -80,7 +80,7 @@ async def stored_events(server: Any) -> list[UpdateEvent]:
 
 async def history_html(server: Any, **params: str) -> str:
     async with (
-        aiohttp.ClientSession() as client,
+        logged_in_http(server, "viewer") as client,
         client.get(f"{server.web_url}/history", params=params) as response,
     ):
         assert response.status == 200

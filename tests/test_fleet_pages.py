@@ -119,7 +119,7 @@ def _with_time(event: NewEvent, when: datetime) -> NewEvent:
 @pytest.fixture
 async def fleet(db_url: str) -> AsyncIterator[tuple[Client, FleetSeed]]:
     seeded = await seed_fleet(db_url)
-    client = await start_client(build_app(db_url))
+    client = await start_client(build_app(db_url), role="admin")  # admins see "Run now"
     try:
         yield client, seeded
     finally:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from playwright.async_api import expect
-from server_testlib import make_server_config
+from server_testlib import browser_logged_in, make_server_config
 from test_history_web import READONLY_ERROR, XSS_MESSAGE, Seeded, seed
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ async def test_filter_expand_and_escape_in_chromium(
     failure = next(s for s in seeded if s.event.error_message == READONLY_ERROR)
     page = browser_page.page
 
+    await browser_logged_in(running, page, "viewer")
     await page.goto(f"{running.web_url}/history")
     await expect(page.get_by_role("heading", name="History")).to_be_visible()
     rows = page.locator("li.event")

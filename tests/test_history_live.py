@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -25,7 +26,7 @@ import grpc
 import pytest
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
-from server_testlib import make_server_config
+from server_testlib import browser_logged_in, logged_in_http, make_server_config
 from sqlalchemy import text
 from test_history_web import AGENTS, XSS_MESSAGE, _event, build_app, seed, start_client
 
@@ -222,7 +223,7 @@ async def test_stream_resumes_with_last_event_id_without_gap_or_duplicate(
     client, bus, db_url = live
     assert isinstance(bus, PostgresEventBus) == db_url.startswith("postgresql")
     url = str(client.make_url("/history/stream"))
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
         first = await open_stream(http, url)
         written = await commit_events(
             db_url, bus, [[new_event()], [new_event(1), new_event(2)], [new_event()]]
@@ -253,7 +254,7 @@ async def test_stream_respects_filters_and_moves_past_other_rows(
     client, bus, db_url = live
     url = str(client.make_url("/history/stream"))
     params = [("severity", "error"), ("agent", list(AGENTS)[1]), ("q", "wanted")]
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
         stream = await open_stream(http, url, params)
         noise = [new_event(0, message="wanted but other agent"), new_event(1, EventStatus.SUCCESS)]
         wanted = new_event(1, message="wanted one")
@@ -289,7 +290,7 @@ async def test_after_param_heartbeats_and_escaped_html(live: tuple[Any, EventBus
     # A row committed between the page render and the stream's start is not lost.
     hostile = new_event(2, EventStatus.WARNING, message=XSS_MESSAGE)
     [[hostile_id]] = await commit_events(db_url, bus, [[hostile]])
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
         stream = await open_stream(
             http, str(client.make_url("/history/stream")), [("after", after)]
         )
@@ -342,7 +343,7 @@ async def test_disconnects_and_shutdown_end_streams_cleanly(db_url: str) -> None
     bus = client.app[keys.BUS]
     url = str(client.make_url("/history/stream"))
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
             streams = [await open_stream(http, url) for _ in range(3)]
             assert bus.subscribers == 3
             streams[0].close()
@@ -394,7 +395,7 @@ async def test_concurrent_writers_become_visible_in_id_order(
     engine = create_engine_for_url(db_url)
     sessions = make_sessionmaker(engine)
     first, second = new_event(0), new_event(1)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
         stream = await open_stream(http, str(client.make_url("/history/stream")))
         try:
             async with sessions() as session, session.begin():
@@ -488,7 +489,7 @@ async def test_grpc_checkins_reach_the_stream_and_resume(running_server: Running
     url = f"{running_server.web_url}/history/stream"
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel,
-        aiohttp.ClientSession() as http,
+        logged_in_http(running_server, "viewer") as http,
     ):
         web_agent = await Agent.enroll(channel, token, "web-live")
         db_agent = await Agent.enroll(channel, token, "db-live")
@@ -587,6 +588,10 @@ async def test_event_ingested_by_one_replica_reaches_the_others_stream(
     db_url: str, subprocess_replica: int, tmp_path: Path
 ) -> None:
     pg_db_url = db_url
+    # Replicas share the signing and input keys (README: scale-out); B gets A's files.
+    (tmp_path / "replica-b").mkdir()
+    for name in ("signing-key.pem", "inputs.key"):
+        shutil.copy2(tmp_path / "replica-a" / name, tmp_path / "replica-b" / name)
     config: ServerConfig = load_config(
         env={},
         overrides={
@@ -603,7 +608,7 @@ async def test_event_ingested_by_one_replica_reaches_the_others_stream(
         token = await enrollment.create_token(replica_b.app[keys.SESSIONS])
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{subprocess_replica}") as channel_a,
-            aiohttp.ClientSession() as http,
+            logged_in_http(replica_b, "viewer") as http,
         ):
             agent = await Agent.enroll(channel_a, token, "replica-a-host")
             stream = await open_stream(http, f"{replica_b.web_url}/history/stream")
@@ -656,6 +661,7 @@ async def test_new_failure_appears_in_chromium_without_reload(
             await agent.check_in(healthy)
 
             # Failures only: the page starts empty (the one event is a success).
+            await browser_logged_in(server, page, "viewer")
             await page.goto(f"{server.web_url}/history?severity=error")
             await expect(page.locator(".empty-state")).to_be_visible()
             live = page.locator("#live-status")

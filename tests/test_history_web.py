@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import markupsafe
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from server_testlib import logged_in_http, login_test_client
 from sqlalchemy import func, select
 
 from server import keys
@@ -32,6 +32,7 @@ from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
 from server.storage.models import UpdateEvent
 from server.web import setup_web
+from server.web.auth import SESSION_COOKIE, viewer
 from server.web.views import error_items, outcome_label, relative_time
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -212,10 +213,15 @@ def build_app(
     return app
 
 
-async def start_client(app: web.Application) -> TestClient[web.Request, web.Application]:
+async def start_client(
+    app: web.Application, role: str | None = "viewer"
+) -> TestClient[web.Request, web.Application]:
+    """A started TestClient on ``app``, logged in as a new user with ``role`` (None: not)."""
     server = TestServer(app, host="127.0.0.1", port=0)
     client = TestClient(server)
     await client.start_server()
+    if role is not None:
+        await login_test_client(client, role)
     return client
 
 
@@ -546,9 +552,10 @@ async def test_empty_states(db_url: str) -> None:
 
 
 async def test_unreachable_database_is_503_and_unexpected_errors_hide_internals(
-    tmp_path: Any,
+    tmp_path: Any, sqlite_db_url: str
 ) -> None:
     def boom_route(app: web.Application) -> None:
+        @viewer
         async def boom(request: web.Request) -> web.StreamResponse:
             raise RuntimeError("secret internal detail /etc/shadow")
 
@@ -556,7 +563,9 @@ async def test_unreachable_database_is_503_and_unexpected_errors_hide_internals(
         app.router.add_get("/boom", boom)
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'nope.db'}"
-    client = await start_client(build_app(url, extra=boom_route))
+    client = await start_client(build_app(url), role=None)
+    # a session cookie: the database must be asked (and found down) before any page is served
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: "s" * 43})
     try:
         health = await client.get("/healthz")
         assert health.status == 503
@@ -566,7 +575,11 @@ async def test_unreachable_database_is_503_and_unexpected_errors_hide_internals(
         assert (await api.json())["error"] == "unavailable"
         page = await client.get("/history")
         assert page.status == 503 and page.content_type == "text/html"
-
+    finally:
+        await client.close()
+    # unexpected errors (a logged-in user on a working database) hide the internals
+    client = await start_client(build_app(sqlite_db_url, extra=boom_route))
+    try:
         boom = await client.get("/api/v1/boom")
         assert boom.status == 500
         assert await boom.json() == {"error": "internal", "message": "Internal server error."}
@@ -636,7 +649,7 @@ async def test_seeded_ids_follow_insertion_order(db_url: str) -> None:
 async def test_the_real_server_serves_the_web(running_server: Any, db_url: str) -> None:
     """``server.app.start_server`` wires ``setup_web``: pages, API, health and headers."""
     await seed(db_url)
-    async with aiohttp.ClientSession(base_url=running_server.web_url) as http:
+    async with logged_in_http(running_server, "viewer", base_url=True) as http:
         async with http.get("/history") as resp:
             assert resp.status == 200
             assert len(html_row_ids(await resp.text())) == len(sample_events())

@@ -21,6 +21,7 @@ import pytest
 from markupsafe import escape
 from playwright.async_api import expect
 from runs_testlib import AgentClient, log_line, run_update, step
+from server_testlib import browser_logged_in, logged_in_http
 from sqlalchemy import func, select
 from test_history_web import html_row_ids
 
@@ -135,8 +136,8 @@ async def seeded(running_server: RunningServer) -> Seeded:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+async def http(running_server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
+    async with logged_in_http(running_server, "viewer") as session:
         yield session
 
 
@@ -325,6 +326,7 @@ async def test_hostile_strings_show_literally_and_never_run(
     page = browser_page.page
     base = running_server.web_url
 
+    await browser_logged_in(running_server, page, "viewer")
     await page.goto(f"{base}/history")
     rows = page.locator("li.event")
     await expect(rows).to_have_count(len(payloads))

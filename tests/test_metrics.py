@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import aiohttp
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from server_testlib import logged_in_http
 from test_grpc_ingest import FACTS, auth, enroll, event
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
@@ -16,7 +16,7 @@ from server.config import ServerConfig
 
 async def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     async with (
-        aiohttp.ClientSession() as http,
+        logged_in_http(server, "viewer") as http,
         http.get(f"{server.web_url}/metrics") as reply,
     ):
         assert reply.status == 200

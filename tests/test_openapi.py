@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 from openapi_spec_validator import validate
+from server_testlib import logged_in_http
 
 from server.app import RunningServer, create_app
 from server.config import load_config
 from server.web.openapi import openapi_document
 
 METHODS = {"get", "post", "put", "patch", "delete"}
+AUTH_POSTS = {"/login", "/logout"}  # the session's own JSON-less endpoints are documented too
 
 
 def app_routes(app: web.Application) -> set[tuple[str, str]]:
     routes: set[tuple[str, str]] = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
-        if path.startswith("/api/v1") and route.method.lower() in METHODS:
+        if route.method.lower() not in METHODS:
+            continue
+        if path.startswith("/api/v1") or (route.method == "POST" and path in AUTH_POSTS):
             routes.add((route.method.lower(), path))
     return routes
 
@@ -35,7 +38,23 @@ def test_every_api_route_is_documented_and_vice_versa() -> None:
         "post",
         "/api/v1/runs/{run_id}/cancel",
     ) in routes
+    assert ("post", "/login") in routes and ("post", "/logout") in routes
     assert routes == document_routes(openapi_document())
+
+
+def test_every_operation_declares_its_security() -> None:
+    document = openapi_document()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["session"] == {**schemes["session"], "in": "cookie", "name": "flagpost_session"}
+    assert schemes["csrf"]["in"] == "header" and schemes["csrf"]["name"] == "X-CSRF-Token"
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if path == "/login":
+                assert operation["security"] == [] and "429" in operation["responses"]
+                continue
+            assert "401" in operation["responses"] and "403" in operation["responses"], path
+            expected = [{"session": []}] if method == "get" else [{"session": [], "csrf": []}]
+            assert operation["security"] == expected, (method, path)
 
 
 def test_document_is_valid_openapi_3_1() -> None:
@@ -46,7 +65,7 @@ def test_document_is_valid_openapi_3_1() -> None:
 
 async def test_document_is_served(running_server: RunningServer) -> None:
     async with (
-        aiohttp.ClientSession(running_server.web_url) as http,
+        logged_in_http(running_server, "viewer", base_url=True) as http,
         http.get("/api/v1/openapi.json") as response,
     ):
         assert response.status == 200

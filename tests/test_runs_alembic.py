@@ -1,5 +1,5 @@
-"""Revision 0002 (runs, steps, logs, actions) upgrades a database already holding data and
-downgrades cleanly, on SQLite and PostgreSQL."""
+"""Revisions from 0002 on (runs, logs, actions, security, inputs) upgrade a database already
+holding data and downgrade cleanly without losing a row, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -101,5 +101,58 @@ async def test_0002_upgrades_a_database_holding_events(empty_any_db_url: str) ->
     await asyncio.to_thread(schema.upgrade, url)
     tables, diff = await _inspect(url)
     assert tables >= NEW_TABLES and diff == []
-    assert schema.current_revision(url) == schema.head_revision() == "0002"
+    assert schema.current_revision(url) == schema.head_revision()
     assert await _run(url, "SELECT count(*) FROM migration_runs") == [(0,)]
+
+
+async def test_later_revisions_keep_every_row_going_down_and_up(empty_any_db_url: str) -> None:
+    """0003 and 0004 alter tables that others reference with ON DELETE CASCADE: going down to
+    0002 and back up must not lose an event, a run or a log line (a batch rebuild on SQLite
+    would)."""
+    url = empty_any_db_url
+    await asyncio.to_thread(schema.upgrade, url, "0002")
+    agent_id, run_id, now = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
+    await _run(
+        url,
+        "INSERT INTO agents (id, hostname, machine_id, os, kernel, agent_version, config_version, "
+        "disk_free_bytes, facts, enrolled_at, checkin_interval_seconds, revoked) VALUES "
+        "(:id, 'h', '', '', '', '', '1', 0, '{}', :now, 60, false)",
+        id=agent_id,
+        now=now,
+    )
+    await _run(
+        url,
+        "INSERT INTO update_events (event_id, agent_id, category, event_type, status, "
+        "severity, message, error_message, error_detail, migration_from, migration_to, "
+        "system_info, occurred_at, received_at) VALUES (:e, :a, 'migration', "
+        "'migration_detection', 'success', 'success', 'm', '', '{}', '1', '2', '{}', :now, :now)",
+        e=str(uuid.uuid4()),
+        a=agent_id,
+        now=now,
+    )
+    await _run(
+        url,
+        "INSERT INTO migration_runs (id, agent_id, migration_id, state, steps_done, steps_total, "
+        "migration_from, migration_to, error_message, created_at, updated_at) VALUES "
+        "(:r, :a, 'agent-config', 'RUNNING', 0, 2, '1', '2', '', :now, :now)",
+        r=run_id,
+        a=agent_id,
+        now=now,
+    )
+    await _run(
+        url,
+        "INSERT INTO task_logs (run_id, seq, timestamp, level, source, message, metadata_json) "
+        "VALUES (:r, 1, :now, 'INFO', 'executor', 'hello', '{}')",
+        r=run_id,
+        now=now,
+    )
+    counts = "SELECT (SELECT count(*) FROM update_events), (SELECT count(*) FROM task_logs), "
+    counts += "(SELECT count(*) FROM migration_runs), (SELECT count(*) FROM agents)"
+    for target in ("head", "0002", "head"):
+        if target == "0002":
+            await asyncio.to_thread(schema.downgrade, url, target)
+        else:
+            await asyncio.to_thread(schema.upgrade, url)
+        assert await _run(url, counts) == [(1, 1, 1, 1)], f"rows lost at {target}"
+    _, diff = await _inspect(url)
+    assert diff == []

@@ -11,6 +11,7 @@ import aiohttp
 import grpc
 import pytest
 from runs_testlib import AgentClient, log_line, run_update, step, ts
+from server_testlib import create_web_user, logged_in_http
 
 from flagpost.v1 import agent_pb2
 from server.app import RunningServer
@@ -26,7 +27,8 @@ async def channel(running_server: RunningServer) -> AsyncIterator[grpc.aio.Chann
 
 @pytest.fixture
 async def http(running_server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(running_server.web_url) as session:
+    account = await create_web_user(running_server, "admin", name="alice")
+    async with logged_in_http(running_server, base_url=True, account=account) as session:
         yield session
 
 
@@ -198,9 +200,9 @@ async def test_cancel_and_request_run(
         assert response.status == 202
         action = (await response.json())["action"]
     assert action["kind"] == "cancel_run" and action["params"] == {"run_id": run_id}
-    assert action["requested_by"] == "api"
+    assert action["requested_by"] == "alice"  # the logged-in user
     run = await get(http, f"/api/v1/runs/{run_id}")
-    assert run["cancel_pending"] is True and run["cancel_requested_by"] == "api"
+    assert run["cancel_pending"] is True and run["cancel_requested_by"] == "alice"
     reply = await agent.checkin()
     assert [a.action_id for a in reply.actions] == [action["action_id"]]
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from playwright.async_api import Page, expect
-from server_testlib import make_server_config
+from server_testlib import action_body, browser_logged_in, make_server_config
 from test_runs_pages import XSS, RunAgent, start_with_settings, step
 
 from server.app import RunningServer
@@ -60,6 +60,7 @@ async def test_run_page_live_tail_level_filter_and_cancel(
         )
         await step(agent, run)
 
+        await browser_logged_in(server, page, "admin")  # admins may cancel
         await page.goto(f"{server.web_url}/runs/{run.run_id}")
         lines = page.locator("#log-lines > li")
         await expect(lines).to_have_count(3)
@@ -131,8 +132,8 @@ async def test_run_page_live_tail_level_filter_and_cancel(
         await expect(page.locator(".notice-cancel")).to_contain_text("Cancellation requested")
         await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
         reply = await agent.check_in()
-        cancels = [a for a in reply.actions if a.kind == "cancel_run"]
-        assert [a.params["run_id"] for a in cancels] == [run.run_id]
+        cancels = [b for b in map(action_body, reply.actions) if b.kind == "cancel_run"]
+        assert [b.params["run_id"] for b in cancels] == [run.run_id]
         run.state = "CANCELLED"
         await agent.check_in([agent.update(run)], acked_actions=[cancels[0].action_id])
         await expect(page.locator("#run-status .state-badge")).to_have_text(

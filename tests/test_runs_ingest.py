@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from runs_testlib import AgentClient, log_line, run_update, step, ts
+from server_testlib import action_body
 from sqlalchemy import func, select, update
 
 from flagpost.v1 import agent_pb2
@@ -251,8 +252,12 @@ async def test_actions_delivered_until_acknowledged_and_run_links_back(
     assert action.kind == ActionKind.RUN_MIGRATION
 
     first = await agent.checkin()
-    assert [(a.action_id, a.kind) for a in first.actions] == [(action.action_id, "run_migration")]
-    assert first.actions[0].expires_at.seconds > datetime.now(UTC).timestamp()
+    public_key = running_server.app[keys.SIGNER].public_key_bytes()
+    bodies = [action_body(a, public_key) for a in first.actions]  # signature verified
+    assert [(b.action_id, b.kind) for b in bodies] == [(action.action_id, "run_migration")]
+    assert [a.action_id for a in first.actions] == [action.action_id]
+    assert bodies[0].agent_id == agent.agent_id and len(bodies[0].nonce) == 16
+    assert bodies[0].expires_at.seconds > datetime.now(UTC).timestamp()
     stored = await actions_service.get_action(sessions, action.action_id)
     assert stored is not None and stored.delivered_at is not None
     again = await agent.checkin()  # not acknowledged yet: delivered again
@@ -278,7 +283,9 @@ async def test_actions_delivered_until_acknowledged_and_run_links_back(
     detail = await runs_service.get_run(sessions, run_id)
     assert detail.cancel_pending and detail.run.cancel_requested_by == "bob"
     reply = await agent.checkin()
-    assert [(a.kind, dict(a.params)) for a in reply.actions] == [("cancel_run", {"run_id": run_id})]
+    assert [(b.kind, dict(b.params)) for b in map(action_body, reply.actions)] == [
+        ("cancel_run", {"run_id": run_id})
+    ]
     await agent.checkin(
         acknowledged_action_ids=[cancel.action_id],
         run_updates=[run_update(run_id, agent_pb2.RUN_STATE_CANCELLED, finished_at=ts())],

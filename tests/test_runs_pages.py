@@ -22,6 +22,7 @@ import grpc
 import pytest
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
+from server_testlib import action_body, create_web_user, logged_in_http
 from test_history_live import Frame, SseStream, open_stream
 
 from agent.uuid7 import uuid7_str
@@ -53,6 +54,11 @@ STATES = {
     "PARTIAL": agent_pb2.RUN_STATE_PARTIAL,
     "CANCELLED": agent_pb2.RUN_STATE_CANCELLED,
 }
+# An AWAITING_INPUT update must say what it waits for (issue 6).
+WAITING_FOR_PASSWORD = agent_pb2.InputRequest(
+    request_id="7f1e4a52-3c1b-4b8e-9d0a-5f2e6c7b8a91",
+    fields=[agent_pb2.InputField(name="database_password", label="Database password", secret=True)],
+)
 STEP_NAMES = ["move_legacy_config", "convert_format", "rename_keys", "split_secrets"]
 
 
@@ -163,6 +169,7 @@ class RunAgent:
             migration_to="3",
             error_message=error,
             occurred_at=ts(datetime.now(UTC)),
+            input_request=WAITING_FOR_PASSWORD if run.state == "AWAITING_INPUT" else None,
         )
 
     def line(
@@ -287,7 +294,7 @@ async def test_runs_list_pages_filters_and_load_more(
         await asyncio.sleep(0.002)  # distinct created_at
     newest_first = [run.run_id for run, _ in reversed(created)]
 
-    async with aiohttp.ClientSession(server.web_url) as http:
+    async with logged_in_http(server, "admin", base_url=True) as http:
         # Page through with the plain links (no JavaScript): 3 + 3 + 1, no gap, no duplicate.
         seen: list[str] = []
         url: str | None = "/runs?limit=3"
@@ -362,7 +369,7 @@ async def test_run_page_shows_state_steps_logs_and_filters(
     run.state = "FAILED"
     await agent.check_in([agent.update(run, error="step convert_format failed")])
 
-    async with aiohttp.ClientSession(server.web_url) as http:
+    async with logged_in_http(server, "admin", base_url=True) as http:
         body = await get_text(http, f"/runs/{run.run_id}")
         assert "state-badge state-failed" in body and "Failed" in body
         assert "1 of 4 steps · 25%" in body
@@ -437,7 +444,7 @@ async def test_run_stream_resumes_with_last_event_id_without_gap_or_duplicate(
     agent = await RunAgent.enroll(server, channel, "web-01")
     run = await agent.start_run()
     url = f"{server.web_url}/runs/{run.run_id}/stream"
-    async with aiohttp.ClientSession() as http:
+    async with logged_in_http(server, "viewer") as http:
         first = await open_stream(http, url)
         opening = await first.frame()
         assert opening.event == "run" and opening.payload["run"]["state"] == "RUNNING"
@@ -479,7 +486,7 @@ async def test_run_stream_filters_escapes_and_waits_for_late_lines(
     agent = await RunAgent.enroll(server, channel, "web-01")
     run = await agent.start_run()
     url = f"{server.web_url}/runs/{run.run_id}/stream"
-    async with aiohttp.ClientSession() as http:
+    async with logged_in_http(server, "viewer") as http:
         errors = await open_stream(http, url, [("level", "error"), ("source", "executor")])
         everything = await open_stream(http, url, [("after", "0")])
         lines = [
@@ -542,7 +549,7 @@ async def test_stream_ends_cleanly_on_disconnect_and_shutdown(
         agent = await RunAgent.enroll(server, channel, "web-01")
         run = await agent.start_run()
     bus = server.app[keys.BUS]
-    async with aiohttp.ClientSession() as http:
+    async with logged_in_http(server, "viewer") as http:
         url = f"{server.web_url}/runs/{run.run_id}/stream"
         gone = await open_stream(http, url)
         gone.close()
@@ -567,7 +574,8 @@ async def test_cancel_button_and_run_now_queue_actions_for_the_agent(
     agent = await RunAgent.enroll(server, channel, "web-01")
     run = await agent.start_run()
     await step(agent, run)
-    async with aiohttp.ClientSession(server.web_url) as http:
+    alice = await create_web_user(server, "admin", name="alice")
+    async with logged_in_http(server, base_url=True, account=alice) as http:
         page = await get_text(http, f"/runs/{run.run_id}")
         assert re.search(
             r'<form class="inline-form" method="post" action="([^"]+)" id="cancel-form">', page
@@ -596,7 +604,7 @@ async def test_cancel_button_and_run_now_queue_actions_for_the_agent(
                 frame = await run_frame(stream, "RUNNING")
                 if not frame.payload["run"]["cancellable"]:
                     break
-        assert "Cancellation requested by web" in frame.payload["status_html"]
+        assert "Cancellation requested by alice" in frame.payload["status_html"]  # who asked
         stream.close()
         page = await get_text(http, f"/runs/{run.run_id}?cancel=requested")
         assert "Cancellation requested: the agent stops at the next step boundary" in page
@@ -607,7 +615,7 @@ async def test_cancel_button_and_run_now_queue_actions_for_the_agent(
 
         # The agent receives the cancel with its next check-in, and reports CANCELLED.
         reply = await agent.check_in()
-        cancels = [a for a in reply.actions if a.kind == "cancel_run"]
+        cancels = [b for b in map(action_body, reply.actions) if b.kind == "cancel_run"]
         assert len(cancels) == 1 and cancels[0].params["run_id"] == run.run_id
         run.state = "CANCELLED"
         await agent.check_in([agent.update(run)], acked_actions=[cancels[0].action_id])
@@ -632,11 +640,11 @@ async def test_cancel_button_and_run_now_queue_actions_for_the_agent(
         assert location.startswith(f"/agents/{agent.agent_id}?requested=")
         agent_page = await get_text(http, location)
         assert "Run requested: the agent starts it with its next check-in." in agent_page
-        assert "Run requested by web" not in agent_page  # said once
+        assert "Run requested by alice" not in agent_page  # said once
         agent_page = await get_text(http, f"/agents/{agent.agent_id}")
-        assert "Run requested by web just now: waiting for the agent" in agent_page
+        assert "Run requested by alice just now: waiting for the agent" in agent_page
         reply = await agent.check_in()
-        assert [a.kind for a in reply.actions] == ["run_migration"]
+        assert [action_body(a).kind for a in reply.actions] == ["run_migration"]
         async with http.post(f"/agents/{uuid.uuid4()}/runs") as resp:
             assert resp.status == 404
 
@@ -651,7 +659,7 @@ async def test_overview_counts_runs_and_shows_latest_run(
     latest = await b.start_run("RUNNING")
     latest.state = "SUCCEEDED"
     await b.check_in([b.update(latest)])
-    async with aiohttp.ClientSession(server.web_url) as http:
+    async with logged_in_http(server, "admin", base_url=True) as http:
         body = await get_text(http, "/")
     waiting = re.search(
         r'card-waiting card-attention".*?card-value">(\d+)<.*?card-note">(\d+) run', body, re.S

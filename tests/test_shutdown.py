@@ -64,6 +64,7 @@ def served(sqlite_db_url: str, tmp_path: Path) -> Iterator[Served]:
         FLAGPOST_HEALTH_PROBE_INTERVAL_MS="60000",  # the lock must look slow, not like an outage
         FLAGPOST_SQLITE_BUSY_TIMEOUT_MS="30000",
         FLAGPOST_SHUTDOWN_GRACE_SECONDS="20",
+        FLAGPOST_ENROLL_RATE_PER_MINUTE="0",  # many lanes enroll from one address
     )
     process = subprocess.Popen(
         [

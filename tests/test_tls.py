@@ -29,6 +29,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_testlib import logged_in_http
 from sqlalchemy import func, select
 
 from agent.config import AgentConfigError, load_config
@@ -404,7 +405,8 @@ async def test_web_serves_https_with_the_same_certificate(
     assert tls_server.web_url.startswith("https://")
     assert "PRIVATE KEY" not in repr(tls_server)  # the key never shows in a repr or log
     context = ssl.create_default_context(cafile=certs.path("ca.pem"))
-    async with aiohttp.ClientSession() as client:
+    connector = aiohttp.TCPConnector(ssl=context)
+    async with logged_in_http(tls_server, "viewer", connector=connector) as client:
         async with client.get(f"{tls_server.web_url}/history", ssl=context) as response:
             assert response.status == 200
             assert "<html" in (await response.text()).lower()
@@ -413,7 +415,9 @@ async def test_web_serves_https_with_the_same_certificate(
         )
         assert hashlib.sha256(ssl.PEM_cert_to_DER_cert(peer)).hexdigest() == certs.fingerprint
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
-            async with client.get(f"{tls_server.web_url}/history"):  # system CAs only
+            async with client.get(
+                f"{tls_server.web_url}/history", ssl=ssl.create_default_context()
+            ):  # system CAs only
                 pass
         plain = f"http://127.0.0.1:{tls_server.web_port}/history"
         with pytest.raises(aiohttp.ClientError):

@@ -18,6 +18,24 @@ v4 ``etc/flagpost/agent.json`` + ``etc/flagpost/secrets.json``
     Secrets split: ``agent_token`` moves to ``secrets.json`` (mode 0600, ``{"agent_token": ...}``);
     ``agent.json`` gets ``"config_version": 4`` and ``"secrets_file": "secrets.json"``.
 
+Two optional sections of the legacy file name services whose secret the old version never held,
+only a verifier (a salted scrypt hash, see :mod:`agent.migrations.verifier`)::
+
+    [database]
+    url = postgresql://fleet@db.example/fleet      # a PostgreSQL database, without a password
+    password_verifier = scrypt$16384$8$1$...$...
+    [upstream]
+    url = https://upstream.example/api             # optional
+    token_verifier = scrypt$16384$8$1$...$...
+
+They travel unchanged to v3 (``"database": {"url", "password_verifier"}``, ``"upstream":
+{"url", "token_verifier"}``). The v3 -> v4 step then needs the secrets themselves: it declares
+the inputs ``database_password`` ("Database password") and ``upstream_token`` ("Upstream API
+token"), so the run waits (AWAITING_INPUT) until an admin typed them, checks each against its
+verifier, and writes them into ``secrets.json`` (0600), the only file that ever holds them; v4's
+``agent.json`` keeps the urls and drops the verifiers. A config without these sections needs no
+input.
+
 Detection looks at the new locations first (``agent.json``, whose ``config_version`` decides
 between 3 and 4; then ``etc/flagpost/agent.conf``; then the legacy file). Parse and validation
 errors name the file and, where there is one, the line (``agent.conf:7: expected 'key = value'``).
@@ -28,10 +46,11 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent import runlog
 from agent.migrations.model import (
@@ -39,10 +58,19 @@ from agent.migrations.model import (
     DetectionError,
     FileOp,
     FileView,
+    InputNeeds,
+    Inputs,
+    InputSpec,
     Migration,
     RemoveFile,
     Step,
     WriteFile,
+)
+from agent.migrations.verifier import (
+    VerifierError,
+    check_verifier,
+    make_verifier,
+    parse_verifier,
 )
 
 MIGRATION_ID = "agent-config"
@@ -51,6 +79,14 @@ SECRETS_MODE = 0o600
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 KV_KEYS = ("server_url", "agent_token", "check_interval", "log_level", "proxy")
 REQUIRED_KV_KEYS = ("server_url", "agent_token")
+# Legacy sections: key -> required
+SECTIONS: dict[str, dict[str, bool]] = {
+    "database": {"url": True, "password_verifier": True},
+    "upstream": {"url": False, "token_verifier": True},
+}
+# Input names (not secrets themselves).
+DATABASE_PASSWORD = "database_password"  # noqa: S105
+UPSTREAM_TOKEN = "upstream_token"  # noqa: S105
 
 
 def legacy_conf(root: Path) -> Path:
@@ -75,6 +111,28 @@ def config_files(root: Path) -> tuple[Path, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Database:
+    """The ``[database]`` section: a PostgreSQL url (no password) and, up to v3, the verifier of
+    its password."""
+
+    url: str
+    password_verifier: str = ""
+
+    @property
+    def name(self) -> str:
+        """The database name (the url's path)."""
+        return urlsplit(self.url).path.lstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The ``[upstream]`` section: an optional url and, up to v3, the verifier of its token."""
+
+    url: str | None = None
+    token_verifier: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The settings every version holds, independent of layout. ``repr`` hides the token."""
 
@@ -83,13 +141,44 @@ class Settings:
     check_interval: int | None = None
     log_level: str | None = None
     proxy: str | None = None
+    database: Database | None = None
+    upstream: Upstream | None = None
 
     def __repr__(self) -> str:
         return (
             f"Settings(server_url={self.server_url!r}, agent_token='***', "
             f"check_interval={self.check_interval!r}, log_level={self.log_level!r}, "
-            f"proxy={self.proxy!r})"
+            f"proxy={self.proxy!r}, database={self.database is not None}, "
+            f"upstream={self.upstream is not None})"
         )
+
+
+def _check_database_url(url: str, where: str, path: Path, line: int = 0) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise DetectionError(
+            f"{where}: database url must be postgresql://user@host/dbname", path=path, line=line
+        )
+    if parts.password is not None:
+        raise DetectionError(
+            f"{where}: database url must not hold a password (it is asked for when migrating)",
+            path=path,
+            line=line,
+        )
+    if not parts.path.lstrip("/"):
+        raise DetectionError(f"{where}: database url names no database", path=path, line=line)
+
+
+def _check_verifier_text(text: str, where: str, path: Path, line: int = 0) -> None:
+    try:
+        parse_verifier(text)
+    except VerifierError as exc:
+        raise DetectionError(
+            f"{where}: invalid verifier: {exc}",
+            path=path,
+            line=line,
+            exception_type="VerifierError",
+        ) from None
 
 
 # ---------------------------------------------------------------- reading
@@ -113,11 +202,26 @@ def _read_text(view: FileView, path: Path) -> str:
 
 
 def parse_kv(text: str, path: Path) -> Settings:
-    """Parse and validate a v1/v2 ``key = value`` file."""
+    """Parse and validate a v1/v2 ``key = value`` file (with optional ``[database]`` and
+    ``[upstream]`` sections after the top-level keys)."""
     values: dict[str, tuple[str, int]] = {}
+    sections: dict[str, dict[str, tuple[str, int]]] = {}
+    section: str | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            if section not in SECTIONS:
+                raise DetectionError(
+                    f"{path.name}:{number}: unknown section [{section}]", path=path, line=number
+                )
+            if section in sections:
+                raise DetectionError(
+                    f"{path.name}:{number}: duplicate section [{section}]", path=path, line=number
+                )
+            sections[section] = {}
             continue
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
@@ -125,6 +229,9 @@ def parse_kv(text: str, path: Path) -> Settings:
             raise DetectionError(
                 f"{path.name}:{number}: expected 'key = value'", path=path, line=number
             )
+        if section is not None:
+            _section_value(sections[section], section, key, value, number, path)
+            continue
         if key not in KV_KEYS:
             raise DetectionError(
                 f"{path.name}:{number}: unknown key {key!r}", path=path, line=number
@@ -159,13 +266,50 @@ def parse_kv(text: str, path: Path) -> Settings:
                 path=path,
                 line=number,
             )
+    database: Database | None = None
+    upstream: Upstream | None = None
+    for name, entries in sections.items():
+        for key, required in SECTIONS[name].items():
+            if required and (key not in entries or not entries[key][0]):
+                raise DetectionError(
+                    f"{path.name}: [{name}] misses required key {key!r}", path=path
+                )
+        if name == "database":
+            url, number = entries["url"]
+            _check_database_url(url, f"{path.name}:{number}", path, number)
+            verifier, number = entries["password_verifier"]
+            _check_verifier_text(verifier, f"{path.name}:{number}", path, number)
+            database = Database(url, verifier)
+        else:
+            verifier, number = entries["token_verifier"]
+            _check_verifier_text(verifier, f"{path.name}:{number}", path, number)
+            upstream = Upstream(entries["url"][0] if "url" in entries else None, verifier)
     return Settings(
         server_url=values["server_url"][0],
         agent_token=values["agent_token"][0],
         check_interval=interval,
         log_level=level,
         proxy=values["proxy"][0] if "proxy" in values else None,
+        database=database,
+        upstream=upstream,
     )
+
+
+def _section_value(
+    entries: dict[str, tuple[str, int]], section: str, key: str, value: str, number: int, path: Path
+) -> None:
+    if key not in SECTIONS[section]:
+        raise DetectionError(
+            f"{path.name}:{number}: unknown key {key!r} in [{section}]", path=path, line=number
+        )
+    if key in entries:
+        raise DetectionError(
+            f"{path.name}:{number}: duplicate key {key!r} in [{section}] "
+            f"(first on line {entries[key][1]})",
+            path=path,
+            line=number,
+        )
+    entries[key] = (value, number)
 
 
 def _load_json(view: FileView, path: Path) -> dict[str, Any]:
@@ -210,6 +354,38 @@ def _get(
     return node
 
 
+def _json_sections(
+    data: dict[str, Any], path: Path, with_verifiers: bool
+) -> tuple[Database | None, Upstream | None]:
+    """The ``database`` and ``upstream`` objects of agent.json (v3: with verifiers; v4: the
+    verifiers are gone, the secrets are in secrets.json)."""
+    database: Database | None = None
+    upstream: Upstream | None = None
+    if "database" in data:
+        url = _get(data, "database.url", str, path, required=True)
+        _check_database_url(url, f"{path.name}: 'database.url'", path)
+        verifier = _get(data, "database.password_verifier", str, path, required=with_verifiers)
+        if verifier is not None and not with_verifiers:
+            raise DetectionError(
+                f"{path.name}: 'database.password_verifier' is not valid in version 4", path=path
+            )
+        if with_verifiers:
+            _check_verifier_text(verifier, f"{path.name}: 'database.password_verifier'", path)
+        database = Database(url, verifier or "")
+    if "upstream" in data:
+        _get(data, "upstream", dict, path)
+        url = _get(data, "upstream.url", str, path)
+        verifier = _get(data, "upstream.token_verifier", str, path, required=with_verifiers)
+        if verifier is not None and not with_verifiers:
+            raise DetectionError(
+                f"{path.name}: 'upstream.token_verifier' is not valid in version 4", path=path
+            )
+        if with_verifiers:
+            _check_verifier_text(verifier, f"{path.name}: 'upstream.token_verifier'", path)
+        upstream = Upstream(url, verifier or "")
+    return database, upstream
+
+
 def parse_json_settings(data: dict[str, Any], path: Path, token: str | None) -> Settings:
     """Validate a v3/v4 ``agent.json`` object; ``token`` comes from ``secrets.json`` in v4."""
     url = _get(data, "server.url", str, path, required=True)
@@ -229,10 +405,13 @@ def parse_json_settings(data: dict[str, Any], path: Path, token: str | None) -> 
         token = _get(data, "agent_token", str, path, required=True)
     if not token:
         raise DetectionError(f"{path.name}: 'agent_token' must not be empty", path=path)
-    return Settings(url, token, interval, level, proxy)
+    database, upstream = _json_sections(data, path, with_verifiers=data.get("config_version") == 3)
+    return Settings(url, token, interval, level, proxy, database, upstream)
 
 
-def _load_secrets(view: FileView, path: Path) -> str:
+def _load_secrets(view: FileView, path: Path, config: dict[str, Any]) -> str:
+    """The agent token from secrets.json, which must also hold the secret of every section
+    ``config`` (agent.json v4) has."""
     if not view.exists(path):
         raise DetectionError(
             f"{path.name}: secrets file is missing",
@@ -243,6 +422,9 @@ def _load_secrets(view: FileView, path: Path) -> str:
     secrets = _load_json(view, path)
     token = _get(secrets, "agent_token", str, path, required=True)
     assert isinstance(token, str)
+    for section, key in (("database", DATABASE_PASSWORD), ("upstream", UPSTREAM_TOKEN)):
+        if section in config and not _get(secrets, key, str, path, required=True):
+            raise DetectionError(f"{path.name}: {key!r} must not be empty", path=path)
     return token
 
 
@@ -298,7 +480,7 @@ def _read_version(view: FileView) -> tuple[str | None, Path | None, Settings | N
                     f"{path.name}: 'secrets_file' must name a file next to {path.name}",
                     path=path,
                 )
-            token = _load_secrets(view, path.parent / name)
+            token = _load_secrets(view, path.parent / name, data)
             return "4", path, parse_json_settings(data, path, token)
         raise DetectionError(
             f"{path.name}: unsupported config_version {version!r} (expected 3 or 4)",
@@ -345,6 +527,17 @@ def _v3_document(settings: Settings) -> dict[str, Any]:
         document["checkin"] = {"interval_seconds": settings.check_interval}
     if settings.log_level is not None:
         document["logging"] = {"level": settings.log_level}
+    if settings.database is not None:
+        document["database"] = {
+            "url": settings.database.url,
+            "password_verifier": settings.database.password_verifier,
+        }
+    if settings.upstream is not None:
+        upstream: dict[str, Any] = {}
+        if settings.upstream.url is not None:
+            upstream["url"] = settings.upstream.url
+        upstream["token_verifier"] = settings.upstream.token_verifier
+        document["upstream"] = upstream
     document["agent_token"] = settings.agent_token
     return document
 
@@ -365,26 +558,77 @@ def _step_to_json(view: FileView) -> Sequence[FileOp]:
     ]
 
 
-def _step_split_secrets(view: FileView) -> Sequence[FileOp]:
+def _v3_settings(view: FileView) -> Settings:
     path = json_conf(view.root)
-    data = _load_json(view, path)
-    settings = parse_json_settings(data, path, None)
+    return parse_json_settings(_load_json(view, path), path, None)
+
+
+def _secret_inputs(view: FileView) -> Sequence[InputSpec]:
+    """The secrets the v3 config holds only verifiers of."""
+    settings = _v3_settings(view)
+    specs = []
+    if settings.database is not None:
+        specs.append(InputSpec(DATABASE_PASSWORD, "Database password", secret=True))
+    if settings.upstream is not None:
+        specs.append(InputSpec(UPSTREAM_TOKEN, "Upstream API token", secret=True))
+    return specs
+
+
+def _check_secret_inputs(view: FileView, inputs: Inputs) -> Mapping[str, str]:
+    """Each given secret against the verifier the old version stored."""
+    settings = _v3_settings(view)
+    errors: dict[str, str] = {}
+    database, upstream = settings.database, settings.upstream
+    if DATABASE_PASSWORD in inputs and database is not None:
+        value = inputs[DATABASE_PASSWORD]
+        if not value:
+            errors[DATABASE_PASSWORD] = "the database password must not be empty"
+        elif not check_verifier(database.password_verifier, value):
+            errors[DATABASE_PASSWORD] = f"wrong password for database {database.name!r}"
+    if UPSTREAM_TOKEN in inputs and upstream is not None:
+        value = inputs[UPSTREAM_TOKEN]
+        if not value:
+            errors[UPSTREAM_TOKEN] = "the upstream API token must not be empty"
+        elif not check_verifier(upstream.token_verifier, value):
+            where = f" for {upstream.url}" if upstream.url else ""
+            errors[UPSTREAM_TOKEN] = (
+                f"wrong upstream API token{where} (it does not match the token_verifier the "
+                "old config stored)"
+            )
+    return errors
+
+
+def _split_secrets(view: FileView, inputs: Inputs) -> Sequence[FileOp]:
+    settings = _v3_settings(view)
+    path = json_conf(view.root)
     document = _v3_document(settings)
     del document["agent_token"]
     document["config_version"] = 4
     document["secrets_file"] = secrets_file(view.root).name
+    secrets: dict[str, Any] = {"agent_token": settings.agent_token}
+    moved = ["agent_token"]
+    if settings.database is not None:
+        del document["database"]["password_verifier"]
+        secrets[DATABASE_PASSWORD] = inputs[DATABASE_PASSWORD]
+        moved.append(DATABASE_PASSWORD)
+    if settings.upstream is not None:
+        del document["upstream"]["token_verifier"]
+        secrets[UPSTREAM_TOKEN] = inputs[UPSTREAM_TOKEN]
+        moved.append(UPSTREAM_TOKEN)
     runlog.current().info(
-        "agent_token moves out of agent.json into secrets.json (mode 0600)",
+        "agent_token moves out of agent.json into secrets.json (mode 0600)"
+        if len(moved) == 1
+        else f"{', '.join(moved)} go into secrets.json (mode 0600)",
         secrets_file=str(secrets_file(view.root)),
     )
     return [
-        WriteFile(
-            secrets_file(view.root),
-            _json_bytes({"agent_token": settings.agent_token}),
-            SECRETS_MODE,
-        ),
+        WriteFile(secrets_file(view.root), _json_bytes(secrets), SECRETS_MODE),
         WriteFile(path, _json_bytes(document), view.mode(path)),
     ]
+
+
+def _step_split_secrets(view: FileView) -> Sequence[FileOp]:
+    return _split_secrets(view, Inputs())
 
 
 STEPS = (
@@ -406,8 +650,10 @@ STEPS = (
         "v3_to_v4_split_secrets",
         "3",
         "4",
-        "move agent_token into secrets.json (mode 0600)",
+        "move agent_token (and the secrets the config holds verifiers of) into secrets.json "
+        "(mode 0600)",
         _step_split_secrets,
+        needs=InputNeeds(declare=_secret_inputs, check=_check_secret_inputs, plan=_split_secrets),
     ),
 )
 
@@ -422,4 +668,30 @@ def agent_config_migration() -> Migration:
         files=config_files,
         steps=STEPS,
         verify=verify,
+    )
+
+
+def legacy_config_with_secrets(
+    *,
+    server_url: str,
+    agent_token: str,
+    database_url: str,
+    database_password: str,
+    upstream_token: str,
+    upstream_url: str | None = None,
+) -> str:
+    """The text of a legacy (v1) ``agent.conf`` whose ``[database]`` and ``[upstream]`` sections
+    hold verifiers of ``database_password`` and ``upstream_token`` (not the secrets): migrating
+    it asks for both (tests, the demo, and an example of the format)."""
+    upstream = f"url = {upstream_url}\n" if upstream_url else ""
+    return (
+        "# aggregator agent config (the old version kept only verifiers of these secrets)\n"
+        f"server_url = {server_url}\n"
+        f"agent_token = {agent_token}\n"
+        "\n[database]\n"
+        f"url = {database_url}\n"
+        f"password_verifier = {make_verifier(database_password)}\n"
+        "\n[upstream]\n"
+        f"{upstream}"
+        f"token_verifier = {make_verifier(upstream_token)}\n"
     )

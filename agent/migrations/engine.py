@@ -23,13 +23,15 @@ import functools
 import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import events, runlog, runs
 from agent.faults import FaultInjector
+from agent.inputs import ANSWERED, CANCELLED, STOPPED, InputBroker
 from agent.migrations import fsops
 from agent.migrations.journal import (
     APPLYING,
@@ -43,16 +45,21 @@ from agent.migrations.journal import (
     write_journal,
 )
 from agent.migrations.model import (
+    MAX_INPUT_ERROR_CHARS,
+    MAX_INPUT_FIELDS,
     Detected,
     DetectionError,
     DiskView,
     FileOp,
     FileView,
+    Inputs,
+    InputSpec,
     Migration,
     PlannedView,
     Step,
     WriteFile,
 )
+from agent.migrations.waiting import WaitingRun, WaitingRuns
 from agent.outbox import Outbox
 from agent.runlog import RunLog
 from agent.runs import RunCancelled, RunControl, RunTracker
@@ -77,16 +84,32 @@ class PlannedStep:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What a run would do: the detected state and, per step, its file operations."""
+    """What a run would do: the detected state and, per step, its file operations.
+
+    ``inputs``: every input the steps need (in step order, each name once); ``input_errors``:
+    per name, why a given value is wrong. While :attr:`missing` is not empty the ops of the
+    steps that need those inputs were planned with placeholders and must not be executed."""
 
     migration: Migration
     root: Path
     detected: Detected
     steps: tuple[PlannedStep, ...]
+    inputs: tuple[InputSpec, ...] = ()
+    input_errors: Mapping[str, str] = field(default_factory=dict)
+    provided: frozenset[str] = frozenset()
 
     @property
     def needed(self) -> bool:
         return bool(self.steps)
+
+    @property
+    def missing(self) -> tuple[InputSpec, ...]:
+        """The inputs without a right value: not given, or given and wrong."""
+        return tuple(
+            spec
+            for spec in self.inputs
+            if spec.name not in self.provided or spec.name in self.input_errors
+        )
 
     def touched(self) -> tuple[Path, ...]:
         """Every file the run may touch: the migration's declared files plus every op path."""
@@ -96,12 +119,23 @@ class Plan:
         return tuple(dict.fromkeys(paths))
 
 
-def make_plan(migration: Migration, view: FileView, run_log: RunLog | None = None) -> Plan:
+def make_plan(
+    migration: Migration,
+    view: FileView,
+    run_log: RunLog | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> Plan:
     """Detect and plan every step on an in-memory overlay; nothing on disk changes.
 
     ``run_log``: the run's logger; ``detect`` runs with it bound to source "detector" and each
     step's ``plan`` with it bound to the step's name (see :func:`agent.runlog.current`).
-    Raises :class:`DetectionError` for a bad config (or a step that cannot read its input)."""
+    ``inputs``: values for the inputs steps declare (see :class:`~.model.InputNeeds`); each given
+    value is checked by its step, a missing or wrong one is planned with a placeholder (see
+    :attr:`Plan.missing`). Raises :class:`DetectionError` for a bad config (or a step that cannot
+    read its input)."""
+    given = Inputs(inputs)
+    specs: dict[str, InputSpec] = {}
+    errors: dict[str, str] = {}
     try:
         with runlog.bound(run_log, "detector"):
             detected = migration.detect(view)
@@ -110,14 +144,60 @@ def make_plan(migration: Migration, view: FileView, run_log: RunLog | None = Non
             overlay = PlannedView(view)
             for step in migration.path_from(detected.version):
                 with runlog.bound(run_log, step.name):
-                    ops = tuple(step.plan(overlay))
+                    ops = _plan_step(step, overlay, given, specs, errors)
                 for op in ops:
                     overlay.apply(op)
                 planned.append(PlannedStep(step, ops))
     except OSError as exc:
         path = Path(exc.filename) if exc.filename else view.root
         raise DetectionError.from_os_error(path, exc) from exc
-    return Plan(migration, view.root, detected, tuple(planned))
+    if len(specs) > MAX_INPUT_FIELDS:
+        raise DetectionError(
+            f"{migration.id}: the steps need {len(specs)} inputs, at most {MAX_INPUT_FIELDS} "
+            "can be asked for at once",
+            exception_type="TooManyInputs",
+        )
+    provided = frozenset(name for name in specs if name in given)
+    return Plan(
+        migration, view.root, detected, tuple(planned), tuple(specs.values()), errors, provided
+    )
+
+
+def _plan_step(
+    step: Step,
+    view: FileView,
+    given: Inputs,
+    specs: dict[str, InputSpec],
+    errors: dict[str, str],
+) -> tuple[FileOp, ...]:
+    """The ops of one step; a step that needs inputs adds its specs and checks the given values
+    (a name declared by two steps is asked once and checked by each)."""
+    declared = tuple(step.needs.declare(view)) if step.needs is not None else ()
+    if step.needs is None or not declared:
+        return tuple(step.plan(view))
+    names = [spec.name for spec in declared]
+    for spec in declared:
+        specs.setdefault(spec.name, spec)
+    present = given.only(names)
+    if present:
+        try:
+            found = step.needs.check(view, present)
+        except DetectionError:
+            raise
+        except Exception as exc:
+            # Never chain or repeat the exception: its message could hold a value.
+            raise DetectionError(
+                f"{step.name}: checking the inputs failed ({type(exc).__name__})",
+                exception_type="InputCheckError",
+            ) from None
+        for name, message in found.items():
+            if name in present and name not in errors:
+                errors[name] = (str(message) or "wrong value")[:MAX_INPUT_ERROR_CHARS]
+    values = {
+        name: present[name] if name in present and name not in errors else f"<{name}>"
+        for name in names
+    }
+    return tuple(step.needs.plan(view, Inputs(values)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +210,7 @@ class RunResult:
     execution: agent_pb2.MigrationEvent | None
     detected_version: str
     backup_dir: Path | None = None
+    waiting: bool = False  # the run waits for input (the agent stopped, or did not wait)
 
     @property
     def failed(self) -> bool:
@@ -178,6 +259,16 @@ def _fingerprint(plan: Plan) -> str:
     return digest.hexdigest()
 
 
+def duration_text(span: timedelta) -> str:
+    """``24 h``, ``90 min``, ``1.5 s``: a timeout as a person reads it."""
+    seconds = span.total_seconds()
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"
+
+
 def _parse_time(text: str) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
@@ -199,7 +290,12 @@ class MigrationEngine:
         should_stop: Callable[[], bool] | None = None,
         control: RunControl | None = None,
         step_delay: timedelta = timedelta(0),
+        inputs: InputBroker | None = None,
+        input_timeout: timedelta = timedelta(days=1),
     ) -> None:
+        """``inputs``: where a run that needs inputs waits for the answers (None: such a run
+        reports AWAITING_INPUT and returns, still waiting); ``input_timeout``: how long a run may
+        wait in total (across agent restarts) before it fails."""
         self._root = root
         self._state_dir = state_dir
         self._outbox = outbox
@@ -210,6 +306,9 @@ class MigrationEngine:
         self._should_stop = should_stop or (lambda: False)
         self._control = control or RunControl()
         self._step_delay = step_delay.total_seconds()
+        self._inputs = inputs
+        self._input_timeout = input_timeout
+        self._waiting = WaitingRuns(state_dir)
         self._last_detection: dict[str, str] = {}
         # Per migration: fingerprint of the files (and their directories) a failed execution
         # left behind; the periodic re-detection does not execute again from the same state.
@@ -237,6 +336,7 @@ class MigrationEngine:
         *,
         report_unchanged: bool = True,
         requested_by: str = "",
+        wait_for_input: bool = True,
     ) -> RunResult:
         """One attempt: detect, and if needed execute; every outcome goes to the outbox.
 
@@ -244,9 +344,16 @@ class MigrationEngine:
         previous one of this engine is not recorded again (the daemon's periodic re-detection).
         ``requested_by``: the id of the server action that asked for this attempt; such an
         attempt is always recorded and always a run (see :mod:`agent.runs`).
+
+        A run that was waiting for input when the agent stopped is resumed (same run id; see
+        :mod:`agent.migrations.waiting`). With ``wait_for_input`` False (or no input broker) a
+        run that needs inputs reports AWAITING_INPUT and returns (``RunResult.waiting``).
         """
-        run_id = uuid7_str()
-        started_at = datetime.now(UTC)
+        resumed = self._waiting.get(migration.id)
+        run_id = resumed.run_id if resumed is not None else uuid7_str()
+        started_at = resumed.started_at_time if resumed is not None else datetime.now(UTC)
+        if resumed is not None and resumed.requested_by:
+            requested_by = resumed.requested_by
         run_log = RunLog(run_id)
         detector = run_log.source("detector")
         detector.info(
@@ -254,7 +361,13 @@ class MigrationEngine:
             + (f" (requested by action {requested_by})" if requested_by else ""),
             migration_id=migration.id,
         )
-        report = report_unchanged or bool(requested_by)
+        if resumed is not None:
+            detector.warning(
+                "The agent restarted while this run waited for input; answers are never "
+                "stored, so every input is asked for again",
+                waiting_since=resumed.waiting_since,
+            )
+        report = report_unchanged or bool(requested_by) or resumed is not None
         config_hint = next(iter(migration.files(self._root)), self._root)
         try:
             plan = make_plan(migration, DiskView(self._root), run_log)
@@ -284,6 +397,8 @@ class MigrationEngine:
                 line=exc.line,
                 exception_type=exc.exception_type,
             )
+            if resumed is not None:
+                self._waiting.clear(migration.id)
             if recorded is not None:
                 self._detection_run(
                     run_log, migration, exc.version, requested_by, started_at, exc.message
@@ -311,7 +426,12 @@ class MigrationEngine:
             )
             recorded = self._record_detection(migration, f"not_needed:{version}", event, report)
             detector.info(message, version=version or "none")
-            if requested_by:
+            if resumed is not None:
+                # The config changed while the run waited (someone migrated it by hand?).
+                self._waiting.clear(migration.id)
+                error = f"The config changed while the run waited for input: {message}"
+                self._detection_run(run_log, migration, version, requested_by, started_at, error)
+            elif requested_by:
                 self._detection_run(run_log, migration, version, requested_by, started_at, "")
             else:
                 run_log.discard()
@@ -342,7 +462,9 @@ class MigrationEngine:
         run_log.attach(self._outbox.runs)
         self._control.begin(run_id)
         try:
-            result = self._execute(plan, run_id, info_path, tracker, run_log)
+            result = self._execute(
+                plan, run_id, info_path, tracker, run_log, resumed, wait_for_input
+            )
         finally:
             self._control.end(run_id)
         if result.failed:
@@ -392,24 +514,43 @@ class MigrationEngine:
         return event
 
     def _execute(
-        self, plan: Plan, run_id: str, config_path: Path, tracker: RunTracker, run_log: RunLog
+        self,
+        plan: Plan,
+        run_id: str,
+        config_path: Path,
+        tracker: RunTracker,
+        run_log: RunLog,
+        resumed: WaitingRun | None = None,
+        wait_for_input: bool = True,
     ) -> RunResult:
         migration = plan.migration
         source = plan.detected.version or ""
         target = migration.current_version
         executor = run_log.source("executor")
         info = self._system_info(config_path)
-        detection = events.migration_event(
-            event_type=events.DETECTION,
-            status=events.SUCCESS,
-            run_id=run_id,
-            message=f"Migration needed: {source} -> {target}",
-            migration_from=source,
-            migration_to=target,
-            system_info=info,
-        )
         self._last_detection[migration.id] = f"needed:{source}"
-        self._outbox.add(detection)
+        detection: agent_pb2.MigrationEvent | None = None
+        if resumed is None:
+            detection = events.migration_event(
+                event_type=events.DETECTION,
+                status=events.SUCCESS,
+                run_id=run_id,
+                message=f"Migration needed: {source} -> {target}",
+                migration_from=source,
+                migration_to=target,
+                system_info=info,
+            )
+            self._outbox.add(detection)
+            detection_event_id = detection.event_id
+        else:
+            detection_event_id = resumed.detection_event_id  # reported before the restart
+        if plan.inputs:
+            gathered = self._gather_inputs(
+                plan, tracker, run_log, detection, detection_event_id, resumed, wait_for_input
+            )
+            if isinstance(gathered, RunResult):
+                return gathered
+            plan = gathered
         backup_dir = self.backups_dir / run_id
         touched = plan.touched()
         journal = Journal(
@@ -419,7 +560,7 @@ class MigrationEngine:
             to_version=target,
             config_path=str(config_path),
             backup_dir=str(backup_dir),
-            detection_event_id=detection.event_id,
+            detection_event_id=detection_event_id,
             execution_event_id=uuid7_str(),
             started_at=tracker.started_at.isoformat(),
             steps=tuple(planned.step.name for planned in plan.steps),
@@ -492,6 +633,173 @@ class MigrationEngine:
         self._outbox.set_state(f"config_version:{migration.id}", target)
         log.info("%s: config migrated %s -> %s", migration.id, source, target)
         return RunResult(run_id, migration.id, detection, event, source, backup_dir)
+
+    # ------------------------------------------------------------ inputs
+
+    def _gather_inputs(
+        self,
+        plan: Plan,
+        tracker: RunTracker,
+        run_log: RunLog,
+        detection: agent_pb2.MigrationEvent | None,
+        detection_event_id: str,
+        resumed: WaitingRun | None,
+        wait_for_input: bool,
+    ) -> Plan | RunResult:
+        """Ask for the inputs ``plan`` misses until every answer is right (returns the plan
+        made with them) or the run ends or stays waiting (returns its result). Nothing is
+        backed up or changed before this returns a plan.
+
+        Right answers are kept (in memory) while wrong ones are asked again, each with its
+        error; a restart forgets them all (they are never stored)."""
+        migration = plan.migration
+        run_id = tracker.run_id
+        source = plan.detected.version or ""
+        executor = run_log.source("executor")
+        waiting_since = resumed.waiting_since_time if resumed is not None else datetime.now(UTC)
+        record = WaitingRun(
+            migration_id=migration.id,
+            run_id=run_id,
+            started_at=tracker.started_at.isoformat(),
+            waiting_since=waiting_since.isoformat(),
+            detection_event_id=detection_event_id,
+            requested_by=tracker.requested_by,
+        )
+        answers: dict[str, str] = {}
+        if resumed is None:
+            tracker.start()  # RUNNING, then AWAITING_INPUT (a resumed run goes straight back)
+        while True:
+            wrong = dict(sorted(plan.input_errors.items()))
+            for name in wrong:
+                answers.pop(name, None)
+            if wrong:
+                executor.warning(
+                    "Input rejected: "
+                    + "; ".join(f"{name}: {error}" for name, error in wrong.items()),
+                    fields=",".join(wrong),
+                )
+            missing = plan.missing
+            if not missing:
+                self._waiting.clear(migration.id)
+                executor.info(f"Every input accepted: {', '.join(s.name for s in plan.inputs)}")
+                return plan
+            names = [spec.name for spec in missing]
+            request = agent_pb2.InputRequest(
+                request_id=str(uuid.uuid4()),
+                fields=[
+                    agent_pb2.InputField(
+                        name=spec.name,
+                        label=spec.label,
+                        secret=spec.secret,
+                        error=wrong.get(spec.name, ""),
+                    )
+                    for spec in missing
+                ],
+            )
+            record = replace(record, request_id=request.request_id, fields=tuple(names))
+            self._waiting.save(record)
+            if self._inputs is not None and wait_for_input:
+                self._inputs.open(run_id, request.request_id, names)
+            executor.info(
+                f"Waiting for input: {', '.join(names)}",
+                request_id=request.request_id,
+                fields=",".join(names),
+            )
+            tracker.await_input(request)
+            log.info("%s: run %s waits for input: %s", migration.id, run_id, ", ".join(names))
+            if self._inputs is None or not wait_for_input:
+                return RunResult(run_id, migration.id, detection, None, source, waiting=True)
+            left = waiting_since + self._input_timeout - datetime.now(UTC)
+            outcome = self._inputs.wait(
+                run_id,
+                request.request_id,
+                timeout=left.total_seconds(),
+                cancelled=self._control.cancelled,
+                stopping=self._should_stop,
+            )
+            if outcome.kind == ANSWERED:
+                answers.update(outcome.answers)
+                executor.info(
+                    f"Input received for fields {', '.join(sorted(outcome.answers))}",
+                    request_id=request.request_id,
+                )
+                try:
+                    plan = make_plan(migration, DiskView(self._root), run_log, answers)
+                except DetectionError as exc:
+                    return self._end_unanswered(
+                        plan, tracker, run_log, detection, exc.exception_type, exc.message
+                    )
+                continue
+            if outcome.kind == STOPPED:
+                executor.info(
+                    "The agent is stopping; the run keeps waiting for input and asks again at "
+                    "the next start"
+                )
+                return RunResult(run_id, migration.id, detection, None, source, waiting=True)
+            if outcome.kind == CANCELLED:
+                try:
+                    self._control.checkpoint()
+                    reason = "cancelled by request"
+                except RunCancelled as exc:
+                    reason = str(exc)
+                return self._end_unanswered(
+                    plan, tracker, run_log, detection, "RunCancelled", reason
+                )
+            reason = f"no input within {duration_text(self._input_timeout)} for: {', '.join(names)}"
+            return self._end_unanswered(plan, tracker, run_log, detection, "InputTimeout", reason)
+
+    def _end_unanswered(
+        self,
+        plan: Plan,
+        tracker: RunTracker,
+        run_log: RunLog,
+        detection: agent_pb2.MigrationEvent | None,
+        kind: str,
+        reason: str,
+    ) -> RunResult:
+        """A run that waited for input ends before changing anything: cancelled, timed out, or
+        its config can no longer be planned. Reported like any failed or cancelled run."""
+        migration = plan.migration
+        source = plan.detected.version or ""
+        target = migration.current_version
+        self._waiting.clear(migration.id)
+        if self._inputs is not None:
+            self._inputs.close(tracker.run_id)
+        versions = f"{source} -> {target}"
+        step = next((p.step.name for p in plan.steps if p.step.needs is not None), "inputs")
+        if kind == "RunCancelled":
+            state = runs.CANCELLED
+            short = f"Migration {versions} cancelled while waiting for input; nothing was changed"
+            full = f"Migration {versions} cancelled while waiting for input ({reason}); "
+        else:
+            state = runs.FAILED
+            short = f"Migration {versions} failed: {reason}; nothing was changed"
+            full = f"Migration {versions} failed while waiting for input: {kind}: {reason}; "
+        full += "nothing was changed."
+        detected_path = plan.detected.path or next(iter(migration.files(self._root)), self._root)
+        event = events.migration_event(
+            event_type=events.EXECUTION,
+            status=events.FAILED,
+            run_id=tracker.run_id,
+            message=short,
+            error_message=full,
+            error=events.ErrorInfo(
+                failing_step=step,
+                file_path=str(detected_path),
+                exception_type=kind,
+                rollback="not_started",
+            ),
+            migration_from=source,
+            migration_to=target,
+            system_info=self._system_info(detected_path),
+        )
+        executor = run_log.source("executor")
+        (executor.warning if state == runs.CANCELLED else executor.error)(full, step=step)
+        log.warning("%s: %s", migration.id, full)
+        tracker.conclude_steps("", rolled_back=False)
+        self._outbox.add(event)
+        tracker.finish(state, short)
+        return RunResult(tracker.run_id, migration.id, detection, event, source)
 
     def _boundary(self, step: str) -> None:
         """A step boundary: the test/demo step delay, then stop here if cancelled or shutting

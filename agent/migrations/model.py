@@ -11,10 +11,18 @@ from __future__ import annotations
 import errno as errno_module
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+# Re-exported: migration authors import everything from here.
+from agent.inputs import INPUT_NAME as INPUT_NAME
+from agent.inputs import Inputs as Inputs
+
+MAX_INPUT_LABEL_CHARS = 200
+MAX_INPUT_ERROR_CHARS = 500
+MAX_INPUT_FIELDS = 16
 
 
 class DetectionError(Exception):
@@ -172,15 +180,60 @@ class PlannedView:
 
 
 @dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One value a step needs and the old config never held (e.g. a database password).
+
+    ``name`` is an identifier (``[a-z0-9_]{1,64}``), ``label`` what the web form shows (at most
+    200 characters), ``secret`` makes it a password field whose value is never stored in plain
+    text anywhere but where the step writes it."""
+
+    name: str
+    label: str
+    secret: bool = True
+
+    def __post_init__(self) -> None:
+        if not INPUT_NAME.fullmatch(self.name):
+            raise ValueError(f"input name {self.name!r} must match [a-z0-9_]{{1,64}}")
+        if not self.label or len(self.label) > MAX_INPUT_LABEL_CHARS:
+            raise ValueError(
+                f"input {self.name}: label must be 1 to {MAX_INPUT_LABEL_CHARS} characters"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class InputNeeds:
+    """How a step asks for inputs (see :class:`Step`).
+
+    ``declare(view)`` lists the inputs the step needs for the config it sees (often none: a
+    config without a database section needs no database password). ``check(view, inputs)``
+    checks the values present in ``inputs`` against something real and returns an error
+    message per wrong name (an empty mapping when all are right); messages are shown to the
+    admin, so they name what is wrong, never a value. ``plan(view, inputs)`` is the step's plan
+    once it has every value. The engine also calls ``plan`` without the real values (dry runs,
+    and to discover the inputs of later steps before asking): each missing value is then the
+    placeholder ``<name>``, and the ops of such a plan are never executed."""
+
+    declare: Callable[[FileView], Sequence[InputSpec]]
+    check: Callable[[FileView, Inputs], Mapping[str, str]]
+    plan: Callable[[FileView, Inputs], Sequence[FileOp]]
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """One versioned step: ``plan`` returns the file operations from ``from_version`` to
-    ``to_version``; it may raise :class:`DetectionError` if the input is not what it expects."""
+    ``to_version``; it may raise :class:`DetectionError` if the input is not what it expects.
+
+    ``needs``: a step that may need values the old config never held (see
+    :class:`InputNeeds`); when it declares any for the config it sees, ``needs.plan`` replaces
+    ``plan``. The engine collects the inputs of every step of a run before anything is backed up
+    or changed, and the run waits (AWAITING_INPUT) until an admin answered them all."""
 
     name: str
     from_version: str
     to_version: str
     description: str
     plan: Callable[[FileView], Sequence[FileOp]]
+    needs: InputNeeds | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ Create Date: 2026-11-23 16:20:00
 
 New tables (``web_users``, ``web_sessions``, ``signing_keys``) and three added columns with
 defaults, so a database holding agents, events and runs upgrades in place; the downgrade removes
-exactly these. Types written out as in 0001 (no application imports).
+exactly these. Columns are added and dropped with plain ALTER TABLE (SQLite >= 3.35),
+never a batch rebuild, so no row is lost to a cascade. Types written out as in 0001 (no application imports).
 """
 
 from __future__ import annotations
@@ -60,23 +61,21 @@ def upgrade() -> None:
         sa.Column("created_at", _ts(), nullable=False),
         sa.PrimaryKeyConstraint("key_id", name=op.f("pk_signing_keys")),
     )
-    with op.batch_alter_table("pending_actions") as batch:
-        batch.add_column(
-            sa.Column("nonce", sa.String(length=32), server_default="", nullable=False)
-        )
-    with op.batch_alter_table("agents") as batch:
-        batch.add_column(sa.Column("rotate_requested_at", _ts(), nullable=True))
-    with op.batch_alter_table("agent_credentials") as batch:
-        batch.add_column(sa.Column("last_used_at", _ts(), nullable=True))
+    # Plain ALTER TABLE, never batch mode: on SQLite a batch rebuild drops and recreates the
+    # table, and with foreign keys on that cascades into every row that references it.
+    op.add_column(
+        "pending_actions",
+        sa.Column("nonce", sa.String(length=32), server_default="", nullable=False),
+    )
+    op.add_column("agents", sa.Column("rotate_requested_at", _ts(), nullable=True))
+    op.add_column("agent_credentials", sa.Column("last_used_at", _ts(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("agent_credentials") as batch:
-        batch.drop_column("last_used_at")
-    with op.batch_alter_table("agents") as batch:
-        batch.drop_column("rotate_requested_at")
-    with op.batch_alter_table("pending_actions") as batch:
-        batch.drop_column("nonce")
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), not a batch rebuild: see upgrade().
+    op.drop_column("agent_credentials", "last_used_at")
+    op.drop_column("agents", "rotate_requested_at")
+    op.drop_column("pending_actions", "nonce")
     op.drop_table("signing_keys")
     op.drop_index(op.f("ix_web_sessions_expires_at"), table_name="web_sessions")
     op.drop_table("web_sessions")

@@ -10,6 +10,7 @@ acknowledged.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +19,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flagpost.v1 import agent_pb2
 from server.config import ServerConfig
-from server.domain import LogLevel, NewLogLine, NewRunUpdate, PendingAction, RunState, RunStep
+from server.domain import (
+    InputField,
+    InputRequest,
+    LogLevel,
+    NewLogLine,
+    NewRunUpdate,
+    PendingAction,
+    RunState,
+    RunStep,
+)
 from server.errors import InvalidArgument
+from server.signing import ActionSigner
 
 MAX_STEPS = 1_000
 MAX_STEP_NAME = 255
@@ -34,10 +45,14 @@ MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 1_024
 MAX_ACKED_ACTIONS = 1_000
 MAX_SEQ = 2**62
+MAX_INPUT_FIELDS = 16
+MAX_INPUT_LABEL = 200
+MAX_INPUT_ERROR = 500
 _EARLIEST_SECONDS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
 _MAX_AHEAD_SECONDS = 24 * 3600
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_INPUT_NAME = re.compile(r"[a-z0-9_]{1,64}\Z")
 _STATES = {
     agent_pb2.RUN_STATE_PENDING: RunState.PENDING,
     agent_pb2.RUN_STATE_RUNNING: RunState.RUNNING,
@@ -107,6 +122,38 @@ def _step(msg: agent_pb2.StepResult, field: str) -> RunStep:
     )
 
 
+def input_request_from_proto(msg: agent_pb2.InputRequest, field: str) -> InputRequest:
+    """Validate an AWAITING_INPUT run's input request: a UUID ``request_id``, 1 to
+    ``MAX_INPUT_FIELDS`` fields with unique ``[a-z0-9_]{1,64}`` names, labels of at most
+    ``MAX_INPUT_LABEL`` and errors of at most ``MAX_INPUT_ERROR`` characters."""
+    request_id = _uuid(msg.request_id, f"{field}.request_id")
+    count = len(msg.fields)
+    if not 1 <= count <= MAX_INPUT_FIELDS:
+        raise InvalidArgument(
+            f"has {count} fields; 1 to {MAX_INPUT_FIELDS} allowed", field=f"{field}.fields"
+        )
+    fields: list[InputField] = []
+    seen: set[str] = set()
+    for i, item in enumerate(msg.fields):
+        where = f"{field}.fields[{i}]"
+        if _INPUT_NAME.match(item.name) is None:
+            raise InvalidArgument(
+                "must be 1 to 64 characters of a-z, 0-9 and _", field=f"{where}.name"
+            )
+        if item.name in seen:
+            raise InvalidArgument(f"repeats the name {item.name!r}", field=f"{where}.name")
+        seen.add(item.name)
+        fields.append(
+            InputField(
+                name=item.name,
+                label=_text(item.label, f"{where}.label", MAX_INPUT_LABEL),
+                secret=bool(item.secret),
+                error=_text(item.error, f"{where}.error", MAX_INPUT_ERROR),
+            )
+        )
+    return InputRequest(request_id=request_id, fields=tuple(fields))
+
+
 def run_update_from_proto(
     msg: agent_pb2.RunUpdate, index: int, agent_id: str, now_s: int
 ) -> NewRunUpdate:
@@ -130,6 +177,13 @@ def run_update_from_proto(
         if step.index >= MAX_STEPS:
             raise InvalidArgument(f"must be below {MAX_STEPS}", field=f"{field}.steps[{i}].index")
         steps[step.index] = _step(step, f"{field}.steps[{i}]")  # a repeated index: last wins
+    input_request: InputRequest | None = None
+    if state == RunState.AWAITING_INPUT:
+        if not msg.HasField("input_request"):
+            raise InvalidArgument(
+                "is required when state is AWAITING_INPUT", field=f"{field}.input_request"
+            )
+        input_request = input_request_from_proto(msg.input_request, f"{field}.input_request")
     action_id: str | None = None
     if msg.requested_by_action_id:
         action_id = _uuid(msg.requested_by_action_id, f"{field}.requested_by_action_id")
@@ -149,6 +203,7 @@ def run_update_from_proto(
         error_message=_text(msg.error_message, f"{field}.error_message", MAX_RUN_ERROR),
         requested_by_action_id=action_id,
         occurred_at=_timestamp(msg, "occurred_at", f"{field}.occurred_at", now_s),
+        input_request=input_request,
     )
 
 
@@ -285,14 +340,30 @@ def _timestamp_proto(value: datetime) -> Timestamp:
     return stamp
 
 
-def action_to_proto(action: PendingAction) -> agent_pb2.Action:
-    """A pending action as the agent receives it."""
-    return agent_pb2.Action(
+def action_nonce(action: PendingAction) -> bytes:
+    """The action's 16-byte nonce. Actions queued before alembic 0003 have none stored: theirs
+    is derived from the action id (deterministic, so every re-delivery carries the same one)."""
+    if action.nonce:
+        return bytes.fromhex(action.nonce)
+    return hashlib.sha256(b"flagpost-action-nonce:" + action.action_id.encode()).digest()[:16]
+
+
+def action_to_proto(action: PendingAction, signer: ActionSigner) -> agent_pb2.Action:
+    """A pending action as the agent receives it: an ActionBody (id, agent, kind, params,
+    issued/expiry times, nonce) serialized once, and the server's Ed25519 signature over exactly
+    those bytes. ``action.params`` are what is signed: a caller may pass a copy with params
+    added at delivery (``dataclasses.replace``) that are never stored."""
+    body = agent_pb2.ActionBody(
         action_id=action.action_id,
+        agent_id=action.agent_id,
         kind=action.kind.value,
         params=action.params,
+        issued_at=_timestamp_proto(action.created_at),
         expires_at=_timestamp_proto(action.expires_at),
+        nonce=action_nonce(action),
     )
+    raw = body.SerializeToString(deterministic=True)
+    return agent_pb2.Action(action_id=action.action_id, body=raw, signature=signer.sign(raw))
 
 
 def log_acks_to_proto(acks: dict[str, list[int]]) -> list[agent_pb2.LogAck]:

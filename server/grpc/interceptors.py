@@ -1,9 +1,11 @@
 """The one gRPC server interceptor: authentication and the FlagpostError -> status mapping.
 
-(a) Every method outside ``PUBLIC_METHODS`` / ``PUBLIC_SERVICE_PREFIXES`` needs
-    ``authorization: Bearer <credential>`` metadata; the authenticated agent id is handed to
-    the servicer through the ``CURRENT_AGENT`` contextvar (read it with ``current_agent_id()``),
-    and the machine id its credential is bound to through ``CURRENT_MACHINE``
+(a) Every method outside ``PUBLIC_METHODS`` (an explicit allow-list: Enroll, the health
+    checks, server reflection; ``server.grpc.server`` refuses to start when any other method is
+    callable without a credential) needs ``authorization: Bearer <credential>`` metadata; the
+    authenticated agent id is handed to the servicer through the ``CURRENT_AGENT`` contextvar
+    (read it with ``current_agent_id()``), and the machine id its credential is bound to
+    through ``CURRENT_MACHINE``
     (``current_machine_id()``; None when the authenticate callable returns only an agent id).
 (b) A FlagpostError becomes the status named by ``err.grpc_code`` with its message
     (ResourceExhausted adds trailing metadata ``retry-after-ms``); any other exception becomes
@@ -16,18 +18,42 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
+from flagpost.v1 import agent_pb2
 from server.errors import FlagpostError, InvalidArgument, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
 
-PUBLIC_METHODS = frozenset({"/flagpost.v1.AgentService/Enroll"})
-PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+def method_path(service: ServiceDescriptor, name: str) -> str:
+    """The gRPC path of one method: ``/<package.Service>/<Method>``."""
+    return f"/{service.full_name}/{name}"
+
+
+def _all_methods(service: ServiceDescriptor) -> set[str]:
+    return {method_path(service, m.name) for m in service.methods}
+
+
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+# The allow-list of methods callable without a credential, named from the service descriptors
+# (Health/List, which names every service, is not on it).
+PUBLIC_METHODS = frozenset(
+    {
+        method_path(agent_pb2.DESCRIPTOR.services_by_name["AgentService"], "Enroll"),
+        method_path(_HEALTH, _HEALTH.methods_by_name["Check"].name),
+        method_path(_HEALTH, _HEALTH.methods_by_name["Watch"].name),
+    }
+    | _all_methods(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+)
 RETRY_AFTER_KEY = "retry-after-ms"
 
 CURRENT_AGENT: contextvars.ContextVar[str] = contextvars.ContextVar("flagpost_agent_id")
@@ -36,8 +62,8 @@ CURRENT_MACHINE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "flagpost_machine_id", default=None
 )
 
-# -> agent id, or (agent id, bound machine id)
-Authenticate = Callable[[str], Awaitable[str | tuple[str, str]]]
+# -> agent id, or (agent id, bound machine id, anything else ...)
+Authenticate = Callable[[str], Awaitable[str | tuple[Any, ...]]]
 ErrorObserver = Callable[[str, str], None]  # (method, reason): metrics
 
 
@@ -56,7 +82,17 @@ def current_machine_id() -> str | None:
 
 def is_public(method: str) -> bool:
     """True for methods callable without a credential (Enroll, health, reflection)."""
-    return method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES)
+    return method in PUBLIC_METHODS
+
+
+def peer_host(peer: str) -> str:
+    """The client address of a grpc peer string (``ipv4:10.0.0.5:51234`` -> ``10.0.0.5``,
+    ``ipv6:[::1]:5555`` -> ``::1``); other forms (``unix:...``) are returned whole."""
+    scheme, _, rest = urllib.parse.unquote(peer).partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0] or rest
+        return host.strip("[]")
+    return peer
 
 
 def bearer_token(metadata: Any) -> str:
@@ -111,19 +147,31 @@ def _parsing(
 class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates and maps errors for every RPC (see module docstring)."""
 
-    def __init__(self, authenticate: Authenticate, on_error: ErrorObserver | None = None) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticate,
+        on_error: ErrorObserver | None = None,
+        public_methods: frozenset[str] = PUBLIC_METHODS,
+    ) -> None:
+        """``public_methods``: served without a credential (the start-up check refuses any
+        that is not on ``PUBLIC_METHODS``; tests pass more to prove that)."""
         self._authenticate = authenticate
         self._on_error = on_error
+        self._public = public_methods
+
+    def requires_authentication(self, method: str) -> bool:
+        """False for the methods this interceptor serves without a credential."""
+        return method not in self._public
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        if not is_public(method):
+        if self.requires_authentication(method):
             identity = await self._authenticate(bearer_token(context.invocation_metadata()))
             if isinstance(identity, str):
                 CURRENT_AGENT.set(identity)
                 CURRENT_MACHINE.set(None)
             else:
-                CURRENT_AGENT.set(identity[0])
-                CURRENT_MACHINE.set(identity[1])
+                CURRENT_AGENT.set(str(identity[0]))
+                CURRENT_MACHINE.set(str(identity[1]))
 
     async def intercept_service(
         self,
@@ -143,7 +191,7 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 ),
                 response_serializer=handler.response_serializer,
             )
-        if is_public(method):
+        if not self.requires_authentication(method):
             return handler  # streaming health Watch / reflection: nothing to add
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(

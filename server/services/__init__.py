@@ -15,9 +15,11 @@ from server.config import ServerConfig
 from server.services.agents import Authenticator
 from server.services.health import DatabaseHealth
 from server.services.ingest import IngestWriter
+from server.signing import ActionSigner
 
 if TYPE_CHECKING:
     from server.metrics import ServerMetrics
+    from server.services.inputs import InputVault
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,5 +30,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     authenticator: Authenticator
     ingest: IngestWriter
+    signer: ActionSigner  # signs every action sent to an agent (server.signing)
     health: DatabaseHealth | None = None  # None: assume the database is always reachable
     metrics: ServerMetrics | None = None
+    inputs: InputVault | None = None  # answers to input requests (server.services.inputs)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import AgentHealth, AgentSummary
-from server.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from server.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
 from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_db
@@ -31,10 +31,16 @@ AUTH_CACHE_MAX = 100_000
 
 class AgentIdentity(NamedTuple):
     """An authenticated agent and the machine its credential is bound to (enrollment's
-    ``HostFacts.machine_id``)."""
+    ``HostFacts.machine_id``), with what credential rotation needs to know about the
+    credential presented (``server.services.rotation``)."""
 
     agent_id: str
     machine_id: str
+    credential_id: int = 0
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    used: bool = True  # False: its first use (a freshly rotated-in credential)
+    rotate_requested_at: datetime | None = None
 
 
 MACHINE_MISMATCH = "credential bound to another machine"
@@ -52,6 +58,14 @@ def check_machine(bound_machine_id: str | None, has_facts: bool, machine_id: str
         )
     if machine_id != bound_machine_id:
         raise PermissionDenied(MACHINE_MISMATCH)
+
+
+def _check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise Unauthenticated(
+            f"agent credential expired at {expires_at.isoformat()}; re-enroll the agent "
+            "(flagpost-agent enroll with a new token)"
+        )
 
 
 class Authenticator:
@@ -81,6 +95,7 @@ class Authenticator:
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
+            _check_expiry(hit[0].expires_at)
             return hit[0]
         self.lookups += 1
         with unavailable_on_outage("authentication"):
@@ -88,15 +103,34 @@ class Authenticator:
                 record = await agents_db.find_credential(session, digest)
         if record is None or record.credential_revoked:
             raise Unauthenticated("invalid agent credential")
-        if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
-            raise Unauthenticated("agent credential has expired")
+        _check_expiry(record.expires_at)
         if record.agent_revoked:
             raise PermissionDenied("this agent has been revoked")
         if len(self._cache) >= AUTH_CACHE_MAX:
             self._cache.clear()
-        identity = AgentIdentity(record.agent_id, record.machine_id)
+        identity = AgentIdentity(
+            record.agent_id,
+            record.machine_id,
+            credential_id=record.credential_id,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            used=record.last_used_at is not None,
+            rotate_requested_at=record.rotate_requested_at,
+        )
         self._cache[digest] = (identity, now + self._ttl)
         return identity
+
+    def settle(self, identity: AgentIdentity) -> None:
+        """After a credential's first use (``server.services.rotation``): remember it as
+        ``identity`` says (used) and forget the agent's other cached credentials, which were
+        just revoked, so they are refused at once by this process."""
+        for digest, (cached, until) in list(self._cache.items()):
+            if cached.agent_id != identity.agent_id:
+                continue
+            if cached.credential_id == identity.credential_id:
+                self._cache[digest] = (identity, until)
+            else:
+                del self._cache[digest]
 
     def forget(self, agent_id: str) -> None:
         """Drop cached lookups for ``agent_id`` (after a revocation)."""
@@ -115,6 +149,25 @@ async def revoke(
         found = await agents_db.set_revoked(session, agent_id, datetime.now(UTC))
     if not found:
         raise NotFound(f"no agent {agent_id}")
+    if authenticator is not None:
+        authenticator.forget(agent_id)
+
+
+async def request_rotation(
+    sessions: async_sessionmaker[AsyncSession],
+    agent_id: str,
+    authenticator: Authenticator | None = None,
+) -> None:
+    """``flagpost-server agent rotate ID``: the agent's next check-in receives a new credential
+    (every server process: within AUTH_CACHE_TTL). NotFound for an unknown agent, Conflict for a
+    revoked one."""
+    async with sessions() as session, session.begin():
+        record = await agents_db.get_agent(session, agent_id)
+        if record is None:
+            raise NotFound(f"no agent {agent_id}")
+        if record.revoked:
+            raise Conflict(f"agent {agent_id} is revoked: enroll it again instead")
+        await agents_db.set_rotate_requested(session, agent_id, datetime.now(UTC))
     if authenticator is not None:
         authenticator.forget(agent_id)
 

@@ -76,9 +76,11 @@ async def enroll(
     token: str,
     facts: HostFacts,
     checkin_interval_seconds: int = 60,
+    credential_expires_at: datetime | None = None,
 ) -> tuple[str, str]:
     """Consume one use of ``token`` and register a new agent with ``facts``, in one
-    transaction. Returns ``(agent_id, credential)``; the credential is shown only here.
+    transaction. Returns ``(agent_id, credential)``; the credential is shown only here and
+    expires at ``credential_expires_at`` (None: never; see ``server.services.rotation``).
     Raises Unauthenticated for an unknown, expired, used-up or revoked token."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         raise Unauthenticated(_REFUSALS[TokenRefusal.UNKNOWN])
@@ -90,7 +92,15 @@ async def enroll(
         async with sessions() as session, session.begin():
             refusal = await tokens_db.consume_token(session, secret_hash(token), now)
             if refusal is None:
-                await _register(session, agent_id, facts, now, credential, checkin_interval_seconds)
+                await _register(
+                    session,
+                    agent_id,
+                    facts,
+                    now,
+                    credential,
+                    checkin_interval_seconds,
+                    credential_expires_at,
+                )
     if refusal is not None:
         raise Unauthenticated(_REFUSALS[refusal])
     return agent_id, credential
@@ -103,9 +113,12 @@ async def _register(
     now: datetime,
     credential: str,
     checkin_interval_seconds: int,
+    credential_expires_at: datetime | None,
 ) -> None:
     await agents_db.create_agent(session, agent_id, facts, now, checkin_interval_seconds)
-    await agents_db.store_credential(session, agent_id, secret_hash(credential), now)
+    await agents_db.store_credential(
+        session, agent_id, secret_hash(credential), now, credential_expires_at
+    )
 
 
 class TokenState(StrEnum):

@@ -13,6 +13,7 @@ each remaining step over the latest succeeded runs of the same migration
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -173,6 +174,7 @@ def _new_action(
         delivered_at=None,
         acknowledged_at=None,
         requested_by=by,
+        nonce=secrets.token_hex(16),
     )
 
 

@@ -27,6 +27,7 @@ def _action(row: Any) -> PendingAction:
         delivered_at=row.delivered_at,
         acknowledged_at=row.acknowledged_at,
         requested_by=row.requested_by,
+        nonce=row.nonce or "",
     )
 
 
@@ -43,6 +44,7 @@ async def create_action(session: AsyncSession, action: PendingAction) -> None:
             delivered_at=None,
             acknowledged_at=None,
             requested_by=action.requested_by,
+            nonce=action.nonce,
         )
     )
 

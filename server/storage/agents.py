@@ -43,6 +43,10 @@ class CredentialRecord:
     credential_revoked: bool
     expires_at: datetime | None
     machine_id: str = ""  # the agent's enrolled machine: the credential is bound to it
+    credential_id: int = 0
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None  # None: never used (a rotated-in credential)
+    rotate_requested_at: datetime | None = None  # the agent's `agent rotate` request
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,10 @@ async def find_credential(session: AsyncSession, secret_hash: str) -> Credential
             AgentCredential.revoked_at,
             AgentCredential.expires_at,
             Agent.machine_id,
+            AgentCredential.id,
+            AgentCredential.created_at,
+            AgentCredential.last_used_at,
+            Agent.rotate_requested_at,
         )
         .join(Agent, Agent.id == AgentCredential.agent_id)
         .where(AgentCredential.secret_hash == secret_hash)
@@ -206,4 +214,60 @@ async def find_credential(session: AsyncSession, secret_hash: str) -> Credential
         credential_revoked=row.revoked_at is not None,
         expires_at=row.expires_at,
         machine_id=row.machine_id,
+        credential_id=int(row.id),
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        rotate_requested_at=row.rotate_requested_at,
     )
+
+
+async def set_rotate_requested(session: AsyncSession, agent_id: str, at: datetime) -> bool:
+    """Ask for a new credential at the agent's next check-in. False when no such agent."""
+    result = await session.execute(
+        update(Agent).where(Agent.id == agent_id).values(rotate_requested_at=at).returning(Agent.id)
+    )
+    return result.first() is not None
+
+
+async def mark_credential_used(
+    session: AsyncSession, agent_id: str, credential_id: int, created_at: datetime, at: datetime
+) -> None:
+    """First use of a credential: record it, revoke the agent's older credentials that are
+    still valid, and clear a rotation request that this credential answers (one made before it
+    was created)."""
+    await session.execute(
+        update(AgentCredential).where(AgentCredential.id == credential_id).values(last_used_at=at)
+    )
+    await session.execute(
+        update(AgentCredential)
+        .where(
+            AgentCredential.agent_id == agent_id,
+            AgentCredential.id < credential_id,
+            AgentCredential.revoked_at.is_(None),
+        )
+        .values(revoked_at=at)
+    )
+    await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id, Agent.rotate_requested_at <= created_at)
+        .values(rotate_requested_at=None)
+    )
+
+
+async def revoke_unused_newer(
+    session: AsyncSession, agent_id: str, credential_id: int, at: datetime
+) -> int:
+    """Revoke the agent's credentials newer than ``credential_id`` that were never used (a
+    rotation whose response the agent did not receive). Returns how many."""
+    result = await session.execute(
+        update(AgentCredential)
+        .where(
+            AgentCredential.agent_id == agent_id,
+            AgentCredential.id > credential_id,
+            AgentCredential.last_used_at.is_(None),
+            AgentCredential.revoked_at.is_(None),
+        )
+        .values(revoked_at=at)
+        .returning(AgentCredential.id)
+    )
+    return len(result.all())

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -182,6 +183,13 @@ class MigrationRun(Base):
     cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
     cancel_requested_at: Mapped[datetime | None]
     cancelled_by: Mapped[str | None] = mapped_column(String(128))
+    # AWAITING_INPUT (issue 6): the last input request ({"request_id", "fields": [{name, label,
+    # secret, error}]} -- what is asked, never an answer), kept after the run moves on; when the
+    # server received it; who answered last and when (answers themselves: ``run_inputs``).
+    input_request: Mapped[dict[str, Any] | None]
+    input_requested_at: Mapped[datetime | None]
+    input_answered_by: Mapped[str | None] = mapped_column(String(128))
+    input_answered_at: Mapped[datetime | None]
 
     # Lists are "<filter> ORDER BY created_at DESC, id DESC" (keyset); retention scans by age.
     __table_args__ = (
@@ -286,3 +294,20 @@ class SigningKey(Base):
     key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key: Mapped[str] = mapped_column(String(64))  # raw 32 bytes, hex
     created_at: Mapped[datetime]
+
+
+class RunInput(Base):
+    """The answers an admin gave to a run's input request, Fernet-encrypted with the server's
+    ``<state_dir>/inputs.key`` (``server.services.inputs``), until the agent acknowledges the
+    ``provide_input`` action (``action_id``) that carries them; then the row is deleted."""
+
+    __tablename__ = "run_inputs"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("migration_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(36))
+    action_id: Mapped[str] = mapped_column(String(36), index=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    answered_by: Mapped[str] = mapped_column(String(128))
+    answered_at: Mapped[datetime]

@@ -38,13 +38,14 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from server.domain import (
+    TERMINAL_RUN_STATES,
     ActionKind,
     Category,
     EventStatus,
@@ -60,7 +61,7 @@ from server.domain import (
 )
 from server.storage.bulk import BulkInsert
 from server.storage.events import json_text, sqlite_timestamp
-from server.storage.models import MigrationRun, PendingActionRow, RunStepRow
+from server.storage.models import MigrationRun, PendingActionRow, RunInput, RunStepRow
 from server.storage.notify import RUNS_CHANNEL  # payload: a run id ('' = look at every run)
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ NOTICE_NAMESPACE = uuid.UUID("5d0c6f1e-9a59-4c55-9f0e-2f1f8a7c4b10")
 _IN_CHUNK = 500
 _ACTIONS: Table = PendingActionRow.__table__  # type: ignore[assignment]
 _RUNS: Table = MigrationRun.__table__  # type: ignore[assignment]
+_INPUTS: Table = RunInput.__table__  # type: ignore[assignment]
 
 Row = tuple[Any, ...]
 LOG_COLUMNS = ("run_id", "seq", "timestamp", "level", "source", "message", "metadata_json")
@@ -195,6 +197,8 @@ _RUN_COLUMNS = (
     MigrationRun.requested_action_id,
     MigrationRun.cancel_requested_by,
     MigrationRun.cancelled_by,
+    MigrationRun.input_request,
+    MigrationRun.input_requested_at,
 )
 _UPDATABLE = (
     "state",
@@ -211,6 +215,8 @@ _UPDATABLE = (
     "requested_by",
     "requested_action_id",
     "cancelled_by",
+    "input_request",
+    "input_requested_at",
 )
 
 
@@ -237,6 +243,19 @@ def _ack_actions(conn: Connection, works: Sequence[RunWork], now: datetime) -> N
                     table.c.acknowledged_at.is_(None),
                 )
                 .values(acknowledged_at=now)
+            )
+            # An acknowledged provide_input action was received: its answers' ciphertext goes
+            # in the same transaction (the agent keeps them in memory only).
+            conn.execute(
+                delete(_INPUTS).where(
+                    _INPUTS.c.action_id.in_(
+                        select(table.c.action_id).where(
+                            table.c.action_id.in_(chunk),
+                            table.c.agent_id == work.agent_id,
+                            table.c.kind == ActionKind.PROVIDE_INPUT.value,
+                        )
+                    )
+                )
             )
 
 
@@ -282,6 +301,8 @@ def _ensure_runs(conn: Connection, works: Sequence[RunWork], now: datetime) -> d
                     "requested_action_id": row.requested_action_id,
                     "cancel_requested_by": row.cancel_requested_by,
                     "cancelled_by": row.cancelled_by,
+                    "input_request": row.input_request,
+                    "input_requested_at": row.input_requested_at,
                 },
             )
     return runs
@@ -389,6 +410,14 @@ def _apply_updates(
                 values["requested_by"] = requesters.get((work.agent_id, action_id))
             if u.state == RunState.CANCELLED:
                 values["cancelled_by"] = values.get("cancel_requested_by") or "agent"
+            if u.input_request is not None:
+                # A new ask (a new request_id) restarts the clock; a resent snapshot of the same
+                # ask keeps it, so answers already sent stay "sent". The request stays on the
+                # run after it moves on (the record of what was asked; never an answer).
+                stored = values.get("input_request") or {}
+                if stored.get("request_id") != u.input_request.request_id:
+                    values["input_requested_at"] = now
+                values["input_request"] = u.input_request.to_json()
             run.dirty = True
             result.updates_applied += 1
             result.changed_run_ids.add(u.run_id)
@@ -418,6 +447,9 @@ def _write_runs(
         # requested_by / requested_action_id / cancelled_by are only ever filled in, never
         # cleared: the values above carry the stored ones forward (read in _ensure_runs).
         conn.execute(statement, params)
+        ended = [run_id for run_id, run in dirty if run.values["state"] in TERMINAL_RUN_STATES]
+        for chunk in _chunks(ended):  # answers never delivered to a run that ended go too
+            conn.execute(delete(_INPUTS).where(_INPUTS.c.run_id.in_(chunk)))
     if steps:
         insert = _dialect_insert(conn)
         statement = insert(RunStepRow)
@@ -522,6 +554,7 @@ def _deliver_actions(
                     delivered_at=row.delivered_at or now,
                     acknowledged_at=None,
                     requested_by=row.requested_by,
+                    nonce=row.nonce or "",
                 )
             )
             if row.delivered_at is None:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.domain import RunState, RunStep, RunSummary
+from server.domain import InputRequest, RunState, RunStep, RunSummary
 from server.storage.models import Agent, MigrationRun, RunStepRow
 
 PAST_RUNS_FOR_ETA = 20
@@ -39,6 +39,10 @@ _SUMMARY_COLUMNS = (
     MigrationRun.cancel_requested_by,
     MigrationRun.cancel_requested_at,
     MigrationRun.cancelled_by,
+    MigrationRun.input_request,
+    MigrationRun.input_requested_at,
+    MigrationRun.input_answered_by,
+    MigrationRun.input_answered_at,
 )
 
 
@@ -63,6 +67,10 @@ def _summary(row: Any) -> RunSummary:
         cancel_requested_by=row.cancel_requested_by,
         cancel_requested_at=row.cancel_requested_at,
         cancelled_by=row.cancelled_by,
+        input_request=InputRequest.from_json(row.input_request) if row.input_request else None,
+        input_requested_at=row.input_requested_at,
+        input_answered_by=row.input_answered_by,
+        input_answered_at=row.input_answered_at,
     )
 
 

@@ -4,7 +4,9 @@ and the History, their live streams (Server-Sent Events), the JSON API, the heal
 Modules: ``routes`` (History, health) · ``pages`` (overview, agent) · ``run_pages`` (runs,
 run, their forms) · ``sse`` / ``run_stream`` (live streams) · ``views`` / ``fleet_views`` /
 ``run_views`` / ``charts`` (view models) · ``params`` / ``log_params`` (query parsing) ·
-``api_runs`` / ``openapi`` (the runs JSON API) · ``middleware`` (errors, security headers).
+``api_runs`` / ``openapi`` (the runs JSON API) · ``middleware`` (errors, security headers) ·
+``auth`` (access declarations, sessions, CSRF, the start-up route check) · ``login`` (login,
+logout).
 
 ``setup_web(app)`` is called by ``server.app.create_app``; it expects ``keys.CONFIG`` to be set and
 ``keys.SESSIONS`` / ``keys.ENGINE`` (and ``keys.BUS`` for live updates, see
@@ -22,6 +24,9 @@ from aiohttp import web
 
 from server.services.bus import end_streams_on_shutdown
 from server.web.api_runs import add_api_routes
+from server.web.auth import setup_auth
+from server.web.input_pages import add_input_routes
+from server.web.login import add_login_routes
 from server.web.middleware import error_middleware, security_headers
 from server.web.routes import add_routes
 
@@ -45,10 +50,13 @@ def setup_web(app: web.Application) -> None:
     )
     env.globals["static_url"] = _static_url(app)
     app.middlewares.append(error_middleware)
+    setup_auth(app)  # after the error middleware: its 401/403s are mapped there
     app.on_shutdown.append(end_streams_on_shutdown)
     app.on_response_prepare.append(security_headers)
     add_routes(app)
     add_api_routes(app)
+    add_input_routes(app)
+    add_login_routes(app)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
 
 

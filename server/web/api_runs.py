@@ -33,10 +33,10 @@ from server.services import agents as agents_service
 from server.services import fleet as fleet_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
+from server.web.auth import actor_name, admin, viewer
 from server.web.log_params import parse_int, parse_log_filter, single
 from server.web.openapi import openapi_document
 
-API_REQUESTER = "api"  # who asked, until web users exist (issue 5)
 DEFAULT_RUNS_LIMIT = 50
 DEFAULT_LOGS_LIMIT = 500
 MAX_ID = 64
@@ -207,6 +207,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+@viewer
 async def list_runs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs``."""
     page = await runs_service.list_runs(request.app[keys.SESSIONS], parse_run_filter(request.query))
@@ -216,12 +217,14 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     )
 
 
+@viewer
 async def get_run(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}``."""
     detail = await runs_service.get_run(request.app[keys.SESSIONS], _path_id(request, "run_id"))
     return web.json_response(run_detail_json(detail, datetime.now(UTC)))
 
 
+@viewer
 async def run_logs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs``."""
     run_id = _path_id(request, "run_id")
@@ -233,6 +236,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     )
 
 
+@viewer
 async def run_log_stats(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs/stats``."""
     stats = await logs_service.log_stats(request.app[keys.SESSIONS], _path_id(request, "run_id"))
@@ -241,6 +245,7 @@ async def run_log_stats(request: web.Request) -> web.StreamResponse:
     )
 
 
+@viewer
 async def run_log_sources(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs/sources``."""
     sources = await logs_service.log_sources(
@@ -249,13 +254,14 @@ async def run_log_sources(request: web.Request) -> web.StreamResponse:
     return web.json_response({"sources": sources})
 
 
+@admin
 async def cancel_run(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/runs/{run_id}/cancel``: 202 with the queued ``cancel_run`` action."""
     run_id = _path_id(request, "run_id")
     await _json_body(request)
     app = request.app
     action = await runs_service.request_cancel(
-        app[keys.SESSIONS], app[keys.CONFIG], run_id, API_REQUESTER
+        app[keys.SESSIONS], app[keys.CONFIG], run_id, actor_name(request)
     )
     bus = app.get(keys.BUS)
     if bus is not None:  # the run's page shows "cancel requested" at once
@@ -263,6 +269,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     return web.json_response({"action": action_json(action)}, status=202)
 
 
+@admin
 async def request_agent_run(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/agents/{agent_id}/runs``: 202 with the queued ``run_migration`` action."""
     agent_id = _path_id(request, "agent_id")
@@ -272,11 +279,12 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("must be a string", field="migration_id")
     app = request.app
     action = await runs_service.request_run(
-        app[keys.SESSIONS], app[keys.CONFIG], agent_id, API_REQUESTER, migration_id or None
+        app[keys.SESSIONS], app[keys.CONFIG], agent_id, actor_name(request), migration_id or None
     )
     return web.json_response({"action": action_json(action)}, status=202)
 
 
+@viewer
 async def list_agents(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/agents``: every agent with its derived health, by hostname."""
     app = request.app
@@ -284,6 +292,7 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
     return web.json_response({"agents": [agent_json(a) for a in agents]})
 
 
+@viewer
 async def get_agent(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/agents/{agent_id}``: facts, health, recent runs, pending actions."""
     app = request.app
@@ -315,6 +324,7 @@ async def get_agent(request: web.Request) -> web.StreamResponse:
     )
 
 
+@viewer
 async def openapi(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/openapi.json``: the OpenAPI 3.1 document of the whole ``/api/v1``."""
     return web.json_response(openapi_document())

@@ -50,7 +50,18 @@ _HTTP_REASONS: dict[int, str] = {
 
 
 def _wants_json(request: web.Request) -> bool:
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    """JSON errors for the API, /healthz, /metrics and live streams (EventSource); the HTML
+    error page for browsers' pages."""
+    if request.path.startswith("/api/") or request.path in {"/healthz", "/metrics"}:
+        return True
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def error_headers(err: FlagpostError) -> dict[str, str]:
+    """The headers an error's response carries (``Retry-After`` for ResourceExhausted)."""
+    if isinstance(err, ResourceExhausted):
+        return {"Retry-After": str(max(1, math.ceil(err.retry_after_ms / 1000)))}
+    return {}
 
 
 def error_response(
@@ -82,9 +93,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except FlagpostError as err:
-        headers: dict[str, str] = {}
-        if isinstance(err, ResourceExhausted):
-            headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_ms / 1000)))
+        headers = error_headers(err)
         if err.http_status >= 500:
             log.warning(
                 "%s %s -> %s (%s)", request.method, request.path, err.http_status, err.reason

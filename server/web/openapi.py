@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document of the whole ``/api/v1`` (served at ``/api/v1/openapi.json``).
+"""The OpenAPI 3.1 document of the whole ``/api/v1`` and of ``POST /login`` / ``/logout``
+(served at ``/api/v1/openapi.json``).
 
 Hand-written: the API is small, and a test (``tests/test_openapi.py``) checks that every
 ``/api/v1`` route of the app is described here and that nothing here is missing from the app.
@@ -170,7 +171,7 @@ SCHEMAS: dict[str, Any] = {
         {
             "action_id": {"type": "string", "format": "uuid"},
             "agent_id": {"type": "string"},
-            "kind": {"type": "string", "enum": ["run_migration", "cancel_run"]},
+            "kind": {"type": "string", "enum": ["run_migration", "cancel_run", "provide_input"]},
             "params": _STR_MAP,
             "created_at": _TIME,
             "expires_at": _TIME,
@@ -259,8 +260,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _RUN_ID = _param("run_id", "path", {"type": "string", "format": "uuid"})
 _AGENT_ID = _param("agent_id", "path")
 _JSON_BODY_NOTE = (
-    "Requires `Content-Type: application/json` so a cross-site form cannot trigger it. "
-    "No login until issue 5: open to whoever reaches the web port (127.0.0.1 by default)."
+    "Requires `Content-Type: application/json` so a cross-site form cannot trigger it, a "
+    "session of an admin, and its CSRF token in `X-CSRF-Token`."
 )
 
 PATHS: dict[str, Any] = {
@@ -405,6 +406,161 @@ PATHS: dict[str, Any] = {
 }
 
 
+# Issue 6: a run waiting for input (AWAITING_INPUT) and its answers.
+SCHEMAS["InputField"] = _obj(
+    {
+        "name": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
+        "label": {"type": "string", "maxLength": 200},
+        "secret": {"type": "boolean", "description": "answer in a password field"},
+        "error": {"type": "string", "description": "why the previous answer was refused"},
+    }
+)
+SCHEMAS["RunInputs"] = _obj(
+    {
+        "run_id": {"type": "string", "format": "uuid"},
+        "state": {"type": "string", "enum": _RUN_STATES},
+        "waiting": {"type": "boolean", "description": "AWAITING_INPUT now"},
+        "request_id": _nullable("string", description="answer this request (null: never asked)"),
+        "fields": {"type": "array", "items": _ref("InputField"), "maxItems": 16},
+        "requested_at": _TIME_OR_NULL,
+        "answers_sent": {
+            "type": "boolean",
+            "description": "answers to the current request are on their way to the agent",
+        },
+        "answered_by": _nullable("string"),
+        "answered_at": _TIME_OR_NULL,
+    }
+)
+SCHEMAS["InputAnswers"] = _obj(
+    {
+        "request_id": {"type": "string", "format": "uuid"},
+        "inputs": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "minLength": 1},
+            "description": "one value per field asked (each at most input_max_bytes bytes)",
+        },
+    }
+)
+PATHS["/api/v1/runs/{run_id}/inputs"] = {
+    "get": {
+        "operationId": "getRunInputs",
+        "summary": "What a run waiting for input asks for (fields, errors); never an answer",
+        "parameters": [_RUN_ID],
+        "responses": {**_response("RunInputs", "the input request"), **_errors(400, 404, 503)},
+    },
+    "post": {
+        "operationId": "answerRunInputs",
+        "summary": "Answer every field of the run's current input request: kept encrypted "
+        "and delivered to the agent as a signed provide_input action with its next check-in",
+        "description": "Admin only. 409 when the run is not waiting, the request_id is not "
+        "the current one (stale form) or answers were already sent; 400 names a missing, "
+        "unknown or too long field. Answers are never echoed.",
+        "parameters": [_RUN_ID],
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("InputAnswers")}}},
+        "responses": {
+            **_response("ActionAccepted", "answers queued for the agent", "202"),
+            **_errors(400, 404, 409, 415, 503),
+        },
+    },
+}
+
+
+# Issue 5: web login. Every operation needs a session (cookie); every POST also its CSRF token.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "flagpost_session",
+        "description": "set by `POST /login`; HttpOnly, SameSite=Strict, Secure under TLS",
+    },
+    "csrf": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-CSRF-Token",
+        "description": 'the page\'s `<meta name="csrf-token">`; required on every POST',
+    },
+}
+_FORM = "application/x-www-form-urlencoded"
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_SEE_OTHER = {
+    "description": "see Location",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+}
+AUTH_PATHS: dict[str, Any] = {
+    "/login": {
+        "post": {
+            "operationId": "login",
+            "summary": "Log in: open a session (the `flagpost_session` cookie)",
+            "description": "The login form (`GET /login`) sets a `flagpost_login_csrf` cookie "
+            "and carries its token in `csrf_token` (double-submit). Rate limited per address "
+            "and user name. Every refusal has the same message.",
+            "security": [],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _FORM: {
+                        "schema": _obj(
+                            {
+                                "name": {"type": "string", "maxLength": 64},
+                                "password": {"type": "string", "maxLength": 1024},
+                                "csrf_token": {"type": "string"},
+                                "next": {"type": "string", "description": "a local path"},
+                            },
+                            required=["name", "password", "csrf_token"],
+                        )
+                    }
+                },
+            },
+            "responses": {
+                "303": {**_SEE_OTHER, "description": "logged in: to `next` (a local path)"},
+                "401": {"description": "wrong user name or password", "content": _HTML},
+                "403": {"description": "CSRF token missing or wrong", "content": _HTML},
+                "429": {
+                    "description": "too many attempts; see Retry-After",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    "content": _HTML,
+                },
+            },
+        }
+    },
+    "/logout": {
+        "post": {
+            "operationId": "logout",
+            "summary": "Log out: the session is deleted on the server",
+            "security": [{"session": [], "csrf": []}],
+            "requestBody": {
+                "required": False,
+                "content": {_FORM: {"schema": _obj({"csrf_token": {"type": "string"}}, [])}},
+            },
+            "responses": {
+                "303": {**_SEE_OTHER, "description": "logged out: to /login"},
+                "401": {"description": "no session", "content": _HTML},
+                "403": {"description": "CSRF token missing or wrong", "content": _HTML},
+            },
+        }
+    },
+}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Add the session requirement, and its 401/403 answers, to every API operation."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method == "get":
+                operation.setdefault("security", [{"session": []}])
+                denied = "not allowed"
+            else:
+                operation.setdefault("security", [{"session": [], "csrf": []}])
+                denied = "CSRF token missing or wrong, or the admin role is needed"
+            responses = operation["responses"]
+            for code, description in (("401", "log in first (no session)"), ("403", denied)):
+                responses.setdefault(
+                    code,
+                    {"description": description, "content": {JSON: {"schema": _ref("Error")}}},
+                )
+    return paths
+
+
 def openapi_document() -> dict[str, Any]:
     """A fresh copy of the document (callers may not mutate the module's constants)."""
     return {
@@ -413,8 +569,14 @@ def openapi_document() -> dict[str, Any]:
             "title": "Flagpost API",
             "version": SERVER_VERSION,
             "description": "Which hosts migrated their config, which failed and why. JSON over "
-            'HTTP; errors are `{"error": reason, "message": text}`.',
+            'HTTP; errors are `{"error": reason, "message": text}`. Every operation needs a '
+            "session (log in with `POST /login`); every POST also the session's CSRF token, "
+            "and the actions (cancel, run now, answer inputs) the admin role.",
         },
-        "paths": copy.deepcopy(PATHS),
-        "components": {"schemas": copy.deepcopy(SCHEMAS)},
+        "security": [{"session": []}],
+        "paths": {**_secured(copy.deepcopy(PATHS)), **copy.deepcopy(AUTH_PATHS)},
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
+        },
     }

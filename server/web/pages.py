@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from server import keys
@@ -17,7 +16,9 @@ from server.errors import InvalidArgument, PermissionDenied
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
 from server.services import runs as runs_service
+from server.web.auth import viewer
 from server.web.fleet_views import agent_page, overview_page, pending_action_note
+from server.web.render import render_page
 from server.web.run_views import run_row
 
 AGENT_PAGE_RUNS = 10
@@ -35,8 +36,8 @@ def path_id(request: web.Request, name: str) -> str:
 
 def require_same_origin(request: web.Request) -> None:
     """Refuse a cross-site form POST: a browser's ``Origin`` (or ``Sec-Fetch-Site``) must say the
-    request comes from this site. Clients that send neither (scripts, tests) pass; web login
-    and CSRF tokens come later (issue 5)."""
+    request comes from this site. Clients that send neither (scripts, tests) pass. Defence in
+    depth: the session, its CSRF token and the role are enforced by ``server.web.auth``."""
     site = request.headers.get("Sec-Fetch-Site", "")
     if site and site not in ("same-origin", "none"):
         raise PermissionDenied("cross-site requests are not allowed")
@@ -49,6 +50,7 @@ def require_same_origin(request: web.Request) -> None:
         raise PermissionDenied("cross-site requests are not allowed")
 
 
+@viewer
 async def overview(request: web.Request) -> web.StreamResponse:
     """``GET /``: agents online / stale / offline, config versions and rollout, runs waiting
     for input, events per hour over the last day."""
@@ -64,9 +66,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
         active_runs=by_state.get(RunState.RUNNING, 0) + by_state.get(RunState.PENDING, 0),
         latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
     )
-    return aiohttp_jinja2.render_template("overview.html", request, {"page": view})
+    return await render_page("overview.html", request, {"page": view})
 
 
+@viewer
 async def agent(request: web.Request) -> web.StreamResponse:
     """``GET /agents/{agent_id}``: facts, runs, recent events, "Run migration now"."""
     app = request.app
@@ -87,7 +90,7 @@ async def agent(request: web.Request) -> web.StreamResponse:
         pending=[pending_action_note(a, now) for a in pending if a.action_id != requested],
         notice="Run requested: the agent starts it with its next check-in." if just_asked else "",
     )
-    return aiohttp_jinja2.render_template("agent.html", request, {"page": view})
+    return await render_page("agent.html", request, {"page": view})
 
 
 def add_page_routes(app: web.Application) -> None:

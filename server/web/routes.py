@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import aiohttp_jinja2
 from aiohttp import web
 
 from server import keys
 from server.services import history as history_service
+from server.web.auth import public, viewer
 from server.web.pages import add_page_routes
 from server.web.params import parse_event_filter
+from server.web.render import render_page
 from server.web.sse import history_stream
 from server.web.views import history_page, page_json
 
 
+@viewer
 async def history(request: web.Request) -> web.StreamResponse:
     """``GET /history``: the filterable, keyset-paginated History page; its first page
     carries the URL and cursor of its live stream (``/history/stream``) when a bus runs."""
@@ -38,9 +40,10 @@ async def history(request: web.Request) -> web.StreamResponse:
         now=datetime.now(UTC),
         live_after=live_after,
     )
-    return aiohttp_jinja2.render_template("history.html", request, {"page": view})
+    return await render_page("history.html", request, {"page": view})
 
 
+@viewer
 async def api_events(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events``: the History as JSON, same filters and cursor."""
     config = request.app[keys.CONFIG]
@@ -49,6 +52,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     return web.json_response(page_json(page))
 
 
+@public
 async def healthz(request: web.Request) -> web.StreamResponse:
     """``GET /healthz``: 200 while the health monitor sees the database up and it answers
     ``SELECT 1`` now; 503 otherwise (e.g. SQLite locked by another process, PostgreSQL down)."""

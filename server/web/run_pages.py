@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -23,8 +22,10 @@ from server.services import history as history_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.web import run_data
+from server.web.auth import actor_name, admin, viewer
 from server.web.log_params import LogFilter, parse_int, parse_log_filter, single
 from server.web.pages import path_id, require_same_origin
+from server.web.render import render_page
 from server.web.run_stream import run_stream, template_macro
 from server.web.run_views import (
     LOG_LEVELS,
@@ -43,7 +44,6 @@ MAX_RUNS_PAGE = 200
 MAX_CURSOR_TEXT = 200
 LOG_PAGE_LINES = 1000
 MAX_SEQ = 2**63 - 1
-WEB_ACTOR = "web"  # who asked, until issue 5 brings web users
 
 
 # --------------------------------------------------------------------------- /runs
@@ -94,6 +94,7 @@ async def _runs_page(request: web.Request) -> tuple[RunFilter, RunPage]:
     return f, await runs_service.list_runs(request.app[keys.SESSIONS], f)
 
 
+@viewer
 async def runs(request: web.Request) -> web.StreamResponse:
     """``GET /runs``: recent runs, newest first; state and agent filters; keyset pages."""
     f, page = await _runs_page(request)
@@ -118,9 +119,10 @@ async def runs(request: web.Request) -> web.StreamResponse:
         else None,
         limit=f.limit if f.limit != RUNS_PAGE_SIZE else None,
     )
-    return aiohttp_jinja2.render_template("runs.html", request, {"page": view})
+    return await render_page("runs.html", request, {"page": view})
 
 
+@viewer
 async def runs_rows(request: web.Request) -> web.StreamResponse:
     """``GET /runs/rows``: the next page of ``/runs`` as rendered rows, for "Load more":
     ``{"html": "<tr>…", "more_url": …, "more_fragment_url": …}``."""
@@ -142,6 +144,7 @@ async def runs_rows(request: web.Request) -> web.StreamResponse:
 # --------------------------------------------------------------------------- /runs/{id}
 
 
+@viewer
 async def run_page(request: web.Request) -> web.StreamResponse:
     """``GET /runs/{run_id}``: state, progress, ETA, steps, log viewer (level / source / text
     filters, counts), live tail and cancel. ``from_seq`` pages back through a long log;
@@ -180,6 +183,8 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         "requested": "Cancellation requested: the agent stops at the next step boundary and "
         "rolls back.",
     }.get(request.query.get("cancel", ""), "")
+    if request.query.get("inputs") == "sent":
+        notice = "Answers sent, waiting for the agent (delivered with its next check-in)."
     view = RunPageView(
         run=status,
         stats=status.stats,
@@ -191,7 +196,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         cancel_action=f"{status.url}/cancel",
         notice=notice,
     )
-    return aiohttp_jinja2.render_template("run.html", request, {"page": view})
+    return await render_page("run.html", request, {"page": view})
 
 
 def _log_filter_form(f: LogFilter, sources: list[str]) -> LogFilterForm:
@@ -206,19 +211,23 @@ def _log_filter_form(f: LogFilter, sources: list[str]) -> LogFilterForm:
     )
 
 
+@admin
 async def cancel_run(request: web.Request) -> web.StreamResponse:
     """``POST /runs/{run_id}/cancel`` (the page's form): queue a cancel for the agent, wake the
     run's live streams, and go back to the run page. 409 when the run already ended."""
     require_same_origin(request)
     app = request.app
     run_id = path_id(request, "run_id")
-    await runs_service.request_cancel(app[keys.SESSIONS], app[keys.CONFIG], run_id, WEB_ACTOR)
+    await runs_service.request_cancel(
+        app[keys.SESSIONS], app[keys.CONFIG], run_id, actor_name(request)
+    )
     bus = app.get(keys.BUS)
     if bus is not None:
         bus.publish_runs([run_id])
     raise web.HTTPSeeOther(f"{run_url(run_id)}?cancel=requested")
 
 
+@admin
 async def request_agent_run(request: web.Request) -> web.StreamResponse:
     """``POST /agents/{agent_id}/runs`` (the agent page's form): queue a "run migration now"
     action, delivered with the agent's next check-in, and go back to the agent page."""
@@ -226,7 +235,7 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
     app = request.app
     agent_id = path_id(request, "agent_id")
     action = await runs_service.request_run(
-        app[keys.SESSIONS], app[keys.CONFIG], agent_id, WEB_ACTOR
+        app[keys.SESSIONS], app[keys.CONFIG], agent_id, actor_name(request)
     )
     query = urlencode([("requested", action.action_id)])
     raise web.HTTPSeeOther(f"/agents/{agent_id}?{query}")

@@ -39,6 +39,7 @@ from aiohttp import web
 from server import keys
 from server.errors import Unavailable
 from server.web import run_data
+from server.web.auth import viewer
 from server.web.log_params import LogFilter, parse_log_filter
 from server.web.pages import path_id
 from server.web.run_views import LogLineRow, RunDetailView, log_line_json, run_json
@@ -111,6 +112,7 @@ class _StreamState:
     terminal: bool = False
 
 
+@viewer
 async def run_stream(request: web.Request) -> web.StreamResponse:
     """``GET /runs/{run_id}/stream`` (see the module docstring)."""
     app = request.app

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from server.domain import LogLineRecord, LogStats, RunDetail, RunStep, RunSummary
+from server.domain import LogLineRecord, LogStats, RunDetail, RunState, RunStep, RunSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +176,83 @@ def display_clock(value: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class InputFieldView:
+    """One field of the input prompt (``input_id``: the HTML id of its control)."""
+
+    name: str
+    label: str
+    secret: bool
+    error: str
+    input_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputPromptView:
+    """The input prompt of a run (what was asked; never an answer). ``key`` changes exactly
+    when the prompt must be rebuilt (a new ask, or answers sent), so run.js leaves a form the
+    user is typing into alone while the rest of the page updates."""
+
+    key: str
+    waiting: bool  # the run is AWAITING_INPUT now
+    request_id: str
+    fields: tuple[InputFieldView, ...]
+    requested_iso: str
+    requested_display: str
+    answered: bool  # answers to this request were sent (waiting for the agent)
+    answered_by: str
+    answered_iso: str
+    answered_display: str
+    action: str  # where the form posts
+
+
+def input_prompt_view(run: RunSummary) -> InputPromptView | None:
+    """The run's input prompt, or None when it never asked for input."""
+    request = run.input_request
+    if request is None:
+        return None
+    waiting = run.state == RunState.AWAITING_INPUT
+    answered = waiting and run.input_answered
+    key = f"{request.request_id}:{'sent' if answered else 'open'}" if waiting else ""
+    return InputPromptView(
+        key=key,
+        waiting=waiting,
+        request_id=request.request_id,
+        fields=tuple(
+            InputFieldView(f.name, f.label or f.name, f.secret, f.error, f"input-{f.name}")
+            for f in request.fields
+        ),
+        requested_iso=_iso(run.input_requested_at),
+        requested_display=_display(run.input_requested_at),
+        answered=answered,
+        answered_by=run.input_answered_by or "",
+        answered_iso=_iso(run.input_answered_at),
+        answered_display=_display(run.input_answered_at),
+        action=f"{run_url(run.id)}/inputs",
+    )
+
+
+def input_prompt_json(prompt: InputPromptView | None) -> dict[str, object] | None:
+    """The ``input_request`` object of a stream frame: what run.js builds the prompt from (the
+    fields asked and their errors; never an answer)."""
+    if prompt is None or not prompt.waiting:
+        return None
+    return {
+        "key": prompt.key,
+        "request_id": prompt.request_id,
+        "fields": [
+            {"name": f.name, "label": f.label, "secret": f.secret, "error": f.error}
+            for f in prompt.fields
+        ],
+        "requested_at": prompt.requested_iso,
+        "requested_display": prompt.requested_display,
+        "answered": prompt.answered,
+        "answered_by": prompt.answered_by,
+        "answered_display": prompt.answered_display,
+        "action": prompt.action,
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class RunDetailView:
     """The run page's status block (also streamed as the ``run`` frame)."""
 
@@ -206,6 +283,7 @@ class RunDetailView:
     cancel_note: str
     steps: tuple[StepRow, ...]
     stats: LogStatsView
+    input_prompt: InputPromptView | None = None
 
 
 def run_json(run: RunDetailView) -> dict[str, object]:
@@ -221,6 +299,7 @@ def run_json(run: RunDetailView) -> dict[str, object]:
         "eta": run.eta,
         "error_message": run.error_message,
         "log_lines": run.stats.total,
+        "input_request": input_prompt_json(run.input_prompt),
     }
 
 
@@ -370,6 +449,7 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
         cancel_note=_cancel_note(run, detail.cancel_pending),
         steps=tuple(step_row(s) for s in detail.steps),
         stats=log_stats_view(stats.by_level, stats.by_source),
+        input_prompt=input_prompt_view(run),
     )
 
 

@@ -39,6 +39,7 @@ from server import keys
 from server.domain import EventFilter, StoredEvent
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
+from server.web.auth import viewer
 from server.web.params import MAX_CURSOR, parse_event_filter
 from server.web.views import EventRow, event_json, event_row
 
@@ -95,6 +96,7 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+@viewer
 async def history_stream(request: web.Request) -> web.StreamResponse:
     """``GET /history/stream``: the History's new rows matching the page's filters (SSE)."""
     app = request.app

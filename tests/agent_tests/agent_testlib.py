@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
@@ -19,7 +24,41 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 NOBODY = 65534
+AGENT_ID = "agent-0001"
 CREDENTIAL = "cred-secret-xyz-0123456789"
+# The fake server's action-signing key; agents "enrolled" by these tests pin its public half.
+SERVER_KEY = Ed25519PrivateKey.generate()
+SERVER_PUBLIC_KEY = SERVER_KEY.public_key().public_bytes(
+    serialization.Encoding.Raw, serialization.PublicFormat.Raw
+)
+
+
+def signed_action(
+    action_id: str,
+    kind: str,
+    params: Mapping[str, str] | None = None,
+    *,
+    agent_id: str = AGENT_ID,
+    expires_at: datetime | None = None,
+    nonce: bytes | None = None,
+    key: Ed25519PrivateKey = SERVER_KEY,
+) -> agent_pb2.Action:
+    """An action as the real server sends it: a serialized ActionBody signed with ``key``
+    (default: the fake server's). Expires in 10 minutes unless ``expires_at`` says otherwise."""
+    now = datetime.now(UTC)
+    body = agent_pb2.ActionBody(
+        action_id=action_id,
+        agent_id=agent_id,
+        kind=kind,
+        params=dict(params or {}),
+        nonce=nonce if nonce is not None else secrets.token_bytes(16),
+    )
+    body.issued_at.FromDatetime(now)
+    body.expires_at.FromDatetime(expires_at or now + timedelta(minutes=10))
+    raw = body.SerializeToString()
+    return agent_pb2.Action(action_id=action_id, body=raw, signature=key.sign(raw))
+
+
 ENROLL_TOKEN = "enroll-token-abc"
 AGENT_TOKEN = "tok-SECRET-legacy-42"
 
@@ -129,7 +168,10 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
         if request.token != ENROLL_TOKEN:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "enrollment token unknown or expired")
         return agent_pb2.EnrollResponse(
-            agent_id="agent-0001", credential=CREDENTIAL, checkin_interval_seconds=30
+            agent_id=AGENT_ID,
+            credential=CREDENTIAL,
+            checkin_interval_seconds=30,
+            server_signing_key=SERVER_PUBLIC_KEY,
         )
 
     def CheckIn(self, request, context):  # type: ignore[no-untyped-def]

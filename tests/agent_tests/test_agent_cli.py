@@ -16,6 +16,7 @@ from agent_testlib import (
     CREDENTIAL,
     ENROLL_TOKEN,
     REPO,
+    SERVER_PUBLIC_KEY,
     FakeServer,
     agent_env,
     run_agent,
@@ -61,6 +62,8 @@ def test_enroll_stores_credentials_0600(tmp_path: Path, fake_server: FakeServer)
         "credential": CREDENTIAL,
         "server": fake_server.address,
         "checkin_interval_seconds": 30,
+        "server_signing_key": SERVER_PUBLIC_KEY.hex(),  # pinned at enrollment
+        "credential_expires_at": "",
     }
     [request] = fake_server.enrolls
     assert request.facts.machine_id == "m-123"

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent_testlib import CREDENTIAL, FakeServer
+from agent_testlib import CREDENTIAL, SERVER_PUBLIC_KEY, FakeServer
 
 from agent import events
 from agent.config import load_config
@@ -20,7 +20,13 @@ def enrolled_config(root: Path, server: FakeServer, **settings: str):  # type: i
     config = load_config({"root": str(root)}, env=settings)
     save_credentials(
         config.credentials_path,
-        Credentials("agent-0001", CREDENTIAL, server.address, checkin_interval_seconds=30),
+        Credentials(
+            "agent-0001",
+            CREDENTIAL,
+            server.address,
+            checkin_interval_seconds=30,
+            server_signing_key=SERVER_PUBLIC_KEY,
+        ),
     )
     return config
 

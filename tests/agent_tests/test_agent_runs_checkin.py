@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from agent_testlib import CREDENTIAL, FakeServer
+from agent_testlib import CREDENTIAL, FakeServer, signed_action
 
 from agent import events, runlog
 from agent.checkin import CheckInClient, CheckInResult
@@ -149,7 +149,7 @@ def test_rejected_run_update_is_quarantined_with_a_notice(
 def test_actions_are_acknowledged_in_the_next_checkin_and_never_run_twice(
     fake_server: FakeServer, outbox: Outbox
 ) -> None:
-    action = agent_pb2.Action(action_id="a-1", kind="run_migration")
+    action = signed_action("a-1", "run_migration")
     fake_server.actions = [action]
     first = cycle(fake_server, outbox)
     assert [a.action_id for a in first.actions] == ["a-1"]
@@ -160,17 +160,27 @@ def test_actions_are_acknowledged_in_the_next_checkin_and_never_run_twice(
     assert list(fake_server.checkins[-1].acknowledged_action_ids) == ["a-1"]
     assert outbox.runs.pending_action_acks() == []
 
-    # Delivered again (our ack got lost): acknowledged again, not handed out for execution.
+    # Delivered again after the server had our ack (a real server never does that): handed on
+    # as a possible replay (agent.actions refuses it: its nonce is used) and acknowledged again.
     fake_server.actions = [action]
     third = cycle(fake_server, outbox)
-    assert third.actions == ()
+    assert [a.action_id for a in third.actions] == ["a-1"]
     cycle(fake_server, outbox)
     assert list(fake_server.checkins[-1].acknowledged_action_ids) == ["a-1"]
     assert fake_server.action_acks == ["a-1", "a-1"]
 
 
+def test_an_action_redelivered_before_our_ack_is_acknowledged_not_handed_on(
+    outbox: Outbox,
+) -> None:
+    action = signed_action("a-2", "run_migration")
+    assert [a.action_id for a in outbox.runs.receive_actions([action])] == ["a-2"]
+    assert outbox.runs.receive_actions([action]) == []  # our ack has not reached the server
+    assert outbox.runs.pending_action_acks() == ["a-2"]
+
+
 def test_failed_checkin_keeps_action_acks(outbox: Outbox) -> None:
-    outbox.runs.receive_actions([agent_pb2.Action(action_id="a-9", kind="cancel_run")])
+    outbox.runs.receive_actions([signed_action("a-9", "cancel_run", {"run_id": "r"})])
     down = FakeServer(address="127.0.0.1:1")
     assert not cycle(down, outbox).ok
     assert outbox.runs.pending_action_acks() == ["a-9"]

@@ -15,7 +15,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent_testlib import CREDENTIAL, REPO, FakeServer, agent_env, snapshot, write_legacy
+from agent_testlib import (
+    CREDENTIAL,
+    REPO,
+    SERVER_PUBLIC_KEY,
+    FakeServer,
+    agent_env,
+    signed_action,
+    snapshot,
+    write_legacy,
+)
 
 from agent import events, runs
 from agent.config import AgentConfig, load_config
@@ -35,7 +44,13 @@ def enrolled(root: Path, server: FakeServer, **settings: str) -> AgentConfig:
     config = load_config({"root": str(root)}, env=env)
     save_credentials(
         config.credentials_path,
-        Credentials("agent-0001", CREDENTIAL, server.address, checkin_interval_seconds=30),
+        Credentials(
+            "agent-0001",
+            CREDENTIAL,
+            server.address,
+            checkin_interval_seconds=30,
+            server_signing_key=SERVER_PUBLIC_KEY,
+        ),
     )
     return config
 
@@ -121,9 +136,7 @@ def test_run_migration_action_starts_a_requested_run(
         wait_for(lambda: terminal_runs(fake_server))  # the start-up migration, 1 -> 4
         with fake_server.lock:
             fake_server.actions.append(
-                agent_pb2.Action(
-                    action_id="a-run", kind="run_migration", params={"migration_id": "agent-config"}
-                )
+                signed_action("a-run", "run_migration", {"migration_id": "agent-config"})
             )
         wait_for(
             lambda: any(u.requested_by_action_id == "a-run" for u in terminal_runs(fake_server))
@@ -152,9 +165,7 @@ def test_cancel_action_mid_run_rolls_back(tmp_path: Path, fake_server: FakeServe
         wait_for(first_step_done)
         run_id = first_step_done()
         with fake_server.lock:
-            fake_server.actions.append(
-                agent_pb2.Action(action_id="a-cancel", kind="cancel_run", params={"run_id": run_id})
-            )
+            fake_server.actions.append(signed_action("a-cancel", "cancel_run", {"run_id": run_id}))
         wait_for(lambda: terminal_runs(fake_server))
         wait_for(lambda: "a-cancel" in fake_server.action_acks)
         wait_for(lambda: any(e.event_type == events.EXECUTION for e in fake_server.stored.values()))
@@ -172,11 +183,11 @@ def test_cancel_action_mid_run_rolls_back(tmp_path: Path, fake_server: FakeServe
 def test_expired_and_unknown_actions_are_reported(tmp_path: Path, fake_server: FakeServer) -> None:
     fake_server.next_checkin_seconds = 1
     config = enrolled(tmp_path, fake_server)  # no config at all: nothing to migrate
-    expired = agent_pb2.Action(action_id="a-old", kind="run_migration")
-    expired.expires_at.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
-    fresh = agent_pb2.Action(action_id="a-fresh", kind="reboot")
-    fresh.expires_at.FromDatetime(datetime.now(UTC) + timedelta(minutes=10))
-    stray = agent_pb2.Action(action_id="a-stray", kind="cancel_run", params={"run_id": "r-x"})
+    expired = signed_action(
+        "a-old", "run_migration", expires_at=datetime.now(UTC) - timedelta(minutes=1)
+    )
+    fresh = signed_action("a-fresh", "reboot")
+    stray = signed_action("a-stray", "cancel_run", {"run_id": "r-x"})
     fake_server.actions = [expired, fresh, stray]
 
     def notices() -> list[agent_pb2.MigrationEvent]:
@@ -199,7 +210,7 @@ def test_once_runs_a_requested_migration_and_reports_it(
     tmp_path: Path, fake_server: FakeServer
 ) -> None:
     config = enrolled(tmp_path, fake_server)
-    fake_server.actions = [agent_pb2.Action(action_id="a-once", kind="run_migration")]
+    fake_server.actions = [signed_action("a-once", "run_migration")]
     with Agent(config) as agent:
         assert agent.once() == 0
         assert agent.outbox.runs.counts()["log_lines_pending"] == 0
@@ -251,9 +262,10 @@ def test_a_request_that_expires_while_queued_is_dropped(
     tmp_path: Path, fake_server: FakeServer
 ) -> None:
     config = enrolled(tmp_path, fake_server)
-    soon = agent_pb2.Action(action_id="a-soon", kind="run_migration")
-    soon.expires_at.FromDatetime(datetime.now(UTC) + timedelta(milliseconds=200))
-    later = agent_pb2.Action(action_id="a-later", kind="run_migration")
+    soon = signed_action(
+        "a-soon", "run_migration", expires_at=datetime.now(UTC) + timedelta(milliseconds=200)
+    )
+    later = signed_action("a-later", "run_migration")
     with Agent(config) as agent:
         agent.handle_actions([soon, later], agent.outbox)  # both valid when received
         time.sleep(0.3)  # "a-soon" expires while queued (behind a long run, say)

@@ -136,6 +136,8 @@ class ServerProcess:
             FLAGPOST_GRPC_PORT=str(port),
             FLAGPOST_WEB_PORT="0",
             FLAGPOST_CHECKIN_INTERVAL_SECONDS=str(interval_s),
+            # A whole simulated fleet enrolls from 127.0.0.1: no per-address Enroll limit.
+            FLAGPOST_ENROLL_RATE_PER_MINUTE="0",
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

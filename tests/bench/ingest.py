@@ -156,6 +156,7 @@ def server_env(db: str, workdir: Path) -> tuple[dict[str, str], str | None]:
     env["FLAGPOST_STATE_DIR"] = str(workdir / "state")
     env["FLAGPOST_GRPC_PORT"] = "0"
     env["FLAGPOST_WEB_PORT"] = "0"
+    env["FLAGPOST_ENROLL_RATE_PER_MINUTE"] = "0"  # every simulated agent enrolls from 127.0.0.1
     pg_name = None
     if db == "sqlite":
         env["FLAGPOST_DATABASE_URL"] = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"

@@ -139,6 +139,115 @@
     }
   }
 
+  // The input prompt (a run waiting for input). Built with DOM APIs from the stream's
+  // `input_request` (labels and errors go in as text, never as HTML), and only when its key
+  // changes (a new ask, or answers sent): a form someone is typing into is left alone.
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (name) {
+      node.setAttribute(name, attrs[name]);
+    });
+    if (text) {
+      node.textContent = text;
+    }
+    return node;
+  }
+
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") || "" : "";
+  }
+
+  function buildPrompt(section, ask) {
+    var canAnswer = section.getAttribute("data-can-answer") === "true";
+    var n = ask.fields.length;
+    section.appendChild(el("h2", { id: "input-title" }, "Waiting for input"));
+    section.appendChild(el("p", { "class": "input-asked muted" },
+      "The agent asked" + (ask.requested_display ? " at " + ask.requested_display : "") +
+      " for " + n + " value" + (n === 1 ? "" : "s") + " the old configuration never held."));
+    if (ask.answered) {
+      section.appendChild(el("p", { "class": "notice notice-ok input-sent", role: "status" },
+        "Answers sent by " + ask.answered_by +
+        (ask.answered_display ? " at " + ask.answered_display : "") +
+        ", waiting for the agent."));
+      return;
+    }
+    if (!canAnswer) {
+      section.appendChild(el("p", { "class": "input-viewer" }, "An admin must provide:"));
+      var list = el("ul", { "class": "input-list" });
+      ask.fields.forEach(function (field) {
+        var item = el("li", {}, field.label);
+        if (field.error) {
+          item.appendChild(document.createTextNode(" "));
+          item.appendChild(el("span", { "class": "field-error" }, field.error));
+        }
+        list.appendChild(item);
+      });
+      section.appendChild(list);
+      return;
+    }
+    var form = el("form", {
+      "class": "input-form", method: "post", action: ask.action, id: "input-form",
+      autocomplete: "off"
+    });
+    var csrf = el("input", { type: "hidden", name: "csrf_token" });
+    csrf.value = csrfToken();
+    form.appendChild(csrf);
+    var rid = el("input", { type: "hidden", name: "request_id" });
+    rid.value = ask.request_id;
+    form.appendChild(rid);
+    ask.fields.forEach(function (field) {
+      var id = "input-" + field.name;
+      var box = el("div", { "class": "field input-field" + (field.error ? " has-error" : "") });
+      var label = el("label", { "for": id }, field.label);
+      if (field.secret) {
+        label.appendChild(document.createTextNode(" "));
+        label.appendChild(el("span", { "class": "muted" }, "(secret)"));
+      }
+      box.appendChild(label);
+      var input = el("input", {
+        id: id, name: "input." + field.name, type: field.secret ? "password" : "text",
+        autocomplete: field.secret ? "new-password" : "off"
+      });
+      input.required = true;
+      box.appendChild(input);
+      if (field.error) {
+        input.setAttribute("aria-invalid", "true");
+        input.setAttribute("aria-describedby", id + "-error");
+        box.appendChild(el("p", { "class": "field-error", id: id + "-error" }, field.error));
+      }
+      form.appendChild(box);
+    });
+    var actions = el("div", { "class": "input-actions" });
+    actions.appendChild(el("button", {
+      type: "submit", "class": "button button-primary", id: "input-submit"
+    }, "Send to the agent"));
+    actions.appendChild(el("span", { "class": "muted" },
+      "Kept encrypted until the agent has them; to dismiss the prompt, cancel the run."));
+    form.appendChild(actions);
+    section.appendChild(form);
+  }
+
+  function updatePrompt(ask) {
+    var section = document.getElementById("input-prompt");
+    if (!section) {
+      return;
+    }
+    var valid = ask && typeof ask.key === "string" && Array.isArray(ask.fields);
+    var key = valid ? ask.key : "";
+    if (section.getAttribute("data-key") === key) {
+      return;
+    }
+    section.setAttribute("data-key", key);
+    while (section.firstChild) {
+      section.removeChild(section.firstChild);
+    }
+    section.hidden = !valid;
+    if (valid) {
+      buildPrompt(section, ask);
+    }
+  }
+
   function onRun(message) {
     var data;
     try {
@@ -155,6 +264,7 @@
     if (typeof data.counts_html === "string") {
       replaceById("log-counts", data.counts_html);
     }
+    updatePrompt(data.run.input_request);
     var cancelForm = document.getElementById("cancel-form");
     if (cancelForm) {
       cancelForm.hidden = !data.run.cancellable;

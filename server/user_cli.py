@@ -1,0 +1,91 @@
+"""``flagpost-server user create|list|delete``: web users (see ``server.services.users``).
+
+The password is never an argument (shells keep history, ``ps`` shows argv): it comes from
+``--password-file FILE`` (its first line), from standard input when that is not a terminal
+(``printf '%s\\n' "$PW" | flagpost-server user create ...``), or is prompted for twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from server.config import ServerConfig
+
+
+def add_user_commands(commands: Any, db_url: argparse.ArgumentParser) -> None:
+    """Add the ``user`` command to the ``flagpost-server`` subparsers ``commands``."""
+    user = commands.add_parser("user", help="web users (login)")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    create = user_commands.add_parser(
+        "create",
+        parents=[db_url],
+        help="create a web user (password from --password-file, stdin, or a prompt)",
+        allow_abbrev=False,  # "--password SECRET" must not pass for --password-file
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--role", required=True, choices=["admin", "viewer"])
+    create.add_argument(
+        "--password-file", type=Path, help="read the password from this file's first line"
+    )
+    user_commands.add_parser("list", parents=[db_url], help="list web users (no hashes)")
+    delete = user_commands.add_parser(
+        "delete", parents=[db_url], help="delete a web user and end its sessions"
+    )
+    delete.add_argument("name", metavar="NAME")
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+def read_password(password_file: Path | None) -> str:
+    """The new user's password: from ``password_file``, else piped stdin, else prompted twice."""
+    if password_file is not None:
+        try:
+            return _first_line(password_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot read {password_file}: {exc.strerror}", field="password-file"
+            ) from None
+    if not sys.stdin.isatty():
+        return _first_line(sys.stdin.read())
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != first:
+        raise InvalidArgument("the two passwords differ", field="password")
+    return first
+
+
+async def user_command(config: ServerConfig, args: argparse.Namespace) -> int:
+    """Run ``user create|list|delete``; returns the exit code."""
+    from server.services import users as users_service
+    from server.storage import schema
+    from server.storage.db import create_engine, make_sessionmaker
+
+    password = read_password(args.password_file) if args.user_command == "create" else ""
+    engine = create_engine(config)
+    try:
+        await schema.assert_schema_current(engine)
+        sessions = make_sessionmaker(engine)
+        if args.user_command == "create":
+            user = await users_service.create_user(sessions, args.name, password, args.role)
+            print(f"created {user.role.value} {user.name}")
+            return 0
+        if args.user_command == "delete":
+            await users_service.delete_user(sessions, args.name)
+            print(f"deleted {args.name} (its sessions ended)")
+            return 0
+        users = await users_service.list_users(sessions)
+    finally:
+        await engine.dispose()
+    print(f"{'NAME':32}  {'ROLE':6}  {'CREATED':19}  DISABLED")
+    for u in users:
+        created = u.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{u.name:32}  {u.role.value:6}  {created:19}  {'yes' if u.disabled else 'no'}")
+    return 0

@@ -1,0 +1,144 @@
+"""Answering a waiting run's input request (issue 6): the run page's form and the JSON API.
+
+- ``POST /runs/{run_id}/inputs`` (form fields ``request_id`` and ``input.<name>``): admin only,
+  CSRF-protected (``server.web.auth``); 303 back to the run page with "answers sent".
+- ``POST /api/v1/runs/{run_id}/inputs`` (``{"request_id": ..., "inputs": {name: value}}``):
+  admin only, CSRF-protected; 202 with the queued ``provide_input`` action (its params are
+  ``run_id`` and ``request_id``: answers are never echoed).
+- ``GET /api/v1/runs/{run_id}/inputs``: any user; what the run asks for (fields, errors, who
+  answered), never an answer.
+
+Thin: validate the shape, call ``server.services.inputs.InputVault``, wake the run's streams.
+Errors (missing field, too long, stale form, not waiting) come from the service and name the
+field or the reason, never a value.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from server import keys
+from server.errors import InvalidArgument, Unavailable
+from server.services import runs as runs_service
+from server.services.inputs import InputVault
+from server.web.api_runs import action_json
+from server.web.auth import actor_name, admin, viewer
+from server.web.pages import path_id
+from server.web.run_views import run_url
+
+INPUT_FIELD_PREFIX = "input."
+MAX_FIELDS = 64  # far above the 16 a request may ask; bounds the work on a hostile body
+
+
+def _vault(app: web.Application) -> InputVault:
+    vault = app[keys.SERVICES].inputs
+    if vault is None:
+        raise Unavailable("answering input requests is not enabled on this server")
+    return vault
+
+
+def _publish(app: web.Application, run_id: str) -> None:
+    bus = app.get(keys.BUS)
+    if bus is not None:  # the run's open pages show "answers sent" at once
+        bus.publish_runs([run_id])
+
+
+def _max_body(app: web.Application) -> int:
+    # Every answer at its limit, JSON-escaped (up to 6 bytes per byte), plus the envelope.
+    return MAX_FIELDS * (6 * app[keys.CONFIG].input_max_bytes + 200) + 1024
+
+
+@admin
+async def submit_form(request: web.Request) -> web.StreamResponse:
+    """``POST /runs/{run_id}/inputs``: the run page's form."""
+    app = request.app
+    run_id = path_id(request, "run_id")
+    form = await request.post()
+    request_id = form.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidArgument("is required (reload the page)", field="request_id")
+    answers: dict[str, Any] = {}
+    for name, value in form.items():
+        if name.startswith(INPUT_FIELD_PREFIX):
+            if len(answers) >= MAX_FIELDS:
+                raise InvalidArgument(f"at most {MAX_FIELDS} fields", field="inputs")
+            answers[name[len(INPUT_FIELD_PREFIX) :]] = value if isinstance(value, str) else None
+    await _vault(app).submit_answers(run_id, request_id, answers, actor_name(request))
+    _publish(app, run_id.lower())
+    raise web.HTTPSeeOther(f"{run_url(run_id)}?inputs=sent")
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(reason="Content-Type must be application/json")
+    limit = _max_body(request.app)
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise InvalidArgument(f"must be at most {limit} bytes", field="body")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("is not valid JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("must be a JSON object", field="body")
+    return body
+
+
+@admin
+async def submit_json(request: web.Request) -> web.StreamResponse:
+    """``POST /api/v1/runs/{run_id}/inputs``: 202 with the queued ``provide_input`` action."""
+    app = request.app
+    run_id = path_id(request, "run_id")
+    body = await _json_object(request)
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidArgument(
+            "is required: the request_id of the run's input request", field="request_id"
+        )
+    inputs = body.get("inputs")
+    if not isinstance(inputs, dict):
+        raise InvalidArgument("must be an object of field name to value", field="inputs")
+    if len(inputs) > MAX_FIELDS:
+        raise InvalidArgument(f"at most {MAX_FIELDS} fields", field="inputs")
+    action = await _vault(app).submit_answers(run_id, request_id, inputs, actor_name(request))
+    _publish(app, run_id.lower())
+    return web.json_response({"action": action_json(action)}, status=202)
+
+
+@viewer
+async def get_inputs(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/runs/{run_id}/inputs``: the run's input request (never an answer)."""
+    detail = await runs_service.get_run(request.app[keys.SESSIONS], path_id(request, "run_id"))
+    run = detail.run
+    ask = run.input_request
+    return web.json_response(
+        {
+            "run_id": run.id,
+            "state": run.state.value,
+            "waiting": run.waiting_for_input,
+            "request_id": ask.request_id if ask else None,
+            "fields": [
+                {"name": f.name, "label": f.label, "secret": f.secret, "error": f.error}
+                for f in (ask.fields if ask else ())
+            ],
+            "requested_at": _iso(run.input_requested_at),
+            "answers_sent": run.waiting_for_input and run.input_answered,
+            "answered_by": run.input_answered_by,
+            "answered_at": _iso(run.input_answered_at),
+        }
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def add_input_routes(app: web.Application) -> None:
+    """Register the input form's POST and the inputs API on ``app``."""
+    app.router.add_post("/runs/{run_id}/inputs", submit_form, name="run_inputs")
+    app.router.add_get("/api/v1/runs/{run_id}/inputs", get_inputs, name="api_run_inputs")
+    app.router.add_post("/api/v1/runs/{run_id}/inputs", submit_json, name="api_submit_inputs")
