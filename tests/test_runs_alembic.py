@@ -44,11 +44,7 @@ async def _inspect(url: str) -> tuple[set[str], list[object]]:
         await engine.dispose()
 
 
-async def test_0002_upgrades_a_database_holding_events(empty_any_db_url: str) -> None:
-    url = empty_any_db_url
-    await asyncio.to_thread(schema.upgrade, url, "0001")
-    agent_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
+async def _insert_agent(url: str, agent_id: str, now: datetime) -> None:
     await _run(
         url,
         "INSERT INTO agents (id, hostname, machine_id, os, kernel, agent_version, config_version, "
@@ -57,24 +53,22 @@ async def test_0002_upgrades_a_database_holding_events(empty_any_db_url: str) ->
         id=agent_id,
         now=now,
     )
-    for _ in range(3):
-        await _run(
-            url,
-            "INSERT INTO update_events (event_id, agent_id, category, event_type, status, "
-            "severity, message, error_message, error_detail, migration_from, migration_to, "
-            "system_info, occurred_at, received_at) VALUES (:e, :a, 'migration', "
-            "'migration_detection', 'success', 'success', 'm', '', '{}', '1', '2', '{}', :now, "
-            ":now)",
-            e=str(uuid.uuid4()),
-            a=agent_id,
-            now=now,
-        )
 
-    await asyncio.to_thread(schema.upgrade, url)
-    tables, diff = await _inspect(url)
-    assert tables >= NEW_TABLES and diff == []
-    assert await _run(url, "SELECT count(*) FROM update_events") == [(3,)]
-    run_id = str(uuid.uuid4())
+
+async def _insert_event(url: str, agent_id: str, now: datetime) -> None:
+    await _run(
+        url,
+        "INSERT INTO update_events (event_id, agent_id, category, event_type, status, "
+        "severity, message, error_message, error_detail, migration_from, migration_to, "
+        "system_info, occurred_at, received_at) VALUES (:e, :a, 'migration', "
+        "'migration_detection', 'success', 'success', 'm', '', '{}', '1', '2', '{}', :now, :now)",
+        e=str(uuid.uuid4()),
+        a=agent_id,
+        now=now,
+    )
+
+
+async def _insert_run_with_log(url: str, agent_id: str, run_id: str, now: datetime) -> None:
     await _run(
         url,
         "INSERT INTO migration_runs (id, agent_id, migration_id, state, steps_done, steps_total, "
@@ -91,6 +85,23 @@ async def test_0002_upgrades_a_database_holding_events(empty_any_db_url: str) ->
         r=run_id,
         now=now,
     )
+
+
+async def test_0002_upgrades_a_database_holding_events(empty_any_db_url: str) -> None:
+    url = empty_any_db_url
+    await asyncio.to_thread(schema.upgrade, url, "0001")
+    agent_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    await _insert_agent(url, agent_id, now)
+    for _ in range(3):
+        await _insert_event(url, agent_id, now)
+
+    await asyncio.to_thread(schema.upgrade, url)
+    tables, diff = await _inspect(url)
+    assert tables >= NEW_TABLES and diff == []
+    assert await _run(url, "SELECT count(*) FROM update_events") == [(3,)]
+    run_id = str(uuid.uuid4())
+    await _insert_run_with_log(url, agent_id, run_id, now)
 
     # Down with data in the new tables: they go, the History stays.
     await asyncio.to_thread(schema.downgrade, url, "0001")
@@ -112,40 +123,9 @@ async def test_later_revisions_keep_every_row_going_down_and_up(empty_any_db_url
     url = empty_any_db_url
     await asyncio.to_thread(schema.upgrade, url, "0002")
     agent_id, run_id, now = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
-    await _run(
-        url,
-        "INSERT INTO agents (id, hostname, machine_id, os, kernel, agent_version, config_version, "
-        "disk_free_bytes, facts, enrolled_at, checkin_interval_seconds, revoked) VALUES "
-        "(:id, 'h', '', '', '', '', '1', 0, '{}', :now, 60, false)",
-        id=agent_id,
-        now=now,
-    )
-    await _run(
-        url,
-        "INSERT INTO update_events (event_id, agent_id, category, event_type, status, "
-        "severity, message, error_message, error_detail, migration_from, migration_to, "
-        "system_info, occurred_at, received_at) VALUES (:e, :a, 'migration', "
-        "'migration_detection', 'success', 'success', 'm', '', '{}', '1', '2', '{}', :now, :now)",
-        e=str(uuid.uuid4()),
-        a=agent_id,
-        now=now,
-    )
-    await _run(
-        url,
-        "INSERT INTO migration_runs (id, agent_id, migration_id, state, steps_done, steps_total, "
-        "migration_from, migration_to, error_message, created_at, updated_at) VALUES "
-        "(:r, :a, 'agent-config', 'RUNNING', 0, 2, '1', '2', '', :now, :now)",
-        r=run_id,
-        a=agent_id,
-        now=now,
-    )
-    await _run(
-        url,
-        "INSERT INTO task_logs (run_id, seq, timestamp, level, source, message, metadata_json) "
-        "VALUES (:r, 1, :now, 'INFO', 'executor', 'hello', '{}')",
-        r=run_id,
-        now=now,
-    )
+    await _insert_agent(url, agent_id, now)
+    await _insert_event(url, agent_id, now)
+    await _insert_run_with_log(url, agent_id, run_id, now)
     counts = "SELECT (SELECT count(*) FROM update_events), (SELECT count(*) FROM task_logs), "
     counts += "(SELECT count(*) FROM migration_runs), (SELECT count(*) FROM agents)"
     for target in ("head", "0002", "head"):

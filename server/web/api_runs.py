@@ -189,14 +189,17 @@ def parse_log_query(query: MultiMapping[str]) -> LogQuery:
     )
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    """The POST body: Content-Type must be application/json (415 otherwise); empty means {}."""
+async def json_body(
+    request: web.Request, max_bytes: int = MAX_BODY, *, allow_empty: bool = True
+) -> dict[str, Any]:
+    """A POST's JSON object body: Content-Type must be application/json (415 otherwise), at
+    most ``max_bytes`` (400 naming the limit); an empty body is ``{}`` when ``allow_empty``."""
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="Content-Type must be application/json")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidArgument(f"must be at most {MAX_BODY} bytes", field="body")
-    if not raw.strip():
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise InvalidArgument(f"must be at most {max_bytes} bytes", field="body")
+    if allow_empty and not raw.strip():
         return {}
     try:
         body = json.loads(raw)
@@ -258,7 +261,7 @@ async def run_log_sources(request: web.Request) -> web.StreamResponse:
 async def cancel_run(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/runs/{run_id}/cancel``: 202 with the queued ``cancel_run`` action."""
     run_id = _path_id(request, "run_id")
-    await _json_body(request)
+    await json_body(request)
     app = request.app
     action = await runs_service.request_cancel(
         app[keys.SESSIONS], app[keys.CONFIG], run_id, actor_name(request)
@@ -273,7 +276,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
 async def request_agent_run(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/agents/{agent_id}/runs``: 202 with the queued ``run_migration`` action."""
     agent_id = _path_id(request, "agent_id")
-    body = await _json_body(request)
+    body = await json_body(request)
     migration_id = body.get("migration_id")
     if migration_id is not None and not isinstance(migration_id, str):
         raise InvalidArgument("must be a string", field="migration_id")

@@ -15,7 +15,6 @@ field or the reason, never a value.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +24,7 @@ from server import keys
 from server.errors import InvalidArgument, Unavailable
 from server.services import runs as runs_service
 from server.services.inputs import InputVault
-from server.web.api_runs import action_json
+from server.web.api_runs import action_json, json_body
 from server.web.auth import actor_name, admin, viewer
 from server.web.pages import path_id
 from server.web.run_views import run_url
@@ -72,28 +71,12 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"{run_url(run_id)}?inputs=sent")
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(reason="Content-Type must be application/json")
-    limit = _max_body(request.app)
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise InvalidArgument(f"must be at most {limit} bytes", field="body")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("is not valid JSON", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("must be a JSON object", field="body")
-    return body
-
-
 @admin
 async def submit_json(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/runs/{run_id}/inputs``: 202 with the queued ``provide_input`` action."""
     app = request.app
     run_id = path_id(request, "run_id")
-    body = await _json_object(request)
+    body = await json_body(request, _max_body(request.app), allow_empty=False)
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise InvalidArgument(

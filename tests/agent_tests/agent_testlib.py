@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,9 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.config import AgentConfig, load_config
+from agent.daemon import Agent
+from agent.enroll import Credentials, save_credentials
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,3 +234,56 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 agent_pb2.LogAck(run_id=run_id, seqs=seqs) for run_id, seqs in by_run.items()
             )
         return response
+
+
+def enrolled_fast(root: Path, server: FakeServer, **settings: str) -> AgentConfig:
+    """An agent config under ``root``, enrolled with ``server`` (credentials and the pinned key
+    saved), no start-up jitter and a fast run cadence; ``settings``: more FLAGPOST_AGENT_ env."""
+    env = {
+        "FLAGPOST_AGENT_STARTUP_JITTER_SECONDS": "0",
+        "FLAGPOST_AGENT_FAST_CHECKIN_INTERVAL_SECONDS": "0.3",
+        "FLAGPOST_AGENT_FAST_CHECKIN_LINGER_SECONDS": "1",
+        **settings,
+    }
+    config = load_config({"root": str(root)}, env=env)
+    save_credentials(
+        config.credentials_path,
+        Credentials(
+            "agent-0001",
+            CREDENTIAL,
+            server.address,
+            checkin_interval_seconds=30,
+            server_signing_key=SERVER_PUBLIC_KEY,
+        ),
+    )
+    return config
+
+
+@contextmanager
+def daemon(config: AgentConfig) -> Iterator[None]:
+    """``Agent.run`` on a thread (the agent's SQLite connection belongs to that thread)."""
+    holder: dict[str, Agent] = {}
+    ready = threading.Event()
+
+    def target() -> None:
+        with Agent(config) as agent:
+            holder["agent"] = agent
+            ready.set()
+            agent.run()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield
+    finally:
+        holder["agent"].request_stop()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -8,81 +8,26 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent_testlib import (
-    CREDENTIAL,
     REPO,
-    SERVER_PUBLIC_KEY,
     FakeServer,
     agent_env,
+    daemon,
+    enrolled_fast,
     signed_action,
     snapshot,
+    wait_for,
     write_legacy,
 )
 
 from agent import events, runs
-from agent.config import AgentConfig, load_config
 from agent.daemon import Agent
-from agent.enroll import Credentials, save_credentials
 from agent.outbox import Outbox
 from flagpost.v1 import agent_pb2
-
-
-def enrolled(root: Path, server: FakeServer, **settings: str) -> AgentConfig:
-    env = {
-        "FLAGPOST_AGENT_STARTUP_JITTER_SECONDS": "0",
-        "FLAGPOST_AGENT_FAST_CHECKIN_INTERVAL_SECONDS": "0.3",
-        "FLAGPOST_AGENT_FAST_CHECKIN_LINGER_SECONDS": "1",
-        **settings,
-    }
-    config = load_config({"root": str(root)}, env=env)
-    save_credentials(
-        config.credentials_path,
-        Credentials(
-            "agent-0001",
-            CREDENTIAL,
-            server.address,
-            checkin_interval_seconds=30,
-            server_signing_key=SERVER_PUBLIC_KEY,
-        ),
-    )
-    return config
-
-
-@contextmanager
-def daemon(config: AgentConfig) -> Iterator[None]:
-    """``Agent.run`` on a thread (the agent's SQLite connection belongs to that thread)."""
-    holder: dict[str, Agent] = {}
-    ready = threading.Event()
-
-    def target() -> None:
-        with Agent(config) as agent:
-            holder["agent"] = agent
-            ready.set()
-            agent.run()
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield
-    finally:
-        holder["agent"].request_stop()
-        thread.join(30)
-        assert not thread.is_alive()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def terminal_runs(server: FakeServer) -> list[agent_pb2.RunUpdate]:
@@ -92,7 +37,7 @@ def terminal_runs(server: FakeServer) -> list[agent_pb2.RunUpdate]:
 
 def test_fast_cadence_while_a_run_is_live(tmp_path: Path, fake_server: FakeServer) -> None:
     write_legacy(tmp_path)
-    config = enrolled(tmp_path, fake_server, FLAGPOST_AGENT_STEP_DELAY_SECONDS="0.8")
+    config = enrolled_fast(tmp_path, fake_server, FLAGPOST_AGENT_STEP_DELAY_SECONDS="0.8")
     with daemon(config):
         wait_for(lambda: terminal_runs(fake_server))
         ended = time.monotonic()
@@ -131,7 +76,7 @@ def test_run_migration_action_starts_a_requested_run(
 ) -> None:
     write_legacy(tmp_path)
     fake_server.next_checkin_seconds = 1
-    config = enrolled(tmp_path, fake_server)
+    config = enrolled_fast(tmp_path, fake_server)
     with daemon(config):
         wait_for(lambda: terminal_runs(fake_server))  # the start-up migration, 1 -> 4
         with fake_server.lock:
@@ -152,7 +97,7 @@ def test_run_migration_action_starts_a_requested_run(
 def test_cancel_action_mid_run_rolls_back(tmp_path: Path, fake_server: FakeServer) -> None:
     write_legacy(tmp_path)
     before = snapshot(tmp_path / "etc")
-    config = enrolled(tmp_path, fake_server, FLAGPOST_AGENT_STEP_DELAY_SECONDS="1")
+    config = enrolled_fast(tmp_path, fake_server, FLAGPOST_AGENT_STEP_DELAY_SECONDS="1")
 
     def first_step_done() -> str:
         with fake_server.lock:
@@ -182,7 +127,7 @@ def test_cancel_action_mid_run_rolls_back(tmp_path: Path, fake_server: FakeServe
 
 def test_expired_and_unknown_actions_are_reported(tmp_path: Path, fake_server: FakeServer) -> None:
     fake_server.next_checkin_seconds = 1
-    config = enrolled(tmp_path, fake_server)  # no config at all: nothing to migrate
+    config = enrolled_fast(tmp_path, fake_server)  # no config at all: nothing to migrate
     expired = signed_action(
         "a-old", "run_migration", expires_at=datetime.now(UTC) - timedelta(minutes=1)
     )
@@ -209,7 +154,7 @@ def test_expired_and_unknown_actions_are_reported(tmp_path: Path, fake_server: F
 def test_once_runs_a_requested_migration_and_reports_it(
     tmp_path: Path, fake_server: FakeServer
 ) -> None:
-    config = enrolled(tmp_path, fake_server)
+    config = enrolled_fast(tmp_path, fake_server)
     fake_server.actions = [signed_action("a-once", "run_migration")]
     with Agent(config) as agent:
         assert agent.once() == 0
@@ -227,7 +172,7 @@ def test_sigterm_mid_run_stops_at_the_boundary_and_rolls_back(
     the check-in thread stops too."""
     write_legacy(tmp_path)
     before = snapshot(tmp_path / "etc")
-    enrolled(tmp_path, fake_server)
+    enrolled_fast(tmp_path, fake_server)
     env = agent_env(
         FLAGPOST_AGENT_STARTUP_JITTER_SECONDS="0",
         FLAGPOST_AGENT_STEP_DELAY_SECONDS="2",
@@ -261,7 +206,7 @@ def test_sigterm_mid_run_stops_at_the_boundary_and_rolls_back(
 def test_a_request_that_expires_while_queued_is_dropped(
     tmp_path: Path, fake_server: FakeServer
 ) -> None:
-    config = enrolled(tmp_path, fake_server)
+    config = enrolled_fast(tmp_path, fake_server)
     soon = signed_action(
         "a-soon", "run_migration", expires_at=datetime.now(UTC) + timedelta(milliseconds=200)
     )

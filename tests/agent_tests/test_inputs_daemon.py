@@ -9,26 +9,22 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from agent_testlib import (
     AGENT_TOKEN,
-    CREDENTIAL,
-    SERVER_PUBLIC_KEY,
     FakeServer,
+    daemon,
+    enrolled_fast,
     signed_action,
+    wait_for,
     write_legacy,
 )
 
 from agent import events, runs
-from agent.config import AgentConfig, load_config
-from agent.daemon import Agent
-from agent.enroll import Credentials, save_credentials
+from agent.config import AgentConfig
 from agent.migrations.chain import legacy_config_with_secrets, secrets_file
 from flagpost.v1 import agent_pb2
 
@@ -38,23 +34,7 @@ SECRETS = (DB_PASSWORD, UPSTREAM_TOKEN)
 
 
 def enrolled(root: Path, server: FakeServer, **settings: str) -> AgentConfig:
-    env = {
-        "FLAGPOST_AGENT_STARTUP_JITTER_SECONDS": "0",
-        "FLAGPOST_AGENT_FAST_CHECKIN_INTERVAL_SECONDS": "0.3",
-        "FLAGPOST_AGENT_FAST_CHECKIN_LINGER_SECONDS": "1",
-        **settings,
-    }
-    config = load_config({"root": str(root)}, env=env)
-    save_credentials(
-        config.credentials_path,
-        Credentials(
-            "agent-0001",
-            CREDENTIAL,
-            server.address,
-            checkin_interval_seconds=30,
-            server_signing_key=SERVER_PUBLIC_KEY,
-        ),
-    )
+    config = enrolled_fast(root, server, **settings)
     write_legacy(
         root,
         legacy_config_with_secrets(
@@ -66,36 +46,6 @@ def enrolled(root: Path, server: FakeServer, **settings: str) -> AgentConfig:
         ),
     )
     return config
-
-
-@contextmanager
-def daemon(config: AgentConfig) -> Iterator[None]:
-    """``Agent.run`` on a thread (the agent's SQLite connection belongs to that thread)."""
-    holder: dict[str, Agent] = {}
-    ready = threading.Event()
-
-    def target() -> None:
-        with Agent(config) as agent:
-            holder["agent"] = agent
-            ready.set()
-            agent.run()
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield
-    finally:
-        holder["agent"].request_stop()
-        thread.join(30)
-        assert not thread.is_alive()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def asks(server: FakeServer) -> list[agent_pb2.RunUpdate]:
