@@ -39,14 +39,14 @@ from server import keys
 from server.config import ServerConfig
 from server.grpc.server import create_grpc_server
 from server.metrics import ServerMetrics, add_metrics_route
-from server.services import Services
+from server.services import Services, server_keys
 from server.services.agents import Authenticator
 from server.services.bus import bus_ctx, end_streams_on_shutdown
 from server.services.health import DatabaseHealth, HealthMonitor
 from server.services.ingest import IngestWriter
 from server.services.inputs import InputVault
 from server.services.retention import RetentionJob
-from server.services.signing_keys import register as register_signing_key
+from server.signing import KEY_FILE_NAME as SIGNING_KEY_FILE
 from server.signing import load_or_create
 from server.storage import schema
 from server.storage.batches import make_batch_store
@@ -106,8 +106,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _signing(app: web.Application) -> AsyncIterator[None]:
     """The action-signing key (``server.signing``), registered in the database: a key that
     differs from the one already registered refuses to start (ConfigError)."""
-    signer = await asyncio.to_thread(load_or_create, app[keys.CONFIG].state_dir)
-    await register_signing_key(app[keys.SESSIONS], signer)
+    state_dir = app[keys.CONFIG].state_dir
+    signer = await asyncio.to_thread(load_or_create, state_dir)
+    await server_keys.register(
+        app[keys.SESSIONS],
+        "signing",
+        signer.path or state_dir / SIGNING_KEY_FILE,
+        signer.key_id,
+        signer.public_key_bytes().hex(),
+    )
     app[keys.SIGNER] = signer
     yield
 
@@ -125,6 +132,8 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     sessions = app[keys.SESSIONS]
     metrics = app[keys.METRICS]
+    inputs = InputVault.open(config, sessions)  # <state_dir>/inputs.key; ConfigError if unsafe
+    await server_keys.register(sessions, "inputs", inputs.path, inputs.key_id)
     writer = IngestWriter(
         config,
         sessions,
@@ -144,7 +153,7 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
         signer=app[keys.SIGNER],
         health=app[keys.HEALTH],
         metrics=metrics,
-        inputs=InputVault.open(config, sessions),  # <state_dir>/inputs.key; ConfigError if unsafe
+        inputs=inputs,
     )
     try:
         yield

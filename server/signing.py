@@ -7,7 +7,7 @@ the server does not start and says which file and how to fix it.
 
 Agents pin the public half at enrollment (``EnrollResponse.server_signing_key``), so the key
 must outlive restarts, and replicas sharing one database must share the file (see
-``server.storage.signing_keys``: a server whose key differs from the registered one refuses to
+``server.services.server_keys``: a server whose key differs from the registered one refuses to
 start).
 """
 

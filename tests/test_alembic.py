@@ -20,7 +20,7 @@ from server.storage.db import create_engine_for_url
 from server.storage.models import Base
 
 TABLES_0001 = {"agents", "enrollment_tokens", "agent_credentials", "update_events"}
-TABLES_0003 = {"web_users", "web_sessions", "signing_keys"}
+TABLES_0003 = {"web_users", "web_sessions", "server_keys"}
 TABLES_0004 = {"run_inputs"}
 TABLES = (
     TABLES_0001

@@ -154,9 +154,12 @@ async def test_two_passwords_one_wrong_then_succeeded_and_the_secret_stays_put(
             run_frames = asyncio.create_task(
                 capture_stream(http, f"{server.web_url}/runs/{run.id}/stream", frames)
             )
-            # The header of every page counts the waiting run.
+            # The header of every page counts the waiting run; its History rows carry a badge.
             async with http.get(f"{server.web_url}/runs") as response:
                 assert 'id="header-waiting"' in await response.text()
+            async with http.get(f"{server.web_url}/history") as response:
+                page = await response.text()
+            assert f'class="tag tag-waiting" href="/runs/{run.id}"' in page
 
             await answer(
                 http, server, run.id, database_password="wrong-" + db_password,
@@ -177,6 +180,8 @@ async def test_two_passwords_one_wrong_then_succeeded_and_the_secret_stays_put(
                     await task
             async with http.get(f"{server.web_url}/runs") as response:
                 assert 'id="header-waiting"' not in await response.text()
+            async with http.get(f"{server.web_url}/history") as response:
+                assert "tag-waiting" not in await response.text()
     finally:
         await server.stop()
 

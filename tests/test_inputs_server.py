@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import os
 import stat
@@ -409,3 +410,28 @@ async def test_a_new_ask_reopens_the_form_and_a_run_that_ends_drops_its_answers(
         assert await rows(server_config.database_url, "SELECT * FROM run_inputs") == []
         reply = await agent.checkin()
         assert [a for a in verified_bodies(server, reply) if a.kind == "provide_input"] == []
+
+
+async def test_a_replica_with_another_input_key_refuses_to_start(
+    server_config: ServerConfig,
+) -> None:
+    """Replicas share one database: one whose inputs.key differs could not decrypt answers the
+    others took, so it refuses to start (the signing key, copied, is not the problem)."""
+    first = await start_server(server_config)
+    await first.stop()
+    replica_dir = server_config.state_dir.parent / "replica-state"
+    replica_dir.mkdir()
+    (replica_dir / "signing-key.pem").write_bytes(
+        (server_config.state_dir / "signing-key.pem").read_bytes()
+    )
+    (replica_dir / "signing-key.pem").chmod(0o600)
+    replica = dataclasses.replace(server_config, state_dir=replica_dir)
+    with pytest.raises(ConfigError) as caught:
+        await start_server(replica)
+    message = caught.value.message
+    assert "server inputs key mismatch" in message and "copy inputs.key" in message
+    # With the key file copied too, the replica starts.
+    (replica_dir / KEY_FILE).write_bytes((server_config.state_dir / KEY_FILE).read_bytes())
+    (replica_dir / KEY_FILE).chmod(0o600)
+    second = await start_server(replica)
+    await second.stop()

@@ -1,10 +1,10 @@
-"""security: web users and sessions, the signing-key registry, action nonces, credential rotation
+"""security: web users and sessions, the server-key registry, action nonces, credential rotation
 
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-23 16:20:00
 
-New tables (``web_users``, ``web_sessions``, ``signing_keys``) and three added columns with
+New tables (``web_users``, ``web_sessions``, ``server_keys``) and three added columns with
 defaults, so a database holding agents, events and runs upgrades in place; the downgrade removes
 exactly these. Columns are added and dropped with plain ALTER TABLE (SQLite >= 3.35),
 never a batch rebuild, so no row is lost to a cascade. Types written out as in 0001 (no application imports).
@@ -55,11 +55,12 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_web_sessions_expires_at"), "web_sessions", ["expires_at"])
     op.create_table(
-        "signing_keys",
+        "server_keys",
+        sa.Column("purpose", sa.String(length=16), nullable=False),
         sa.Column("key_id", sa.String(length=64), nullable=False),
         sa.Column("public_key", sa.String(length=64), nullable=False),
         sa.Column("created_at", _ts(), nullable=False),
-        sa.PrimaryKeyConstraint("key_id", name=op.f("pk_signing_keys")),
+        sa.PrimaryKeyConstraint("purpose", name=op.f("pk_server_keys")),
     )
     # Plain ALTER TABLE, never batch mode: on SQLite a batch rebuild drops and recreates the
     # table, and with foreign keys on that cascades into every row that references it.
@@ -76,7 +77,7 @@ def downgrade() -> None:
     op.drop_column("agent_credentials", "last_used_at")
     op.drop_column("agents", "rotate_requested_at")
     op.drop_column("pending_actions", "nonce")
-    op.drop_table("signing_keys")
+    op.drop_table("server_keys")
     op.drop_index(op.f("ix_web_sessions_expires_at"), table_name="web_sessions")
     op.drop_table("web_sessions")
     op.drop_table("web_users")

@@ -17,6 +17,8 @@ values. Replicas sharing a PostgreSQL must share the key file (like the signing 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -98,16 +100,25 @@ class InputVault:
     """The key and the operations on answers. One per server process (``Services.inputs``)."""
 
     def __init__(
-        self, config: ServerConfig, sessions: async_sessionmaker[AsyncSession], key: bytes
+        self,
+        config: ServerConfig,
+        sessions: async_sessionmaker[AsyncSession],
+        key: bytes,
+        path: Path,
     ) -> None:
         self._config = config
         self._sessions = sessions
         self._fernet = Fernet(key)
+        self.path = path
+        # What the server-key registry compares across replicas: an HMAC of a constant under
+        # the key, which tells keys apart without revealing anything about them.
+        self.key_id = hmac.new(key, b"flagpost inputs key id", hashlib.sha256).hexdigest()
 
     @classmethod
     def open(cls, config: ServerConfig, sessions: async_sessionmaker[AsyncSession]) -> InputVault:
         """Load (or on first start create) ``<state_dir>/inputs.key``; ConfigError when unsafe."""
-        return cls(config, sessions, load_or_create_key(config.state_dir / KEY_FILE))
+        path = config.state_dir / KEY_FILE
+        return cls(config, sessions, load_or_create_key(path), path)
 
     def _check_answers(self, fields: Sequence[str], answers: Mapping[str, Any]) -> dict[str, str]:
         limit = self._config.input_max_bytes

@@ -284,15 +284,18 @@ class WebSession(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
-class SigningKey(Base):
-    """Public half of each server signing key in use (``key_id``: SHA-256 hex of the raw key).
-    Replicas sharing a database must sign with the same key: a server whose key differs from
-    the registered one refuses to start."""
+class ServerKey(Base):
+    """Which key each server replica must hold, one row per purpose: "signing" (the Ed25519 key
+    that signs actions; ``public_key`` is its raw public half, hex) and "inputs" (the Fernet key
+    of answers to input requests; only an HMAC fingerprint as ``key_id``, ``public_key`` "").
+    ``key_id`` is a SHA-256 hex. The first server registers its keys; a server whose key
+    differs refuses to start, so replicas sharing a PostgreSQL cannot drift apart."""
 
-    __tablename__ = "signing_keys"
+    __tablename__ = "server_keys"
 
-    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    public_key: Mapped[str] = mapped_column(String(64))  # raw 32 bytes, hex
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime]
 
 

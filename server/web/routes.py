@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server import keys
 from server.services import history as history_service
+from server.services import inputs as inputs_service
 from server.web.auth import public, viewer
 from server.web.pages import add_page_routes
 from server.web.params import parse_event_filter
@@ -33,12 +34,16 @@ async def history(request: web.Request) -> web.StreamResponse:
     else:
         page = await history_service.list_events(sessions, f)
     agents = await history_service.list_agent_choices(sessions)
+    waiting = await inputs_service.awaiting_among(
+        sessions, sorted({e.run_id for e in page.events if e.run_id})
+    )
     view = history_page(
         page,
         agents,
         default_limit=config.history_page_size,
         now=datetime.now(UTC),
         live_after=live_after,
+        waiting_runs=waiting,
     )
     return await render_page("history.html", request, {"page": view})
 

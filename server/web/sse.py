@@ -39,6 +39,7 @@ from server import keys
 from server.domain import EventFilter, StoredEvent
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
+from server.services import inputs as inputs_service
 from server.web.auth import viewer
 from server.web.params import MAX_CURSOR, parse_event_filter
 from server.web.views import EventRow, event_json, event_row
@@ -170,7 +171,10 @@ async def _send_new_rows(
     now = datetime.now(UTC)
     while True:
         batch = await history_service.read_new_events(sessions, f, cursor, batch_size)
-        parts = [_frame(e, str(render_row(event_row(e, now)))) for e in batch.events]
+        waiting = await inputs_service.awaiting_among(
+            sessions, sorted({e.run_id for e in batch.events if e.run_id})
+        )
+        parts = [_frame(e, str(render_row(event_row(e, now, waiting)))) for e in batch.events]
         last_sent = batch.events[-1].id if batch.events else cursor
         if batch.cursor > last_sent:
             parts.append(f"id: {batch.cursor}\n\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno as errno_codes
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -216,6 +216,7 @@ class EventRow:
     error_items: tuple[DetailItem, ...]
     system_items: tuple[tuple[str, str], ...]
     detail_json: str
+    awaiting_input: bool = False  # the event's run waits for input now: a badge on the row
 
 
 def _transition(source: str, target: str) -> str:
@@ -224,8 +225,9 @@ def _transition(source: str, target: str) -> str:
     return f"{source or '?'} → {target or '?'}"
 
 
-def event_row(event: StoredEvent, now: datetime) -> EventRow:
-    """Build the view model of one event (``now`` anchors the relative time)."""
+def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozenset()) -> EventRow:
+    """Build the view model of one event (``now`` anchors the relative time; ``waiting_runs``:
+    ids of runs waiting for input, whose rows get a badge)."""
     label = outcome_label(event.event_type, event.status)
     return EventRow(
         id=event.id,
@@ -255,6 +257,7 @@ def event_row(event: StoredEvent, now: datetime) -> EventRow:
         error_items=error_items(event.error_detail),
         system_items=tuple(sorted(event.system_info.items())),
         detail_json=pretty_json(event.error_detail),
+        awaiting_input=event.run_id is not None and event.run_id in waiting_runs,
     )
 
 
@@ -369,13 +372,14 @@ def history_page(
     now: datetime,
     path: str = "/history",
     live_after: int | None = None,
+    waiting_runs: Set[str] = frozenset(),
 ) -> HistoryPage:
     """The History page's view model: rows, the filter form and pagination links. With
     ``live_after`` (and no ``before`` cursor) the page also carries its live stream's URL."""
     f = page.filters
     live = live_after is not None and f.before_id is None
     return HistoryPage(
-        rows=tuple(event_row(e, now) for e in page.events),
+        rows=tuple(event_row(e, now, waiting_runs) for e in page.events),
         form=_filter_form(f, agents, default_limit),
         filtered=is_filtered(f),
         paged=f.before_id is not None,
