@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from flagpost.v1 import agent_pb2
@@ -60,6 +58,11 @@ def verify(
         )
     if not action.signature or not action.body:
         raise ActionRefused("unsigned action (no body or no signature)")
+    # Imported here, not at module level: OpenSSL's bindings cost an idle daemon ~8 MiB of RSS,
+    # and most check-ins carry no action (measured by `python -m tests.bench.agent_rss`).
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = Ed25519PublicKey.from_public_bytes(pinned_key)
     except ValueError:

@@ -37,3 +37,14 @@ def test_importing_agent_never_imports_server() -> None:
     assert result.returncode == 0, (
         f"agent imported server-side modules: {result.stdout}{result.stderr}"
     )
+
+
+def test_an_idle_agent_does_not_load_openssl() -> None:
+    """``cryptography`` (OpenSSL bindings, ~8 MiB of RSS) is loaded only when an action arrives
+    to be verified, not by a daemon that merely checks in."""
+    code = (
+        "import sys, agent.cli, agent.daemon, agent.actions, agent.action_verify;"
+        "print('cryptography' in sys.modules); sys.exit('cryptography' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"cryptography imported at start: {result.stdout}{result.stderr}"
