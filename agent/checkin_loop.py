@@ -99,8 +99,9 @@ class CheckInLoop:
         """Sleep until ``due`` (earlier while a run is live); True if stopping."""
         while not self._stop.is_set():
             now = time.monotonic()
-            if self._last_ok and self._control.live():
-                due = min(due, self._last_attempt + self._fast)
+            hurry = self._control.hurry_interval(self._fast) if self._last_ok else None
+            if hurry is not None:
+                due = min(due, self._last_attempt + hurry)
             if now >= due:
                 return False
             if self._control.wake.wait(min(due - now, _TICK)):

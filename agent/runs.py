@@ -225,6 +225,7 @@ class RunControl:
         self._cancel = threading.Event()
         self._cancel_reason = ""
         self._ended_at: float | None = None
+        self._waiting_since: float | None = None
         self.wake = threading.Event()
 
     @property
@@ -238,6 +239,7 @@ class RunControl:
             self._active = run_id
             self._cancel.clear()
             self._cancel_reason = ""
+            self._waiting_since = None
         self.wake.set()
 
     def end(self, run_id: str) -> None:
@@ -247,6 +249,7 @@ class RunControl:
                 return
             self._active = None
             self._ended_at = time.monotonic()
+            self._waiting_since = None
         self.wake.set()
 
     def cancel(self, run_id: str, reason: str = "") -> bool:
@@ -258,6 +261,24 @@ class RunControl:
             self._cancel_reason = reason
             self._cancel.set()
             return True
+
+    def waiting(self, waiting: bool) -> None:
+        """The run in progress waits for input (True) or goes on (False)."""
+        with self._lock:
+            self._waiting_since = time.monotonic() if waiting else None
+
+    def hurry_interval(
+        self, fast: float, waiting_fast_for: float = 300.0, waiting_interval: float = 5.0
+    ) -> float | None:
+        """How soon the next check-in is due because of a run: ``fast`` while a run is live and
+        during the first ``waiting_fast_for`` seconds of a wait for input (someone at the page
+        gets an answer through within a second), then ``waiting_interval`` for the rest of a
+        wait that may last a day; None when no run hurries the check-in."""
+        with self._lock:
+            since = self._waiting_since
+        if since is not None and time.monotonic() - since >= waiting_fast_for:
+            return waiting_interval
+        return fast if self.live() else None
 
     def live(self) -> bool:
         """A run is in progress or ended less than ``linger`` ago."""

@@ -710,13 +710,17 @@ class MigrationEngine:
             if self._inputs is None or not wait_for_input:
                 return RunResult(run_id, migration.id, detection, None, source, waiting=True)
             left = waiting_since + self._input_timeout - datetime.now(UTC)
-            outcome = self._inputs.wait(
-                run_id,
-                request.request_id,
-                timeout=left.total_seconds(),
-                cancelled=self._control.cancelled,
-                stopping=self._should_stop,
-            )
+            self._control.waiting(True)  # the check-in loop slows down after a while
+            try:
+                outcome = self._inputs.wait(
+                    run_id,
+                    request.request_id,
+                    timeout=left.total_seconds(),
+                    cancelled=self._control.cancelled,
+                    stopping=self._should_stop,
+                )
+            finally:
+                self._control.waiting(False)
             if outcome.kind == ANSWERED:
                 answers.update(outcome.answers)
                 executor.info(

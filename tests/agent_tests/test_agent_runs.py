@@ -264,6 +264,22 @@ def test_cancel_for_another_run_is_refused() -> None:
     assert control.active_run_id is None
 
 
+def test_cadence_is_fast_while_live_then_slows_during_a_long_wait_for_input() -> None:
+    control = RunControl(linger=timedelta(milliseconds=1))
+    assert control.hurry_interval(0.5) is None  # no run: the server's interval applies
+    control.begin("r1")
+    assert control.hurry_interval(0.5) == 0.5
+    control.waiting(True)  # the first minutes of a wait: an answer gets through at once
+    assert control.hurry_interval(0.5, waiting_fast_for=0.2, waiting_interval=5.0) == 0.5
+    time.sleep(0.25)  # later in a wait that may last a day: every 5 s, not every 0.5 s
+    assert control.hurry_interval(0.5, waiting_fast_for=0.2, waiting_interval=5.0) == 5.0
+    control.waiting(False)  # answered: the run goes on at full speed
+    assert control.hurry_interval(0.5, waiting_fast_for=0.2, waiting_interval=5.0) == 0.5
+    control.end("r1")
+    time.sleep(0.01)  # past the (1 ms) linger after the run
+    assert control.hurry_interval(0.5) is None
+
+
 def test_log_seq_is_gap_free_across_restarts(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     for expected in ([1, 2], [3, 4, 5]):
