@@ -9,7 +9,12 @@ Ed25519 signature over exactly those bytes). The agent checks, in this order:
    parsed before this;
 3. the body parses, names the same action id as the envelope, carries a 16-byte nonce and an
    expiry, and is addressed to this agent;
-4. it has not expired by the agent's clock.
+4. it has not expired by the agent's clock. The refusal says the agent's clock time and the
+   action's ``issued_at``, and points at clock skew when the times cannot all be right: the
+   action was issued in the future by the agent's clock, or it arrived expired although the
+   server sent it unexpired (the server only hands out actions issued less than their lifetime
+   ago by its own clock, and actions are verified as they arrive) by more than
+   :data:`TRANSIT_GRACE` (how late an action could arrive without a wrong clock).
 
 Replays (a nonce seen before) are checked against the outbox by :mod:`agent.actions`.
 Each failure is an :class:`ActionRefused` whose ``reason`` says which rule failed.
@@ -18,13 +23,16 @@ Each failure is an :class:`ActionRefused` whose ``reason`` says which rule faile
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError
 
 from flagpost.v1 import agent_pb2
 
 NONCE_BYTES = 16
+# An action the server sent unexpired that arrives expired by more than this means the agent's
+# clock is ahead of the server's (a check-in's RPC timeout is 10 s by default).
+TRANSIT_GRACE = timedelta(seconds=30)
 
 
 class ActionRefused(Exception):
@@ -87,13 +95,44 @@ def verify(
     if body.agent_id != agent_id:
         raise ActionRefused(f"addressed to another agent ({body.agent_id!r}, not {agent_id!r})")
     expires = body.expires_at.ToDatetime(tzinfo=UTC)
-    if expires <= (now or datetime.now(UTC)):
-        raise ActionRefused(f"expired at {expires.isoformat()}")
+    issued = body.issued_at.ToDatetime(tzinfo=UTC) if body.HasField("issued_at") else None
+    now = now or datetime.now(UTC)
+    if expires <= now:
+        raise ActionRefused(expired_reason(now, issued, expires))
     return VerifiedAction(
         action_id=body.action_id,
         kind=body.kind,
         params=dict(body.params),
-        issued_at=body.issued_at.ToDatetime(tzinfo=UTC) if body.HasField("issued_at") else None,
+        issued_at=issued,
         expires_at=expires,
         nonce=bytes(body.nonce),
     )
+
+
+def _seconds(span: timedelta) -> str:
+    return f"{span.total_seconds():.0f} s"
+
+
+def expired_reason(now: datetime, issued: datetime | None, expires: datetime) -> str:
+    """Why an action that expired at ``expires`` is refused at ``now`` (the agent's clock):
+    both times, and a hint when they suggest that one of the two clocks is wrong."""
+    reason = (
+        f"expired at {expires.isoformat()} (agent clock {now.isoformat()}, issued at "
+        f"{issued.isoformat() if issued is not None else 'unknown'})"
+    )
+    if issued is None:
+        return reason
+    if issued > now:
+        return (
+            f"{reason}; it was issued {_seconds(issued - now)} in the future by the agent's "
+            "clock: the agent's or the server's clock is wrong (clock skew?)"
+        )
+    late = now - expires
+    if late > TRANSIT_GRACE:
+        lifetime = expires - issued
+        return (
+            f"{reason}; the server sent it issued less than its lifetime ({_seconds(lifetime)}) "
+            f"ago by its clock, yet it arrived {_seconds(late)} past its expiry by the agent's "
+            "clock: the agent's clock is probably ahead of the server's (clock skew?)"
+        )
+    return reason

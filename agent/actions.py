@@ -20,7 +20,10 @@ Accepted actions are dispatched by kind (:meth:`ActionHandler.register` adds a k
 * ``cancel_run`` (params: ``run_id``): the run in progress stops at its next step boundary,
   rolls back every applied step and ends CANCELLED (PARTIAL if the rollback failed); its
   execution event is ``migration_execution_failed`` with ``exception_type`` "RunCancelled" and a
-  message saying it was cancelled. A cancel for a run that is not in progress (finished, or
+  message saying it was cancelled. A run recorded as waiting for input that is not the run in
+  progress (left waiting by ``once`` or ``migrate``, or the daemon has not resumed it yet) is
+  marked cancelled and resumed at once by the migration worker, which ends it CANCELLED with
+  nothing changed (reported the same way). A cancel for a run that is neither (finished, or
   unknown here) is refused with a notice.
 * An action of an unknown kind is ignored and reported as an ``agent_notice`` warning event.
 """
@@ -59,11 +62,15 @@ class Trust:
 @dataclass(frozen=True, slots=True)
 class RunRequest:
     """A run the server asked for: ``migration_id`` "" means every registered migration.
-    ``expires_at``: the action's expiry; a request still queued then is dropped (with a notice)."""
+    ``expires_at``: the action's expiry; a request still queued then is dropped (with a notice).
+    ``resume_run_id``: not a run the server asked for but the resumption of that waiting run
+    (cancelled while not in progress, see :meth:`ActionHandler._cancel_run`), skipped if it no
+    longer waits."""
 
     action_id: str
     migration_id: str = ""
     expires_at: datetime | None = None
+    resume_run_id: str = ""
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
@@ -79,10 +86,14 @@ class ActionHandler:
         submit: Callable[[RunRequest], None],
         trust: Callable[[], Trust | None],
         clock: Callable[[], datetime] | None = None,
+        cancel_waiting: Callable[[str, str], str | None] | None = None,
     ) -> None:
         """``trust``: the agent id and pinned key (None: not enrolled), read per action so a
-        re-enrollment takes effect at once."""
+        re-enrollment takes effect at once. ``cancel_waiting(run_id, reason)``: marks a run
+        recorded as waiting for input cancelled, returning its migration id (None: no such
+        run; see :meth:`agent.migrations.engine.MigrationEngine.cancel_waiting`)."""
         self._control = control
+        self._cancel_waiting = cancel_waiting
         self._migration_ids = frozenset(migration_ids)
         self._submit = submit
         self._trust = trust
@@ -138,10 +149,19 @@ class ActionHandler:
     def _cancel_run(self, action: VerifiedAction, outbox: Outbox) -> str:
         label = f"Action {action.action_id} ({action.kind})"
         run_id = action.params.get("run_id", "")
-        if run_id and self._control.cancel(
-            run_id, f"cancelled by request (action {action.action_id})"
-        ):
+        reason = f"cancelled by request (action {action.action_id})"
+        if run_id and self._control.cancel(run_id, reason):
             log.info("%s: cancelling run %s at the next step boundary", label, run_id)
+            return "cancelled"
+        migration_id = (
+            self._cancel_waiting(run_id, reason) if run_id and self._cancel_waiting else None
+        )
+        if migration_id is not None:
+            # The worker may have begun resuming it meanwhile: then it is in progress now and
+            # the RunControl reaches it (the engine reads the mark only after it began).
+            self._control.cancel(run_id, reason)
+            log.info("%s: run %s waits for input, not in progress; ending it", label, run_id)
+            self._submit(RunRequest(action.action_id, migration_id, resume_run_id=run_id))
             return "cancelled"
         return self.notice(
             outbox, f"{label} ignored: run {run_id or '(none given)'} is not in progress"

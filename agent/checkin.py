@@ -18,7 +18,10 @@ agent reconnects is decided by its own jittered backoff, not by gRPC's internal 
 Events are never deleted except by an acknowledgement.
 
 Credential rotation: a response carrying ``new_credential`` is stored first (atomically, 0600,
-:func:`agent.enroll.save_credentials`), then used from the next call on. If it cannot be stored
+:func:`agent.enroll.save_credentials`), then used from the next call on. The stored file is read
+again first and only its credential is replaced, and only if it still names the agent that was
+rotated: if someone re-enrolled meanwhile (the file names another agent), the file is kept, a
+warning logged, and the file's identity is used from the next call on. If it cannot be stored
 the old credential is kept (the server keeps it valid until the new one is used, and hands out
 another at the next check-in). The credential is never logged.
 """
@@ -34,7 +37,7 @@ from pathlib import Path
 import grpc
 
 from agent import events
-from agent.enroll import Credentials, save_credentials
+from agent.enroll import Credentials, EnrollmentError, load_credentials, save_credentials
 from agent.outbox import Outbox, PendingEvent
 from agent.run_queue import PendingLine, PendingUpdate
 from agent.sysinfo import agent_info
@@ -138,10 +141,16 @@ class CheckInClient:
             self._adopt(response)
         return response
 
-    @property
-    def credentials(self) -> Credentials:
-        """The credentials the next call uses (after any rotation)."""
-        return self._credentials
+    def use(self, credentials: Credentials) -> None:
+        """Use ``credentials`` from the next call on (the daemon passes the stored ones before
+        each cycle, so a re-enrollment takes effect without a restart)."""
+        if credentials.agent_id != self._credentials.agent_id:
+            log.info(
+                "credentials changed on disk: checking in as agent %s (was %s)",
+                credentials.agent_id,
+                self._credentials.agent_id,
+            )
+        self._credentials = credentials
 
     def _adopt(self, response: agent_pb2.CheckInResponse) -> None:
         """Store a rotated-in credential, then use it from the next call on."""
@@ -152,6 +161,35 @@ class CheckInClient:
         )
         rotated = self._credentials.rotated(response.new_credential, expires)
         if self._credentials_path is not None:
+            try:
+                # Re-read the file: it may have changed since these credentials were loaded.
+                stored = load_credentials(self._credentials_path)
+            except EnrollmentError as exc:
+                log.error(
+                    "the server rotated this agent's credential but %s is unreadable (%s); "
+                    "keeping the current one",
+                    self._credentials_path,
+                    exc,
+                )
+                return
+            if stored is None:
+                log.error(
+                    "the server rotated this agent's credential but %s is gone; not storing it",
+                    self._credentials_path,
+                )
+                return
+            if stored.agent_id != self._credentials.agent_id:
+                log.warning(
+                    "the server rotated the credential of agent %s, but %s now names agent %s "
+                    "(re-enrolled?): keeping the file, checking in as %s from now on",
+                    self._credentials.agent_id,
+                    self._credentials_path,
+                    stored.agent_id,
+                    stored.agent_id,
+                )
+                self._credentials = stored
+                return
+            rotated = stored.rotated(response.new_credential, expires)
             try:
                 save_credentials(self._credentials_path, rotated)
             except OSError as exc:

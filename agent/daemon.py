@@ -116,10 +116,15 @@ class Agent:
         self._requests: deque[RunRequest] = deque()
         self._requests_lock = threading.Lock()
         self._actions = ActionHandler(
-            self._control, [migration.id for migration in self._registry], self._submit, self._trust
+            self._control,
+            [migration.id for migration in self._registry],
+            self._submit,
+            self._trust,
+            cancel_waiting=self._cancel_waiting,
         )
         # Runs waiting for input (agent/inputs.py): only the daemon waits; `once` and
-        # `migrate` leave such a run waiting (the daemon asks again when it starts).
+        # `migrate` leave such a run waiting (the daemon asks again when it starts; each of
+        # them resumes it, failing it once its input deadline has passed).
         self._inputs = InputBroker()
         self._wait_for_input = False
         self._actions.register(
@@ -231,15 +236,21 @@ class Agent:
                 break
             if request is not None and request.migration_id not in ("", migration.id):
                 continue
+            resume = request.resume_run_id if request is not None else ""
+            if resume and self._engine.waiting_run_id(migration.id) != resume:
+                continue  # the cancelled waiting run already ended
             results.append(
                 self._engine.run(
                     migration,
                     report_unchanged=report_unchanged,
-                    requested_by=request.action_id if request is not None else "",
+                    requested_by=request.action_id if request is not None and not resume else "",
                     wait_for_input=self._wait_for_input,
                 )
             )
         return results
+
+    def _cancel_waiting(self, run_id: str, reason: str) -> str | None:
+        return self._engine.cancel_waiting(run_id, reason)
 
     def _submit(self, request: RunRequest) -> None:
         with self._requests_lock:
@@ -296,8 +307,15 @@ class Agent:
         )
 
     def _client_for(self, credentials: Credentials) -> CheckInClient:
-        if self._client is None:
-            target = self._config.server or credentials.server
+        """The check-in client, using ``credentials`` (the stored ones, read for this cycle: a
+        re-enrollment takes effect at the next check-in)."""
+        target = self._config.server or credentials.server
+        if self._client is not None and self._client.target != target:
+            self._client.close()  # re-enrolled with another server
+            self._client = None
+        if self._client is not None:
+            self._client.use(credentials)
+        else:
             self._client = CheckInClient(
                 target,
                 credentials,
@@ -372,6 +390,9 @@ class Agent:
         """``flagpost-agent run``: the daemon loop until stopped. Returns the exit code."""
         self.recover()
         self._wait_for_input = True  # answers arrive through the check-in thread
+        # Before the first check-in: answers sent while the agent was down may arrive before
+        # the resumed run asks again (with the same request id).
+        self._engine.reopen_waiting([migration.id for migration in self._registry])
         try:
             credentials = self.credentials()
         except EnrollmentError:

@@ -2,7 +2,9 @@
 
 A run whose steps need values the old config never held (see
 :class:`agent.migrations.model.InputNeeds`) reports AWAITING_INPUT with an ``InputRequest``
-(a new ``request_id`` per ask) and waits here, on the migration worker thread, until
+(a new ``request_id`` per ask, except that a run resumed after a restart asks again with its
+recorded ``request_id`` when it needs the same fields) and waits here, on the migration worker
+thread, until
 
 * the check-in thread delivers the answers of exactly that request (:meth:`InputBroker.deliver`,
   called with the params of a verified ``provide_input`` action), or
@@ -118,9 +120,16 @@ class InputBroker:
 
     def open(self, run_id: str, request_id: str, names: Collection[str]) -> None:
         """``run_id`` now waits for ``request_id``, asking for ``names`` (replaces an older ask:
-        answers to that one are refused from now on)."""
+        answers to that one are refused from now on). Opening the ask that is already open
+        (same request id and names) keeps answers already delivered to it: the daemon opens
+        the asks of recorded waiting runs before its first check-in, and the resumed run opens
+        the same ask again later."""
+        wanted = frozenset(names)
         with self._cond:
-            self._asks[run_id] = _Ask(request_id, frozenset(names))
+            ask = self._asks.get(run_id)
+            if ask is not None and ask.request_id == request_id and ask.names == wanted:
+                return
+            self._asks[run_id] = _Ask(request_id, wanted)
 
     def close(self, run_id: str) -> None:
         """``run_id`` no longer waits (idempotent)."""
@@ -171,9 +180,9 @@ class InputBroker:
         stopping: Callable[[], bool],
     ) -> WaitOutcome:
         """Block until the answers of ``request_id`` arrive, the run is cancelled, the agent
-        stops, or ``timeout`` seconds pass. The request stays open only while waiting for it
-        is possible: on return it is closed, except after a stop (the run stays waiting and
-        an agent restart asks again)."""
+        stops, or ``timeout`` seconds pass. On return the request is closed, whatever ended the
+        wait: after a stop answers are refused until the next start re-opens the request (the
+        run stays recorded as waiting, see :mod:`agent.migrations.waiting`)."""
         deadline = self._clock() + max(0.0, timeout)
         with self._cond:
             while True:

@@ -190,7 +190,9 @@ def web_opener(web_url: str, name: str, password: str) -> urllib.request.OpenerD
         raise SystemExit("demo: the login page has no CSRF token")
     form = {"name": name, "password": password, "csrf_token": match.group(1), "next": "/"}
     data = urllib.parse.urlencode(form).encode()
-    opener.open(f"{web_url}/login", data=data, timeout=5).close()
+    with opener.open(f"{web_url}/login", data=data, timeout=5) as response:
+        if urllib.parse.urlsplit(response.url).path == "/login":  # refused: the form again
+            raise SystemExit(f"demo: logging in as {name} failed")
     return opener
 
 

@@ -132,7 +132,8 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     sessions = app[keys.SESSIONS]
     metrics = app[keys.METRICS]
-    inputs = InputVault.open(config, sessions)  # <state_dir>/inputs.key; ConfigError if unsafe
+    # <state_dir>/inputs.key (file I/O and fsync: off the loop); ConfigError if unsafe
+    inputs = await asyncio.to_thread(InputVault.open, config, sessions)
     await server_keys.register(sessions, "inputs", inputs.path, inputs.key_id)
     writer = IngestWriter(
         config,

@@ -340,7 +340,8 @@ async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:
 def _progress_line(result: Any) -> str:
     return (
         f"\rpruning ({result.phase}): {result.events} events, {result.runs} runs, "
-        f"{result.log_lines} log lines, {result.actions} actions deleted"
+        f"{result.log_lines} log lines, {result.actions} actions, {result.answers} answers, "
+        f"{result.sessions} sessions deleted"
     )
 
 
@@ -369,7 +370,8 @@ async def _prune(config: ServerConfig) -> int:
     sys.stderr.write("\n")
     print(
         f"pruned {result.events} events, {result.runs} runs, {result.log_lines} log lines, "
-        f"{result.actions} actions"
+        f"{result.actions} actions, {result.answers} undeliverable answers, "
+        f"{result.sessions} expired sessions"
     )
     return EXIT_OK
 

@@ -1,4 +1,5 @@
-"""``flagpost-server user create|list|delete``: web users (see ``server.services.users``).
+"""``flagpost-server user create|list|delete|disable|enable``: web users (see
+``server.services.users``).
 
 The password is never an argument (shells keep history, ``ps`` shows argv): it comes from
 ``--password-file FILE`` (its first line), from standard input when that is not a terminal
@@ -39,6 +40,12 @@ def add_user_commands(commands: Any, db_url: argparse.ArgumentParser) -> None:
         "delete", parents=[db_url], help="delete a web user and end its sessions"
     )
     delete.add_argument("name", metavar="NAME")
+    for action, text in (
+        ("disable", "refuse a web user's logins and end its sessions (kept for the record)"),
+        ("enable", "let a disabled web user log in again"),
+    ):
+        toggle = user_commands.add_parser(action, parents=[db_url], help=text)
+        toggle.add_argument("name", metavar="NAME")
 
 
 def _first_line(text: str) -> str:
@@ -63,7 +70,7 @@ def read_password(password_file: Path | None) -> str:
 
 
 async def user_command(config: ServerConfig, args: argparse.Namespace) -> int:
-    """Run ``user create|list|delete``; returns the exit code."""
+    """Run ``user create|list|delete|disable|enable``; returns the exit code."""
     from server.services import users as users_service
     from server.storage import schema
     from server.storage.db import create_engine, make_sessionmaker
@@ -80,6 +87,12 @@ async def user_command(config: ServerConfig, args: argparse.Namespace) -> int:
         if args.user_command == "delete":
             await users_service.delete_user(sessions, args.name)
             print(f"deleted {args.name} (its sessions ended)")
+            return 0
+        if args.user_command in ("disable", "enable"):
+            disable = args.user_command == "disable"
+            await users_service.set_disabled(sessions, args.name, disable)
+            ended = " (its sessions ended)" if disable else ""
+            print(f"{args.user_command}d {args.name}{ended}")
             return 0
         users = await users_service.list_users(sessions)
     finally:

@@ -36,10 +36,12 @@ from server.app import RunningServer, start_server
 from server.config import ServerConfig, load_config
 from server.domain import EventStatus, EventType, NewEvent
 from server.services import enrollment
+from server.services import users as users_service
 from server.services.bus import EventBus, PostgresEventBus, bus_ctx
 from server.storage import notify
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
+from server.web.auth import SESSION_COOKIE
 from server.web.sse import STREAM_SETTINGS, StreamSettings
 
 if TYPE_CHECKING:
@@ -246,6 +248,20 @@ async def test_stream_resumes_with_last_event_id_without_gap_or_duplicate(
         body = frame.payload
         assert body["event"]["id"] == int(frame.id or 0)
         assert f'id="event-{body["event"]["id"]}"' in body["html"]
+
+
+async def test_a_stream_ends_when_its_session_ends(live: tuple[Any, EventBus, str]) -> None:
+    """Logging out (or the session expiring, or the user being deleted) also ends the live
+    streams that session opened: they re-check it at every heartbeat."""
+    client, _bus, _db_url = live
+    url = str(client.make_url("/history/stream"))
+    async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
+        stream = await open_stream(http, url)
+        cookie = client.session.cookie_jar.filter_cookies(client.make_url("/"))[SESSION_COOKIE]
+        assert await users_service.logout(client.app[keys.SESSIONS], cookie.value)
+        rest = await asyncio.wait_for(stream.response.content.read(), timeout=5)
+        assert b"event: event" not in rest  # ended at a heartbeat, nothing more sent
+        assert stream.response.content.at_eof()
 
 
 async def test_stream_respects_filters_and_moves_past_other_rows(

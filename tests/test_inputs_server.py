@@ -435,3 +435,31 @@ async def test_a_replica_with_another_input_key_refuses_to_start(
     (replica_dir / KEY_FILE).chmod(0o600)
     second = await start_server(replica)
     await second.stop()
+
+
+async def test_concurrent_answers_one_wins_the_others_are_told(server: RunningServer) -> None:
+    """Six admins press "send" at once: exactly one answer is queued (202), the others get 409,
+    and exactly one provide_input action and one ciphertext exist -- on SQLite too, where there
+    is no row lock: the first write of the transaction takes the database's write lock."""
+    run_id, request_id = str(uuid.uuid4()), str(uuid.uuid4())
+    url = f"{server.web_url}/api/v1/runs/{run_id}/inputs"
+    answers = {"database_password": "pw", "upstream_token": "tok"}
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+        logged_in_http(server, "admin") as http,
+    ):
+        agent = await AgentClient.enroll(server, channel)
+        await agent.checkin(run_updates=[run_update(run_id, RUNNING)])
+        await wait_for_input(agent, run_id, request_id)
+
+        async def submit() -> int:
+            async with http.post(url, json={"request_id": request_id, "inputs": answers}) as r:
+                return r.status
+
+        statuses = sorted(await asyncio.gather(*(submit() for _ in range(6))))
+    assert statuses == [202, 409, 409, 409, 409, 409]
+    url_db = server.app[keys.CONFIG].database_url
+    sql = "SELECT count(*) FROM pending_actions WHERE kind = 'provide_input'"
+    actions = await rows(url_db, sql)
+    assert actions[0][0] == 1
+    assert (await rows(url_db, "SELECT count(*) FROM run_inputs"))[0][0] == 1

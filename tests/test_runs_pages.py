@@ -31,6 +31,7 @@ from server import keys
 from server.app import RunningServer, create_app
 from server.config import ServerConfig
 from server.services import enrollment
+from server.services import users as users_service
 from server.services.bus import EventBus, PostgresEventBus
 from server.storage import notify, run_ingest
 from server.storage.db import create_engine_for_url, make_sessionmaker
@@ -563,6 +564,21 @@ async def test_stream_ends_cleanly_on_disconnect_and_shutdown(
                 await kept.frame(timeout=3)
         kept.close()
     assert bus.subscribers == 0
+
+
+async def test_a_run_stream_ends_when_its_user_is_deleted(
+    server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    agent = await RunAgent.enroll(server, channel, "web-01")
+    run = await agent.start_run()
+    account = await create_web_user(server, "viewer")
+    async with logged_in_http(server, account=account) as http:
+        stream = await open_stream(http, f"{server.web_url}/runs/{run.run_id}/stream")
+        await users_service.delete_user(server.app[keys.SESSIONS], account.name)
+        with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
+            while True:  # frames until the next heartbeat finds the session gone
+                await stream.frame(timeout=5)
+        stream.close()
 
 
 # --------------------------------------------------------------------------- forms and pages

@@ -41,7 +41,7 @@ async def can_log_in(url: str, name: str, password: str) -> bool:
         await engine.dispose()
 
 
-async def test_user_create_list_delete(sqlite_db_url: str, tmp_path: Path) -> None:
+async def test_user_create_list_disable_delete(sqlite_db_url: str, tmp_path: Path) -> None:
     url = sqlite_db_url
     piped = "Piped-secret-1234"
     created = run_with_stdin(piped + "\n", "user", "create", "alice", "--role", "admin",
@@ -87,6 +87,16 @@ async def test_user_create_list_delete(sqlite_db_url: str, tmp_path: Path) -> No
     argv = run("user", "create", "erin", "--role", "admin", "--password", "x" * 12,
                "--database-url", url)  # fmt: skip
     assert argv.returncode == 2 and "unrecognized arguments" in argv.stderr
+
+    # Disable keeps the user for the record but refuses its logins; enable lets it in again.
+    disabled = run("user", "disable", "bob", "--database-url", url)
+    assert disabled.returncode == 0 and "disabled bob" in disabled.stdout, disabled.stderr
+    assert not await can_log_in(url, "bob", "File-secret-5678")
+    listed = run("user", "list", "--database-url", url)
+    assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == ["no", "yes"]
+    enabled = run("user", "enable", "bob", "--database-url", url)
+    assert enabled.returncode == 0, enabled.stderr
+    assert await can_log_in(url, "bob", "File-secret-5678")
 
     deleted = run("user", "delete", "bob", "--database-url", url)
     assert deleted.returncode == 0, deleted.stderr

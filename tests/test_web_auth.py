@@ -380,6 +380,46 @@ async def test_post_without_csrf_token_is_refused_and_changes_nothing(
     assert (await agent.checkin()).actions == []
 
 
+async def test_cross_site_posts_are_refused_even_with_a_token(
+    running_server: RunningServer, agent: AgentClient
+) -> None:
+    """Defence in depth behind the CSRF token: every POST (forms, API, login, logout) from
+    another site is refused by the middleware; same-site and header-less clients pass."""
+    server = running_server
+    run_id = await running_run(agent)
+    evil = {"Origin": "https://evil.example"}
+    async with logged_in_http(server, "admin") as http:
+        token = http.headers["X-CSRF-Token"]
+        for path, kwargs in [
+            (f"/runs/{run_id}/cancel", {"data": {"csrf_token": token}}),
+            (f"/runs/{run_id}/inputs", {"data": {"csrf_token": token}}),
+            (f"/api/v1/runs/{run_id}/cancel", {"json": {}}),
+            ("/logout", {"data": {"csrf_token": token}}),
+            ("/login", {"data": {"user": "x", "password": "y"}}),
+        ]:
+            for headers in (evil, {"Sec-Fetch-Site": "cross-site"}):
+                async with http.post(
+                    f"{server.web_url}{path}", headers=headers, allow_redirects=False, **kwargs
+                ) as reply:
+                    assert reply.status == 403, (path, headers, reply.status)
+                    assert "cross-site requests are not allowed" in await reply.text()
+        assert await count(server, PendingActionRow) == 0
+        # The same site (the Origin's host is the request's Host, whatever the scheme) passes.
+        same = {"Origin": server.web_url.replace("http://", "https://")}
+        async with http.post(
+            f"{server.web_url}/api/v1/runs/{run_id}/cancel", json={}, headers=same
+        ) as reply:
+            assert reply.status == 202
+
+
+async def test_pages_for_a_logged_in_user_are_never_cached(running_server: RunningServer) -> None:
+    async with logged_in_http(running_server, "viewer") as http:
+        for path in ("/", "/history", "/runs", "/api/v1/events"):
+            async with http.get(f"{running_server.web_url}{path}") as reply:
+                assert reply.status == 200
+                assert reply.headers["Cache-Control"] == "no-store", path
+
+
 async def test_a_viewer_cannot_cancel_or_request_a_run_but_an_admin_can(
     running_server: RunningServer, agent: AgentClient
 ) -> None:

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -309,6 +309,7 @@ class MigrationEngine:
         self._inputs = inputs
         self._input_timeout = input_timeout
         self._waiting = WaitingRuns(state_dir)
+        self._asked: set[str] = set()  # runs this engine (this process) recorded as waiting
         self._last_detection: dict[str, str] = {}
         # Per migration: fingerprint of the files (and their directories) a failed execution
         # left behind; the periodic re-detection does not execute again from the same state.
@@ -347,8 +348,57 @@ class MigrationEngine:
 
         A run that was waiting for input when the agent stopped is resumed (same run id; see
         :mod:`agent.migrations.waiting`). With ``wait_for_input`` False (or no input broker) a
-        run that needs inputs reports AWAITING_INPUT and returns (``RunResult.waiting``).
+        run that needs inputs reports AWAITING_INPUT and returns (``RunResult.waiting``), unless
+        its input deadline has passed (it then fails, like a wait that timed out).
         """
+        result = self._attempt(migration, report_unchanged, requested_by, wait_for_input)
+        if not result.waiting:
+            # Whatever ended it (executed, failed, cancelled, nothing needed any more), a
+            # finished run is never resumed: forget its record and its open ask.
+            self._waiting.clear(migration.id, result.run_id)
+            if self._inputs is not None:
+                self._inputs.close(result.run_id)
+        return result
+
+    def waiting_run_id(self, migration_id: str) -> str | None:
+        """The id of the run of ``migration_id`` recorded as waiting for input, None if none."""
+        record = self._waiting.get(migration_id)
+        return record.run_id if record is not None else None
+
+    def cancel_waiting(self, run_id: str, reason: str) -> str | None:
+        """Mark the run ``run_id``, recorded as waiting for input but not in progress,
+        cancelled: it ends CANCELLED (nothing changed) when it is resumed next. Returns its
+        migration id, None if no such run is recorded."""
+        record = self._waiting.cancel(run_id, reason)
+        return record.migration_id if record is not None else None
+
+    def reopen_waiting(self, migration_ids: Collection[str]) -> int:
+        """Open the asks recorded for waiting runs of ``migration_ids`` in the input broker
+        (the daemon calls this before its first check-in): answers an admin sent while the
+        agent was down may arrive before the resumed run asks again, and are kept for it.
+        Returns how many asks were opened."""
+        if self._inputs is None:
+            return 0
+        opened = 0
+        for record in self._waiting.all():
+            wanted = record.migration_id in migration_ids and not record.cancelled
+            if wanted and record.request_id and record.fields:
+                self._inputs.open(record.run_id, record.request_id, record.fields)
+                opened += 1
+        return opened
+
+    def _cancel_mark(self, migration_id: str, run_id: str) -> str:
+        """Why the recorded run ``run_id`` was cancelled while not in progress ("" if not)."""
+        record = self._waiting.get(migration_id)
+        return record.cancelled if record is not None and record.run_id == run_id else ""
+
+    def _attempt(
+        self,
+        migration: Migration,
+        report_unchanged: bool,
+        requested_by: str,
+        wait_for_input: bool,
+    ) -> RunResult:
         resumed = self._waiting.get(migration.id)
         run_id = resumed.run_id if resumed is not None else uuid7_str()
         started_at = resumed.started_at_time if resumed is not None else datetime.now(UTC)
@@ -361,10 +411,16 @@ class MigrationEngine:
             + (f" (requested by action {requested_by})" if requested_by else ""),
             migration_id=migration.id,
         )
-        if resumed is not None:
-            detector.warning(
-                "The agent restarted while this run waited for input; answers are never "
-                "stored, so every input is asked for again",
+        if resumed is not None and resumed.run_id in self._asked:
+            detector.info("Resuming this run, which waits for input")
+        elif resumed is not None:
+            # Normal for `once` and `migrate` (each is a new process); after a daemon restart
+            # worth a warning.
+            (detector.warning if wait_for_input else detector.info)(
+                "Resumed this run, left waiting for input by an earlier agent process (an agent "
+                "restart, or an earlier once or migrate); the inputs are asked for again, with "
+                "the same request id if the same fields are needed (answers already sent for it "
+                "still count)",
                 waiting_since=resumed.waiting_since,
             )
         report = report_unchanged or bool(requested_by) or resumed is not None
@@ -397,11 +453,15 @@ class MigrationEngine:
                 line=exc.line,
                 exception_type=exc.exception_type,
             )
-            if resumed is not None:
-                self._waiting.clear(migration.id)
             if recorded is not None:
                 self._detection_run(
-                    run_log, migration, exc.version, requested_by, started_at, exc.message
+                    run_log,
+                    migration,
+                    exc.version,
+                    requested_by,
+                    started_at,
+                    exc.message,
+                    resumed=resumed is not None,
                 )
             else:
                 run_log.discard()
@@ -428,9 +488,10 @@ class MigrationEngine:
             detector.info(message, version=version or "none")
             if resumed is not None:
                 # The config changed while the run waited (someone migrated it by hand?).
-                self._waiting.clear(migration.id)
                 error = f"The config changed while the run waited for input: {message}"
-                self._detection_run(run_log, migration, version, requested_by, started_at, error)
+                self._detection_run(
+                    run_log, migration, version, requested_by, started_at, error, resumed=True
+                )
             elif requested_by:
                 self._detection_run(run_log, migration, version, requested_by, started_at, "")
             else:
@@ -481,8 +542,11 @@ class MigrationEngine:
         requested_by: str,
         started_at: datetime,
         error: str,
+        *,
+        resumed: bool = False,
     ) -> None:
-        """A run without steps: detection failed (``error``) or nothing was needed."""
+        """A run without steps: detection failed (``error``) or nothing was needed. A resumed
+        run that was cancelled while not in progress ends CANCELLED instead."""
         tracker = RunTracker(
             self._outbox.runs,
             run_id=run_log.run_id,
@@ -496,7 +560,13 @@ class MigrationEngine:
         self._control.begin(run_log.run_id)
         try:
             tracker.start()
-            tracker.finish(runs.FAILED if error else runs.SUCCEEDED, error)
+            cancelled = self._cancel_mark(migration.id, run_log.run_id) if resumed else ""
+            if cancelled:
+                message = f"Run cancelled while waiting for input ({cancelled}); nothing changed"
+                run_log.source("executor").warning(message)
+                tracker.finish(runs.CANCELLED, message)
+            else:
+                tracker.finish(runs.FAILED if error else runs.SUCCEEDED, error)
         finally:
             self._control.end(run_log.run_id)
 
@@ -544,6 +614,13 @@ class MigrationEngine:
             detection_event_id = detection.event_id
         else:
             detection_event_id = resumed.detection_event_id  # reported before the restart
+            # Cancelled while it was not in progress (read after RunControl.begin: a cancel
+            # arriving from now on reaches the run through the RunControl).
+            cancelled = self._cancel_mark(migration.id, run_id)
+            if cancelled:
+                return self._end_unanswered(
+                    plan, tracker, run_log, detection, "RunCancelled", cancelled
+                )
         if plan.inputs:
             gathered = self._gather_inputs(
                 plan, tracker, run_log, detection, detection_event_id, resumed, wait_for_input
@@ -657,6 +734,10 @@ class MigrationEngine:
         source = plan.detected.version or ""
         executor = run_log.source("executor")
         waiting_since = resumed.waiting_since_time if resumed is not None else datetime.now(UTC)
+        deadline = waiting_since + self._input_timeout
+        # The first ask after a resume repeats the recorded request when it asks for the same
+        # fields, so answers an admin sent meanwhile (e.g. while the agent was down) count.
+        reuse = resumed.request_id if resumed is not None else ""
         record = WaitingRun(
             migration_id=migration.id,
             run_id=run_id,
@@ -680,12 +761,23 @@ class MigrationEngine:
                 )
             missing = plan.missing
             if not missing:
-                self._waiting.clear(migration.id)
+                self._waiting.clear(migration.id, run_id)
                 executor.info(f"Every input accepted: {', '.join(s.name for s in plan.inputs)}")
                 return plan
             names = [spec.name for spec in missing]
+            if datetime.now(UTC) >= deadline:
+                # Checked before every ask: `once` and `migrate` never wait, so this is where
+                # their waiting run times out.
+                reason = (
+                    f"no input within {duration_text(self._input_timeout)} for: {', '.join(names)}"
+                )
+                return self._end_unanswered(
+                    plan, tracker, run_log, detection, "InputTimeout", reason
+                )
+            request_id = reuse if reuse and resumed and tuple(names) == resumed.fields else ""
+            reuse = ""
             request = agent_pb2.InputRequest(
-                request_id=str(uuid.uuid4()),
+                request_id=request_id or str(uuid.uuid4()),
                 fields=[
                     agent_pb2.InputField(
                         name=spec.name,
@@ -698,6 +790,7 @@ class MigrationEngine:
             )
             record = replace(record, request_id=request.request_id, fields=tuple(names))
             self._waiting.save(record)
+            self._asked.add(run_id)
             if self._inputs is not None and wait_for_input:
                 self._inputs.open(run_id, request.request_id, names)
             executor.info(
@@ -709,7 +802,7 @@ class MigrationEngine:
             log.info("%s: run %s waits for input: %s", migration.id, run_id, ", ".join(names))
             if self._inputs is None or not wait_for_input:
                 return RunResult(run_id, migration.id, detection, None, source, waiting=True)
-            left = waiting_since + self._input_timeout - datetime.now(UTC)
+            left = deadline - datetime.now(UTC)
             self._control.waiting(True)  # the check-in loop slows down after a while
             try:
                 outcome = self._inputs.wait(
@@ -766,7 +859,7 @@ class MigrationEngine:
         migration = plan.migration
         source = plan.detected.version or ""
         target = migration.current_version
-        self._waiting.clear(migration.id)
+        self._waiting.clear(migration.id, tracker.run_id)
         if self._inputs is not None:
             self._inputs.close(tracker.run_id)
         versions = f"{source} -> {target}"

@@ -12,7 +12,7 @@ import errno as errno_module
 import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -79,10 +79,11 @@ class Detected:
 
 @dataclass(frozen=True, slots=True)
 class WriteFile:
-    """Create or replace ``path`` with ``data`` and permission bits ``mode``."""
+    """Create or replace ``path`` with ``data`` and permission bits ``mode``. ``repr`` leaves
+    ``data`` out (it may be a secrets file, and a plan's repr includes every op)."""
 
     path: Path
-    data: bytes
+    data: bytes = field(repr=False)
     mode: int
 
     def describe(self) -> str:

@@ -24,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.services.health import unavailable_on_outage
+from server.storage import inputs as inputs_store
 from server.storage import retention as store
+from server.storage import users as users_store
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,15 @@ class PruneResult:
     runs: int = 0
     log_lines: int = 0
     actions: int = 0
+    answers: int = 0  # undeliverable encrypted answers (run_inputs)
+    sessions: int = 0  # expired web sessions
     phase: str = ""
 
     @property
     def total(self) -> int:
-        return self.events + self.runs + self.log_lines + self.actions
+        return (
+            self.events + self.runs + self.log_lines + self.actions + self.answers + self.sessions
+        )
 
 
 Progress = Callable[[PruneResult], None]
@@ -165,6 +171,12 @@ async def prune(
                 "actions",
                 progress,
             )
+        # Whatever retention_days says: answers that can no longer be delivered (their action
+        # expired, their agent was revoked) and expired web sessions go at every prune.
+        result.phase = "undeliverable answers and expired sessions"
+        async with sessions() as session, session.begin():
+            result.answers += await inputs_store.delete_undeliverable(session, now)
+            result.sessions += await users_store.delete_expired_sessions(session, now)
     result.phase = "done"
     if progress is not None:
         progress(result)
@@ -214,11 +226,14 @@ class RetentionJob:
                 self.last = result
                 if result.total:
                     log.info(
-                        "retention: pruned %d events, %d runs, %d log lines, %d actions",
+                        "retention: pruned %d events, %d runs, %d log lines, %d actions, "
+                        "%d undeliverable answers, %d expired sessions",
                         result.events,
                         result.runs,
                         result.log_lines,
                         result.actions,
+                        result.answers,
+                        result.sessions,
                     )
             except Exception:  # keep the job alive; the next interval tries again
                 log.exception("retention: prune failed")

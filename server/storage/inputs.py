@@ -3,7 +3,9 @@ answer record on ``migration_runs``.
 
 Only ciphertext passes through here; encryption and decryption live in
 ``server.services.inputs``. The row is deleted when the agent acknowledges the action carrying
-it, or when its run ends (both in the ingest transaction, ``server.storage.run_ingest``).
+it, or when its run ends (both in the ingest transaction, ``server.storage.run_ingest``), or
+when it can no longer be delivered (its action expired unacknowledged, or its agent was revoked:
+:func:`delete_undeliverable`, run by the retention job).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import RunState
-from server.storage.models import MigrationRun, PendingActionRow, RunInput
+from server.storage.models import Agent, MigrationRun, PendingActionRow, RunInput
 
 _IN_CHUNK = 500
 
@@ -130,3 +132,23 @@ async def awaiting_among(session: AsyncSession, run_ids: Sequence[str]) -> set[s
         )
         found.update(str(run_id) for run_id in rows.scalars())
     return found
+
+
+async def delete_undeliverable(session: AsyncSession, now: datetime) -> int:
+    """Delete the ciphertext of answers that can no longer reach their agent: the action
+    carrying them expired without an acknowledgement (or is gone), or the agent was revoked.
+    Returns how many rows went. (The admin can answer again while the run still waits.)"""
+    live_actions = select(PendingActionRow.action_id).where(
+        PendingActionRow.expires_at > now, PendingActionRow.acknowledged_at.is_(None)
+    )
+    revoked_runs = (
+        select(MigrationRun.id)
+        .join(Agent, Agent.id == MigrationRun.agent_id)
+        .where(Agent.revoked.is_(True))
+    )
+    result = await session.execute(
+        delete(RunInput).where(
+            RunInput.action_id.not_in(live_actions) | RunInput.run_id.in_(revoked_runs)
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

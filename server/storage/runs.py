@@ -208,9 +208,18 @@ async def mark_cancel_requested(session: AsyncSession, run_id: str, by: str, at:
 
 
 async def lock_run(session: AsyncSession, run_id: str) -> RunSummary | None:
-    """``get_run`` taking the row lock (PostgreSQL ``FOR UPDATE``) for a read-modify-write."""
+    """``get_run`` taking the row lock for a read-modify-write: PostgreSQL ``FOR UPDATE``; on
+    SQLite a no-op write as the transaction's first statement, which takes the database's
+    write lock (waiting up to the busy timeout), so two such transactions never interleave.
+    Call it first in its transaction."""
     query = _select_summaries().where(MigrationRun.id == run_id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(of=MigrationRun)
+    else:
+        await session.execute(
+            update(MigrationRun)
+            .where(MigrationRun.id == run_id)
+            .values(updated_at=MigrationRun.updated_at)
+        )
     row = (await session.execute(query)).first()
     return None if row is None else _summary(row)

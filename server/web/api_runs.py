@@ -43,7 +43,8 @@ MAX_ID = 64
 MAX_BODY = 16 * 1024
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """A timestamp as ISO 8601 in UTC (None stays None): every time in the JSON API."""
     return None if value is None else value.astimezone(UTC).isoformat()
 
 
@@ -61,15 +62,15 @@ def run_json(run: RunSummary, now: datetime) -> dict[str, Any]:
         "migration_from": run.migration_from,
         "migration_to": run.migration_to,
         "error_message": run.error_message,
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
         "duration_seconds": run.duration_seconds(now),
-        "created_at": _iso(run.created_at),
-        "updated_at": _iso(run.updated_at),
+        "created_at": iso(run.created_at),
+        "updated_at": iso(run.updated_at),
         "requested_by": run.requested_by,
         "requested_action_id": run.requested_action_id,
         "cancel_requested_by": run.cancel_requested_by,
-        "cancel_requested_at": _iso(run.cancel_requested_at),
+        "cancel_requested_at": iso(run.cancel_requested_at),
         "cancelled_by": run.cancelled_by,
     }
 
@@ -101,7 +102,7 @@ def log_line_json(line: LogLineRecord) -> dict[str, Any]:
     """One log line."""
     return {
         "seq": line.seq,
-        "timestamp": _iso(line.timestamp),
+        "timestamp": iso(line.timestamp),
         "level": line.level,
         "source": line.source,
         "message": line.message,
@@ -116,10 +117,10 @@ def action_json(action: PendingAction) -> dict[str, Any]:
         "agent_id": action.agent_id,
         "kind": action.kind.value,
         "params": action.params,
-        "created_at": _iso(action.created_at),
-        "expires_at": _iso(action.expires_at),
-        "delivered_at": _iso(action.delivered_at),
-        "acknowledged_at": _iso(action.acknowledged_at),
+        "created_at": iso(action.created_at),
+        "expires_at": iso(action.expires_at),
+        "delivered_at": iso(action.delivered_at),
+        "acknowledged_at": iso(action.acknowledged_at),
         "requested_by": action.requested_by,
     }
 
@@ -132,8 +133,8 @@ def agent_json(agent: AgentSummary) -> dict[str, Any]:
         "os": agent.os,
         "agent_version": agent.agent_version,
         "config_version": agent.config_version,
-        "enrolled_at": _iso(agent.enrolled_at),
-        "last_checkin_at": _iso(agent.last_checkin_at),
+        "enrolled_at": iso(agent.enrolled_at),
+        "last_checkin_at": iso(agent.last_checkin_at),
         "revoked": agent.revoked,
         "health": agent.health.value,
     }
@@ -316,8 +317,8 @@ async def get_agent(request: web.Request) -> web.StreamResponse:
             "config_version": record.config_version,
             "disk_free_bytes": record.disk_free_bytes,
             "machine_id": record.machine_id,
-            "enrolled_at": _iso(record.enrolled_at),
-            "last_checkin_at": _iso(record.last_checkin_at),
+            "enrolled_at": iso(record.enrolled_at),
+            "last_checkin_at": iso(record.last_checkin_at),
             "checkin_interval_seconds": record.checkin_interval_seconds,
             "revoked": record.revoked,
             "health": detail.agent.health.value,

@@ -134,6 +134,22 @@ def safe_next(value: str | None) -> str:
     return value
 
 
+def require_same_origin(request: web.Request) -> None:
+    """Refuse a cross-site request: a browser's ``Sec-Fetch-Site`` or ``Origin`` must say it
+    comes from this site (``Origin``'s host and port must be the request's ``Host``; the scheme
+    is not compared, so a TLS-terminating proxy in front does not break it). Clients that send
+    neither (scripts, Prometheus, tests) pass. Defence in depth behind the CSRF token, applied
+    by the middleware to every non-safe request."""
+    site = request.headers.get("Sec-Fetch-Site", "")
+    if site and site not in ("same-origin", "none"):
+        raise PermissionDenied("cross-site requests are not allowed")
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None:
+        return
+    if origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower():
+        raise PermissionDenied("cross-site requests are not allowed")
+
+
 def login_url(next_path: str) -> str:
     """``/login?next=<path>`` (the path quoted)."""
     return "/login?next=" + quote(safe_next(next_path), safe="/")
@@ -253,6 +269,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     access = access_of(route.handler)
     if access is None:  # the start-up check makes this unreachable; fail closed anyway
         raise PermissionDenied("this route has no access declaration")
+    if request.method not in SAFE_METHODS:
+        require_same_origin(request)
 
     token = request.cookies.get(SESSION_COOKIE)
     user = await _session_user(request, token, public=access is Access.PUBLIC)
@@ -308,6 +326,17 @@ def current_user(request: web.Request) -> WebUser | None:
     return request.get(USER)
 
 
+async def session_still_valid(request: web.Request) -> bool:
+    """For long-lived responses (the live streams): is the session that opened ``request``
+    still valid -- not logged out, expired, or its user deleted or disabled? True for a request
+    that came without a session (the metrics token). The streams ask at every heartbeat and
+    end when it is not."""
+    token = request.get(SESSION_TOKEN)
+    if token is None:
+        return True
+    return await users_service.resolve_session(request.app[keys.SESSIONS], token) is not None
+
+
 def actor_name(request: web.Request) -> str:
     """The name recorded as who requested, cancelled or answered something: the logged-in
     user's. Behind ``@admin`` there always is one; without one this fails closed."""
@@ -345,3 +374,8 @@ def setup_auth(app: web.Application) -> None:
     app[METRICS_TOKEN] = load_metrics_token(app[keys.CONFIG])
     app.middlewares.append(auth_middleware)
     app.on_startup.insert(0, _startup_check)
+    app.on_startup.append(_warm_up)
+
+
+async def _warm_up(app: web.Application) -> None:
+    await users_service.warm_up()

@@ -15,16 +15,16 @@ field or the reason, never a value.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from server import keys
+from server.domain import PendingAction
 from server.errors import InvalidArgument, Unavailable
 from server.services import runs as runs_service
 from server.services.inputs import InputVault
-from server.web.api_runs import action_json, json_body
+from server.web.api_runs import action_json, iso, json_body
 from server.web.auth import actor_name, admin, viewer
 from server.web.pages import path_id
 from server.web.run_views import run_url
@@ -51,30 +51,39 @@ def _max_body(app: web.Application) -> int:
     return MAX_FIELDS * (6 * app[keys.CONFIG].input_max_bytes + 200) + 1024
 
 
+async def _submit(
+    request: web.Request, run_id: str, request_id: str, answers: dict[str, Any]
+) -> PendingAction:
+    """Both forms of submitting: bound the field count, answer as the logged-in user, and wake
+    this process's run streams (the page shows "answers sent" at once)."""
+    if len(answers) > MAX_FIELDS:
+        raise InvalidArgument(f"at most {MAX_FIELDS} fields", field="inputs")
+    app = request.app
+    action = await _vault(app).submit_answers(run_id, request_id, answers, actor_name(request))
+    _publish(app, run_id.lower())
+    return action
+
+
 @admin
 async def submit_form(request: web.Request) -> web.StreamResponse:
     """``POST /runs/{run_id}/inputs``: the run page's form."""
-    app = request.app
     run_id = path_id(request, "run_id")
     form = await request.post()
     request_id = form.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise InvalidArgument("is required (reload the page)", field="request_id")
-    answers: dict[str, Any] = {}
-    for name, value in form.items():
-        if name.startswith(INPUT_FIELD_PREFIX):
-            if len(answers) >= MAX_FIELDS:
-                raise InvalidArgument(f"at most {MAX_FIELDS} fields", field="inputs")
-            answers[name[len(INPUT_FIELD_PREFIX) :]] = value if isinstance(value, str) else None
-    await _vault(app).submit_answers(run_id, request_id, answers, actor_name(request))
-    _publish(app, run_id.lower())
+    answers = {
+        name[len(INPUT_FIELD_PREFIX) :]: value if isinstance(value, str) else None
+        for name, value in form.items()
+        if name.startswith(INPUT_FIELD_PREFIX)
+    }
+    await _submit(request, run_id, request_id, answers)
     raise web.HTTPSeeOther(f"{run_url(run_id)}?inputs=sent")
 
 
 @admin
 async def submit_json(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/runs/{run_id}/inputs``: 202 with the queued ``provide_input`` action."""
-    app = request.app
     run_id = path_id(request, "run_id")
     body = await json_body(request, _max_body(request.app), allow_empty=False)
     request_id = body.get("request_id")
@@ -85,10 +94,7 @@ async def submit_json(request: web.Request) -> web.StreamResponse:
     inputs = body.get("inputs")
     if not isinstance(inputs, dict):
         raise InvalidArgument("must be an object of field name to value", field="inputs")
-    if len(inputs) > MAX_FIELDS:
-        raise InvalidArgument(f"at most {MAX_FIELDS} fields", field="inputs")
-    action = await _vault(app).submit_answers(run_id, request_id, inputs, actor_name(request))
-    _publish(app, run_id.lower())
+    action = await _submit(request, run_id, request_id, inputs)
     return web.json_response({"action": action_json(action)}, status=202)
 
 
@@ -108,16 +114,12 @@ async def get_inputs(request: web.Request) -> web.StreamResponse:
                 {"name": f.name, "label": f.label, "secret": f.secret, "error": f.error}
                 for f in (ask.fields if ask else ())
             ],
-            "requested_at": _iso(run.input_requested_at),
+            "requested_at": iso(run.input_requested_at),
             "answers_sent": run.waiting_for_input and run.input_answered,
             "answered_by": run.input_answered_by,
-            "answered_at": _iso(run.input_answered_at),
+            "answered_at": iso(run.input_answered_at),
         }
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 def add_input_routes(app: web.Application) -> None:

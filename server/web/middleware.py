@@ -19,6 +19,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from server.errors import FlagpostError, ResourceExhausted
+from server.web.auth import USER
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: add the CSP and friends to every response."""
+    """``on_response_prepare`` hook: add the CSP and friends to every response; a response to a
+    logged-in user (pages carry the CSRF token and fleet data) is never cached, so the back
+    button after logout shows nothing of it."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.get(USER) is not None:
+        response.headers.setdefault("Cache-Control", "no-store")

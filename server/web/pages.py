@@ -12,7 +12,7 @@ from aiohttp import web
 
 from server import keys
 from server.domain import RunFilter, RunState
-from server.errors import InvalidArgument, PermissionDenied
+from server.errors import InvalidArgument
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
 from server.services import runs as runs_service
@@ -32,22 +32,6 @@ def path_id(request: web.Request, name: str) -> str:
     if not value or len(value) > MAX_ID or not value.isprintable():
         raise InvalidArgument("is not a valid id", field=name)
     return value
-
-
-def require_same_origin(request: web.Request) -> None:
-    """Refuse a cross-site form POST: a browser's ``Origin`` (or ``Sec-Fetch-Site``) must say the
-    request comes from this site. Clients that send neither (scripts, tests) pass. Defence in
-    depth: the session, its CSRF token and the role are enforced by ``server.web.auth``."""
-    site = request.headers.get("Sec-Fetch-Site", "")
-    if site and site not in ("same-origin", "none"):
-        raise PermissionDenied("cross-site requests are not allowed")
-    origin = request.headers.get("Origin", "")
-    if origin and origin != "null":
-        expected = f"{request.scheme}://{request.host}"
-        if origin.rstrip("/") != expected:
-            raise PermissionDenied("cross-site requests are not allowed")
-    elif origin == "null":
-        raise PermissionDenied("cross-site requests are not allowed")
 
 
 @viewer

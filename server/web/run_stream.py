@@ -39,7 +39,7 @@ from aiohttp import web
 from server import keys
 from server.errors import Unavailable
 from server.web import run_data
-from server.web.auth import viewer
+from server.web.auth import session_still_valid, viewer
 from server.web.log_params import LogFilter, parse_log_filter
 from server.web.pages import path_id
 from server.web.run_views import LogLineRow, RunDetailView, log_line_json, run_json
@@ -158,6 +158,9 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
                         last_write = loop.time()
                 silent = loop.time() - last_write
                 if silent >= settings.heartbeat_seconds:
+                    if not await session_still_valid(request):
+                        log.info("run stream: the session ended; closing the stream")
+                        break
                     await response.write(b": keepalive\n\n")
                     last_write = loop.time()
                     silent = 0.0

@@ -40,7 +40,7 @@ from server.domain import EventFilter, StoredEvent
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
 from server.services import inputs as inputs_service
-from server.web.auth import viewer
+from server.web.auth import session_still_valid, viewer
 from server.web.params import MAX_CURSOR, parse_event_filter
 from server.web.views import EventRow, event_json, event_row
 
@@ -141,6 +141,9 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
                         last_write = loop.time()
                 silent = loop.time() - last_write
                 if silent >= settings.heartbeat_seconds:
+                    if not await session_still_valid(request):
+                        log.info("history stream: the session ended; closing the stream")
+                        break
                     await response.write(b": keepalive\n\n")
                     last_write = loop.time()
                     must_read = False
