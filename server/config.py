@@ -77,7 +77,9 @@ class ServerConfig:
     # <state_dir>/signing-key.pem (created 0600 on first start); replicas sharing a PostgreSQL
     # must share that file. Agent credentials expire after credential_ttl_days (0: never) and
     # are rotated automatically at the first check-in within credential_rotate_before_days of
-    # expiry. Enroll and login are rate limited per client address (login also per user name):
+    # expiry (which must be less than credential_ttl_days); a credential issued without an
+    # expiry (before expiry existed) is rotated at its next check-in when the TTL is > 0.
+    # Enroll and login are rate limited per client address (login also per user name):
     # at most N attempts per minute, then RESOURCE_EXHAUSTED / 429 with a retry hint.
     credential_ttl_days: int = 90
     credential_rotate_before_days: int = 14
@@ -94,6 +96,16 @@ class ServerConfig:
     auto_upgrade: bool = False
     log_level: str = "INFO"
     log_sql: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse combinations of settings that cannot work (ConfigError naming them)."""
+        ttl, before = self.credential_ttl_days, self.credential_rotate_before_days
+        if ttl > 0 and before >= ttl:
+            raise ConfigError(
+                f"config credential_rotate_before_days ({before}) must be less than "
+                f"credential_ttl_days ({ttl}): every new credential would be due for rotation "
+                "at once, so agents would get a new one at every check-in"
+            )
 
     @property
     def is_sqlite(self) -> bool:

@@ -71,3 +71,25 @@ def test_config_is_frozen() -> None:
     config = load_config(env={})
     with pytest.raises(AttributeError):
         config.grpc_port = 1  # type: ignore[misc]
+
+
+def test_rotating_before_the_credential_lifetime_is_refused(tmp_path: Path) -> None:
+    """credential_rotate_before_days >= credential_ttl_days would hand a new credential out at
+    every check-in: refused, naming both settings; with ttl 0 (never expires) anything goes."""
+    for ttl, before in ((14, 14), (7, 30), (1, 1)):
+        with pytest.raises(ConfigError) as caught:
+            load_config(
+                env={
+                    "FLAGPOST_CREDENTIAL_TTL_DAYS": str(ttl),
+                    "FLAGPOST_CREDENTIAL_ROTATE_BEFORE_DAYS": str(before),
+                }
+            )
+        message = caught.value.message
+        assert "credential_rotate_before_days" in message and "credential_ttl_days" in message
+        assert f"({before})" in message and f"({ttl})" in message
+    path = write(tmp_path / "c.toml", "[server]\ncredential_ttl_days = 10\n")  # default before 14
+    with pytest.raises(ConfigError, match="credential_rotate_before_days"):
+        load_config(path, env={})
+    config = load_config(path, env={}, overrides={"credential_rotate_before_days": 9})
+    assert (config.credential_ttl_days, config.credential_rotate_before_days) == (10, 9)
+    assert load_config(env={}, overrides={"credential_ttl_days": 0}).credential_ttl_days == 0

@@ -208,6 +208,9 @@ async def test_two_passwords_one_wrong_then_succeeded_and_the_secret_stays_put(
 async def test_agent_restart_while_waiting_resumes_waiting(
     running_server: RunningServer, agent_base: Path, tmp_path: Path
 ) -> None:
+    """The daemon is stopped (SIGTERM) while its run waits; answers are given while it is
+    down; the restarted daemon resumes the same run, in the same request (the same fields are
+    still needed), so those answers are accepted and the run ends SUCCEEDED."""
     db_password, upstream_token = secrets_for_this_test()
     root = agent_base / "restarts"
     write_legacy(root, db_password, upstream_token)
@@ -215,23 +218,18 @@ async def test_agent_restart_while_waiting_resumes_waiting(
     both = waiting_for("database_password", "upstream_token")
     async with agent_daemon(root, tmp_path / "agent.log"):
         first = await wait_for_run(running_server, both)
-    # The daemon is stopped (SIGTERM) while it waits; a new one resumes waiting for the same
-    # run, in a new request (answers are never stored, so it asks for everything again).
-    async with (
-        logged_in_http(running_server) as http,
-        agent_daemon(root, tmp_path / "agent.log"),
-    ):
-        again = await wait_for_run(
-            running_server,
-            lambda r: both(r) and r.input_request.request_id != first.input_request.request_id,
-        )
-        assert again.id == first.id
+    async with logged_in_http(running_server) as http:
         await answer(
-            http, running_server, again.id, database_password=db_password,
+            http, running_server, first.id, database_password=db_password,
             upstream_token=upstream_token,
         )  # fmt: skip
-        done = await wait_for_run(running_server, lambda r: r.state == RunState.SUCCEEDED)
+        async with agent_daemon(root, tmp_path / "agent.log"):
+            done = await wait_for_run(running_server, lambda r: r.state == RunState.SUCCEEDED)
     assert done.id == first.id
+    assert done.input_request is not None
+    assert done.input_request.request_id == first.input_request.request_id
+    log = (tmp_path / "agent.log").read_text()
+    assert "left waiting for input by an earlier agent process" in log
 
 
 async def test_server_restart_keeps_the_prompt_and_delivers_answers_given_before_it(

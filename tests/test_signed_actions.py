@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from server_testlib import action_body, make_server_config
 from sqlalchemy import select
 from test_identity import FACTS, enroll
@@ -35,7 +36,8 @@ def test_key_file_is_created_0600_and_reloaded(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = load_or_create(tmp_path / "state")
     assert again.key_id == first.key_id and len(again.public_key_bytes()) == 32
-    assert again.verify(b"body", first.sign(b"body"))
+    public = Ed25519PublicKey.from_public_bytes(again.public_key_bytes())
+    public.verify(first.sign(b"body"), b"body")  # raises InvalidSignature
     path.chmod(0o640)
     with pytest.raises(ConfigError) as caught:
         load_or_create(tmp_path / "state")

@@ -334,7 +334,10 @@ def runs_part_from_proto(
     )
 
 
-def _timestamp_proto(value: datetime) -> Timestamp:
+def timestamp_proto(value: datetime | None) -> Timestamp | None:
+    """A datetime as a protobuf Timestamp (None stays None: the field is left unset)."""
+    if value is None:
+        return None
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
@@ -358,8 +361,8 @@ def action_to_proto(action: PendingAction, signer: ActionSigner) -> agent_pb2.Ac
         agent_id=action.agent_id,
         kind=action.kind.value,
         params=action.params,
-        issued_at=_timestamp_proto(action.created_at),
-        expires_at=_timestamp_proto(action.expires_at),
+        issued_at=timestamp_proto(action.created_at),
+        expires_at=timestamp_proto(action.expires_at),
         nonce=action_nonce(action),
     )
     raw = body.SerializeToString(deterministic=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import ipaddress
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,19 +81,29 @@ def current_machine_id() -> str | None:
     return CURRENT_MACHINE.get()
 
 
-def is_public(method: str) -> bool:
-    """True for methods callable without a credential (Enroll, health, reflection)."""
-    return method in PUBLIC_METHODS
+def peer_key(peer: str) -> str:
+    """The rate-limit bucket of a grpc peer string: one client address, normalised so that one
+    client cannot spread its attempts over many keys.
 
-
-def peer_host(peer: str) -> str:
-    """The client address of a grpc peer string (``ipv4:10.0.0.5:51234`` -> ``10.0.0.5``,
-    ``ipv6:[::1]:5555`` -> ``::1``); other forms (``unix:...``) are returned whole."""
+    ``ipv4:10.0.0.5:51234`` -> ``10.0.0.5``; an IPv4-mapped IPv6 address
+    (``ipv6:[::ffff:10.0.0.5]:51234``) -> the IPv4 address; any other IPv6 address -> its /64
+    network (``2001:db8:1:2::/64``: one host usually owns a whole /64), zone id dropped; a
+    transport without an IP address (``unix:/run/x.sock``, ``unix-abstract:``, ``vsock:``) or
+    an address that does not parse -> one bucket named after the transport (``unix``)."""
     scheme, _, rest = urllib.parse.unquote(peer).partition(":")
-    if scheme in ("ipv4", "ipv6"):
-        host = rest.rpartition(":")[0] or rest
-        return host.strip("[]")
-    return peer
+    if scheme not in ("ipv4", "ipv6"):
+        return scheme or "unknown"
+    host = rest.rpartition(":")[0] if rest.rfind("]") < rest.rfind(":") else rest  # the port
+    host = host.strip("[]").partition("%")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return scheme
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def bearer_token(metadata: Any) -> str:
@@ -157,7 +168,12 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         that is not on ``PUBLIC_METHODS``; tests pass more to prove that)."""
         self._authenticate = authenticate
         self._on_error = on_error
-        self._public = public_methods
+        self._public = frozenset(public_methods)
+
+    @property
+    def public_methods(self) -> frozenset[str]:
+        """The methods this interceptor serves without a credential."""
+        return self._public
 
     def requires_authentication(self, method: str) -> bool:
         """False for the methods this interceptor serves without a credential."""

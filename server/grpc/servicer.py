@@ -8,23 +8,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from flagpost.v1 import agent_pb2
 from server.grpc import convert, convert_runs
-from server.grpc.interceptors import bearer_token, current_agent_id, current_machine_id, peer_host
+from server.grpc.interceptors import bearer_token, current_agent_id, current_machine_id, peer_key
 from server.services import Services, agents, enrollment
 from server.services.ingest import RunInput
 from server.services.ratelimit import RateLimiter
 from server.services.rotation import CredentialRotation, credential_expiry
-
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 class AgentServicer:
@@ -43,8 +34,9 @@ class AgentServicer:
     ) -> agent_pb2.EnrollResponse:
         """Trade an enrollment token and host facts for an agent id and credential (expiring
         after ``credential_ttl_days``) and the server's signing key, which the agent pins.
-        At most ``enroll_rate_per_minute`` attempts per client address (RateLimited)."""
-        self._enroll_limit.hit(peer_host(context.peer()))
+        At most ``enroll_rate_per_minute`` attempts per client address (RateLimited; an IPv6
+        client counts by its /64, see ``interceptors.peer_key``)."""
+        self._enroll_limit.hit(peer_key(context.peer()))
         token, facts = convert.enroll_from_proto(request)
         expires_at = credential_expiry(self._config, datetime.now(UTC))
         agent_id, credential = await enrollment.enroll(
@@ -59,7 +51,7 @@ class AgentServicer:
             credential=credential,
             checkin_interval_seconds=self._config.checkin_interval_seconds,
             server_signing_key=self._services.signer.public_key_bytes(),
-            credential_expires_at=_timestamp(expires_at),
+            credential_expires_at=convert_runs.timestamp_proto(expires_at),
         )
 
     async def CheckIn(
@@ -77,7 +69,8 @@ class AgentServicer:
             request, checkin.agent_id, self._config, int(now.timestamp())
         )
         # Credential first use / rotation before anything is stored: a check-in that cannot
-        # complete (database locked, shutdown) then leaves nothing half-done behind.
+        # complete (database locked, shutdown) then leaves nothing half-done behind, and one
+        # whose credential the database says was revoked meanwhile stores nothing.
         identity = await self._services.authenticator.identify(  # cached: no query
             bearer_token(context.invocation_metadata())
         )
@@ -94,7 +87,9 @@ class AgentServicer:
             actions = await self._services.inputs.reveal(actions)
         return agent_pb2.CheckInResponse(
             new_credential=rotated.credential if rotated is not None else "",
-            new_credential_expires_at=_timestamp(rotated.expires_at if rotated else None),
+            new_credential_expires_at=convert_runs.timestamp_proto(
+                rotated.expires_at if rotated else None
+            ),
             acknowledged_event_ids=checkin.ack_ids,
             next_checkin_seconds=self._config.checkin_interval_seconds,
             actions=[

@@ -68,6 +68,25 @@ def _check_expiry(expires_at: datetime | None) -> None:
         )
 
 
+def checked_identity(record: agents_db.CredentialRecord | None) -> AgentIdentity:
+    """The identity a stored credential grants. Unauthenticated for a missing, revoked or
+    expired credential, PermissionDenied for a revoked agent."""
+    if record is None or record.credential_revoked:
+        raise Unauthenticated("invalid agent credential")
+    _check_expiry(record.expires_at)
+    if record.agent_revoked:
+        raise PermissionDenied("this agent has been revoked")
+    return AgentIdentity(
+        record.agent_id,
+        record.machine_id,
+        credential_id=record.credential_id,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        used=record.last_used_at is not None,
+        rotate_requested_at=record.rotate_requested_at,
+    )
+
+
 class Authenticator:
     """Turns a bearer credential into an agent id (see the module docstring for caching)."""
 
@@ -101,22 +120,9 @@ class Authenticator:
         with unavailable_on_outage("authentication"):
             async with self._sessions() as session:
                 record = await agents_db.find_credential(session, digest)
-        if record is None or record.credential_revoked:
-            raise Unauthenticated("invalid agent credential")
-        _check_expiry(record.expires_at)
-        if record.agent_revoked:
-            raise PermissionDenied("this agent has been revoked")
+        identity = checked_identity(record)
         if len(self._cache) >= AUTH_CACHE_MAX:
             self._cache.clear()
-        identity = AgentIdentity(
-            record.agent_id,
-            record.machine_id,
-            credential_id=record.credential_id,
-            created_at=record.created_at,
-            expires_at=record.expires_at,
-            used=record.last_used_at is not None,
-            rotate_requested_at=record.rotate_requested_at,
-        )
         self._cache[digest] = (identity, now + self._ttl)
         return identity
 

@@ -3,15 +3,23 @@
 An AWAITING_INPUT run asks for inputs (``InputRequest``: names, labels, which are secret). An
 admin answers every field at once (:meth:`InputVault.submit_answers`); the answers are encrypted
 with the server's Fernet key (``<state_dir>/inputs.key``, created 0600 on first start; a key
-file readable by group or others stops the server from starting) and stored in ``run_inputs``,
-bound to the run and the request (both are inside the ciphertext and checked on decryption), and
-a ``provide_input`` action is queued whose stored params are only ``run_id`` and
-``request_id``. At delivery, :meth:`InputVault.reveal` decrypts and adds one ``input.<name>``
-param per answer to an in-memory copy of the action, which the servicer signs and sends. When the
-agent acknowledges the action, the ingest transaction deletes the ciphertext
+file readable by group or others, or an empty one, stops the server from starting) and stored
+in ``run_inputs``, bound to the run and the request (both are inside the ciphertext and checked
+on decryption), and a ``provide_input`` action is queued whose stored params are only
+``run_id`` and ``request_id``. At delivery, :meth:`InputVault.reveal` decrypts and adds one
+``input.<name>`` param per answer to an in-memory copy of the action, which the servicer signs and
+sends. When the agent acknowledges the action, the ingest transaction deletes the ciphertext
 (``server.storage.run_ingest``); so does a run that ends first. The database, logs, events, SSE
 frames, pages and error messages never hold an answer: messages name fields and limits, never
 values. Replicas sharing a PostgreSQL must share the key file (like the signing key).
+
+Answers are refused (Conflict) while gRPC serves plain text on an address other than loopback:
+the signed action body carrying them would be readable on the network.
+
+If the agent refuses the answers (the action expired by its clock, a bad signature, the run no
+longer waits for that request), it still acknowledges the action, which deletes the ciphertext;
+when the run still waits for the same request after that check-in, the ingest transaction clears
+the answered mark, so the prompt opens again and new answers are accepted.
 """
 
 from __future__ import annotations
@@ -21,8 +29,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import stat
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,49 +37,35 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from server import keyfiles
 from server.config import ServerConfig
 from server.domain import ActionKind, PendingAction, RunState
 from server.errors import ConfigError, Conflict, InvalidArgument, NotFound
 from server.services.health import unavailable_on_outage
-from server.services.runs import _new_action
+from server.services.runs import new_action, requester
 from server.storage import actions as actions_store
 from server.storage import inputs as inputs_store
 from server.storage import notify
 from server.storage import runs as runs_store
+from server.tls import is_loopback
 
 log = logging.getLogger(__name__)
 
 KEY_FILE = "inputs.key"
 INPUT_PARAM_PREFIX = "input."
-MAX_BY = 128
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """The Fernet key in ``path``: created (``O_EXCL``, mode 0600, directory created) on first
-    use. ConfigError, naming the file and the fix, when it is readable or writable by group or
-    others, or not a valid key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.write(fd, Fernet.generate_key() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        log.info("created the input encryption key %s (mode 0600)", path)
-    try:
-        mode = path.stat().st_mode
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the input encryption key {path}: {exc}") from exc
-    if stat.S_IMODE(mode) & 0o077:
-        raise ConfigError(
-            f"the input encryption key {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
-        )
+    """The Fernet key in ``path``: created (crash-safely, mode 0600, directory created) on first
+    use (``server.keyfiles``). ConfigError, naming the file and the fix, when it is accessible
+    by group or others, empty, or not a valid key."""
+    key = keyfiles.load_or_create(
+        path,
+        "the input encryption key",
+        lambda: Fernet.generate_key() + b"\n",
+        "answers stored but not yet delivered can then no longer be decrypted: answer those "
+        "prompts again",
+    ).strip()
     try:
         Fernet(key)
     except (ValueError, TypeError):
@@ -87,13 +79,6 @@ def _plaintext(run_id: str, request_id: str, answers: Mapping[str, str]) -> byte
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8")
-
-
-def _by(by: str) -> str:
-    by = by.strip()
-    if not by or len(by) > MAX_BY or not by.isprintable():
-        raise InvalidArgument(f"must be 1 to {MAX_BY} printable characters", field="by")
-    return by
 
 
 class InputVault:
@@ -119,6 +104,20 @@ class InputVault:
         """Load (or on first start create) ``<state_dir>/inputs.key``; ConfigError when unsafe."""
         path = config.state_dir / KEY_FILE
         return cls(config, sessions, load_or_create_key(path), path)
+
+    def check_transport(self) -> None:
+        """Conflict when answers would reach agents readable by the network: the action
+        carrying them travels in the check-in response, so gRPC must serve TLS
+        (``tls_cert_file`` and ``tls_key_file``) unless it listens on loopback only."""
+        config = self._config
+        if config.tls_cert_file or is_loopback(config.grpc_host):
+            return
+        raise Conflict(
+            f"inputs cannot be sent: gRPC serves plain text on {config.grpc_host} (not loopback), "
+            "so the answers would cross the network readable by anyone on the path; serve gRPC "
+            "over TLS (set tls_cert_file and tls_key_file, e.g. from `flagpost-server tls "
+            "selfsigned`) and restart the server"
+        )
 
     def _check_answers(self, fields: Sequence[str], answers: Mapping[str, Any]) -> dict[str, str]:
         limit = self._config.input_max_bytes
@@ -153,8 +152,10 @@ class InputVault:
         and when. NotFound for an unknown run; Conflict when the run is not waiting, the form is
         stale (the agent asked again since) or answers for this request are already on their
         way; InvalidArgument naming the field that is missing, unknown or too long. The caller
-        wakes this process's run streams (``EventBus.publish_runs``)."""
-        by = _by(by)
+        wakes this process's run streams (``EventBus.publish_runs``). Conflict too while gRPC
+        serves plain text on an address other than loopback (``check_transport``)."""
+        self.check_transport()
+        by = requester(by)
         now = datetime.now(UTC)
         with unavailable_on_outage("submit inputs"):
             async with self._sessions() as session, session.begin():
@@ -172,19 +173,21 @@ class InputVault:
                         f"(request {request.request_id}); reload the page and answer the new "
                         "request"
                     )
+                # Answers on their way: stored, and their action neither acknowledged nor
+                # expired. Once the agent acknowledged them (and refused them, or they did not
+                # fit) or they expired undelivered, new answers are accepted.
                 stored = await inputs_store.get_answers(session, run.id, now)
-                sent = (
-                    stored.action_open and stored.request_id == request.request_id
-                    if stored is not None
-                    else run.input_answered  # delivered and acknowledged already
-                )
-                if sent:
+                if (
+                    stored is not None
+                    and stored.action_open
+                    and stored.request_id == request.request_id
+                ):
                     raise Conflict(
-                        f"answers to this request were already sent by {run.input_answered_by} "
-                        "; waiting for the agent"
+                        f"answers to this request were already sent by {stored.answered_by}; "
+                        "waiting for the agent"
                     )
                 checked = self._check_answers([f.name for f in request.fields], answers)
-                action = _new_action(
+                action = new_action(
                     self._config,
                     run.agent_id,
                     ActionKind.PROVIDE_INPUT,

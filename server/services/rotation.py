@@ -7,12 +7,19 @@ for which ``flagpost-server agent rotate ID`` was run, receives a new credential
 ``CheckInResponse.new_credential``; only its SHA-256 is stored.
 
 The old credential stays valid until the new one is first used: that first use records
-``last_used_at``, revokes every older credential of the agent and clears the rotation request.
+``last_used_at``, revokes every other credential of the agent and clears the rotation request.
 If the response carrying the new credential was lost (the agent keeps presenting the old one),
 the next check-in revokes the never-used new credential and hands out a fresh one.
 
+The database decides, not the authentication cache: a first use or a rotation runs in one
+transaction that first locks the agent (``agents_db.lock_agent``: several server processes
+change one agent's credentials one at a time) and re-reads the presented credential. If it was
+revoked meanwhile (another process saw the new credential's first use while this one still had
+the old credential cached), nothing is issued and the check-in is refused UNAUTHENTICATED.
+
 Revocation of the old credential is immediate in the process that saw the first use (its
-authentication cache forgets the agent); other processes notice within ``AUTH_CACHE_TTL``.
+authentication cache forgets the agent); other processes refuse it within ``AUTH_CACHE_TTL``,
+and at once for a check-in that would rotate it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
-from server.services.agents import AgentIdentity, Authenticator
+from server.errors import FlagpostError
+from server.services.agents import AgentIdentity, Authenticator, checked_identity
 from server.services.enrollment import new_credential, secret_hash
 from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_db
@@ -48,11 +56,14 @@ def credential_expiry(config: ServerConfig, now: datetime) -> datetime | None:
 
 
 def rotation_due(identity: AgentIdentity, config: ServerConfig, now: datetime) -> bool:
-    """True when a check-in with this credential should receive a new one."""
+    """True when a check-in with this credential should receive a new one: rotation was
+    requested, the credential is within ``credential_rotate_before_days`` of its expiry, or it
+    has no expiry while credentials expire (``credential_ttl_days`` > 0: one issued before
+    expiry existed; the new one gets an expiry)."""
     if identity.rotate_requested_at is not None:
         return True
     if identity.expires_at is None:
-        return False
+        return config.credential_ttl_days > 0
     return identity.expires_at - now <= timedelta(days=config.credential_rotate_before_days)
 
 
@@ -70,30 +81,44 @@ class CredentialRotation:
         self._authenticator = authenticator
 
     async def after_checkin(self, identity: AgentIdentity, now: datetime) -> NewCredential | None:
-        """Record a first use (revoking older credentials) and return a new credential when
-        rotation is due. No database access in the common case (used, not due)."""
-        if not identity.used:
-            created = identity.created_at or now
-            with unavailable_on_outage("credential rotation"):
-                async with self._sessions() as session, session.begin():
-                    await agents_db.mark_credential_used(
-                        session, identity.agent_id, identity.credential_id, created, now
-                    )
-            requested = identity.rotate_requested_at
-            if requested is not None and requested <= created:
-                requested = None  # this credential answers that request
-            identity = identity._replace(used=True, rotate_requested_at=requested)
-            self._authenticator.settle(identity)  # the older ones: refused at once
-        if not rotation_due(identity, self._config, now):
+        """Record a first use (revoking the agent's other credentials) and return a new
+        credential when rotation is due. No database access in the common case (used, not due).
+        Raises Unauthenticated (PermissionDenied: the agent) when the database says the
+        presented credential was revoked meanwhile; nothing is issued then."""
+        if identity.used and not rotation_due(identity, self._config, now):
             return None
-        credential = new_credential()
-        expires_at = credential_expiry(self._config, now)
         with unavailable_on_outage("credential rotation"):
             async with self._sessions() as session, session.begin():
-                await agents_db.revoke_unused_newer(
-                    session, identity.agent_id, identity.credential_id, now
-                )
-                await agents_db.store_credential(
-                    session, identity.agent_id, secret_hash(credential), now, expires_at
-                )
-        return NewCredential(credential, expires_at)
+                await agents_db.lock_agent(session, identity.agent_id)
+                record = await agents_db.get_credential(session, identity.credential_id)
+                try:
+                    current = checked_identity(record)
+                except FlagpostError:
+                    self._authenticator.forget(identity.agent_id)
+                    raise
+                first_use = not current.used
+                if first_use:
+                    created = current.created_at or now
+                    await agents_db.mark_credential_used(
+                        session, current.agent_id, current.credential_id, created, now
+                    )
+                    requested = current.rotate_requested_at
+                    if requested is not None and requested <= created:
+                        requested = None  # this credential answers that request
+                    current = current._replace(used=True, rotate_requested_at=requested)
+                issued: NewCredential | None = None
+                if rotation_due(current, self._config, now):
+                    issued = NewCredential(new_credential(), credential_expiry(self._config, now))
+                    await agents_db.revoke_unused_newer(
+                        session, current.agent_id, current.credential_id, now
+                    )
+                    await agents_db.store_credential(
+                        session,
+                        current.agent_id,
+                        secret_hash(issued.credential),
+                        now,
+                        issued.expires_at,
+                    )
+        if not identity.used:  # the cache thought it unused: it is used now (here or elsewhere)
+            self._authenticator.settle(current)  # the other ones: refused at once here
+        return issued

@@ -149,14 +149,16 @@ async def latest_runs(
             return await runs_store.latest_runs(session, list(agent_ids))
 
 
-def _requester(by: str) -> str:
+def requester(by: str) -> str:
+    """``by`` (who asks, from the web) checked: InvalidArgument (field ``by``) unless it is 1 to
+    ``MAX_BY`` printable characters; returned stripped."""
     by = by.strip()
     if not by or len(by) > MAX_BY or not by.isprintable():
         raise InvalidArgument(f"must be 1 to {MAX_BY} printable characters", field="by")
     return by
 
 
-def _new_action(
+def new_action(
     config: ServerConfig,
     agent_id: str,
     kind: ActionKind,
@@ -164,6 +166,8 @@ def _new_action(
     by: str,
     now: datetime,
 ) -> PendingAction:
+    """A new action for ``agent_id`` (random id and nonce, expiring after
+    ``action_ttl_seconds``), not yet stored (``actions_store.create_action``)."""
     return PendingAction(
         action_id=str(uuid.uuid4()),
         agent_id=agent_id,
@@ -188,7 +192,7 @@ async def request_run(
     """Queue a ``run_migration`` action for ``agent_id`` (delivered with its next check-in;
     the run appears when the agent reports it, carrying the action id). NotFound for an unknown
     agent, Conflict for a revoked one."""
-    by = _requester(by)
+    by = requester(by)
     params: dict[str, str] = {}
     if migration_id:
         if len(migration_id) > 128 or not migration_id.isprintable():
@@ -202,7 +206,7 @@ async def request_run(
                 raise NotFound(f"no agent {agent_id}")
             if agent.revoked:
                 raise Conflict(f"agent {agent_id} is revoked")
-            action = _new_action(config, agent.id, ActionKind.RUN_MIGRATION, params, by, now)
+            action = new_action(config, agent.id, ActionKind.RUN_MIGRATION, params, by, now)
             await actions_store.create_action(session, action)
     return action
 
@@ -215,7 +219,7 @@ async def request_cancel(
     Conflict when it already ended. While a cancel of this run is pending, asking again returns
     that same action. On PostgreSQL, run streams of every replica are notified at commit; the
     caller wakes this process's streams (``EventBus.publish_runs``)."""
-    by = _requester(by)
+    by = requester(by)
     now = datetime.now(UTC)
     with unavailable_on_outage("cancel run"):
         async with sessions() as session, session.begin():
@@ -229,7 +233,7 @@ async def request_cancel(
             ):
                 if action.params.get("run_id") == run.id:
                     return action
-            action = _new_action(
+            action = new_action(
                 config, run.agent_id, ActionKind.CANCEL_RUN, {"run_id": run.id}, by, now
             )
             await actions_store.create_action(session, action)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, select, update
+from sqlalchemy import ColumnElement, Table, Update, bindparam, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -188,8 +188,9 @@ async def store_credential(
     await session.flush()
 
 
-async def find_credential(session: AsyncSession, secret_hash: str) -> CredentialRecord | None:
-    """Look a credential up by its hash (unique index), with its agent's revoked flag."""
+async def _credential_where(
+    session: AsyncSession, condition: ColumnElement[bool]
+) -> CredentialRecord | None:
     result = await session.execute(
         select(
             AgentCredential.agent_id,
@@ -203,7 +204,7 @@ async def find_credential(session: AsyncSession, secret_hash: str) -> Credential
             Agent.rotate_requested_at,
         )
         .join(Agent, Agent.id == AgentCredential.agent_id)
-        .where(AgentCredential.secret_hash == secret_hash)
+        .where(condition)
     )
     row = result.first()
     if row is None:
@@ -221,6 +222,30 @@ async def find_credential(session: AsyncSession, secret_hash: str) -> Credential
     )
 
 
+async def find_credential(session: AsyncSession, secret_hash: str) -> CredentialRecord | None:
+    """Look a credential up by its hash (unique index), with its agent's revoked flag."""
+    return await _credential_where(session, AgentCredential.secret_hash == secret_hash)
+
+
+async def get_credential(session: AsyncSession, credential_id: int) -> CredentialRecord | None:
+    """The credential with ``credential_id`` as stored now (``find_credential`` by id)."""
+    return await _credential_where(session, AgentCredential.id == credential_id)
+
+
+async def lock_agent(session: AsyncSession, agent_id: str) -> None:
+    """Serialize changes to one agent's credentials across processes: PostgreSQL locks the
+    agent row (``FOR UPDATE``); SQLite takes the database's write lock with a no-op write.
+    Call it first in its transaction; what is read after it is current until commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(Agent.id).where(Agent.id == agent_id).with_for_update())
+    else:
+        await session.execute(
+            update(Agent)
+            .where(Agent.id == agent_id)
+            .values(rotate_requested_at=Agent.rotate_requested_at)
+        )
+
+
 async def set_rotate_requested(session: AsyncSession, agent_id: str, at: datetime) -> bool:
     """Ask for a new credential at the agent's next check-in. False when no such agent."""
     result = await session.execute(
@@ -232,9 +257,9 @@ async def set_rotate_requested(session: AsyncSession, agent_id: str, at: datetim
 async def mark_credential_used(
     session: AsyncSession, agent_id: str, credential_id: int, created_at: datetime, at: datetime
 ) -> None:
-    """First use of a credential: record it, revoke the agent's older credentials that are
-    still valid, and clear a rotation request that this credential answers (one made before it
-    was created)."""
+    """First use of a credential: record it, revoke every other credential of the agent that is
+    still valid (older ones, and a newer one a concurrent rotation may have issued), and clear a
+    rotation request that this credential answers (one made before it was created)."""
     await session.execute(
         update(AgentCredential).where(AgentCredential.id == credential_id).values(last_used_at=at)
     )
@@ -242,7 +267,7 @@ async def mark_credential_used(
         update(AgentCredential)
         .where(
             AgentCredential.agent_id == agent_id,
-            AgentCredential.id < credential_id,
+            AgentCredential.id != credential_id,
             AgentCredential.revoked_at.is_(None),
         )
         .values(revoked_at=at)

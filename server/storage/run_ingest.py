@@ -21,6 +21,12 @@ may have been set aside on the agent). Log lines that arrive before any update o
 create the run row (PENDING, ``last_update_id`` NULL, which still accepts any first state).
 Lines for another agent's run are dropped (and acknowledged).
 
+Acknowledged actions are marked first; an acknowledged ``provide_input`` action's ciphertext is
+deleted (``run_inputs``). Its run is locked and read with the batch's runs, and after the run
+updates are applied, a run that still waits for the same request had those answers refused by
+the agent (it acknowledges refused actions too): its ``input_answered_by/at`` are cleared so the
+prompt opens again (unless newer answers wait for delivery).
+
 Log lines are inserted with ``ON CONFLICT (run_id, seq) DO NOTHING`` as multi-row statements
 (SQLite) or one ``unnest`` statement (PostgreSQL). If that fails, the lines are inserted one by
 one, skipping (and counting) only the rows that fail, so one bad row cannot lose the rest: on
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -229,13 +235,24 @@ def _dialect_insert(conn: Connection) -> Any:
     return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
-def _ack_actions(conn: Connection, works: Sequence[RunWork], now: datetime) -> None:
+@dataclass(frozen=True, slots=True)
+class _AckedInput:
+    """A ``provide_input`` action acknowledged by this batch (for the first time)."""
+
+    agent_id: str
+    run_id: str
+    request_id: str
+
+
+def _ack_actions(conn: Connection, works: Sequence[RunWork], now: datetime) -> list[_AckedInput]:
+    """Mark the acknowledged actions; returns the ``provide_input`` ones among them."""
     table = _ACTIONS
+    acked: list[_AckedInput] = []
     for work in works:
         if not work.acked_action_ids:
             continue
         for chunk in _chunks(list(dict.fromkeys(work.acked_action_ids))):
-            conn.execute(
+            result = conn.execute(
                 update(table)
                 .where(
                     table.c.action_id.in_(chunk),
@@ -243,7 +260,18 @@ def _ack_actions(conn: Connection, works: Sequence[RunWork], now: datetime) -> N
                     table.c.acknowledged_at.is_(None),
                 )
                 .values(acknowledged_at=now)
+                .returning(table.c.kind, table.c.params)
             )
+            for kind, params in result:
+                if kind == ActionKind.PROVIDE_INPUT.value:
+                    params = params or {}
+                    acked.append(
+                        _AckedInput(
+                            work.agent_id,
+                            str(params.get("run_id", "")),
+                            str(params.get("request_id", "")),
+                        )
+                    )
             # An acknowledged provide_input action was received: its answers' ciphertext goes
             # in the same transaction (the agent keeps them in memory only).
             conn.execute(
@@ -257,15 +285,19 @@ def _ack_actions(conn: Connection, works: Sequence[RunWork], now: datetime) -> N
                     )
                 )
             )
+    return acked
 
 
-def _ensure_runs(conn: Connection, works: Sequence[RunWork], now: datetime) -> dict[str, _Run]:
-    """Create missing run rows (placeholders), then lock and read every run of the batch."""
+def _ensure_runs(
+    conn: Connection, works: Sequence[RunWork], now: datetime, also: Collection[str] = ()
+) -> dict[str, _Run]:
+    """Create missing run rows (placeholders), then lock and read every run of the batch and
+    the existing runs among ``also`` (the runs of acknowledged ``provide_input`` actions)."""
     owners: dict[str, str] = {}
     for work in works:
         for run_id in chain((u.run_id for u in work.updates), work.log_run_ids):
             owners.setdefault(run_id, work.agent_id)
-    if not owners:
+    if not owners and not also:
         return {}
     insert = _dialect_insert(conn)
     placeholders = [
@@ -284,9 +316,12 @@ def _ensure_runs(conn: Connection, works: Sequence[RunWork], now: datetime) -> d
         }
         for run_id, agent_id in owners.items()
     ]
-    conn.execute(insert(MigrationRun).on_conflict_do_nothing(index_elements=["id"]), placeholders)
+    if placeholders:
+        conn.execute(
+            insert(MigrationRun).on_conflict_do_nothing(index_elements=["id"]), placeholders
+        )
     runs: dict[str, _Run] = {}
-    ids = sorted(owners)  # a fixed lock order: replicas never deadlock on each other
+    ids = sorted(owners.keys() | set(also))  # a fixed lock order: replicas never deadlock
     for chunk in _chunks(ids):
         query = select(*_RUN_COLUMNS).where(MigrationRun.id.in_(chunk)).order_by(MigrationRun.id)
         if conn.dialect.name == "postgresql":
@@ -478,6 +513,38 @@ def _write_runs(
         )
 
 
+def _reopen_refused_inputs(
+    conn: Connection, acked: Sequence[_AckedInput], runs: dict[str, _Run]
+) -> set[str]:
+    """Runs whose ``provide_input`` action was acknowledged but which, with this batch's run
+    updates applied, still wait for the same request: the agent refused those answers (expired
+    by its clock, a bad signature, ...). Their answered mark is cleared, so the prompt opens
+    again, unless newer answers are already waiting for delivery. Returns those run ids."""
+    candidates: set[str] = set()
+    for item in acked:
+        run = runs.get(item.run_id)
+        if run is None or run.agent_id != item.agent_id:
+            continue
+        asked = run.values.get("input_request") or {}
+        if (
+            run.values["state"] == RunState.AWAITING_INPUT
+            and asked.get("request_id") == item.request_id
+        ):
+            candidates.add(item.run_id)
+    if not candidates:
+        return set()
+    ids = sorted(candidates)
+    pending = set(conn.execute(select(_INPUTS.c.run_id).where(_INPUTS.c.run_id.in_(ids))).scalars())
+    reopened = [run_id for run_id in ids if run_id not in pending]
+    if reopened:
+        conn.execute(
+            update(_RUNS)
+            .where(_RUNS.c.id.in_(reopened))
+            .values(input_answered_by=None, input_answered_at=None)
+        )
+    return set(reopened)
+
+
 def _insert_logs(
     conn: Connection, works: Sequence[RunWork], runs: dict[str, _Run]
 ) -> tuple[int, int, set[str]]:
@@ -579,11 +646,14 @@ def apply_run_batch(conn: Connection, works: Sequence[RunWork], now: datetime) -
     result = RunBatchResult()
     if not works:
         return result
-    _ack_actions(conn, works, now)
-    runs = _ensure_runs(conn, works, now)
+    acked_inputs = _ack_actions(conn, works, now)
+    runs = _ensure_runs(conn, works, now, {item.run_id for item in acked_inputs})
     requesters = _requesters(conn, works)
     steps = _apply_updates(works, runs, requesters, now, result)
     _write_runs(conn, runs, steps)
+    # After the run updates of the same check-ins: an agent that accepted the answers reports
+    # its run RUNNING (or a new request) in the check-in that acknowledges them.
+    result.changed_run_ids |= _reopen_refused_inputs(conn, acked_inputs, runs)
     stored, dropped, touched = _insert_logs(conn, works, runs)
     result.log_lines_stored = stored
     result.log_lines_dropped = dropped

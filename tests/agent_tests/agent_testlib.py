@@ -46,10 +46,12 @@ def signed_action(
     expires_at: datetime | None = None,
     nonce: bytes | None = None,
     key: Ed25519PrivateKey = SERVER_KEY,
+    issued_at: datetime | None = None,
 ) -> agent_pb2.Action:
     """An action as the real server sends it: a serialized ActionBody signed with ``key``
-    (default: the fake server's). Expires in 10 minutes unless ``expires_at`` says otherwise."""
-    now = datetime.now(UTC)
+    (default: the fake server's). Issued now and expires 10 minutes later unless ``issued_at``
+    / ``expires_at`` say otherwise."""
+    now = issued_at or datetime.now(UTC)
     body = agent_pb2.ActionBody(
         action_id=action_id,
         agent_id=agent_id,
@@ -148,6 +150,10 @@ class FakeServer:
     actions: list[agent_pb2.Action] = field(default_factory=list)  # sent once, next response
     action_acks: list[str] = field(default_factory=list)
     checkin_times: list[float] = field(default_factory=list)  # time.monotonic() of each CheckIn
+    # Bearer credentials accepted (beside CREDENTIAL); rotate_to: sent as new_credential in the
+    # next response (once).
+    accepted: set[str] = field(default_factory=set)
+    rotate_to: str = ""
 
     def updates_of(self, run_id: str) -> list[agent_pb2.RunUpdate]:
         """Stored updates of one run, in update_id (= time) order."""
@@ -190,7 +196,10 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             if trailing:
                 context.set_trailing_metadata(trailing)
             context.abort(code, details)
-        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {CREDENTIAL}":
+        bearer = dict(context.invocation_metadata()).get("authorization", "")
+        with state.lock:
+            accepted = {f"Bearer {c}" for c in (CREDENTIAL, *state.accepted)}
+        if bearer not in accepted:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad credential")
         for index, event in enumerate(request.events):
             if event.event_id in state.reject_event_ids:
@@ -214,6 +223,7 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
                 state.stored.setdefault(event.event_id, event)
             state.action_acks.extend(request.acknowledged_action_ids)
             actions, state.actions = state.actions, []
+            rotate_to, state.rotate_to = state.rotate_to, ""
             if state.ack_runs:
                 for update in request.run_updates:
                     state.stored_updates.setdefault(update.update_id, update)
@@ -224,6 +234,7 @@ class FakeServicer(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
             acknowledged_event_ids=acked,
             next_checkin_seconds=state.next_checkin_seconds,
             actions=actions,
+            new_credential=rotate_to,
         )
         if state.ack_runs:
             response.acknowledged_run_update_ids.extend(u.update_id for u in request.run_updates)

@@ -185,3 +185,42 @@ def test_enrollment_pins_the_server_key(tmp_path: Path, fake_server: FakeServer)
     loaded = load_credentials(path)
     assert loaded is not None and loaded.server_signing_key == SERVER_PUBLIC_KEY
     assert CREDENTIAL not in repr(loaded)
+
+
+def test_an_expired_refusal_shows_both_clocks_and_points_at_skew() -> None:
+    from agent.action_verify import ActionRefused, verify
+
+    issued = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    action = signed_action("a-late", "run_migration", issued_at=issued)  # lifetime 10 min
+
+    # The agent's clock is an hour ahead: the server sent it unexpired, it arrives expired.
+    ahead = issued + timedelta(hours=1)
+    with pytest.raises(ActionRefused) as refused:
+        verify(action, SERVER_PUBLIC_KEY, AGENT_ID, ahead)
+    reason = refused.value.reason
+    assert reason.startswith("expired at 2030-01-01T12:10:00+00:00 ")
+    assert "agent clock 2030-01-01T13:00:00+00:00" in reason
+    assert "issued at 2030-01-01T12:00:00+00:00" in reason
+    assert "lifetime (600 s)" in reason and "3000 s past its expiry" in reason
+    assert "clock skew" in reason
+
+    # Expired a moment ago (it could have been late in transit): the times, no skew claim.
+    just = issued + timedelta(minutes=10, seconds=2)
+    with pytest.raises(ActionRefused) as refused:
+        verify(action, SERVER_PUBLIC_KEY, AGENT_ID, just)
+    reason = refused.value.reason
+    assert "agent clock 2030-01-01T12:10:02+00:00" in reason and "issued at 2030-" in reason
+    assert "clock skew" not in reason
+
+    # Issued in the future by the agent's clock.
+    future = signed_action(
+        "a-future",
+        "run_migration",
+        issued_at=issued,
+        expires_at=issued - timedelta(hours=2),
+    )
+    with pytest.raises(ActionRefused) as refused:
+        verify(future, SERVER_PUBLIC_KEY, AGENT_ID, issued - timedelta(hours=1))
+    reason = refused.value.reason
+    assert "issued 3600 s in the future by the agent's clock" in reason
+    assert "clock skew" in reason

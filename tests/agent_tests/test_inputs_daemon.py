@@ -19,12 +19,14 @@ from agent_testlib import (
     daemon,
     enrolled_fast,
     signed_action,
+    snapshot,
     wait_for,
     write_legacy,
 )
 
 from agent import events, runs
 from agent.config import AgentConfig
+from agent.daemon import Agent
 from agent.migrations.chain import legacy_config_with_secrets, secrets_file
 from flagpost.v1 import agent_pb2
 
@@ -182,18 +184,16 @@ def test_restart_while_waiting_asks_again_for_the_same_run(
         wait_for(lambda: len(asks(fake_server)) == 2)
         after = asks(fake_server)[1]
         assert after.run_id == before.run_id
-        assert after.input_request.request_id != before.input_request.request_id
+        # The same fields: the same request, so answers sent for it still count.
+        assert after.input_request.request_id == before.input_request.request_id
         assert [f.name for f in after.input_request.fields] == [
             "database_password",
             "upstream_token",
         ]
-        # An answer to the request from before the restart is refused.
-        answer(fake_server, "a-old", before, database_password=DB_PASSWORD)
-        wait_for(lambda: any("a-old" in n.message for n in notices(fake_server)))
         answer(
             fake_server,
             "a-new",
-            after,
+            before,
             database_password=DB_PASSWORD,
             upstream_token=UPSTREAM_TOKEN,
         )
@@ -207,3 +207,97 @@ def test_restart_while_waiting_asks_again_for_the_same_run(
             if e.event_type == events.DETECTION and e.run_id == before.run_id
         ]
     assert len(detections) == 1
+    assert not notices(fake_server)
+
+
+def test_answers_sent_while_the_agent_was_down_are_accepted(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    config = enrolled(tmp_path, fake_server)
+    with daemon(config):
+        wait_for(lambda: asks(fake_server))
+    [before] = asks(fake_server)
+    # The admin answers while the agent is down: delivered with its first check-in, which may
+    # come before or after the resumed run asks again.
+    answer(
+        fake_server, "a-down", before, database_password=DB_PASSWORD, upstream_token=UPSTREAM_TOKEN
+    )
+    with daemon(config):
+        wait_for(lambda: terminal(fake_server))
+        wait_for(lambda: "a-down" in fake_server.action_acks)
+    [final] = terminal(fake_server)
+    assert final.run_id == before.run_id and final.state == runs.SUCCEEDED
+    assert not notices(fake_server)  # nothing refused as stale
+    assert json.loads(secrets_file(tmp_path).read_text())["database_password"] == DB_PASSWORD
+
+
+def test_once_times_out_a_waiting_run(tmp_path: Path, fake_server: FakeServer) -> None:
+    config = enrolled(tmp_path, fake_server, FLAGPOST_AGENT_INPUT_TIMEOUT_SECONDS="1")
+    with Agent(config) as agent:
+        assert agent.once() == 0
+    [ask] = asks(fake_server)
+    assert not terminal(fake_server)
+    time.sleep(1.1)
+    with Agent(config) as agent:
+        assert agent.once() == 0
+    [final] = terminal(fake_server)
+    assert final.run_id == ask.run_id and final.state == runs.FAILED
+    assert "no input within 1 s for: database_password, upstream_token" in final.error_message
+    assert not (config.state_dir / "waiting-runs.json").exists()
+    assert not secrets_file(tmp_path).exists()
+
+
+def test_once_cancels_a_waiting_run(tmp_path: Path, fake_server: FakeServer) -> None:
+    config = enrolled(tmp_path, fake_server)
+    before = snapshot(tmp_path / "etc")
+    with Agent(config) as agent:
+        assert agent.once() == 0
+    [ask] = asks(fake_server)
+    with fake_server.lock:
+        fake_server.actions.append(signed_action("a-c1", "cancel_run", {"run_id": ask.run_id}))
+    with Agent(config) as agent:
+        assert agent.once() == 0
+    [final] = terminal(fake_server)
+    assert final.run_id == ask.run_id and final.state == runs.CANCELLED
+    assert final.error_message == (
+        "Migration 1 -> 4 cancelled while waiting for input; nothing was changed"
+    )
+    with fake_server.lock:
+        [execution] = [
+            e
+            for e in fake_server.stored.values()
+            if e.event_type == events.EXECUTION and e.run_id == ask.run_id
+        ]
+    assert execution.error_detail.exception_type == "RunCancelled"
+    assert "action a-c1" in execution.error_message
+    assert "a-c1" in fake_server.action_acks
+    assert not notices(fake_server)  # not refused as "not in progress"
+    assert snapshot(tmp_path / "etc") == before
+    assert not (config.state_dir / "waiting-runs.json").exists()
+    # A cancel for a run that is neither in progress nor waiting is still refused.
+    with fake_server.lock:
+        fake_server.actions.append(signed_action("a-c2", "cancel_run", {"run_id": ask.run_id}))
+    with Agent(config) as agent:
+        assert agent.once() == 0
+    assert any("a-c2 (cancel_run) ignored" in n.message for n in notices(fake_server))
+
+
+def test_cancel_at_the_restarted_daemons_first_check_in(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    """The cancel may arrive before the restarted daemon resumed the run (then it is marked
+    and ended when resumed) or after (then it is in progress): CANCELLED either way."""
+    config = enrolled(tmp_path, fake_server)
+    with daemon(config):
+        wait_for(lambda: asks(fake_server))
+    [ask] = asks(fake_server)
+    with fake_server.lock:
+        fake_server.actions.append(signed_action("a-c3", "cancel_run", {"run_id": ask.run_id}))
+    with daemon(config):
+        wait_for(lambda: terminal(fake_server))
+        wait_for(lambda: "a-c3" in fake_server.action_acks)
+    [final] = terminal(fake_server)
+    assert final.run_id == ask.run_id and final.state == runs.CANCELLED
+    assert not notices(fake_server)
+    assert not (config.state_dir / "waiting-runs.json").exists()
+    assert not secrets_file(tmp_path).exists()

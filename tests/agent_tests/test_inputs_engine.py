@@ -35,9 +35,9 @@ from agent.migrations.chain import (
     secrets_file,
 )
 from agent.migrations.engine import duration_text
-from agent.migrations.model import DetectionError, DiskView, InputSpec
+from agent.migrations.model import DetectionError, DiskView, InputSpec, WriteFile
 from agent.migrations.verifier import check_verifier, make_verifier, parse_verifier
-from agent.migrations.waiting import WaitingRuns
+from agent.migrations.waiting import WaitingRun, WaitingRuns
 from agent.outbox import Outbox
 from agent.runs import RunControl
 from flagpost.v1 import agent_pb2
@@ -66,6 +66,7 @@ class Running:
     root: Path
     state: Path
     timeout: timedelta = timedelta(days=1)
+    wait_for_input: bool = True  # False: like `once` and `migrate`
     broker: InputBroker = field(default_factory=InputBroker)
     stop: threading.Event = field(default_factory=threading.Event)
     control: RunControl = field(init=False)
@@ -86,7 +87,9 @@ class Running:
                 inputs=self.broker,
                 input_timeout=self.timeout,
             )
-            self.result.append(engine.run(agent_config_migration()))
+            self.result.append(
+                engine.run(agent_config_migration(), wait_for_input=self.wait_for_input)
+            )
 
     def start(self) -> Running:
         self.thread = threading.Thread(target=self._main)
@@ -128,6 +131,23 @@ def waiting_update(state: Path, after: str = "", timeout: float = 20) -> agent_p
             return found[-1]
         assert datetime.now(UTC) < deadline, "no AWAITING_INPUT update"
         threading.Event().wait(0.02)
+
+
+def asks_of(state: Path) -> list[agent_pb2.RunUpdate]:
+    """Every AWAITING_INPUT update so far, in order."""
+    if not (state / "outbox.db").exists():
+        return []
+    with Outbox(state / "outbox.db") as box:
+        return [u for u in box.runs.updates() if u.state == runs.AWAITING_INPUT]
+
+
+def nth_ask(state: Path, count: int, timeout: float = 20) -> agent_pb2.RunUpdate:
+    """The ``count``-th AWAITING_INPUT update (1-based), once there is one."""
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+    while len(found := asks_of(state)) < count:
+        assert datetime.now(UTC) < deadline, f"no AWAITING_INPUT update #{count}"
+        threading.Event().wait(0.02)
+    return found[count - 1]
 
 
 def fields_of(update: agent_pb2.RunUpdate) -> list[tuple[str, str, bool, str]]:
@@ -291,16 +311,19 @@ def test_restart_while_waiting_resumes_the_same_run(world: tuple[Path, Path]) ->
     record = WaitingRuns(state).get("agent-config")
     assert record is not None and record.run_id == first.run_id
     assert record.fields == ("database_password", "upstream_token")
+    assert record.request_id == first.input_request.request_id
     waiting_file = state / "waiting-runs.json"
     assert stat.S_IMODE(waiting_file.stat().st_mode) == 0o600
 
-    # A new process: same run id, asks for everything again with a new request id.
+    # A new process: same run id, asks for the same fields again with the same request id, so
+    # answers an admin sent for it meanwhile are accepted.
     again = Running(root, state).start()
-    second = waiting_update(state, after=first.input_request.request_id)
+    second = nth_ask(state, 2)
     assert second.run_id == first.run_id
+    assert second.input_request.request_id == first.input_request.request_id
     assert [f.name for f in second.input_request.fields] == ["database_password", "upstream_token"]
     answers = {"database_password": DB_PASSWORD, "upstream_token": UPSTREAM_TOKEN}
-    assert again.broker.deliver(second.run_id, second.input_request.request_id, answers) == ""
+    assert again.broker.deliver(second.run_id, first.input_request.request_id, answers) == ""
     result = again.join()
     assert result.run_id == first.run_id and not result.failed
     assert updates_of(state, first.run_id)[-1].state == runs.SUCCEEDED
@@ -312,6 +335,180 @@ def test_restart_while_waiting_resumes_the_same_run(world: tuple[Path, Path]) ->
     assert seqs == list(range(1, len(seqs) + 1))  # one gap-free run log across the restart
     assert not waiting_file.exists()
     assert_secrets_only_in(root, state, secrets_file(root))
+
+
+def test_answers_delivered_before_the_resumed_run_asks_are_kept(world: tuple[Path, Path]) -> None:
+    """The daemon re-opens recorded asks before its first check-in: answers that arrive before
+    the resumed run asks again are handed to it."""
+    root, state = world
+    running = Running(root, state).start()
+    first = waiting_update(state)
+    running.stop.set()
+    assert running.join().waiting
+    broker = InputBroker()
+    with Outbox(state / "outbox.db") as box:
+        engine = MigrationEngine(root, state, box, inputs=broker)
+        assert engine.reopen_waiting(["agent-config"]) == 1
+        assert engine.reopen_waiting(["other-migration"]) == 0
+    request_id = first.input_request.request_id
+    answers = {"database_password": DB_PASSWORD, "upstream_token": UPSTREAM_TOKEN}
+    assert broker.deliver(first.run_id, request_id, answers) == ""
+    result = Running(root, state, broker=broker).start().join()
+    assert result.run_id == first.run_id and not result.failed
+    assert updates_of(state, first.run_id)[-1].state == runs.SUCCEEDED
+
+
+def test_restart_asking_other_fields_makes_a_new_request(world: tuple[Path, Path]) -> None:
+    root, state = world
+    running = Running(root, state).start()
+    first = waiting_update(state)
+    running.stop.set()
+    assert running.join().waiting
+    # While the agent was down the [upstream] section was removed: only one field is asked.
+    conf = root / "etc/aggregator/agent.conf"
+    text = conf.read_text()
+    conf.write_text(text[: text.index("\n[upstream]")] + "\n")
+    again = Running(root, state).start()
+    second = nth_ask(state, 2)
+    assert second.run_id == first.run_id
+    assert [f.name for f in second.input_request.fields] == ["database_password"]
+    assert second.input_request.request_id != first.input_request.request_id
+    stale = again.broker.deliver(
+        first.run_id, first.input_request.request_id, {"database_password": DB_PASSWORD}
+    )
+    assert "no longer waits for request" in stale
+    fresh = second.input_request.request_id
+    assert again.broker.deliver(first.run_id, fresh, {"database_password": DB_PASSWORD}) == ""
+    assert not again.join().failed
+
+
+def test_a_resumed_run_that_needs_no_input_any_more_is_never_resumed_again(
+    world: tuple[Path, Path],
+) -> None:
+    root, state = world
+    running = Running(root, state).start()
+    first = waiting_update(state)
+    running.stop.set()
+    assert running.join().waiting
+    write_legacy(root)  # the [database] and [upstream] sections were removed while it waited
+    result = Running(root, state).start().join()
+    assert result.run_id == first.run_id and not result.failed and not result.waiting
+    assert updates_of(state, first.run_id)[-1].state == runs.SUCCEEDED
+    assert not (state / "waiting-runs.json").exists()
+    # The next detection is a new, automatic one: not the finished run, not FAILED.
+    later = Running(root, state).start().join()
+    assert later.run_id != first.run_id and not later.failed
+    assert later.detection is not None and later.detection.status == events.NOT_NEEDED
+    assert updates_of(state, first.run_id)[-1].state == runs.SUCCEEDED
+    assert updates_of(state, later.run_id) == []
+
+
+def test_once_mode_times_out_a_waiting_run(world: tuple[Path, Path]) -> None:
+    """`once` and `migrate` never wait, so the deadline is checked before they leave a run
+    waiting: past it the run fails with the daemon's reason."""
+    root, state = world
+    before = snapshot(root)
+    hour = timedelta(hours=1)
+    first = Running(root, state, timeout=hour, wait_for_input=False).start().join()
+    assert first.waiting and not first.failed
+    records = WaitingRuns(state)
+    record = records.get("agent-config")
+    assert record is not None
+    # Still within the deadline: left waiting again, same run, same request.
+    assert Running(root, state, timeout=hour, wait_for_input=False).start().join().waiting
+    assert asks_of(state)[-1].input_request.request_id == record.request_id
+    long_ago = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    records.save(replace(record, waiting_since=long_ago))
+    result = Running(root, state, timeout=hour, wait_for_input=False).start().join()
+    assert result.run_id == record.run_id and result.failed and not result.waiting
+    last = updates_of(state, record.run_id)[-1]
+    assert last.state == runs.FAILED
+    assert last.error_message == (
+        "Migration 1 -> 4 failed: no input within 1 h for: database_password, upstream_token; "
+        "nothing was changed"
+    )
+    assert result.execution is not None
+    assert result.execution.error_detail.exception_type == "InputTimeout"
+    assert snapshot(root) == before
+    assert not (state / "waiting-runs.json").exists()
+
+
+@pytest.mark.parametrize("wait_for_input", [True, False], ids=["daemon", "once"])
+def test_a_waiting_run_cancelled_while_not_in_progress_ends_cancelled_when_resumed(
+    world: tuple[Path, Path], wait_for_input: bool
+) -> None:
+    root, state = world
+    before = snapshot(root)
+    first = Running(root, state, wait_for_input=False).start().join()
+    assert first.waiting
+    with Outbox(state / "outbox.db") as box:
+        engine = MigrationEngine(root, state, box)
+        assert engine.cancel_waiting("no-such-run", "x") is None
+        reason = "cancelled by request (action a-9)"
+        assert engine.cancel_waiting(first.run_id, reason) == "agent-config"
+        assert engine.waiting_run_id("agent-config") == first.run_id
+    asked = len(asks_of(state))
+    result = Running(root, state, wait_for_input=wait_for_input).start().join()
+    assert result.run_id == first.run_id and not result.waiting
+    assert len(asks_of(state)) == asked  # not asked again
+    last = updates_of(state, first.run_id)[-1]
+    assert last.state == runs.CANCELLED
+    assert last.error_message == (
+        "Migration 1 -> 4 cancelled while waiting for input; nothing was changed"
+    )
+    assert result.execution is not None
+    assert result.execution.error_detail.exception_type == "RunCancelled"
+    assert "action a-9" in result.execution.error_message
+    assert snapshot(root) == before
+    assert not (state / "waiting-runs.json").exists()
+
+
+def test_a_cancel_mark_survives_a_later_save_of_the_same_run(tmp_path: Path) -> None:
+    records = WaitingRuns(tmp_path)
+    now = datetime.now(UTC).isoformat()
+    record = WaitingRun("m", "r1", now, now, "d1", request_id="q1", fields=("a",))
+    records.save(record)
+    assert records.cancel("r1", "cancelled by request (action a1)") is not None
+    records.save(replace(record, request_id="q2"))  # the engine's copy, read before the mark
+    stored = records.get("m")
+    assert stored is not None
+    assert (stored.request_id, stored.cancelled) == ("q2", "cancelled by request (action a1)")
+    records.save(replace(record, run_id="r2"))  # another run: no mark
+    stored = records.get("m")
+    assert stored is not None and stored.cancelled == ""
+    records.clear("m", "r1")  # not that run any more: kept
+    assert records.get("m") is not None
+    records.clear("m", "r2")
+    assert records.get("m") is None and not (tmp_path / "waiting-runs.json").exists()
+
+
+def test_resume_log_says_which_process_left_the_run_waiting(world: tuple[Path, Path]) -> None:
+    """`once` resumes a run left by an earlier process by design (no warning, no "restarted"
+    claim when this very process left it waiting); a daemon resuming one warns."""
+    root, state = world
+    migration = agent_config_migration()
+    with Outbox(state / "outbox.db") as box:
+        engine = MigrationEngine(root, state, box, inputs=InputBroker())
+        first = engine.run(migration, wait_for_input=False)
+        assert engine.run(migration, wait_for_input=False).waiting  # same process
+        later = MigrationEngine(root, state, box, inputs=InputBroker())
+        assert later.run(migration, wait_for_input=False).waiting  # a later `once`
+    detector = [
+        (line.level, line.message)
+        for line in lines_of(state, first.run_id)
+        if line.source == "detector" and "esum" in line.message
+    ]
+    assert detector[0] == ("INFO", "Resuming this run, which waits for input")
+    level, message = detector[1]
+    assert level == "INFO" and "left waiting for input by an earlier agent process" in message
+    assert not any("agent restarted while" in m for _, m in detector)
+
+    running = Running(root, state, timeout=timedelta(seconds=60)).start()
+    nth_ask(state, 4)
+    running.stop.set()
+    running.join()
+    last = [line for line in lines_of(state, first.run_id) if line.source == "detector"][-3:]
+    assert any(line.level == "WARNING" and "earlier agent process" in line.message for line in last)
 
 
 def test_restart_after_the_deadline_fails_at_once(world: tuple[Path, Path]) -> None:
@@ -468,3 +665,19 @@ def test_migrate_command_does_not_wait(tmp_path: Path) -> None:
     assert record is not None
     assert updates_of(state, record.run_id)[-1].state == runs.AWAITING_INPUT
     assert not secrets_file(root).exists()
+
+
+def test_plan_repr_shows_no_file_contents(world: tuple[Path, Path]) -> None:
+    root, _state = world
+    values = {"database_password": DB_PASSWORD, "upstream_token": UPSTREAM_TOKEN}
+    plan = make_plan(agent_config_migration(), DiskView(root), inputs=values)
+    assert plan.missing == ()
+    writes = [op for step in plan.steps for op in step.ops if isinstance(op, WriteFile)]
+    assert any(DB_PASSWORD.encode() in op.data for op in writes)  # the plan does hold them
+    text = repr(plan)
+    assert "secrets.json" in text
+    for secret in (DB_PASSWORD, UPSTREAM_TOKEN, AGENT_TOKEN):
+        assert secret not in text
+    assert repr(WriteFile(root / "x", b"s3cret", 0o600)) == (
+        f"WriteFile(path={root / 'x'!r}, mode=384)"
+    )
