@@ -256,7 +256,13 @@ def enrolled_fast(root: Path, server: FakeServer, **settings: str) -> AgentConfi
         "FLAGPOST_AGENT_FAST_CHECKIN_LINGER_SECONDS": "1",
         **settings,
     }
-    config = load_config({"root": str(root)}, env=env)
+    return enrolled_config(root, server, **env)
+
+
+def enrolled_config(root: Path, server: FakeServer, **settings: str) -> AgentConfig:
+    """An agent config under ``root`` (``settings``: FLAGPOST_AGENT_ environment), enrolled
+    with ``server``: credentials and the server's pinned key saved as enrollment would."""
+    config = load_config({"root": str(root)}, env=settings)
     save_credentials(
         config.credentials_path,
         Credentials(

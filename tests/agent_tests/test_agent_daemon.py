@@ -8,27 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-from agent_testlib import CREDENTIAL, SERVER_PUBLIC_KEY, FakeServer
+from agent_testlib import FakeServer, enrolled_config
 
 from agent import events
-from agent.config import load_config
 from agent.daemon import Agent
-from agent.enroll import Credentials, save_credentials
-
-
-def enrolled_config(root: Path, server: FakeServer, **settings: str):  # type: ignore[no-untyped-def]
-    config = load_config({"root": str(root)}, env=settings)
-    save_credentials(
-        config.credentials_path,
-        Credentials(
-            "agent-0001",
-            CREDENTIAL,
-            server.address,
-            checkin_interval_seconds=30,
-            server_signing_key=SERVER_PUBLIC_KEY,
-        ),
-    )
-    return config
 
 
 def test_once_drains_a_backlog_bigger_than_one_cycle(
