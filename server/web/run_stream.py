@@ -39,11 +39,11 @@ from aiohttp import web
 from server import keys
 from server.errors import Unavailable
 from server.web import run_data
-from server.web.auth import session_still_valid, viewer
+from server.web.auth import viewer
 from server.web.log_params import LogFilter, parse_log_filter
 from server.web.pages import path_id
 from server.web.run_views import LogLineRow, RunDetailView, log_line_json, run_json
-from server.web.sse import stream_cursor
+from server.web.sse import client_gone, heartbeat, stream_cursor
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,6 @@ class _Renderer:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 @dataclass
@@ -158,13 +153,11 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
                         last_write = loop.time()
                 silent = loop.time() - last_write
                 if silent >= settings.heartbeat_seconds:
-                    if not await session_still_valid(request):
-                        log.info("run stream: the session ended; closing the stream")
+                    if not await heartbeat(request, response, "run"):
                         break
-                    await response.write(b": keepalive\n\n")
                     last_write = loop.time()
                     silent = 0.0
-                if _client_gone(request):
+                if client_gone(request):
                     break
                 wait = min(
                     settings.heartbeat_seconds - silent,

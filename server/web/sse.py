@@ -92,9 +92,21 @@ def _frame(event: StoredEvent, html: str) -> str:
     return f"id: {event.id}\nevent: event\ndata: {data}\n\n"
 
 
-def _client_gone(request: web.Request) -> bool:
+def client_gone(request: web.Request) -> bool:
+    """The stream's client disconnected."""
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+async def heartbeat(request: web.Request, response: web.StreamResponse, name: str) -> bool:
+    """A live stream's heartbeat: False (end the stream) when the session that opened it has
+    ended (logged out, expired, its user deleted or disabled); otherwise the keepalive comment
+    is written and True returned. Shared by the History and run streams."""
+    if not await session_still_valid(request):
+        log.info("%s stream: the session ended; closing the stream", name)
+        return False
+    await response.write(b": keepalive\n\n")
+    return True
 
 
 @viewer
@@ -141,14 +153,12 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
                         last_write = loop.time()
                 silent = loop.time() - last_write
                 if silent >= settings.heartbeat_seconds:
-                    if not await session_still_valid(request):
-                        log.info("history stream: the session ended; closing the stream")
+                    if not await heartbeat(request, response, "history"):
                         break
-                    await response.write(b": keepalive\n\n")
                     last_write = loop.time()
                     must_read = False
                     continue
-                if _client_gone(request):
+                if client_gone(request):
                     break
                 wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
                 woke = await sub.wait(wait)
