@@ -354,6 +354,19 @@ def _get(
     return node
 
 
+def _verifier_key(data: dict[str, Any], key: str, path: Path, with_verifiers: bool) -> str:
+    """The verifier at ``key`` (dotted): required and well-formed in v3 (``with_verifiers``),
+    refused in v4, where the secret itself is in secrets.json ("" then)."""
+    verifier = _get(data, key, str, path, required=with_verifiers)
+    label = f"{path.name}: '{key}'"
+    if not with_verifiers:
+        if verifier is not None:
+            raise DetectionError(f"{label} is not valid in version 4", path=path)
+        return ""
+    _check_verifier_text(verifier, label, path)
+    return str(verifier)
+
+
 def _json_sections(
     data: dict[str, Any], path: Path, with_verifiers: bool
 ) -> tuple[Database | None, Upstream | None]:
@@ -364,25 +377,13 @@ def _json_sections(
     if "database" in data:
         url = _get(data, "database.url", str, path, required=True)
         _check_database_url(url, f"{path.name}: 'database.url'", path)
-        verifier = _get(data, "database.password_verifier", str, path, required=with_verifiers)
-        if verifier is not None and not with_verifiers:
-            raise DetectionError(
-                f"{path.name}: 'database.password_verifier' is not valid in version 4", path=path
-            )
-        if with_verifiers:
-            _check_verifier_text(verifier, f"{path.name}: 'database.password_verifier'", path)
-        database = Database(url, verifier or "")
+        verifier = _verifier_key(data, "database.password_verifier", path, with_verifiers)
+        database = Database(url, verifier)
     if "upstream" in data:
         _get(data, "upstream", dict, path)
         url = _get(data, "upstream.url", str, path)
-        verifier = _get(data, "upstream.token_verifier", str, path, required=with_verifiers)
-        if verifier is not None and not with_verifiers:
-            raise DetectionError(
-                f"{path.name}: 'upstream.token_verifier' is not valid in version 4", path=path
-            )
-        if with_verifiers:
-            _check_verifier_text(verifier, f"{path.name}: 'upstream.token_verifier'", path)
-        upstream = Upstream(url, verifier or "")
+        verifier = _verifier_key(data, "upstream.token_verifier", path, with_verifiers)
+        upstream = Upstream(url, verifier)
     return database, upstream
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from flagpost.v1 import agent_pb2
 from server.config import ServerConfig
 from server.domain import (
@@ -146,7 +148,12 @@ def _occurred_at(event: agent_pb2.MigrationEvent, index: int, now_seconds: int) 
     field = f"events[{index}].occurred_at"
     if not event.HasField("occurred_at"):
         raise InvalidArgument("is required", field=field)
-    stamp = event.occurred_at
+    return checked_timestamp(event.occurred_at, field, now_seconds)
+
+
+def checked_timestamp(stamp: Timestamp, field: str, now_seconds: int) -> datetime:
+    """An agent-clock timestamp, refused (naming ``field``) when malformed, before 2000 or more
+    than 24 h ahead of the server's clock."""
     seconds, nanos = stamp.seconds, stamp.nanos
     if not 0 <= nanos < 1_000_000_000:
         raise InvalidArgument(f"is not a valid timestamp (nanos={nanos})", field=field)

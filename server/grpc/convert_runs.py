@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -30,6 +30,7 @@ from server.domain import (
     RunStep,
 )
 from server.errors import InvalidArgument
+from server.grpc.convert import checked_timestamp
 from server.signing import ActionSigner
 
 MAX_STEPS = 1_000
@@ -48,8 +49,6 @@ MAX_SEQ = 2**62
 MAX_INPUT_FIELDS = 16
 MAX_INPUT_LABEL = 200
 MAX_INPUT_ERROR = 500
-_EARLIEST_SECONDS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
-_MAX_AHEAD_SECONDS = 24 * 3600
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _INPUT_NAME = re.compile(r"[a-z0-9_]{1,64}\Z")
@@ -98,14 +97,7 @@ def _timestamp(
     if not msg.HasField(name):  # type: ignore[arg-type]
         return None
     stamp: Timestamp = getattr(msg, name)
-    seconds, nanos = stamp.seconds, stamp.nanos
-    if not 0 <= nanos < 1_000_000_000:
-        raise InvalidArgument(f"is not a valid timestamp (nanos={nanos})", field=field)
-    if seconds < _EARLIEST_SECONDS:
-        raise InvalidArgument("is before 2000-01-01 (agent clock wrong?)", field=field)
-    if seconds > now_s + _MAX_AHEAD_SECONDS:
-        raise InvalidArgument("is more than 24h in the future (agent clock wrong?)", field=field)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
+    return checked_timestamp(stamp, field, now_s)
 
 
 def _step(msg: agent_pb2.StepResult, field: str) -> RunStep:

@@ -36,6 +36,18 @@ class StoredAnswers:
     action_open: bool  # its action is neither acknowledged nor expired
 
 
+def _stored_answers(row: RunInput, *, action_open: bool) -> StoredAnswers:
+    return StoredAnswers(
+        run_id=row.run_id,
+        request_id=row.request_id,
+        action_id=row.action_id,
+        ciphertext=row.ciphertext,
+        answered_by=row.answered_by,
+        answered_at=row.answered_at,
+        action_open=action_open,
+    )
+
+
 async def get_answers(session: AsyncSession, run_id: str, now: datetime) -> StoredAnswers | None:
     """The run's stored answers, or None."""
     query = (
@@ -50,17 +62,8 @@ async def get_answers(session: AsyncSession, run_id: str, now: datetime) -> Stor
     row = (await session.execute(query)).first()
     if row is None:
         return None
-    stored: RunInput = row[0]
     open_ = row.acknowledged_at is None and row.expires_at is not None and row.expires_at > now
-    return StoredAnswers(
-        run_id=stored.run_id,
-        request_id=stored.request_id,
-        action_id=stored.action_id,
-        ciphertext=stored.ciphertext,
-        answered_by=stored.answered_by,
-        answered_at=stored.answered_at,
-        action_open=open_,
-    )
+    return _stored_answers(row[0], action_open=open_)
 
 
 async def store_answers(
@@ -100,15 +103,7 @@ async def ciphertexts(session: AsyncSession, action_ids: Sequence[str]) -> dict[
         chunk = ids[start : start + _IN_CHUNK]
         rows = await session.execute(select(RunInput).where(RunInput.action_id.in_(chunk)))
         for row in rows.scalars():
-            found[row.action_id] = StoredAnswers(
-                run_id=row.run_id,
-                request_id=row.request_id,
-                action_id=row.action_id,
-                ciphertext=row.ciphertext,
-                answered_by=row.answered_by,
-                answered_at=row.answered_at,
-                action_open=True,
-            )
+            found[row.action_id] = _stored_answers(row, action_open=True)
     return found
 
 
