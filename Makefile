@@ -5,6 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.flagpost-installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: run test setup services lint typecheck proto bench chaos clean
 
@@ -14,9 +15,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## make run: a demo on SQLite in a temp dir with four local agents; Ctrl-C stops it.
+## make run: a demo on SQLite in a temp dir with five local agents; Ctrl-C stops it.
+## Extra demo options go in DEMO_ARGS, e.g. `make run DEMO_ARGS=--keep` keeps the demo dir.
 run: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 ## make test: install everything (venv, chromium, PostgreSQL running), lint, type-check, test.
 test: setup services lint typecheck

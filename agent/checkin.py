@@ -37,6 +37,7 @@ from pathlib import Path
 import grpc
 
 from agent import events
+from agent.diagnose import unreachable_reason
 from agent.enroll import Credentials, EnrollmentError, load_credentials, save_credentials
 from agent.outbox import Outbox, PendingEvent
 from agent.run_queue import PendingLine, PendingUpdate
@@ -413,6 +414,8 @@ class CheckInClient:
         quarantined: int,
     ) -> CheckInResult:
         name = code.name if code is not None else "UNKNOWN"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            details = unreachable_reason(self._target, details)
         message = f"check-in to {self._target} failed: {name}: {details}"
         auth = code in AUTH_FAILURES
         if auth:

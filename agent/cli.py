@@ -1,22 +1,31 @@
 """``flagpost-agent``: enroll | once | run | migrate [--dry-run] | status.
 
 Global options (before or after the subcommand): ``--root DIR``, ``--config FILE``,
-``--server HOST:PORT``, ``--log-level LEVEL``. Exit codes: 0 ok; 1 the operation failed (check-in
-failed, migration failed, enrollment refused); 2 usage or configuration error.
+``--server HOST:PORT``, ``--log-level LEVEL``, ``--debug``. Exit codes: 0 ok; 1 the operation
+failed (check-in failed, migration failed, enrollment refused, state directory unusable); 2 usage
+or configuration error.
+
+:func:`main` is the one place that turns the errors a person can fix (configuration, enrollment,
+an unusable state directory) into one line on stderr; ``--debug`` (or ``log_level = "DEBUG"``,
+``FLAGPOST_AGENT_LOG_LEVEL=DEBUG``) prints the traceback too, for bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig, AgentConfigError, load_config
 from agent.daemon import Agent
+from agent.diagnose import DEFAULT_GRPC_PORT, StateDirError, ensure_state_dir
 from agent.enroll import EnrollmentError, enroll
 from agent.migrations.chain import agent_config_migration, json_conf
 from agent.migrations.engine import make_plan
@@ -28,19 +37,61 @@ from agent.tls import ChannelSecurity
 log = logging.getLogger("agent")
 
 
+def version() -> str:
+    """The installed version of the ``flagpost`` distribution (``agent.__version__`` when it
+    is not installed, e.g. run from a copied tree)."""
+    try:
+        return importlib.metadata.version("flagpost")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
     parser.add_argument(
-        "--root", type=Path, default=default, help="directory every path hangs off (default /)"
+        "--root",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="directory every path hangs off (config root, env FLAGPOST_AGENT_ROOT; default: /)",
     )
     parser.add_argument(
         "--config",
         type=Path,
         default=default,
-        help="agent TOML (default <root>/etc/flagpost-agent/agent.toml)",
+        metavar="FILE",
+        help="agent TOML (env FLAGPOST_AGENT_CONFIG; default: "
+        "<root>/etc/flagpost-agent/agent.toml if it exists)",
     )
-    parser.add_argument("--server", default=default, help="server address HOST:PORT")
-    parser.add_argument("--log-level", default=default, help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--server",
+        default=default,
+        metavar="HOST:PORT",
+        help="the server's gRPC address, no http:// (config server, env FLAGPOST_AGENT_SERVER; "
+        f"default: the address stored at enrollment; the server listens on port "
+        f"{DEFAULT_GRPC_PORT} by default)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (config log_level, env FLAGPOST_AGENT_LOG_LEVEL; "
+        "default: INFO)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="log at DEBUG and print tracebacks with errors (same as --log-level DEBUG)",
+    )
+
+
+def _command(commands: Any, name: str, text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=text, description=text[0].upper() + text[1:] + "."
+    )
+    _global_options(parser, top=False)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,27 +99,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagpost-agent", description="Flagpost agent: config migrations and check-ins."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     _global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    enroll_cmd = commands.add_parser("enroll", help="enroll with a server using a token")
-    _global_options(enroll_cmd, top=False)
+    enroll_cmd = _command(
+        commands,
+        "enroll",
+        "enroll with a server using a token from `flagpost-server token create`; stores the "
+        "agent's credential in the state directory",
+    )
     token = enroll_cmd.add_mutually_exclusive_group(required=True)
-    token.add_argument("--token", help="enrollment token")
-    token.add_argument("--token-file", type=Path, help="file holding the enrollment token")
-    for name, text in (
-        ("once", "recover, migrate, check in once, exit"),
-        ("run", "run as a daemon"),
-    ):
-        _global_options(commands.add_parser(name, help=text), top=False)
-    migrate_cmd = commands.add_parser("migrate", help="run the config migrations locally")
-    _global_options(migrate_cmd, top=False)
+    token.add_argument("--token", help="enrollment token (one of --token, --token-file)")
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the enrollment token (one of --token, --token-file)",
+    )
+    _command(commands, "once", "recover, migrate, check in until the outbox is sent, exit")
+    _command(commands, "run", "run as a daemon: migrate, check in every interval, run actions")
+    migrate_cmd = _command(commands, "migrate", "run the config migrations locally, no server")
     migrate_cmd.add_argument(
         "--dry-run", action="store_true", help="print what would happen, change nothing"
     )
-    status_cmd = commands.add_parser("status", help="outbox, quarantine, last check-in")
-    _global_options(status_cmd, top=False)
-    status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    status_cmd = _command(
+        commands, "status", "show the outbox, quarantined events and the last check-in"
+    )
+    status_cmd.add_argument(
+        "--json", action="store_true", help="machine-readable output (default: text)"
+    )
     return parser
 
 
@@ -82,6 +141,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _enroll(config: AgentConfig, args: argparse.Namespace) -> int:
+    ensure_state_dir(config.state_dir)  # before the token is spent
     token = args.token
     if args.token_file is not None:
         try:
@@ -95,18 +155,14 @@ def _enroll(config: AgentConfig, args: argparse.Namespace) -> int:
     except DetectionError:
         version = ""
     facts = host_facts(config.root, config.state_dir, json_conf(config.root), version)
-    try:
-        credentials = enroll(
-            config.server,
-            token,
-            facts,
-            config.credentials_path,
-            config.rpc_timeout,
-            ChannelSecurity.from_config(config),
-        )
-    except EnrollmentError as exc:
-        print(f"flagpost-agent: {exc}", file=sys.stderr)
-        return 1
+    credentials = enroll(
+        config.server,
+        token,
+        facts,
+        config.credentials_path,
+        config.rpc_timeout,
+        ChannelSecurity.from_config(config),
+    )
     print(f"enrolled: agent_id={credentials.agent_id} server={credentials.server}")
     return 0
 
@@ -195,20 +251,41 @@ def _status(config: AgentConfig, as_json: bool) -> int:
     return 0
 
 
+def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "") -> int:
+    """Print ``exc`` as one line (after its traceback when ``debug``); return ``code``."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"flagpost-agent: {prefix}{exc}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Entry point of ``flagpost-agent``; returns the exit code."""
+    """Entry point of ``flagpost-agent``; returns the exit code. The one place that turns
+    errors into messages (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     cli = {
         "root": getattr(args, "root", None),
         "server": getattr(args, "server", None),
-        "log_level": getattr(args, "log_level", None),
+        "log_level": "DEBUG" if debug else getattr(args, "log_level", None),
     }
     try:
         config = load_config(cli, env, getattr(args, "config", None))
     except AgentConfigError as exc:
-        print(f"flagpost-agent: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, 2, debug, "configuration error: ")
     _setup_logging(config.log_level)
+    debug = config.log_level == "DEBUG"
+    try:
+        return _dispatch(config, args)
+    except StateDirError as exc:
+        return _fail(exc, 1, debug)
+    except EnrollmentError as exc:
+        # enroll: the server refused or could not be reached; run: the stored credentials
+        # are unreadable (a configuration problem)
+        return _fail(exc, 1 if args.command == "enroll" else 2, debug)
+
+
+def _dispatch(config: AgentConfig, args: argparse.Namespace) -> int:
     if args.command == "enroll":
         return _enroll(config, args)
     if args.command == "migrate":
@@ -219,12 +296,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         agent.install_signal_handlers()
         if args.command == "once":
             return agent.once()
-        try:
-            enrolled = agent.credentials() is not None
-        except EnrollmentError as exc:
-            print(f"flagpost-agent: {exc}", file=sys.stderr)
-            return 2
-        if not enrolled:
+        if agent.credentials() is None:
             print(
                 f"flagpost-agent: not enrolled (no {config.credentials_path}); "
                 "run flagpost-agent enroll first",

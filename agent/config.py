@@ -188,7 +188,7 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
         elif key == "state_dir":
             changes["state_dir_override"] = Path(str(value)) if str(value) else None
         elif key == "server":
-            changes["server"] = str(value)
+            changes["server"] = _server_address(name, value)
         elif key == "checkin_interval_seconds":
             changes["checkin_interval"] = _seconds(name, value, 0.01)
         elif key == "startup_jitter_seconds":
@@ -237,6 +237,22 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
     if retry_changes:
         changes["retry"] = replace(config.retry, **retry_changes)
     return replace(config, **changes)
+
+
+def _server_address(name: str, value: Any) -> str:
+    """``HOST:PORT``; a URL (``http://``, ``https://``, ``grpc://``) is refused, naming how TLS
+    is chosen instead (a scheme does not choose it)."""
+    text = str(value).strip()
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        address = rest.rstrip("/") or "HOST:PORT"
+        raise AgentConfigError(
+            f"{name}: {text!r} is a URL; give HOST:PORT (e.g. {address}), the server's gRPC "
+            f"address. TLS is not chosen by a {scheme}:// prefix: it is on when ca_file or "
+            "server_fingerprint is set (agent.toml, or FLAGPOST_AGENT_CA_FILE / "
+            "FLAGPOST_AGENT_SERVER_FINGERPRINT), plain text otherwise"
+        )
+    return text
 
 
 def _fingerprint(name: str, value: Any) -> str:

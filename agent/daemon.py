@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -44,6 +45,7 @@ from agent.actions import ActionHandler, RunRequest, Trust
 from agent.checkin import CheckInClient, CheckInResult
 from agent.checkin_loop import CheckInLoop
 from agent.config import AgentConfig
+from agent.diagnose import state_dir_error
 from agent.enroll import Credentials, EnrollmentError, load_credentials
 from agent.faults import FaultInjector
 from agent.inputs import PROVIDE_INPUT, InputBroker, ProvideInputHandler
@@ -110,7 +112,10 @@ class Agent:
         self._previous_handlers: dict[int, Any] = {}
         self._closed = False
         self._client: CheckInClient | None = None
-        self._outbox = Outbox(config.outbox_path)
+        try:
+            self._outbox = Outbox(config.outbox_path)
+        except (OSError, sqlite3.Error) as exc:
+            raise state_dir_error(config.state_dir, config.outbox_path, exc) from exc
         self._control = RunControl(self._stop, config.fast_checkin_linger)
         self._work = threading.Event()  # wakes the worker: a run was requested, or stop
         self._requests: deque[RunRequest] = deque()
@@ -383,7 +388,11 @@ class Agent:
                 break
             if self._stop.wait(delay.total_seconds()):
                 break
-        log.error("check-in failed; %d events kept in the outbox", self._outbox.depth())
+        log.error(
+            "%s; %d events kept in the outbox",
+            result.error or "check-in stopped",
+            self._outbox.depth(),
+        )
         return 1
 
     def run(self) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.diagnose import state_dir_error, unreachable_reason
 from agent.migrations.fsops import atomic_write
 from agent.tls import ChannelError, ChannelSecurity, open_channel
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
@@ -123,7 +124,8 @@ def enroll(
     try:
         channel = open_channel(server, security, timeout.total_seconds())
     except ChannelError as exc:
-        raise EnrollmentError(f"enrollment at {server} failed: {exc.details()}") from None
+        details = unreachable_reason(server, exc.details())
+        raise EnrollmentError(f"enrollment at {server} failed: {details}") from None
     with channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         try:
@@ -134,7 +136,15 @@ def enroll(
         except grpc.RpcError as exc:
             code = exc.code()
             name = code.name if code is not None else "UNKNOWN"
-            message = f"enrollment at {server} failed: {name}: {exc.details()}"
+            details = str(exc.details())
+            if code == grpc.StatusCode.UNAVAILABLE:
+                details = unreachable_reason(server, details)
+            elif code == grpc.StatusCode.UNAUTHENTICATED:
+                details += (
+                    "; make a new one on the server with `flagpost-server token create` "
+                    "and pass it with --token or --token-file"
+                )
+            message = f"enrollment at {server} failed: {name}: {details}"
             raise EnrollmentError(message) from None
     if not response.agent_id or not response.credential:
         raise EnrollmentError(f"enrollment at {server} returned no agent id or credential")
@@ -156,7 +166,10 @@ def enroll(
         server_signing_key=bytes(response.server_signing_key),
         credential_expires_at=expires,
     )
-    save_credentials(credentials_path, credentials)
+    try:
+        save_credentials(credentials_path, credentials)
+    except OSError as exc:
+        raise state_dir_error(credentials_path.parent, credentials_path, exc) from exc
     log.info(
         "enrolled at %s as agent %s (server signing key %s pinned)",
         server,

@@ -54,7 +54,7 @@ _APPLIED = frozenset({STEP_SUCCEEDED, STEP_ROLLED_BACK})
 
 def state_name(state: int) -> str:
     """``SUCCEEDED`` for ``RUN_STATE_SUCCEEDED``."""
-    name: str = agent_pb2.RunState.Name(state)  # type: ignore[arg-type]
+    name: str = agent_pb2.RunState.Name(state)
     return name.removeprefix("RUN_STATE_")
 
 

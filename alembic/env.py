@@ -4,6 +4,9 @@ The database URL comes, in order of precedence, from ``config.attributes["databa
 (programmatic use: ``server.storage.schema``), ``-x url=...`` on the alembic command line, then
 ``server.config.load_config()`` (TOML file + ``FLAGPOST_*`` environment), so there is no second
 URL to keep in sync. SQLite migrations run in batch mode (ALTER TABLE is limited there).
+
+This directory is installed as ``server/_alembic`` in a wheel; ``server.resources.ALEMBIC_DIR``
+finds it in both layouts.
 """
 
 from __future__ import annotations

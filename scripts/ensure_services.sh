@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Make sure what the test suite needs outside Python is here: Debian's chromium (browser tests)
-# and a PostgreSQL server on 127.0.0.1:5432 that user postgres reaches without a password.
+# Make sure what the test suite needs outside Python is here: Debian's chromium (browser tests),
+# systemd's tools (systemd-analyze, systemd-sysusers: tests/test_deploy.py checks deploy/'s units;
+# nothing is started with them) and a PostgreSQL server on 127.0.0.1:5432 that user postgres
+# reaches without a password.
 set -euo pipefail
 
 as_root() {
@@ -17,6 +19,11 @@ apt_install() {
 if ! command -v chromium >/dev/null 2>&1; then
   echo "ensure_services: installing Debian's chromium"
   apt_install chromium
+fi
+
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-sysusers >/dev/null 2>&1; then
+  echo "ensure_services: installing systemd (systemd-analyze, systemd-sysusers)"
+  apt_install systemd
 fi
 
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -40,4 +47,5 @@ if ! pg_ready; then
   echo "ensure_services: PostgreSQL is not accepting connections on 127.0.0.1:5432" >&2
   exit 1
 fi
-echo "ensure_services: chromium $(chromium --version 2>/dev/null | awk '{print $2}'), PostgreSQL ready"
+echo "ensure_services: chromium $(chromium --version 2>/dev/null | awk '{print $2}')," \
+  "systemd-analyze $(systemd-analyze --version 2>/dev/null | awk 'NR == 1 {print $2}'), PostgreSQL ready"

@@ -28,15 +28,20 @@ Metrics: one ``ServerMetrics`` registry per app (``keys.METRICS``), served at ``
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from aiohttp import web
 
 from server import keys
 from server.config import ServerConfig
+from server.errors import ConfigError, ListenError
 from server.grpc.server import create_grpc_server
 from server.metrics import ServerMetrics, add_metrics_route
 from server.services import Services, server_keys
@@ -82,7 +87,7 @@ _TRANSPORT = web.AppKey("transport", _Transport)
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    _check_state_dir(config.state_dir)
     if config.auto_upgrade:
         log.info("auto-upgrade: migrating the database schema to head")
         await asyncio.to_thread(schema.upgrade, config.database_url)
@@ -101,6 +106,20 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await engine.dispose()
+
+
+def _check_state_dir(state_dir: Path) -> None:
+    """Create ``state_dir`` and prove a file can be created in it; ConfigError naming the path,
+    the OS reason and the setting otherwise (the keys are written there next)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"state directory {state_dir} is not usable: {exc.strerror or exc}; choose a "
+            "writable directory with --state-dir (config state_dir, env FLAGPOST_STATE_DIR)"
+        ) from exc
 
 
 async def _signing(app: web.Application) -> AsyncIterator[None]:
@@ -244,10 +263,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
     """Create the app and start it: gRPC and web both listening (port 0 picks free ports).
 
     Raises SchemaOutOfDate when the database is behind (and ``auto_upgrade`` is off),
-    Unavailable when it cannot be reached, OSError when a port cannot be bound, ConfigError
-    when the TLS settings are incomplete or the files unusable. With ``tls_cert_file`` and
-    ``tls_key_file`` both transports serve TLS (``web_url`` is https); without them, a
-    non-loopback address gets a loud plain-text warning (``server.tls.warn_if_plaintext``)."""
+    Unavailable when it cannot be reached, ListenError when a port cannot be bound, ConfigError
+    when the TLS settings are incomplete, the files unusable or the state directory
+    unwritable. With ``tls_cert_file`` and ``tls_key_file`` both transports serve TLS
+    (``web_url`` is https); without them, a non-loopback address gets a loud plain-text
+    warning (``server.tls.warn_if_plaintext``)."""
     app = create_app(config)
     tls = app[_TRANSPORT].tls
     if tls is None:
@@ -263,7 +283,17 @@ async def start_server(config: ServerConfig) -> RunningServer:
             config.web_port,
             ssl_context=web_ssl_context(tls) if tls is not None else None,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(
+                "the web",
+                config.web_host,
+                config.web_port,
+                os.strerror(exc.errno) if exc.errno else str(exc),
+                in_use=exc.errno == errno.EADDRINUSE,
+                setting="web",
+            ) from exc
     except BaseException:
         await runner.cleanup()
         raise

@@ -1,5 +1,7 @@
 """``flagpost-server``: serve, manage the schema, create enrollment tokens.
 
+    flagpost-server --version
+    flagpost-server [--config FILE] [--debug] COMMAND ...
     flagpost-server [--config FILE] serve [--database-url URL] [--grpc-port N] [--web-port N]
                                           [--state-dir DIR] [--auto-upgrade]
     flagpost-server [--config FILE] db upgrade | db downgrade REV | db current
@@ -13,18 +15,26 @@
 
 Flags override the config file and ``FLAGPOST_*`` environment (``load_config(overrides=…)``).
 Exit codes: 0 ok, 1 error, 2 usage error or database schema out of date.
+
+Errors a person can fix (a port in use, an unreachable database, an unwritable state directory,
+an out-of-date schema) are FlagpostErrors raised where they happen; :func:`main` is the one place
+that prints them, as one line, without a traceback. ``--debug`` (or ``log_level = "DEBUG"``,
+``FLAGPOST_LOG_LEVEL=DEBUG``) logs at DEBUG and prints the traceback too, for bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
+import importlib.metadata
 import logging
 import os
 import re
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -77,98 +87,196 @@ def _port(text: str) -> int:
     return value
 
 
+def version() -> str:
+    """The installed version of the ``flagpost`` distribution."""
+    try:
+        return importlib.metadata.version("flagpost")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _default(name: str) -> Any:
+    """The built-in default of the ServerConfig field ``name`` (what applies when neither the
+    config file, the environment nor a flag sets it)."""
+    return next(f.default for f in dataclasses.fields(ServerConfig) if f.name == name)
+
+
+def _setting(name: str) -> str:
+    """Help suffix naming the config key and environment variable behind a flag."""
+    return f"config {name}, env FLAGPOST_{name.upper()}; default: {_default(name)}"
+
+
+class _Commands:
+    """Adds subcommands whose ``--help`` starts with what they do (the ``help`` text)."""
+
+    def __init__(self, subparsers: Any) -> None:
+        self._subparsers = subparsers
+
+    def add(self, name: str, text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._subparsers.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + ".", **kwargs
+        )
+        parser.add_argument(  # also accepted after the subcommand
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
         prog="flagpost-server", description="Flagpost server: gRPC check-ins and the History."
     )
-    parser.add_argument("--config", type=Path, help="TOML config file (or FLAGPOST_CONFIG)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (env FLAGPOST_CONFIG; default: none, built-in defaults)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="log at DEBUG and print tracebacks with errors (same as FLAGPOST_LOG_LEVEL=DEBUG)",
+    )
+    commands = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     db_url = argparse.ArgumentParser(add_help=False)
-    db_url.add_argument("--database-url", help="override database_url")
+    db_url.add_argument(
+        "--database-url", metavar="URL", help=f"database to use ({_setting('database_url')})"
+    )
 
-    serve = commands.add_parser("serve", parents=[db_url], help="run gRPC and web servers")
-    serve.add_argument("--grpc-port", type=_port)
-    serve.add_argument("--web-port", type=_port)
-    serve.add_argument("--state-dir", type=Path)
+    serve = commands.add(
+        "serve", "run the gRPC and web servers until SIGTERM or Ctrl-C", parents=[db_url]
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=_port,
+        metavar="N",
+        help=f"port agents check in on, on grpc_host; 0 = any free port ({_setting('grpc_port')})",
+    )
+    serve.add_argument(
+        "--web-port",
+        type=_port,
+        metavar="N",
+        help=f"port of the web pages and API, on web_host; 0 = any free port "
+        f"({_setting('web_port')})",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"directory for the signing and input keys; relative to the current directory "
+        f"({_setting('state_dir')})",
+    )
     serve.add_argument(
         "--auto-upgrade",
         action="store_true",
         default=None,
-        help="migrate the schema at start instead of refusing to start",
+        help="migrate the schema at start instead of refusing to start "
+        f"({_setting('auto_upgrade')})",
     )
 
-    db = commands.add_parser("db", help="database schema (alembic)")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    db_commands.add_parser("upgrade", parents=[db_url], help="migrate to the newest schema")
-    downgrade = db_commands.add_parser("downgrade", parents=[db_url], help="migrate down")
+    db = commands.add("db", "manage the database schema (alembic migrations)")
+    db_commands = _Commands(
+        db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    )
+    db_commands.add("upgrade", "migrate the database to the newest schema", parents=[db_url])
+    downgrade = db_commands.add(
+        "downgrade", "migrate the database down to an older revision", parents=[db_url]
+    )
     downgrade.add_argument("revision", help='target revision ("base" empties the database)')
-    db_commands.add_parser("current", parents=[db_url], help="print the current revision")
-
-    token = commands.add_parser("token", help="enrollment tokens")
-    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    create = token_commands.add_parser(
-        "create", parents=[db_url], help="create a token and print it (shown once)"
+    db_commands.add(
+        "current", "print the revision the database is at, and the newest one", parents=[db_url]
     )
-    create.add_argument("--uses", type=_positive_int, default=1, help="enrollments allowed")
+
+    token = commands.add("token", "create, list and revoke enrollment tokens")
+    token_commands = _Commands(
+        token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    )
+    create = token_commands.add(
+        "create",
+        "create an enrollment token and print it (shown once); agents enroll with "
+        "`flagpost-agent enroll --token TOKEN`",
+        parents=[db_url],
+    )
+    create.add_argument(
+        "--uses",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="enrollments allowed (default: 1)",
+    )
     create.add_argument(
         "--expires",
         type=parse_duration,
         default=timedelta(hours=24),
-        help="lifetime: 30m, 24h, 7d or never (default 24h)",
+        metavar="DURATION",
+        help="lifetime: 30m, 24h, 7d or never (default: 24h)",
     )
-    token_commands.add_parser(
-        "list", parents=[db_url], help="list tokens: prefix, dates, uses left, state (no secrets)"
+    token_commands.add(
+        "list", "list tokens: prefix, dates, uses left, state (no secrets)", parents=[db_url]
     )
-    token_revoke = token_commands.add_parser(
-        "revoke", parents=[db_url], help="revoke a token: it can never enroll again"
+    token_revoke = token_commands.add(
+        "revoke", "revoke a token: it can never enroll again", parents=[db_url]
     )
     token_revoke.add_argument("token", metavar="PREFIX|ID", help="as shown by `token list`")
 
-    agent = commands.add_parser("agent", help="enrolled agents")
-    agent_commands = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    agent_commands.add_parser("list", parents=[db_url], help="list agents and their health")
-    revoke = agent_commands.add_parser(
-        "revoke", parents=[db_url], help="revoke an agent: its check-ins are refused from now on"
+    agent = commands.add("agent", "list, revoke and rotate enrolled agents")
+    agent_commands = _Commands(
+        agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     )
-    revoke.add_argument("agent_id", metavar="AGENT_ID")
-    rotate = agent_commands.add_parser(
+    agent_commands.add("list", "list agents and their health", parents=[db_url])
+    revoke = agent_commands.add(
+        "revoke", "revoke an agent: its check-ins are refused from now on", parents=[db_url]
+    )
+    revoke.add_argument("agent_id", metavar="AGENT_ID", help="as shown by `agent list`")
+    rotate = agent_commands.add(
         "rotate",
-        parents=[db_url],
-        help="give the agent a new credential at its next check-in (the old one stops working "
+        "give the agent a new credential at its next check-in (the old one stops working "
         "once the new one is used)",
-    )
-    rotate.add_argument("agent_id", metavar="AGENT_ID")
-
-    add_user_commands(commands, db_url)
-
-    commands.add_parser(
-        "prune",
         parents=[db_url],
-        help="delete events, runs and logs beyond the retention limits (progress on stderr)",
     )
-    tls = commands.add_parser("tls", help="TLS certificates")
-    tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
-    selfsigned = tls_commands.add_parser(
+    rotate.add_argument("agent_id", metavar="AGENT_ID", help="as shown by `agent list`")
+
+    add_user_commands(commands.add, db_url)
+
+    commands.add(
+        "prune",
+        "delete events, runs and logs beyond the retention limits (progress on stderr)",
+        parents=[db_url],
+    )
+    tls = commands.add("tls", "make TLS certificates for development")
+    tls_commands = _Commands(
+        tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    )
+    selfsigned = tls_commands.add(
         "selfsigned",
-        help="write a development CA, a server certificate and an agent client certificate",
+        "write a development CA, a server certificate and an agent client certificate",
     )
-    selfsigned.add_argument("--out", type=Path, required=True, help="directory to write into")
+    selfsigned.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory to write into (required)"
+    )
     selfsigned.add_argument(
         "--host",
         action="append",
         dest="hosts",
         metavar="HOST",
         help="IP address or DNS name the server certificate is valid for (repeat; "
-        "default 127.0.0.1 and localhost)",
+        "default: 127.0.0.1 and localhost)",
     )
-    selfsigned.add_argument("--days", type=_positive_int, default=365, help="validity (365)")
+    selfsigned.add_argument(
+        "--days",
+        type=_positive_int,
+        default=365,
+        metavar="N",
+        help="validity in days (default: 365)",
+    )
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        "log_level": "DEBUG" if args.debug else None,
         "database_url": getattr(args, "database_url", None),
         "grpc_port": getattr(args, "grpc_port", None),
         "web_port": getattr(args, "web_port", None),
@@ -177,15 +285,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _fail(exc: FlagpostError, code: int, debug: bool) -> int:
+    """Print ``exc`` as one line (after its traceback when ``debug``); return ``code``."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"flagpost-server: {exc.message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``flagpost-server``; returns the exit code."""
+    """Entry point of ``flagpost-server``; returns the exit code. The one place that turns
+    errors into messages: every FlagpostError is one line on stderr, exit 1 (2 for a bad
+    configuration or an out-of-date schema); ``--debug`` adds the traceback."""
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:
-        print(f"flagpost-server: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE, args.debug)
     setup_logging(config)
+    debug = config.log_level.upper() == "DEBUG"
     try:
         if args.command == "serve":
             return asyncio.run(_serve(config))
@@ -203,16 +321,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_token_manage(config, args))
         return asyncio.run(_token_create(config, args.uses, args.expires))
     except SchemaOutOfDate as exc:
-        print(f"flagpost-server: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE, debug)
     except FlagpostError as exc:
-        print(f"flagpost-server: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(exc, EXIT_ERROR, debug)
     except KeyboardInterrupt:
         return 130
 
 
 def _db(config: ServerConfig, args: argparse.Namespace) -> int:
+    from server.storage.db import translate_connect_errors
+
+    with translate_connect_errors(config.database_url):
+        return _db_command(config, args)
+
+
+def _db_command(config: ServerConfig, args: argparse.Namespace) -> int:
     from server.storage import schema
 
     if args.db_command == "upgrade":

@@ -83,6 +83,32 @@ class Unavailable(FlagpostError):
     reason = "unavailable"
 
 
+class ListenError(FlagpostError):
+    """A transport cannot bind its address (the port is in use, the host is not an address of
+    this machine). The message names the OS reason and the flag, config key and environment
+    variable that choose the address; ``setting`` is the config prefix (``grpc`` or ``web``)."""
+
+    reason = "listen"
+
+    def __init__(
+        self, transport: str, host: str, port: int, os_reason: str, *, in_use: bool, setting: str
+    ) -> None:
+        flag = f"--{setting}-port"
+        port_hint = (
+            f"choose another port with {flag} (config {setting}_port, env "
+            f"FLAGPOST_{setting.upper()}_PORT)"
+        )
+        if in_use:
+            hint = f"another process (another flagpost-server?) holds it: stop it, or {port_hint}"
+        else:
+            hint = (
+                f"set {setting}_host (env FLAGPOST_{setting.upper()}_HOST) to an address of this "
+                f"machine, or {port_hint}"
+            )
+        super().__init__(f"cannot listen for {transport} on {host}:{port}: {os_reason}; {hint}")
+        self.port = port
+
+
 class SchemaOutOfDate(FlagpostError):
     """The database schema is behind the code: run ``flagpost-server db upgrade``."""
 

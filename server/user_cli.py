@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,32 +21,50 @@ if TYPE_CHECKING:
     from server.config import ServerConfig
 
 
-def add_user_commands(commands: Any, db_url: argparse.ArgumentParser) -> None:
-    """Add the ``user`` command to the ``flagpost-server`` subparsers ``commands``."""
-    user = commands.add_parser("user", help="web users (login)")
+def add_user_commands(
+    add: Callable[..., argparse.ArgumentParser], db_url: argparse.ArgumentParser
+) -> None:
+    """Add the ``user`` command to ``flagpost-server``; ``add(name, text, **kwargs)`` adds one
+    subcommand whose help and description are ``text``."""
+    user = add("user", "manage the web users who may log in")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
-    create = user_commands.add_parser(
+
+    def sub(name: str, text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = user_commands.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + ".", **kwargs
+        )
+        return parser
+
+    create = sub(
         "create",
+        "create a web user (password from --password-file, stdin, or a prompt)",
         parents=[db_url],
-        help="create a web user (password from --password-file, stdin, or a prompt)",
         allow_abbrev=False,  # "--password SECRET" must not pass for --password-file
     )
-    create.add_argument("name", metavar="NAME")
-    create.add_argument("--role", required=True, choices=["admin", "viewer"])
+    create.add_argument("name", metavar="NAME", help="login name")
     create.add_argument(
-        "--password-file", type=Path, help="read the password from this file's first line"
+        "--role",
+        required=True,
+        choices=["admin", "viewer"],
+        help="admin: may also act (request and cancel runs, give input); viewer: read only "
+        "(required)",
     )
-    user_commands.add_parser("list", parents=[db_url], help="list web users (no hashes)")
-    delete = user_commands.add_parser(
-        "delete", parents=[db_url], help="delete a web user and end its sessions"
+    create.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help="read the password from this file's first line (default: stdin if piped, "
+        "else a prompt)",
     )
-    delete.add_argument("name", metavar="NAME")
+    sub("list", "list web users (no hashes)", parents=[db_url])
+    delete = sub("delete", "delete a web user and end its sessions", parents=[db_url])
+    delete.add_argument("name", metavar="NAME", help="login name")
     for action, text in (
         ("disable", "refuse a web user's logins and end its sessions (kept for the record)"),
         ("enable", "let a disabled web user log in again"),
     ):
-        toggle = user_commands.add_parser(action, parents=[db_url], help=text)
-        toggle.add_argument("name", metavar="NAME")
+        toggle = sub(action, text, parents=[db_url])
+        toggle.add_argument("name", metavar="NAME", help="login name")
 
 
 def _first_line(text: str) -> str:

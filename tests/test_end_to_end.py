@@ -21,6 +21,7 @@ from typing import Any
 
 from server_testlib import logged_in_http
 from sqlalchemy import select
+from unprivileged_testlib import nobody_runtime
 
 from server import keys
 from server.services.enrollment import create_token
@@ -44,19 +45,19 @@ NOBODY = pwd.getpwnam("nobody")
 
 
 async def run_agent(root: Path, *args: str, as_nobody: bool = False) -> str:
-    """Run ``python -m agent --root ROOT ARGS`` without blocking the loop the server runs on."""
+    """Run ``python -m agent --root ROOT ARGS`` without blocking the loop the server runs on
+    (as ``nobody``: from the session's copy of the agent it can read, see unprivileged_testlib)."""
     command = [sys.executable, "-m", "agent", "--root", str(root), *args]
+    env, cwd = dict(os.environ), REPO
     if as_nobody:
-        command = [
-            "setpriv",
-            f"--reuid={NOBODY.pw_uid}",
-            f"--regid={NOBODY.pw_gid}",
-            "--clear-groups",
-            *command,
-        ]
+        runtime = await asyncio.to_thread(nobody_runtime)  # the first call copies
+        assert runtime.user.pw_uid == NOBODY.pw_uid
+        command = runtime.command("--root", str(root), *args)
+        env, cwd = runtime.env(env), runtime.path
     proc = await asyncio.create_subprocess_exec(
         *command,
-        cwd=REPO,
+        cwd=cwd,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

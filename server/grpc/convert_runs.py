@@ -94,7 +94,7 @@ def _uuid(value: str, field: str) -> str:
 def _timestamp(
     msg: agent_pb2.RunUpdate | agent_pb2.LogLine, name: str, field: str, now_s: int
 ) -> datetime | None:
-    if not msg.HasField(name):  # type: ignore[arg-type]
+    if not msg.HasField(name):
         return None
     stamp: Timestamp = getattr(msg, name)
     return checked_timestamp(stamp, field, now_s)

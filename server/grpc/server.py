@@ -11,6 +11,8 @@ naming it, and the server does not start.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 from server.config import ServerConfig
-from server.errors import UnprotectedMethod
+from server.errors import ListenError, UnprotectedMethod
 from server.grpc.interceptors import PUBLIC_METHODS, FlagpostInterceptor
 from server.grpc.servicer import AgentServicer
 from server.services import Services
@@ -121,7 +123,8 @@ async def create_grpc_server(
     database is unreachable) and reflection for all three services. Returns
     ``(server, bound_port)``; the caller starts it and stops it (``await server.stop(grace)``).
     With ``tls`` (``server.tls.load_server_tls``) the port serves TLS only, requiring client
-    certificates under mutual TLS; without it, plain text.
+    certificates under mutual TLS; without it, plain text. ListenError (naming the OS reason
+    and ``--grpc-port``) when the address cannot be bound.
     """
     on_error = services.metrics.record_rpc_error if services.metrics is not None else None
     interceptors = [FlagpostInterceptor(services.authenticator.identify, on_error)]
@@ -155,7 +158,23 @@ async def create_grpc_server(
         else:
             port = server.add_secure_port(address, grpc_server_credentials(tls))
     except RuntimeError as exc:
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        raise _listen_error(config.grpc_host, config.grpc_port) from exc
     if not port:
-        raise OSError(f"cannot listen for gRPC on {address}")
+        raise _listen_error(config.grpc_host, config.grpc_port)
     return server, int(port)
+
+
+def _listen_error(host: str, port: int) -> ListenError:
+    """ListenError for a gRPC address grpc could not bind. grpc reports only "Failed to bind";
+    binding the same address with a plain socket recovers the OS reason."""
+    in_use = False
+    reason = "the address cannot be bound"
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, sockaddr = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(sockaddr)
+    except OSError as exc:
+        in_use = exc.errno == errno.EADDRINUSE
+        reason = exc.strerror or str(exc)
+    return ListenError("gRPC", host, port, reason, in_use=in_use, setting="grpc")

@@ -8,20 +8,24 @@ bounded, pre-pinged pool.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine as _create_sync_engine
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
 from server.config import ServerConfig
-from server.errors import ConfigError
+from server.errors import ConfigError, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection
@@ -49,10 +53,87 @@ def async_url(database_url: str) -> URL:
     driver = _ASYNC_DRIVERS.get(url.drivername)
     if driver is None:
         raise ConfigError(
-            f"unsupported database driver {url.drivername!r}: use sqlite+aiosqlite:// "
-            "or postgresql+asyncpg://"
+            f"unsupported database driver {url.drivername!r} in database_url "
+            f"{display_url(url)}: use sqlite+aiosqlite:///PATH or "
+            "postgresql+asyncpg://USER@HOST:PORT/DB (--database-url, env FLAGPOST_DATABASE_URL)"
         )
     return url.set(drivername=driver)
+
+
+def display_url(database_url: str | URL) -> str:
+    """``database_url`` for messages and logs: its password, if any, shown as ``***``."""
+    try:
+        url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    except Exception:  # sqlalchemy raises ArgumentError for malformed URLs
+        return "(malformed URL)"
+    return url.render_as_string(hide_password=True)
+
+
+def is_connect_error(exc: BaseException) -> bool:
+    """True when ``exc`` is a failure to connect: an OSError from the driver (refused, no such
+    host, timed out) or a DBAPI error raised before any statement (SQLite cannot open the file,
+    PostgreSQL refused the login or has no such database)."""
+    return isinstance(exc, OSError) or (isinstance(exc, DBAPIError) and exc.statement is None)
+
+
+def _sqlite_problem(path: Path) -> str:
+    """Why SQLite may not open or create ``path``: the OS reason for the file or, when it does
+    not exist, for its directory ("" when nothing is wrong that the OS can tell)."""
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR))
+            return ""
+        directory = path.parent
+        if not directory.exists():
+            return f"directory {directory} does not exist"
+        if not directory.is_dir():
+            return f"{directory} is not a directory"
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"directory {directory}: {os.strerror(errno.EROFS)}"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"directory {directory}: {os.strerror(errno.EACCES)}"
+    except OSError as exc:
+        return f"{exc.filename or path}: {exc.strerror or exc}"
+    return ""
+
+
+def unreachable(database_url: str | URL, exc: BaseException) -> Unavailable:
+    """Unavailable for a failure to connect to ``database_url``: the URL without its password,
+    the driver's or the OS's reason, and where the URL is set."""
+    if isinstance(exc, DBAPIError):
+        reason = (
+            str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
+        )
+    else:
+        reason = str(exc).strip() or type(exc).__name__
+    try:
+        url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    except Exception:  # sqlalchemy raises ArgumentError for malformed URLs
+        url = None
+    path = sqlite_path(url) if url is not None else None
+    if path is not None:
+        problem = _sqlite_problem(path)
+        if problem:
+            reason = f"{reason} ({problem})"
+        hint = "fix the path, or create the database with `flagpost-server db upgrade`"
+    else:
+        hint = "is the database server running and accepting this user?"
+    return Unavailable(
+        f"cannot connect to the database {display_url(database_url)}: {reason}; {hint} "
+        "(database_url: --database-url, env FLAGPOST_DATABASE_URL)"
+    )
+
+
+@contextmanager
+def translate_connect_errors(database_url: str) -> Iterator[None]:
+    """Turn a failure to connect to ``database_url`` inside the block into :func:`unreachable`
+    (other errors pass through unchanged)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_connect_error(exc):
+            raise unreachable(database_url, exc) from exc
+        raise
 
 
 def sqlite_path(url: URL) -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from alembic import command
@@ -20,20 +19,23 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.errors import SchemaOutOfDate, Unavailable
+from server.errors import SchemaOutOfDate
+from server.resources import ALEMBIC_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_INI = ROOT / "alembic.ini"
-ALEMBIC_DIR = ROOT / "alembic"
 UPGRADE_HINT = "run `flagpost-server db upgrade`"
 
 T = TypeVar("T")
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    """An alembic Config for this repository, pinned to ``database_url`` when given."""
-    cfg = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.exists() else Config()
+    """An alembic Config for the bundled migrations, pinned to ``database_url`` when given.
+
+    Built in code, without alembic.ini (which only the ``alembic`` command line in a checkout
+    reads), so it is the same in a checkout and in an installed wheel. The server sets up its own
+    logging, so env.py leaves logging alone."""
+    cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["skip_logging_config"] = True
     if database_url is not None:
         cfg.attributes["database_url"] = database_url
@@ -88,11 +90,13 @@ def current_revision(database_url: str) -> str | None:
 async def assert_schema_current(engine: AsyncEngine) -> None:
     """Raise SchemaOutOfDate unless the database is exactly at the code's head revision;
     Unavailable when the database cannot be reached."""
+    from server.storage.db import unreachable
+
     try:
         async with engine.connect() as conn:
             current = await conn.run_sync(_current_heads)
     except (SQLAlchemyError, OSError) as exc:
-        raise Unavailable(f"cannot reach the database: {type(exc).__name__}") from exc
+        raise unreachable(engine.url, exc) from exc
     head = head_revision()
     if current == (head,):
         return

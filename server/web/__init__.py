@@ -16,12 +16,12 @@ logout).
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from server.resources import STATIC_DIR, TEMPLATES_DIR
 from server.services.bus import end_streams_on_shutdown
 from server.web.api_runs import add_api_routes
 from server.web.auth import setup_auth
@@ -29,10 +29,6 @@ from server.web.input_pages import add_input_routes
 from server.web.login import add_login_routes
 from server.web.middleware import error_middleware, security_headers
 from server.web.routes import add_routes
-
-WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
-TEMPLATES_DIR = WEB_ROOT / "templates"
-STATIC_DIR = WEB_ROOT / "static"
 
 
 def setup_web(app: web.Application) -> None:

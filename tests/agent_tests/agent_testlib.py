@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from unprivileged_testlib import nobody_runtime
 
 from agent.config import AgentConfig, load_config
 from agent.daemon import Agent
@@ -109,17 +110,22 @@ def agent_env(**extra: str) -> dict[str, str]:
 def run_agent(
     *args: str, env: dict[str, str] | None = None, as_nobody: bool = False, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m agent ARGS`` in a subprocess (optionally as the unprivileged ``nobody``)."""
+    """Run ``python -m agent ARGS`` in a subprocess (optionally as the unprivileged ``nobody``,
+    from the session's copy of the agent that nobody can read: see unprivileged_testlib)."""
     command = [sys.executable, "-m", "agent", *args]
+    env = env or agent_env()
+    cwd = REPO
     if as_nobody:
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+        runtime = nobody_runtime()
+        assert runtime.user.pw_uid == NOBODY
+        command, env, cwd = runtime.command(*args), runtime.env(env), runtime.path
     return subprocess.run(
         command,
-        env=env or agent_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO,
+        cwd=cwd,
         check=False,
     )
 
