@@ -47,12 +47,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.errors import EXIT_USAGE, AgentError
+
 ENV_PREFIX = "FLAGPOST_AGENT_"
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 
 
-class AgentConfigError(Exception):
+class AgentConfigError(AgentError):
     """The agent's configuration (TOML, environment or flags) is invalid."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True, slots=True)

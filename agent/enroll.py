@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.errors import AgentError
 from agent.migrations.fsops import atomic_write
 from agent.tls import ChannelError, ChannelSecurity, open_channel
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
@@ -28,7 +29,7 @@ from flagpost.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-class EnrollmentError(Exception):
+class EnrollmentError(AgentError):
     """Enrollment failed, or the stored credentials are missing or unreadable."""
 
 

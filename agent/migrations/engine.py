@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import events, runlog, runs
+from agent.errors import AgentError
 from agent.faults import FaultInjector
 from agent.inputs import ANSWERED, CANCELLED, STOPPED, InputBroker
 from agent.migrations import fsops
@@ -72,7 +73,7 @@ log = logging.getLogger(__name__)
 SystemInfo = Callable[[Path], Mapping[str, str]]
 
 
-class MigrationInterrupted(Exception):
+class MigrationInterrupted(AgentError):
     """A shutdown was requested between two steps; the run is rolled back."""
 
 
@@ -1203,7 +1204,7 @@ class MigrationEngine:
         )
 
 
-class _StepFailure(Exception):
+class _StepFailure(AgentError):
     """Carries the failing step and file out of the apply loop."""
 
     def __init__(self, step: str, path: Path | None, cause: BaseException) -> None:

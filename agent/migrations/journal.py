@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
 from agent.migrations.fsops import atomic_write, fsync_dir
 
 STARTED = "started"
@@ -34,7 +35,7 @@ VERIFYING = "verifying"
 OUTCOME = "outcome"
 
 
-class JournalError(Exception):
+class JournalError(AgentError):
     """The journal file exists but cannot be understood."""
 
 
