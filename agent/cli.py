@@ -19,8 +19,8 @@ from agent.config import AgentConfig, AgentConfigError, load_config
 from agent.daemon import Agent
 from agent.enroll import EnrollmentError, enroll
 from agent.migrations.chain import agent_config_migration, json_conf
-from agent.migrations.engine import make_plan
 from agent.migrations.model import DetectionError, DiskView
+from agent.migrations.plan import make_plan
 from agent.migrations.registry import default_registry
 from agent.sysinfo import host_facts
 from agent.tls import ChannelSecurity

@@ -121,11 +121,21 @@ class AgentConfig:
 
     @property
     def journal_path(self) -> Path:
-        return self.state_dir / "migration-journal.json"
+        return state_journal_path(self.state_dir)
 
     @property
     def backups_dir(self) -> Path:
-        return self.state_dir / "backups"
+        return state_backups_dir(self.state_dir)
+
+
+def state_journal_path(state_dir: Path) -> Path:
+    """The migration journal in the agent's state directory (present while a run is in flight)."""
+    return state_dir / "migration-journal.json"
+
+
+def state_backups_dir(state_dir: Path) -> Path:
+    """Where each run's backup directory is made, in the agent's state directory."""
+    return state_dir / "backups"
 
 
 def _as_int(name: str, value: Any, minimum: int = 0) -> int:

@@ -188,7 +188,7 @@ class RunTracker:
         self, state: int, error_message: str = "", update_id: str | None = None
     ) -> agent_pb2.RunUpdate:
         """The terminal snapshot (not stored: the engine journals it first, see
-        :meth:`agent.migrations.engine.MigrationEngine._finish`)."""
+        :meth:`agent.migrations.journal.Journal.with_outcome`)."""
         self.state = state
         self.error_message = error_message
         self.input_request = None
