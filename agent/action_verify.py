@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError
 
+from agent.errors import AgentError
 from flagpost.v1 import agent_pb2
 
 NONCE_BYTES = 16
@@ -35,7 +36,7 @@ NONCE_BYTES = 16
 TRANSIT_GRACE = timedelta(seconds=30)
 
 
-class ActionRefused(Exception):
+class ActionRefused(AgentError):
     """An action that must not be executed; ``reason`` is reported in an agent notice."""
 
     def __init__(self, reason: str) -> None:

@@ -25,11 +25,12 @@ from typing import Any
 from agent import __version__
 from agent.config import AgentConfig, AgentConfigError, load_config
 from agent.daemon import Agent
-from agent.diagnose import DEFAULT_GRPC_PORT, StateDirError, ensure_state_dir
-from agent.enroll import EnrollmentError, enroll
+from agent.diagnose import DEFAULT_GRPC_PORT, ensure_state_dir
+from agent.enroll import enroll
+from agent.errors import AgentError
 from agent.migrations.chain import agent_config_migration, json_conf
-from agent.migrations.engine import make_plan
 from agent.migrations.model import DetectionError, DiskView
+from agent.migrations.plan import make_plan
 from agent.migrations.registry import default_registry
 from agent.sysinfo import host_facts
 from agent.tls import ChannelSecurity
@@ -272,17 +273,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         config = load_config(cli, env, getattr(args, "config", None))
     except AgentConfigError as exc:
-        return _fail(exc, 2, debug, "configuration error: ")
+        return _fail(exc, exc.exit_code, debug, "configuration error: ")
     _setup_logging(config.log_level)
     debug = config.log_level == "DEBUG"
     try:
         return _dispatch(config, args)
-    except StateDirError as exc:
-        return _fail(exc, 1, debug)
-    except EnrollmentError as exc:
-        # enroll: the server refused or could not be reached; run: the stored credentials
-        # are unreadable (a configuration problem)
-        return _fail(exc, 1 if args.command == "enroll" else 2, debug)
+    except AgentError as exc:  # each class says its exit code (agent/errors.py)
+        return _fail(exc, exc.exit_code, debug)
 
 
 def _dispatch(config: AgentConfig, args: argparse.Namespace) -> int:

@@ -47,12 +47,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.errors import EXIT_USAGE, AgentError
+
 ENV_PREFIX = "FLAGPOST_AGENT_"
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 
 
-class AgentConfigError(Exception):
+class AgentConfigError(AgentError):
     """The agent's configuration (TOML, environment or flags) is invalid."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +121,21 @@ class AgentConfig:
 
     @property
     def journal_path(self) -> Path:
-        return self.state_dir / "migration-journal.json"
+        return state_journal_path(self.state_dir)
 
     @property
     def backups_dir(self) -> Path:
-        return self.state_dir / "backups"
+        return state_backups_dir(self.state_dir)
+
+
+def state_journal_path(state_dir: Path) -> Path:
+    """The migration journal in the agent's state directory (present while a run is in flight)."""
+    return state_dir / "migration-journal.json"
+
+
+def state_backups_dir(state_dir: Path) -> Path:
+    """Where each run's backup directory is made, in the agent's state directory."""
+    return state_dir / "backups"
 
 
 def _as_int(name: str, value: Any, minimum: int = 0) -> int:

@@ -50,8 +50,9 @@ from agent.enroll import Credentials, EnrollmentError, load_credentials
 from agent.faults import FaultInjector
 from agent.inputs import PROVIDE_INPUT, InputBroker, ProvideInputHandler
 from agent.migrations.chain import MIGRATION_ID, json_conf
-from agent.migrations.engine import MigrationEngine, RunResult
+from agent.migrations.engine import MigrationEngine
 from agent.migrations.registry import MigrationRegistry, default_registry
+from agent.migrations.result import RunResult
 from agent.outbox import Outbox
 from agent.runs import RunControl
 from agent.schedule import CheckInSchedule

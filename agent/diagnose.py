@@ -16,6 +16,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from agent.errors import AgentError
+
 DEFAULT_GRPC_PORT = 50051
 _PROBE_TIMEOUT_S = 2.0
 _HTTP1_MARKERS = ("http1.x", "Failed parsing HTTP/2")
@@ -25,7 +27,7 @@ _STATE_HINT = (
 )
 
 
-class StateDirError(Exception):
+class StateDirError(AgentError):
     """The agent's state directory (outbox, credentials, journal, backups) cannot be used."""
 
 

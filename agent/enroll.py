@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from agent.diagnose import state_dir_error, unreachable_reason
+from agent.errors import EXIT_USAGE, AgentError
 from agent.migrations.fsops import atomic_write
 from agent.tls import ChannelError, ChannelSecurity, open_channel
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
@@ -29,8 +30,14 @@ from flagpost.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-class EnrollmentError(Exception):
+class EnrollmentError(AgentError):
     """Enrollment failed, or the stored credentials are missing or unreadable."""
+
+
+class CredentialsError(EnrollmentError):
+    """The stored credentials cannot be read: a configuration problem, not a refusal."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +99,7 @@ def load_credentials(path: Path) -> Credentials | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise EnrollmentError(f"{path}: cannot read credentials: {exc}") from exc
+        raise CredentialsError(f"{path}: cannot read credentials: {exc}") from exc
     try:
         return Credentials(
             agent_id=str(data["agent_id"]),
@@ -103,7 +110,7 @@ def load_credentials(path: Path) -> Credentials | None:
             credential_expires_at=str(data.get("credential_expires_at", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise EnrollmentError(f"{path}: malformed credentials ({type(exc).__name__})") from exc
+        raise CredentialsError(f"{path}: malformed credentials ({type(exc).__name__})") from exc
 
 
 def enroll(

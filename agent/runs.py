@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from agent.errors import AgentError
 from agent.run_queue import RunQueue
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2
@@ -187,7 +188,7 @@ class RunTracker:
         self, state: int, error_message: str = "", update_id: str | None = None
     ) -> agent_pb2.RunUpdate:
         """The terminal snapshot (not stored: the engine journals it first, see
-        :meth:`agent.migrations.engine.MigrationEngine._finish`)."""
+        :meth:`agent.migrations.journal.Journal.with_outcome`)."""
         self.state = state
         self.error_message = error_message
         self.input_request = None
@@ -201,7 +202,7 @@ class RunTracker:
         return update
 
 
-class RunCancelled(Exception):
+class RunCancelled(AgentError):
     """The server cancelled the run in progress (action ``cancel_run``)."""
 
 

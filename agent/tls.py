@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from agent.config import AgentConfig
+from agent.errors import AgentError
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class ChannelSecurity:
         return self.ca_file is not None or bool(self.server_fingerprint)
 
 
-class ChannelError(grpc.RpcError):  # type: ignore[misc]
+class ChannelError(AgentError, grpc.RpcError):  # type: ignore[misc]
     """A channel to the server could not be set up; behaves as an RpcError (UNAVAILABLE)."""
 
     def __init__(self, message: str) -> None:

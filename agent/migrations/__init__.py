@@ -1,6 +1,7 @@
-"""Config migrations: model, built-in chain, registry, engine, durable file ops, journal."""
+"""Config migrations: model, built-in chain, registry, the engine (plan, gather inputs, execute
+with rollback, recover after a crash), durable file ops, journal."""
 
-from agent.migrations.engine import MigrationEngine, Plan, RunResult, make_plan
+from agent.migrations.engine import MigrationEngine
 from agent.migrations.model import (
     Detected,
     DetectionError,
@@ -16,7 +17,9 @@ from agent.migrations.model import (
     Step,
     WriteFile,
 )
+from agent.migrations.plan import Plan, make_plan
 from agent.migrations.registry import MigrationRegistry, default_registry
+from agent.migrations.result import RunResult
 
 __all__ = [
     "Detected",

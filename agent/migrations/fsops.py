@@ -21,15 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
+
 TEMP_MARK = ".flagpost-tmp"
 MANIFEST_NAME = "manifest.json"
 
 
-class BackupError(Exception):
+class BackupError(AgentError):
     """A backup could not be made or did not verify."""
 
 
-class RollbackError(Exception):
+class RollbackError(AgentError):
     """Restoring from a backup failed for at least one file (the message lists each)."""
 
 

@@ -10,7 +10,7 @@ It exists only while a run is in flight. Phases, in order::
                 serialized MigrationEvent); ``committed`` says whether the new config stays
 
 The commit point is the ``outcome`` write with ``committed = true``. On start, a journal left by a
-crash is resolved by the engine (:func:`agent.migrations.engine.recover`): before ``outcome`` the
+crash is resolved by :func:`agent.migrations.recovery.recover`: before ``outcome`` the
 run is rolled back from the backup and reported as failed ("interrupted ... rolled back"); at
 ``outcome`` the stored event (and the run's terminal snapshot) is recorded. Either way the event
 goes into the outbox (INSERT OR IGNORE on its pre-generated id) BEFORE the journal is deleted, so
@@ -19,13 +19,16 @@ it is reported exactly once.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
 from agent.migrations.fsops import atomic_write, fsync_dir
+from flagpost.v1 import agent_pb2
 
 STARTED = "started"
 BACKED_UP = "backed_up"
@@ -34,7 +37,7 @@ VERIFYING = "verifying"
 OUTCOME = "outcome"
 
 
-class JournalError(Exception):
+class JournalError(AgentError):
     """The journal file exists but cannot be understood."""
 
 
@@ -70,6 +73,35 @@ class Journal:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_outcome(
+        self,
+        event: agent_pb2.MigrationEvent,
+        update: agent_pb2.RunUpdate,
+        *,
+        committed: bool,
+    ) -> Journal:
+        """This journal at phase ``outcome``, holding the decided event and terminal run
+        snapshot; ``committed``: the new config stays."""
+        return replace(
+            self,
+            phase=OUTCOME,
+            committed=committed,
+            outcome_event=_encode(event),
+            outcome_update=_encode(update),
+        )
+
+    def stored_event(self) -> agent_pb2.MigrationEvent | None:
+        """The outcome event stored at phase ``outcome``, None before."""
+        if not self.outcome_event:
+            return None
+        return agent_pb2.MigrationEvent.FromString(base64.b64decode(self.outcome_event))
+
+    def stored_update(self) -> agent_pb2.RunUpdate | None:
+        """The terminal run snapshot stored with the outcome, None if none was."""
+        if not self.outcome_update:
+            return None
+        return agent_pb2.RunUpdate.FromString(base64.b64decode(self.outcome_update))
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Journal:
         known = {f.name for f in fields(cls)}
@@ -77,6 +109,10 @@ class Journal:
         for key in ("steps", "touched", "files_created", "files_modified", "files_removed"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
+
+
+def _encode(message: agent_pb2.MigrationEvent | agent_pb2.RunUpdate) -> str:
+    return base64.b64encode(message.SerializeToString()).decode("ascii")
 
 
 def write_journal(path: Path, journal: Journal) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent.errors import AgentError
+
 # Re-exported: migration authors import everything from here.
 from agent.inputs import INPUT_NAME as INPUT_NAME
 from agent.inputs import Inputs as Inputs
@@ -25,7 +27,7 @@ MAX_INPUT_ERROR_CHARS = 500
 MAX_INPUT_FIELDS = 16
 
 
-class DetectionError(Exception):
+class DetectionError(AgentError):
     """The config on disk cannot be read, parsed or validated.
 
     ``str(error)`` is the full human-readable message (``agent.conf:7: expected 'key = value'``).
@@ -49,10 +51,6 @@ class DetectionError(Exception):
         self.line = line
         self.errno = errno
         self.exception_type = exception_type
-
-    @property
-    def errno_name(self) -> str:
-        return errno_module.errorcode.get(self.errno, "") if self.errno else ""
 
     @classmethod
     def from_os_error(cls, path: Path, exc: OSError) -> DetectionError:

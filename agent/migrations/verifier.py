@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.errors import AgentError
+
 SCHEME = "scrypt"
 DEFAULT_N = 2**14
 DEFAULT_R = 8
@@ -32,7 +34,7 @@ MAX_R = 32
 MAX_P = 16
 
 
-class VerifierError(ValueError):
+class VerifierError(AgentError, ValueError):
     """A verifier string is malformed (the message says what, never shows the string)."""
 
 

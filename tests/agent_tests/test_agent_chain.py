@@ -15,8 +15,8 @@ from agent.migrations.chain import (
     read_version,
     secrets_file,
 )
-from agent.migrations.engine import make_plan
 from agent.migrations.model import DetectionError, DiskView
+from agent.migrations.plan import make_plan
 
 
 def detect(root: Path) -> tuple[str | None, Path | None]:

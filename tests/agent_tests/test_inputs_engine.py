@@ -34,7 +34,7 @@ from agent.migrations.chain import (
     legacy_config_with_secrets,
     secrets_file,
 )
-from agent.migrations.engine import duration_text
+from agent.migrations.gather import duration_text
 from agent.migrations.model import DetectionError, DiskView, InputSpec, WriteFile
 from agent.migrations.verifier import check_verifier, make_verifier, parse_verifier
 from agent.migrations.waiting import WaitingRun, WaitingRuns
