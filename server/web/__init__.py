@@ -10,7 +10,7 @@ logout).
 
 ``setup_web(app)`` is called by ``server.app.create_app``; it expects ``keys.CONFIG`` to be set and
 ``keys.SESSIONS`` / ``keys.ENGINE`` (and ``keys.BUS`` for live updates, see
-``server.services.bus.bus_ctx``) to be available once the app has started.
+``server.app.bus_ctx``) to be available once the app has started.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from server.services.bus import end_streams_on_shutdown
 from server.web.api_runs import add_api_routes
 from server.web.auth import setup_auth
 from server.web.input_pages import add_input_routes
 from server.web.login import add_login_routes
 from server.web.middleware import error_middleware, security_headers
 from server.web.routes import add_routes
+from server.web.sse import end_streams_on_shutdown
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 TEMPLATES_DIR = WEB_ROOT / "templates"

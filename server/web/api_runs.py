@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from server import keys
+from server import app_keys
 from server.domain import (
     AgentSummary,
     LogLineRecord,
@@ -214,7 +214,9 @@ async def json_body(
 @viewer
 async def list_runs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs``."""
-    page = await runs_service.list_runs(request.app[keys.SESSIONS], parse_run_filter(request.query))
+    page = await runs_service.list_runs(
+        request.app[app_keys.SESSIONS], parse_run_filter(request.query)
+    )
     now = datetime.now(UTC)
     return web.json_response(
         {"runs": [run_json(r, now) for r in page.runs], "next_before": page.next_before}
@@ -224,7 +226,7 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
 @viewer
 async def get_run(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}``."""
-    detail = await runs_service.get_run(request.app[keys.SESSIONS], _path_id(request, "run_id"))
+    detail = await runs_service.get_run(request.app[app_keys.SESSIONS], _path_id(request, "run_id"))
     return web.json_response(run_detail_json(detail, datetime.now(UTC)))
 
 
@@ -233,7 +235,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs``."""
     run_id = _path_id(request, "run_id")
     page = await logs_service.query_logs(
-        request.app[keys.SESSIONS], run_id, parse_log_query(request.query)
+        request.app[app_keys.SESSIONS], run_id, parse_log_query(request.query)
     )
     return web.json_response(
         {"lines": [log_line_json(x) for x in page.lines], "next_after_seq": page.next_after_seq}
@@ -243,7 +245,9 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
 @viewer
 async def run_log_stats(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs/stats``."""
-    stats = await logs_service.log_stats(request.app[keys.SESSIONS], _path_id(request, "run_id"))
+    stats = await logs_service.log_stats(
+        request.app[app_keys.SESSIONS], _path_id(request, "run_id")
+    )
     return web.json_response(
         {"total": stats.total, "by_level": stats.by_level, "by_source": stats.by_source}
     )
@@ -253,7 +257,7 @@ async def run_log_stats(request: web.Request) -> web.StreamResponse:
 async def run_log_sources(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs/sources``."""
     sources = await logs_service.log_sources(
-        request.app[keys.SESSIONS], _path_id(request, "run_id")
+        request.app[app_keys.SESSIONS], _path_id(request, "run_id")
     )
     return web.json_response({"sources": sources})
 
@@ -265,9 +269,9 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     await json_body(request)
     app = request.app
     action = await runs_service.request_cancel(
-        app[keys.SESSIONS], app[keys.CONFIG], run_id, actor_name(request)
+        app[app_keys.SESSIONS], app[app_keys.CONFIG], run_id, actor_name(request)
     )
-    bus = app.get(keys.BUS)
+    bus = app.get(app_keys.BUS)
     if bus is not None:  # the run's page shows "cancel requested" at once
         bus.publish_runs([action.params.get("run_id", run_id)])
     return web.json_response({"action": action_json(action)}, status=202)
@@ -283,7 +287,11 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("must be a string", field="migration_id")
     app = request.app
     action = await runs_service.request_run(
-        app[keys.SESSIONS], app[keys.CONFIG], agent_id, actor_name(request), migration_id or None
+        app[app_keys.SESSIONS],
+        app[app_keys.CONFIG],
+        agent_id,
+        actor_name(request),
+        migration_id or None,
     )
     return web.json_response({"action": action_json(action)}, status=202)
 
@@ -292,7 +300,7 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
 async def list_agents(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/agents``: every agent with its derived health, by hostname."""
     app = request.app
-    agents = await agents_service.list_agents(app[keys.SESSIONS], app[keys.CONFIG])
+    agents = await agents_service.list_agents(app[app_keys.SESSIONS], app[app_keys.CONFIG])
     return web.json_response({"agents": [agent_json(a) for a in agents]})
 
 
@@ -300,10 +308,10 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
 async def get_agent(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/agents/{agent_id}``: facts, health, recent runs, pending actions."""
     app = request.app
-    sessions = app[keys.SESSIONS]
+    sessions = app[app_keys.SESSIONS]
     agent_id = _path_id(request, "agent_id")
     now = datetime.now(UTC)
-    detail = await fleet_service.agent_detail(sessions, app[keys.CONFIG], agent_id, now)
+    detail = await fleet_service.agent_detail(sessions, app[app_keys.CONFIG], agent_id, now)
     record = detail.agent.record
     runs = await runs_service.list_runs(sessions, RunFilter(agent_id=record.id, limit=20))
     actions = await actions_service.list_pending_actions(sessions, record.id, now)

@@ -37,7 +37,7 @@ import aiohttp_jinja2
 from aiohttp import hdrs, web
 from aiohttp.web_exceptions import NotAppKeyWarning
 
-from server import keys
+from server import app_keys
 from server.config import ServerConfig
 from server.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
 from server.services import users as users_service
@@ -248,7 +248,7 @@ async def _session_user(request: web.Request, token: str | None, *, public: bool
     if not token:
         return None
     try:
-        return await users_service.resolve_session(request.app[keys.SESSIONS], token)
+        return await users_service.resolve_session(request.app[app_keys.SESSIONS], token)
     except Unavailable:
         if public:
             return None
@@ -334,7 +334,7 @@ async def session_still_valid(request: web.Request) -> bool:
     token = request.get(SESSION_TOKEN)
     if token is None:
         return True
-    return await users_service.resolve_session(request.app[keys.SESSIONS], token) is not None
+    return await users_service.resolve_session(request.app[app_keys.SESSIONS], token) is not None
 
 
 def actor_name(request: web.Request) -> str:
@@ -371,7 +371,7 @@ def setup_auth(app: web.Application) -> None:
     """Install the access middleware (after the error middleware, so its errors are mapped),
     read the metrics token, and run :func:`check_routes` first thing at start-up (before the
     database or gRPC start), so a route added after ``create_app`` is checked too."""
-    app[METRICS_TOKEN] = load_metrics_token(app[keys.CONFIG])
+    app[METRICS_TOKEN] = load_metrics_token(app[app_keys.CONFIG])
     app.middlewares.append(auth_middleware)
     app.on_startup.insert(0, _startup_check)
     app.on_startup.append(_warm_up)

@@ -19,14 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.domain import PendingAction
 from server.errors import InvalidArgument, Unavailable
 from server.services import runs as runs_service
 from server.services.inputs import InputVault
 from server.web.api_runs import action_json, iso, json_body
 from server.web.auth import actor_name, admin, viewer
-from server.web.pages import path_id
+from server.web.request import path_id
 from server.web.run_views import run_url
 
 INPUT_FIELD_PREFIX = "input."
@@ -34,21 +34,21 @@ MAX_FIELDS = 64  # far above the 16 a request may ask; bounds the work on a host
 
 
 def _vault(app: web.Application) -> InputVault:
-    vault = app[keys.SERVICES].inputs
+    vault = app[app_keys.SERVICES].inputs
     if vault is None:
         raise Unavailable("answering input requests is not enabled on this server")
     return vault
 
 
 def _publish(app: web.Application, run_id: str) -> None:
-    bus = app.get(keys.BUS)
+    bus = app.get(app_keys.BUS)
     if bus is not None:  # the run's open pages show "answers sent" at once
         bus.publish_runs([run_id])
 
 
 def _max_body(app: web.Application) -> int:
     # Every answer at its limit, JSON-escaped (up to 6 bytes per byte), plus the envelope.
-    return MAX_FIELDS * (6 * app[keys.CONFIG].input_max_bytes + 200) + 1024
+    return MAX_FIELDS * (6 * app[app_keys.CONFIG].input_max_bytes + 200) + 1024
 
 
 async def _submit(
@@ -101,7 +101,7 @@ async def submit_json(request: web.Request) -> web.StreamResponse:
 @viewer
 async def get_inputs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/inputs``: the run's input request (never an answer)."""
-    detail = await runs_service.get_run(request.app[keys.SESSIONS], path_id(request, "run_id"))
+    detail = await runs_service.get_run(request.app[app_keys.SESSIONS], path_id(request, "run_id"))
     run = detail.run
     ask = run.input_request
     return web.json_response(

@@ -18,7 +18,7 @@ from typing import Any, Final
 import aiohttp_jinja2
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.errors import RateLimited, Unauthenticated
 from server.services import users as users_service
 from server.services.ratelimit import RateLimiter
@@ -57,7 +57,7 @@ def _cookie_flags(request: web.Request) -> dict[str, Any]:
         "httponly": True,
         "samesite": "Strict",
         "path": "/",
-        "secure": bool(request.app[keys.CONFIG].tls_cert_file),
+        "secure": bool(request.app[app_keys.CONFIG].tls_cert_file),
     }
 
 
@@ -118,10 +118,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         limits.per_address.hit(address)
         limits.per_user.hit(f"{address}\n{name}")
         login = await users_service.login(
-            request.app[keys.SESSIONS],
+            request.app[app_keys.SESSIONS],
             name,
             password,
-            timedelta(hours=request.app[keys.CONFIG].session_ttl_hours),
+            timedelta(hours=request.app[app_keys.CONFIG].session_ttl_hours),
         )
     except (RateLimited, Unauthenticated) as err:
         log.info("login refused for %r from %s: %s", name[:64], address, err.reason)
@@ -139,7 +139,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     response.set_cookie(
         SESSION_COOKIE,
         login.token,
-        max_age=request.app[keys.CONFIG].session_ttl_hours * 3600,
+        max_age=request.app[app_keys.CONFIG].session_ttl_hours * 3600,
         **_cookie_flags(request),
     )
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/")
@@ -152,7 +152,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     ``/login``."""
     token = request.get(SESSION_TOKEN)
     if token:
-        await users_service.logout(request.app[keys.SESSIONS], token)
+        await users_service.logout(request.app[app_keys.SESSIONS], token)
     user = current_user(request)
     log.info("logout: %s", user.name if user else "?")
     response = web.HTTPSeeOther("/login")
@@ -162,7 +162,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 def add_login_routes(app: web.Application) -> None:
     """Register ``/login`` and ``/logout`` and the login rate limiters."""
-    rate = app[keys.CONFIG].login_rate_per_minute
+    rate = app[app_keys.CONFIG].login_rate_per_minute
     app[LOGIN_LIMITS] = LoginLimits(
         per_user=RateLimiter("login", rate),
         per_address=RateLimiter("login (per address)", rate * LOGIN_ADDRESS_FACTOR),

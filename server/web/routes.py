@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.services import history as history_service
 from server.services import inputs as inputs_service
-from server.web.auth import public, viewer
+from server.web.auth import viewer
+from server.web.health import healthz, metrics
 from server.web.pages import add_page_routes
 from server.web.params import parse_event_filter
 from server.web.render import render_page
+from server.web.run_pages import add_run_routes
 from server.web.sse import history_stream
 from server.web.views import history_page, page_json
 
@@ -25,11 +27,11 @@ from server.web.views import history_page, page_json
 async def history(request: web.Request) -> web.StreamResponse:
     """``GET /history``: the filterable, keyset-paginated History page; its first page
     carries the URL and cursor of its live stream (``/history/stream``) when a bus runs."""
-    config = request.app[keys.CONFIG]
-    sessions = request.app[keys.SESSIONS]
+    config = request.app[app_keys.CONFIG]
+    sessions = request.app[app_keys.SESSIONS]
     f = parse_event_filter(request.query, config.history_page_size)
     live_after: int | None = None
-    if f.before_id is None and keys.BUS in request.app:
+    if f.before_id is None and app_keys.BUS in request.app:
         page, live_after = await history_service.list_events_live(sessions, f)
     else:
         page = await history_service.list_events(sessions, f)
@@ -51,21 +53,10 @@ async def history(request: web.Request) -> web.StreamResponse:
 @viewer
 async def api_events(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events``: the History as JSON, same filters and cursor."""
-    config = request.app[keys.CONFIG]
+    config = request.app[app_keys.CONFIG]
     f = parse_event_filter(request.query, config.history_page_size)
-    page = await history_service.list_events(request.app[keys.SESSIONS], f)
+    page = await history_service.list_events(request.app[app_keys.SESSIONS], f)
     return web.json_response(page_json(page))
-
-
-@public
-async def healthz(request: web.Request) -> web.StreamResponse:
-    """``GET /healthz``: 200 while the health monitor sees the database up and it answers
-    ``SELECT 1`` now; 503 otherwise (e.g. SQLite locked by another process, PostgreSQL down)."""
-    if request.app[keys.HEALTH].available and await history_service.database_ok(
-        request.app[keys.ENGINE]
-    ):
-        return web.json_response({"status": "ok"})
-    return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
 
 
 def add_routes(app: web.Application) -> None:
@@ -74,4 +65,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/history/stream", history_stream, name="history_stream")
     app.router.add_get("/api/v1/events", api_events, name="api_events")
     app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/metrics", metrics, name="metrics")
     add_page_routes(app)
+    add_run_routes(app)

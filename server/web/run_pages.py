@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiMapping
 
-from server import keys
+from server import app_keys
 from server.domain import LogQuery, RunFilter, RunPage, RunState
 from server.errors import InvalidArgument
 from server.services import history as history_service
@@ -24,8 +24,8 @@ from server.services import runs as runs_service
 from server.web import run_data
 from server.web.auth import actor_name, admin, viewer
 from server.web.log_params import LogFilter, parse_int, parse_log_filter, single
-from server.web.pages import path_id
 from server.web.render import render_page
+from server.web.request import path_id
 from server.web.run_stream import run_stream, template_macro
 from server.web.run_views import (
     LOG_LEVELS,
@@ -91,7 +91,7 @@ def _url(path: str, params: list[tuple[str, str]]) -> str:
 
 async def _runs_page(request: web.Request) -> tuple[RunFilter, RunPage]:
     f = parse_run_filter(request.query)
-    return f, await runs_service.list_runs(request.app[keys.SESSIONS], f)
+    return f, await runs_service.list_runs(request.app[app_keys.SESSIONS], f)
 
 
 @viewer
@@ -99,7 +99,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
     """``GET /runs``: recent runs, newest first; state and agent filters; keyset pages."""
     f, page = await _runs_page(request)
     now = datetime.now(UTC)
-    agents = await history_service.list_agent_choices(request.app[keys.SESSIONS])
+    agents = await history_service.list_agent_choices(request.app[app_keys.SESSIONS])
     agent_options = [Option(a, host, a == f.agent_id) for a, host in agents]
     if f.agent_id and not any(o.selected for o in agent_options):
         agent_options.append(Option(f.agent_id, f"unknown agent {f.agent_id}", True))
@@ -150,7 +150,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
     filters, counts), live tail and cancel. ``from_seq`` pages back through a long log;
     without it the page shows the newest ``LOG_PAGE_LINES`` lines."""
     app = request.app
-    sessions = app[keys.SESSIONS]
+    sessions = app[app_keys.SESSIONS]
     run_id = path_id(request, "run_id")
     log_filter = parse_log_filter(request.query)
     from_raw = single(request.query, "from_seq", 20)
@@ -218,9 +218,9 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     app = request.app
     run_id = path_id(request, "run_id")
     await runs_service.request_cancel(
-        app[keys.SESSIONS], app[keys.CONFIG], run_id, actor_name(request)
+        app[app_keys.SESSIONS], app[app_keys.CONFIG], run_id, actor_name(request)
     )
-    bus = app.get(keys.BUS)
+    bus = app.get(app_keys.BUS)
     if bus is not None:
         bus.publish_runs([run_id])
     raise web.HTTPSeeOther(f"{run_url(run_id)}?cancel=requested")
@@ -233,7 +233,7 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
     app = request.app
     agent_id = path_id(request, "agent_id")
     action = await runs_service.request_run(
-        app[keys.SESSIONS], app[keys.CONFIG], agent_id, actor_name(request)
+        app[app_keys.SESSIONS], app[app_keys.CONFIG], agent_id, actor_name(request)
     )
     query = urlencode([("requested", action.action_id)])
     raise web.HTTPSeeOther(f"/agents/{agent_id}?{query}")

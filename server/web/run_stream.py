@@ -36,12 +36,12 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.errors import Unavailable
 from server.web import run_data
 from server.web.auth import viewer
 from server.web.log_params import LogFilter, parse_log_filter
-from server.web.pages import path_id
+from server.web.request import path_id
 from server.web.run_views import LogLineRow, RunDetailView, log_line_json, run_json
 from server.web.sse import client_gone, heartbeat, stream_cursor
 
@@ -114,7 +114,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
     run_id = path_id(request, "run_id")
     log_filter = parse_log_filter(request.query)
     cursor = stream_cursor(request.headers, request.query) or 0
-    bus = app.get(keys.BUS)
+    bus = app.get(app_keys.BUS)
     if bus is None:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(RUN_STREAM_SETTINGS) or RunStreamSettings()

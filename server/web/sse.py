@@ -35,7 +35,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server import keys
+from server import app_keys
 from server.domain import EventFilter, StoredEvent
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
@@ -109,20 +109,27 @@ async def heartbeat(request: web.Request, response: web.StreamResponse, name: st
     return True
 
 
+async def end_streams_on_shutdown(app: web.Application) -> None:
+    """``on_shutdown`` hook: end live streams before aiohttp waits for open requests."""
+    bus = app.get(app_keys.BUS)
+    if bus is not None:
+        bus.end_streams()
+
+
 @viewer
 async def history_stream(request: web.Request) -> web.StreamResponse:
     """``GET /history/stream``: the History's new rows matching the page's filters (SSE)."""
     app = request.app
-    config = app[keys.CONFIG]
+    config = app[app_keys.CONFIG]
     if "before" in request.query:
         raise InvalidArgument("the live stream only follows the newest events", field="before")
     f = parse_event_filter(request.query, config.history_page_size)
     cursor = stream_cursor(request.headers, request.query)
-    bus = app.get(keys.BUS)
+    bus = app.get(app_keys.BUS)
     if bus is None:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(STREAM_SETTINGS) or StreamSettings()
-    sessions = app[keys.SESSIONS]
+    sessions = app[app_keys.SESSIONS]
     render_row: RowRenderer = getattr(
         aiohttp_jinja2.get_env(app).get_template(ROW_TEMPLATE).module, ROW_MACRO
     )
