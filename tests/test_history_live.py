@@ -42,7 +42,7 @@ from server.storage import notify
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
 from server.web.auth import SESSION_COOKIE
-from server.web.sse import STREAM_SETTINGS, StreamSettings
+from server.web.history.stream import STREAM_SETTINGS, StreamSettings
 
 if TYPE_CHECKING:
     from server_testlib import WatchedPage

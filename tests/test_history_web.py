@@ -33,7 +33,8 @@ from server.storage.events import insert_events
 from server.storage.models import UpdateEvent
 from server.web import setup_web
 from server.web.auth import SESSION_COOKIE, viewer
-from server.web.views import error_items, outcome_label, relative_time
+from server.web.format import relative_time
+from server.web.history.views import error_items, outcome_label
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 XSS_MESSAGE = "<script>window.__pwned=1</script>"

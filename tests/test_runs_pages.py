@@ -35,7 +35,7 @@ from server.services import users as users_service
 from server.services.bus import EventBus, PostgresEventBus
 from server.storage import notify, run_ingest
 from server.storage.db import create_engine_for_url, make_sessionmaker
-from server.web.run_stream import RUN_STREAM_SETTINGS, RunStreamSettings
+from server.web.runs.stream import RUN_STREAM_SETTINGS, RunStreamSettings
 
 FAST = RunStreamSettings(
     heartbeat_seconds=0.5,
@@ -741,7 +741,7 @@ async def test_run_notifications_cross_processes_through_postgresql(db_url: str)
 
 def test_short_run_ids_tell_time_ordered_runs_apart() -> None:
     from agent.uuid7 import uuid7_str
-    from server.web.run_views import short_id
+    from server.web.runs.views import short_id
 
     ids = [uuid7_str() for _ in range(50)]  # same millisecond or close: same leading block
     shorts = {short_id(run_id) for run_id in ids}

@@ -7,10 +7,8 @@ from aiohttp import web
 from server import app_keys
 from server.metrics import CONTENT_TYPE
 from server.services import history as history_service
-from server.web.auth import metrics_reader, public
 
 
-@public
 async def healthz(request: web.Request) -> web.StreamResponse:
     """``GET /healthz``: 200 while the health monitor sees the database up and it answers
     ``SELECT 1`` now; 503 otherwise (e.g. SQLite locked by another process, PostgreSQL down)."""
@@ -21,7 +19,6 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
 
 
-@metrics_reader
 async def metrics(request: web.Request) -> web.StreamResponse:
     """``GET /metrics``: the Prometheus text exposition of this app's ``ServerMetrics``, to a
     logged-in user or a scraper with the ``metrics_token_file`` bearer token."""

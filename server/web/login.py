@@ -28,9 +28,7 @@ from server.web.auth import (
     SESSION_TOKEN,
     csrf_token_for,
     current_user,
-    public,
     safe_next,
-    viewer,
 )
 from server.web.middleware import error_headers
 
@@ -95,7 +93,6 @@ def _render_form(
     return response
 
 
-@public
 async def login_page(request: web.Request) -> web.StreamResponse:
     """``GET /login``: the form (a logged-in user goes straight to ``next``)."""
     next_path = safe_next(request.query.get("next"))
@@ -104,7 +101,6 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return _render_form(request, next_path=next_path)
 
 
-@public
 async def login_submit(request: web.Request) -> web.StreamResponse:
     """``POST /login`` (form: name, password, next, csrf_token): open a session, 303 to
     ``next``; the form again with one generic error otherwise."""
@@ -146,7 +142,6 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-@viewer
 async def logout(request: web.Request) -> web.StreamResponse:
     """``POST /logout`` (CSRF): delete the session server-side, clear the cookie, 303 to
     ``/login``."""
@@ -160,13 +155,10 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-def add_login_routes(app: web.Application) -> None:
-    """Register ``/login`` and ``/logout`` and the login rate limiters."""
+def setup_login(app: web.Application) -> None:
+    """The login rate limiters of ``app`` (the routes are in ``server.web.routes``)."""
     rate = app[app_keys.CONFIG].login_rate_per_minute
     app[LOGIN_LIMITS] = LoginLimits(
         per_user=RateLimiter("login", rate),
         per_address=RateLimiter("login (per address)", rate * LOGIN_ADDRESS_FACTOR),
     )
-    app.router.add_get("/login", login_page, name="login")
-    app.router.add_post("/login", login_submit, name="login_submit")
-    app.router.add_post("/logout", logout, name="logout")

@@ -7,6 +7,7 @@ runs service (:mod:`server.services.runs`).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -15,16 +16,15 @@ from server.domain import RunFilter, RunState
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
 from server.services import runs as runs_service
-from server.web.auth import viewer
-from server.web.fleet_views import agent_page, overview_page, pending_action_note
-from server.web.render import render_page
+from server.web.auth import actor_name
+from server.web.fleet.views import agent_page, overview_page, pending_action_note
 from server.web.request import path_id
-from server.web.run_views import run_row
+from server.web.runs.views import run_row
+from server.web.templates import render_page
 
 AGENT_PAGE_RUNS = 10
 
 
-@viewer
 async def overview(request: web.Request) -> web.StreamResponse:
     """``GET /``: agents online / stale / offline, config versions and rollout, runs waiting
     for input, events per hour over the last day."""
@@ -43,7 +43,6 @@ async def overview(request: web.Request) -> web.StreamResponse:
     return await render_page("overview.html", request, {"page": view})
 
 
-@viewer
 async def agent(request: web.Request) -> web.StreamResponse:
     """``GET /agents/{agent_id}``: facts, runs, recent events, "Run migration now"."""
     app = request.app
@@ -67,7 +66,13 @@ async def agent(request: web.Request) -> web.StreamResponse:
     return await render_page("agent.html", request, {"page": view})
 
 
-def add_page_routes(app: web.Application) -> None:
-    """Register the overview and the agent page."""
-    app.router.add_get("/", overview, name="overview")
-    app.router.add_get("/agents/{agent_id}", agent, name="agent")
+async def request_agent_run(request: web.Request) -> web.StreamResponse:
+    """``POST /agents/{agent_id}/runs`` (the agent page's form): queue a "run migration now"
+    action, delivered with the agent's next check-in, and go back to the agent page."""
+    app = request.app
+    agent_id = path_id(request, "agent_id")
+    action = await runs_service.request_run(
+        app[app_keys.SESSIONS], app[app_keys.CONFIG], agent_id, actor_name(request)
+    )
+    query = urlencode([("requested", action.action_id)])
+    raise web.HTTPSeeOther(f"/agents/{agent_id}?{query}")
