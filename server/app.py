@@ -3,15 +3,15 @@
 One asyncio loop runs both transports. ``create_app`` builds the aiohttp application; its
 ``cleanup_ctx`` starts, in order, and stops, in reverse order:
 
-1. the database: engine + sessionmaker into ``keys.ENGINE`` / ``keys.SESSIONS``, after checking
-   the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``), and the
-   shared ``DatabaseHealth`` state (``keys.HEALTH``); then the action-signing key
-   (``<state_dir>/signing-key.pem``, ``keys.SIGNER``), checked against the database's registry;
-2. the event bus (``server.services.bus``, live History streams; ``keys.BUS``);
+1. the database: engine + sessionmaker into ``app_keys.ENGINE`` / ``app_keys.SESSIONS``, after
+   checking the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``), and the
+   shared ``DatabaseHealth`` state (``app_keys.HEALTH``); then the action-signing key
+   (``<state_dir>/signing-key.pem``, ``app_keys.SIGNER``), checked against the database's registry;
+2. the event bus (``bus_ctx``: ``server.services.bus``, live streams; ``app_keys.BUS``);
 3. the health monitor: probes the database about once a second while idle or failing;
 4. the ingest writer (group commit; wakes the bus after each commit); on stop it drains and
    commits what is queued;
-5. the grpc.aio server (bound port into ``app[keys.PORTS].grpc``; TLS, and the web's TLS,
+5. the grpc.aio server (bound port into ``app[app_keys.PORTS].grpc``; TLS, and the web's TLS,
    from ``server.tls`` when ``tls_cert_file`` is set);
 6. the retention job (``server.services.retention``): prunes events, runs and logs beyond the
    configured limits every ``retention_interval_minutes``, in bounded batches.
@@ -22,7 +22,8 @@ Shutdown order (``RunningServer.stop`` / ``runner.cleanup()``): the web stops li
 running — then the cleanup contexts unwind: the writer commits whatever is still queued, the
 monitor stops, the engine closes.
 
-Metrics: one ``ServerMetrics`` registry per app (``keys.METRICS``), served at ``GET /metrics``.
+Metrics: one ``ServerMetrics`` registry per app (``app_keys.METRICS``), served at ``GET /metrics``
+(``server.web.health``).
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.config import ServerConfig
 from server.errors import ConfigError, ListenError
 from server.grpc.server import create_grpc_server
-from server.metrics import ServerMetrics, add_metrics_route
+from server.metrics import ServerMetrics
 from server.services import Services, server_keys
 from server.services.agents import Authenticator
-from server.services.bus import bus_ctx, end_streams_on_shutdown
+from server.services.bus import create_bus
 from server.services.health import DatabaseHealth, HealthMonitor
 from server.services.ingest import IngestWriter
 from server.services.inputs import InputVault
@@ -86,7 +87,7 @@ _TRANSPORT = web.AppKey("transport", _Transport)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+    config = app[app_keys.CONFIG]
     _check_state_dir(config.state_dir)
     if config.auto_upgrade:
         log.info("auto-upgrade: migrating the database schema to head")
@@ -97,11 +98,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await engine.dispose()
         raise
-    app[keys.ENGINE] = engine
-    app[keys.SESSIONS] = make_sessionmaker(engine)
+    app[app_keys.ENGINE] = engine
+    app[app_keys.SESSIONS] = make_sessionmaker(engine)
     health = DatabaseHealth()
-    app[keys.HEALTH] = health
-    app[keys.METRICS].health = health
+    app[app_keys.HEALTH] = health
+    app[app_keys.METRICS].health = health
     try:
         yield
     finally:
@@ -125,21 +126,34 @@ def _check_state_dir(state_dir: Path) -> None:
 async def _signing(app: web.Application) -> AsyncIterator[None]:
     """The action-signing key (``server.signing``), registered in the database: a key that
     differs from the one already registered refuses to start (ConfigError)."""
-    state_dir = app[keys.CONFIG].state_dir
+    state_dir = app[app_keys.CONFIG].state_dir
     signer = await asyncio.to_thread(load_or_create, state_dir)
     await server_keys.register(
-        app[keys.SESSIONS],
+        app[app_keys.SESSIONS],
         "signing",
         signer.path or state_dir / SIGNING_KEY_FILE,
         signer.key_id,
         signer.public_key_bytes().hex(),
     )
-    app[keys.SIGNER] = signer
+    app[app_keys.SIGNER] = signer
     yield
 
 
+async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The event bus (``server.services.bus``) for ``app[app_keys.CONFIG]``: created and
+    started into ``app[app_keys.BUS]``, closed on cleanup. Goes right after the database."""
+    bus = create_bus(app[app_keys.CONFIG])
+    await bus.start()
+    app[app_keys.BUS] = bus
+    log.info("event bus started (%s)", bus.kind)
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
 async def _health_monitor(app: web.Application) -> AsyncIterator[None]:
-    monitor = HealthMonitor(app[keys.CONFIG], app[keys.ENGINE], app[keys.HEALTH])
+    monitor = HealthMonitor(app[app_keys.CONFIG], app[app_keys.ENGINE], app[app_keys.HEALTH])
     monitor.start()
     try:
         yield
@@ -148,30 +162,30 @@ async def _health_monitor(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ingest(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
-    sessions = app[keys.SESSIONS]
-    metrics = app[keys.METRICS]
+    config = app[app_keys.CONFIG]
+    sessions = app[app_keys.SESSIONS]
+    metrics = app[app_keys.METRICS]
     # <state_dir>/inputs.key (file I/O and fsync: off the loop); ConfigError if unsafe
     inputs = await asyncio.to_thread(InputVault.open, config, sessions)
     await server_keys.register(sessions, "inputs", inputs.path, inputs.key_id)
     writer = IngestWriter(
         config,
         sessions,
-        health=app[keys.HEALTH],
+        health=app[app_keys.HEALTH],
         observe_latency=metrics.ingest_latency.observe,
         store=make_batch_store(config, sessions),
     )
-    if keys.BUS in app:  # live History streams wake after every commit that stored rows
-        writer.add_commit_listener(app[keys.BUS].on_ingest_commit)
+    if app_keys.BUS in app:  # live History streams wake after every commit that stored rows
+        writer.add_commit_listener(app[app_keys.BUS].on_ingest_commit)
     writer.start()
     metrics.writer = writer
-    app[keys.SERVICES] = Services(
+    app[app_keys.SERVICES] = Services(
         config=config,
         sessions=sessions,
         authenticator=Authenticator(sessions),
         ingest=writer,
-        signer=app[keys.SIGNER],
-        health=app[keys.HEALTH],
+        signer=app[app_keys.SIGNER],
+        health=app[app_keys.HEALTH],
         metrics=metrics,
         inputs=inputs,
     )
@@ -190,10 +204,10 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
 
 async def _grpc(app: web.Application) -> AsyncIterator[None]:
     server, port = await create_grpc_server(
-        app[keys.CONFIG], app[keys.SERVICES], tls=app[_TRANSPORT].tls
+        app[app_keys.CONFIG], app[app_keys.SERVICES], tls=app[_TRANSPORT].tls
     )
     await server.start()
-    app[keys.PORTS].grpc = port
+    app[app_keys.PORTS].grpc = port
     app[_LIFECYCLE].grpc_server = server
     try:
         yield
@@ -207,11 +221,11 @@ async def _stop_grpc(app: web.Application) -> None:
     server, lifecycle.grpc_server = lifecycle.grpc_server, None
     if server is not None:
         log.info("gRPC: refusing new calls, finishing in-flight ones")
-        await server.stop(app[keys.CONFIG].shutdown_grace_seconds)
+        await server.stop(app[app_keys.CONFIG].shutdown_grace_seconds)
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    job = RetentionJob(app[keys.SESSIONS], app[keys.CONFIG])
+    job = RetentionJob(app[app_keys.SESSIONS], app[app_keys.CONFIG])
     job.start()
     app[_LIFECYCLE].retention = job
     try:
@@ -223,18 +237,17 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: ServerConfig) -> web.Application:
     """The aiohttp application of one server process (see the module docstring)."""
     app = web.Application()
-    app[keys.CONFIG] = config
-    app[keys.PORTS] = keys.BoundPorts()
+    app[app_keys.CONFIG] = config
+    app[app_keys.PORTS] = app_keys.BoundPorts()
     app[_LIFECYCLE] = _Lifecycle()
     app[_TRANSPORT] = _Transport(load_server_tls(config))  # ConfigError on bad TLS settings
     metrics = ServerMetrics()
-    app[keys.METRICS] = metrics
+    app[app_keys.METRICS] = metrics
     app.cleanup_ctx.extend(
         [_database, _signing, bus_ctx, _health_monitor, _ingest, _grpc, _retention]
     )
-    app.on_shutdown.extend([end_streams_on_shutdown, _stop_grpc])
-    setup_web(app)
-    add_metrics_route(app, metrics)
+    setup_web(app)  # its on_shutdown hook (end the live streams) runs before gRPC stops
+    app.on_shutdown.append(_stop_grpc)
     return app
 
 
@@ -298,11 +311,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
         await runner.cleanup()
         raise
     web_port = int(runner.addresses[0][1])
-    app[keys.PORTS].web = web_port
+    app[app_keys.PORTS].web = web_port
     return RunningServer(
         app=app,
         runner=runner,
-        grpc_port=app[keys.PORTS].grpc,
+        grpc_port=app[app_keys.PORTS].grpc,
         web_port=web_port,
         web_url=f"{'https' if tls is not None else 'http'}://{config.web_host}:{web_port}",
         tls=tls,

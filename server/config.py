@@ -43,7 +43,7 @@ class ServerConfig:
     ingest_batch_max_events: int = 2_000
     ingest_batch_max_wait_ms: int = 2
     retry_after_ms: int = 2_000
-    # Database health (issue 3): probe every interval while idle or failing; a probe that takes
+    # Database health: probe every interval while idle or failing; a probe that takes
     # longer than the timeout counts as a failure. A SQLite write waits at most the busy timeout
     # for a lock another process holds, then fails with UNAVAILABLE (retryable).
     health_probe_interval_ms: int = 1_000
@@ -51,7 +51,7 @@ class ServerConfig:
     sqlite_busy_timeout_ms: int = 5_000
     # Graceful shutdown: how long in-flight calls may take to finish before they are cancelled.
     shutdown_grace_seconds: int = 10
-    # Runs and logs (issue 4): per check-in limits (INVALID_ARGUMENT naming the limit) and how
+    # Runs and logs: per check-in limits (INVALID_ARGUMENT naming the limit) and how
     # long an action (run a migration, cancel a run) waits for its agent before it expires.
     max_run_updates_per_checkin: int = 500
     max_log_lines_per_checkin: int = 5_000
@@ -73,7 +73,7 @@ class ServerConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
-    # Trust (issue 5). The Ed25519 key that signs every action lives in
+    # Trust. The Ed25519 key that signs every action lives in
     # <state_dir>/signing-key.pem (created 0600 on first start); replicas sharing a PostgreSQL
     # must share that file. Agent credentials expire after credential_ttl_days (0: never) and
     # are rotated automatically at the first check-in within credential_rotate_before_days of
@@ -88,7 +88,7 @@ class ServerConfig:
     session_ttl_hours: int = 12
     # A file holding a bearer token Prometheus may use for /metrics ("" = logged-in users only).
     metrics_token_file: str = ""
-    # Secret input (issue 6): answers are kept encrypted with <state_dir>/inputs.key (Fernet,
+    # Secret input: answers are kept encrypted with <state_dir>/inputs.key (Fernet,
     # created 0600 on first start) until the agent acknowledges them; each answer is at most
     # input_max_bytes.
     input_max_bytes: int = 4_096

@@ -45,7 +45,7 @@ _SEVERITY: dict[EventStatus, Severity] = {
 
 
 def severity_for(status: EventStatus) -> Severity:
-    """The one mapping from an event's status to its severity (DESIGN §3)."""
+    """The one mapping from an event's status to its severity."""
     return _SEVERITY[status]
 
 
@@ -164,11 +164,11 @@ class EventPage:
     filters: EventFilter = field(default_factory=EventFilter)
 
 
-# --- Runs (issue 4) --------------------------------------------------------------------------
+# --- Runs -----------------------------------------------------------------------------------------
 
 
 class RunState(StrEnum):
-    """The state of one migration run (DESIGN §4). Values are the proto names without prefix."""
+    """The state of one migration run. Values are the proto names without prefix."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -345,7 +345,7 @@ class RunSummary:
     cancel_requested_by: str | None
     cancel_requested_at: datetime | None
     cancelled_by: str | None
-    # Issue 6: the last input request (kept after the run moved on), when the server got it,
+    # Input requests: the last one (kept after the run moved on), when the server got it,
     # and who answered last and when.
     input_request: InputRequest | None = None
     input_requested_at: datetime | None = None

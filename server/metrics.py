@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -134,20 +133,8 @@ class ServerMetrics:
             self.rejections.labels(reason if reason in REJECTION_REASONS else "internal").inc()
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format."""
+        """The registry in Prometheus text format (served as :data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
 
-def add_metrics_route(app: web.Application, metrics: ServerMetrics) -> None:
-    """Serve ``GET /metrics`` on ``app``: the Prometheus text exposition of ``metrics``, to a
-    logged-in user or a scraper with the ``metrics_token_file`` bearer token."""
-    # imported here: server.web imports server.keys, which imports this module
-    from server.web.auth import metrics_reader
-
-    @metrics_reader
-    async def metrics_handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    app.router.add_get("/metrics", metrics_handler, name="metrics")
+CONTENT_TYPE = CONTENT_TYPE_LATEST

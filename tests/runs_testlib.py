@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.uuid7 import uuid7_str as uuid7
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.services import enrollment
 
@@ -77,7 +77,7 @@ class AgentClient:
     async def enroll(
         cls, server: RunningServer, channel: grpc.aio.Channel, hostname: str = "web-1"
     ) -> AgentClient:
-        token = await enrollment.create_token(server.app[keys.SESSIONS], uses=1)
+        token = await enrollment.create_token(server.app[app_keys.SESSIONS], uses=1)
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         facts = agent_pb2.HostFacts()
         facts.CopyFrom(FACTS)

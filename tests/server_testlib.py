@@ -91,7 +91,7 @@ async def create_web_user(
 ) -> WebAccount:
     """Create a web user through the service layer (argon2 hash) on the database of ``server``
     (a running server or a started aiohttp application)."""
-    from server import keys
+    from server import app_keys
     from server.services import users as users_service
 
     app = server if isinstance(server, web.Application) else server.app
@@ -102,7 +102,7 @@ async def create_web_user(
         role=role,
     )
     await users_service.create_user(
-        app[keys.SESSIONS], account.name, account.password, account.role
+        app[app_keys.SESSIONS], account.name, account.password, account.role
     )
     return account
 
@@ -197,7 +197,7 @@ async def login_test_client(
 
 def action_body(action: Any, public_key: bytes | None = None) -> Any:
     """The ``ActionBody`` inside a signed ``Action`` from a real server; with ``public_key``
-    (``app[keys.SIGNER].public_key_bytes()``) the signature is verified first (InvalidSignature
+    (``app[app_keys.SIGNER].public_key_bytes()``) the signature is verified first (InvalidSignature
     otherwise)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 

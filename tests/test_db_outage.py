@@ -26,7 +26,7 @@ from sqlalchemy import select
 from test_grpc_ingest import FACTS, auth, enroll, event
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.storage.models import UpdateEvent
@@ -130,7 +130,7 @@ async def wait_for_healthz(server: RunningServer, status: int, within: float = 1
 
 
 async def stored(server: RunningServer, ids: list[str]) -> list[str]:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         rows = await session.execute(
             select(UpdateEvent.event_id).where(UpdateEvent.event_id.in_(ids))
         )
@@ -185,8 +185,8 @@ async def test_postgresql_refusing_connections_then_back(
                 await stub.CheckIn(during, metadata=auth(credential), timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert time.monotonic() - started < 2  # fails fast, no hanging on the database
-            assert server.app[keys.METRICS].health is not None
-            assert not server.app[keys.HEALTH].available
+            assert server.app[app_keys.METRICS].health is not None
+            assert not server.app[app_keys.HEALTH].available
 
             await proxy.start()  # same port: the database is back
             await wait_for_status(server.grpc_port, SERVING)
@@ -258,7 +258,7 @@ async def test_sqlite_locked_by_another_process_then_released(server_config: Ser
 
         ids = [e.event_id for r in (before, racing, during) for e in r.events]
         assert sorted(await stored(server, ids)) == sorted(ids)
-        writer = server.app[keys.SERVICES].ingest
+        writer = server.app[app_keys.SERVICES].ingest
         assert writer.events_stored == len(ids) and writer.duplicates == 0
     finally:
         if locker is not None and locker.poll() is None:

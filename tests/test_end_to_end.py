@@ -23,7 +23,7 @@ from server_testlib import logged_in_http
 from sqlalchemy import select
 from unprivileged_testlib import nobody_runtime
 
-from server import keys
+from server import app_keys
 from server.services.enrollment import create_token
 from server.storage.models import UpdateEvent
 
@@ -68,13 +68,15 @@ async def run_agent(root: Path, *args: str, as_nobody: bool = False) -> str:
 
 
 async def enrolled_agent(server: Any, root: Path, *, as_nobody: bool = False) -> None:
-    token = await create_token(server.app[keys.SESSIONS], uses=1, expires_in=timedelta(minutes=10))
+    token = await create_token(
+        server.app[app_keys.SESSIONS], uses=1, expires_in=timedelta(minutes=10)
+    )
     grpc_addr = f"127.0.0.1:{server.grpc_port}"
     await run_agent(root, "enroll", "--server", grpc_addr, "--token", token, as_nobody=as_nobody)
 
 
 async def stored_events(server: Any) -> list[UpdateEvent]:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         rows = await session.scalars(select(UpdateEvent).order_by(UpdateEvent.id))
         return list(rows)
 

@@ -18,7 +18,7 @@ from server.services.fleet import newest_version, version_key
 from server.storage.agents import CheckinUpdate, create_agent, record_checkins, set_revoked
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
-from server.web.charts import events_per_hour_chart, nice_max
+from server.web.fleet.charts import events_per_hour_chart, nice_max
 
 XSS_HOST = "<img src=x onerror=alert(1)>"
 

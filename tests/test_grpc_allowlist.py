@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.errors import UnprotectedMethod
 from server.grpc.interceptors import PUBLIC_METHODS, FlagpostInterceptor, method_path
@@ -39,7 +39,7 @@ async def served_methods(running_server: RunningServer) -> list[str]:
     """What create_grpc_server adds, recorded the same way: on a fresh, never started server."""
     server = grpc.aio.server()
     try:
-        methods, _ = add_services(server, running_server.app[keys.SERVICES])
+        methods, _ = add_services(server, running_server.app[app_keys.SERVICES])
     finally:
         await server.stop(None)
     return methods

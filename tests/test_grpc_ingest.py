@@ -20,7 +20,7 @@ from server_testlib import new_event
 from sqlalchemy import func, select, update
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.domain import Category, HostFacts, Severity
@@ -72,7 +72,7 @@ async def channel(running_server: RunningServer) -> AsyncIterator[grpc.aio.Chann
 
 
 async def enroll(server: RunningServer, channel: grpc.aio.Channel) -> tuple[str, str]:
-    token = await enrollment.create_token(server.app[keys.SESSIONS], uses=1)
+    token = await enrollment.create_token(server.app[app_keys.SESSIONS], uses=1)
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     reply = await stub.Enroll(agent_pb2.EnrollRequest(token=token, facts=FACTS))
     return reply.agent_id, reply.credential
@@ -83,7 +83,7 @@ def auth(credential: str) -> tuple[tuple[str, str], ...]:
 
 
 async def count_events(server: RunningServer) -> int:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         return int(
             (await session.execute(select(func.count()).select_from(UpdateEvent))).scalar_one()
         )
@@ -104,9 +104,11 @@ async def test_same_batch_twice_is_stored_once_and_fully_acked(
 
     assert list(first.acknowledged_event_ids) == ids
     assert list(second.acknowledged_event_ids) == ids
-    assert first.next_checkin_seconds == running_server.app[keys.CONFIG].checkin_interval_seconds
+    assert (
+        first.next_checkin_seconds == running_server.app[app_keys.CONFIG].checkin_interval_seconds
+    )
     assert await count_events(running_server) == 3
-    async with running_server.app[keys.SESSIONS]() as session:
+    async with running_server.app[app_keys.SESSIONS]() as session:
         rows = (await session.execute(select(UpdateEvent).order_by(UpdateEvent.id))).scalars().all()
         agent = await session.get(Agent, agent_id)
     assert [r.event_id for r in rows] == ids[:3]
@@ -139,7 +141,7 @@ async def test_checkin_refreshes_facts_and_accepts_empty_batches(
     new_facts = agent_pb2.HostFacts(hostname="web-1b", config_version="3", disk_free_bytes=42)
     reply = await stub.CheckIn(agent_pb2.CheckInRequest(facts=new_facts), metadata=auth(credential))
     assert list(reply.acknowledged_event_ids) == []
-    async with running_server.app[keys.SESSIONS]() as session:
+    async with running_server.app[app_keys.SESSIONS]() as session:
         agent = await session.get(Agent, agent_id)
     assert agent is not None
     assert (agent.hostname, agent.config_version, agent.disk_free_bytes) == ("web-1b", "3", 42)
@@ -199,7 +201,7 @@ async def test_missing_occurred_at_and_too_many_events_are_invalid(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "events[1].occurred_at" in (caught.value.details() or "")
 
-    limit = running_server.app[keys.CONFIG].max_events_per_checkin
+    limit = running_server.app[app_keys.CONFIG].max_events_per_checkin
     too_many = [event() for _ in range(limit + 1)]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CheckIn(agent_pb2.CheckInRequest(events=too_many), metadata=auth(credential))
@@ -231,8 +233,10 @@ async def test_credentials_are_checked(
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # A revoked agent is refused with PERMISSION_DENIED.
-    services = running_server.app[keys.SERVICES]
-    await agent_service.revoke(running_server.app[keys.SESSIONS], agent_id, services.authenticator)
+    services = running_server.app[app_keys.SERVICES]
+    await agent_service.revoke(
+        running_server.app[app_keys.SESSIONS], agent_id, services.authenticator
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CheckIn(request, metadata=auth(credential))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -242,7 +246,7 @@ async def test_credentials_are_checked(
 async def test_secrets_are_stored_only_as_hashes(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     token = await enrollment.create_token(sessions, uses=1)
     assert token.startswith("fpt_") and len(token) >= 40
     reply = await agent_pb2_grpc.AgentServiceStub(channel).Enroll(
@@ -261,7 +265,7 @@ async def test_secrets_are_stored_only_as_hashes(
 async def test_used_up_expired_and_unknown_tokens_are_refused(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     two_uses = await enrollment.create_token(sessions, uses=2)
     first = await stub.Enroll(agent_pb2.EnrollRequest(token=two_uses, facts=FACTS))
@@ -299,7 +303,7 @@ async def test_used_up_expired_and_unknown_tokens_are_refused(
 async def test_concurrent_enrollments_never_overspend_a_token(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
-    token = await enrollment.create_token(running_server.app[keys.SESSIONS], uses=3)
+    token = await enrollment.create_token(running_server.app[app_keys.SESSIONS], uses=3)
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     results = await asyncio.gather(
         *[stub.Enroll(agent_pb2.EnrollRequest(token=token, facts=FACTS)) for _ in range(8)],

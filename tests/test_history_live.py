@@ -31,18 +31,18 @@ from sqlalchemy import text
 from test_history_web import AGENTS, XSS_MESSAGE, _event, build_app, seed, start_client
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
-from server.app import RunningServer, start_server
+from server import app_keys
+from server.app import RunningServer, bus_ctx, start_server
 from server.config import ServerConfig, load_config
 from server.domain import EventStatus, EventType, NewEvent
 from server.services import enrollment
 from server.services import users as users_service
-from server.services.bus import EventBus, PostgresEventBus, bus_ctx
+from server.services.bus import EventBus, PostgresEventBus
 from server.storage import notify
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
 from server.web.auth import SESSION_COOKIE
-from server.web.sse import STREAM_SETTINGS, StreamSettings
+from server.web.history.stream import STREAM_SETTINGS, StreamSettings
 
 if TYPE_CHECKING:
     from server_testlib import WatchedPage
@@ -211,7 +211,7 @@ async def live(db_url: str) -> AsyncIterator[tuple[Any, EventBus, str]]:
     await seed(db_url)
     client = await start_client(build_app(db_url, page_size=10, extra=with_bus()))
     try:
-        yield client, client.app[keys.BUS], db_url
+        yield client, client.app[app_keys.BUS], db_url
     finally:
         await client.close()
 
@@ -258,7 +258,7 @@ async def test_a_stream_ends_when_its_session_ends(live: tuple[Any, EventBus, st
     async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
         stream = await open_stream(http, url)
         cookie = client.session.cookie_jar.filter_cookies(client.make_url("/"))[SESSION_COOKIE]
-        assert await users_service.logout(client.app[keys.SESSIONS], cookie.value)
+        assert await users_service.logout(client.app[app_keys.SESSIONS], cookie.value)
         rest = await asyncio.wait_for(stream.response.content.read(), timeout=5)
         assert b"event: event" not in rest  # ended at a heartbeat, nothing more sent
         assert stream.response.content.at_eof()
@@ -356,7 +356,7 @@ async def test_bad_stream_params_are_400_naming_the_param(
 async def test_disconnects_and_shutdown_end_streams_cleanly(db_url: str) -> None:
     await seed(db_url, [])
     client = await start_client(build_app(db_url, extra=with_bus()))
-    bus = client.app[keys.BUS]
+    bus = client.app[app_keys.BUS]
     url = str(client.make_url("/history/stream"))
     try:
         async with aiohttp.ClientSession(cookie_jar=client.session.cookie_jar) as http:
@@ -491,17 +491,17 @@ class Agent:
 
 
 def require_bus(server: RunningServer) -> EventBus:
-    if keys.BUS not in server.app:
+    if app_keys.BUS not in server.app:
         pytest.fail(
             "the event bus is not wired into server.app: add bus_ctx to create_app's "
-            "cleanup_ctx and writer.add_commit_listener(app[keys.BUS].on_ingest_commit)"
+            "cleanup_ctx and writer.add_commit_listener(app[app_keys.BUS].on_ingest_commit)"
         )
-    return server.app[keys.BUS]
+    return server.app[app_keys.BUS]
 
 
 async def test_grpc_checkins_reach_the_stream_and_resume(running_server: RunningServer) -> None:
     require_bus(running_server)
-    token = await enrollment.create_token(running_server.app[keys.SESSIONS], uses=2)
+    token = await enrollment.create_token(running_server.app[app_keys.SESSIONS], uses=2)
     url = f"{running_server.web_url}/history/stream"
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel,
@@ -621,7 +621,7 @@ async def test_event_ingested_by_one_replica_reaches_the_others_stream(
     try:
         bus = require_bus(replica_b)
         assert isinstance(bus, PostgresEventBus)
-        token = await enrollment.create_token(replica_b.app[keys.SESSIONS])
+        token = await enrollment.create_token(replica_b.app[app_keys.SESSIONS])
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{subprocess_replica}") as channel_a,
             logged_in_http(replica_b, "viewer") as http,
@@ -665,7 +665,7 @@ async def test_new_failure_appears_in_chromium_without_reload(
     page = browser_page.page
     try:
         require_bus(server)
-        token = await enrollment.create_token(server.app[keys.SESSIONS])
+        token = await enrollment.create_token(server.app[app_keys.SESSIONS])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             agent = await Agent.enroll(channel, token, "edge-07")
             healthy = failure_event(

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server_testlib import logged_in_http, login_test_client
 from sqlalchemy import func, select
 
-from server import keys
+from server import app_keys
 from server.config import load_config
 from server.domain import Category, EventStatus, EventType, HostFacts, NewEvent, severity_for
 from server.services.health import DatabaseHealth
@@ -33,7 +33,8 @@ from server.storage.events import insert_events
 from server.storage.models import UpdateEvent
 from server.web import setup_web
 from server.web.auth import SESSION_COOKIE, viewer
-from server.web.views import error_items, outcome_label, relative_time
+from server.web.format import relative_time
+from server.web.history.views import error_items, outcome_label
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 XSS_MESSAGE = "<script>window.__pwned=1</script>"
@@ -196,13 +197,13 @@ def build_app(
         },
     )
     app = web.Application()
-    app[keys.CONFIG] = config
+    app[app_keys.CONFIG] = config
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine_for_url(db_url)
-        app[keys.ENGINE] = engine
-        app[keys.SESSIONS] = make_sessionmaker(engine)
-        app[keys.HEALTH] = DatabaseHealth()
+        app[app_keys.ENGINE] = engine
+        app[app_keys.SESSIONS] = make_sessionmaker(engine)
+        app[app_keys.HEALTH] = DatabaseHealth()
         yield
         await engine.dispose()
 

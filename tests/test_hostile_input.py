@@ -27,7 +27,7 @@ from test_history_web import html_row_ids
 
 from agent.uuid7 import uuid7_str as uuid7
 from flagpost.v1 import agent_pb2
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.storage.models import Agent, MigrationRun, TaskLog, UpdateEvent
 
@@ -65,7 +65,7 @@ class Seeded:
 
 async def _counts(server: RunningServer) -> dict[str, int]:
     out: dict[str, int] = {}
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         for name, model in (
             ("events", UpdateEvent),
             ("logs", TaskLog),

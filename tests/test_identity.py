@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.services import agents as agent_service
 from server.services import enrollment
@@ -56,7 +56,7 @@ def event() -> agent_pb2.MigrationEvent:
 
 
 async def count_events(server: RunningServer) -> int:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         result = await session.execute(select(func.count()).select_from(UpdateEvent))
         return int(result.scalar_one())
 
@@ -82,7 +82,7 @@ async def refused(call: Any) -> grpc.aio.AioRpcError:
 async def test_expired_used_up_and_revoked_tokens_are_refused(
     running_server: RunningServer,
 ) -> None:
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     expired = await enrollment.create_token(sessions, uses=5)
     async with sessions() as session, session.begin():
         await session.execute(
@@ -171,8 +171,8 @@ def test_token_list_and_revoke_commands(sqlite_db_url: str) -> None:
 
 
 async def test_checkin_must_come_from_the_enrolled_machine(running_server: RunningServer) -> None:
-    sessions = running_server.app[keys.SESSIONS]
-    authenticator = running_server.app[keys.SERVICES].authenticator
+    sessions = running_server.app[app_keys.SESSIONS]
+    authenticator = running_server.app[app_keys.SERVICES].authenticator
     token = await enrollment.create_token(sessions, uses=1)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -260,7 +260,7 @@ async def enrolled_root(server: RunningServer, root: Path, machine_id: str) -> N
     (root / "etc" / "aggregator").mkdir(parents=True)
     (root / "etc" / "machine-id").write_text(machine_id + "\n")
     (root / "etc" / "aggregator" / "agent.conf").write_text(LEGACY)
-    token = await enrollment.create_token(server.app[keys.SESSIONS], uses=1)
+    token = await enrollment.create_token(server.app[app_keys.SESSIONS], uses=1)
     code, out = await agent_cli(
         root, "enroll", "--server", f"127.0.0.1:{server.grpc_port}", "--token", token
     )
@@ -269,7 +269,7 @@ async def enrolled_root(server: RunningServer, root: Path, machine_id: str) -> N
 
 
 async def agent_row(server: RunningServer) -> Agent:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         (row,) = (await session.execute(select(Agent))).scalars().all()
         return row
 
@@ -313,8 +313,10 @@ async def test_revoked_agent_process_gets_permission_denied(
     stored = await count_events(running_server)
 
     agent = await agent_row(running_server)
-    services = running_server.app[keys.SERVICES]
-    await agent_service.revoke(running_server.app[keys.SESSIONS], agent.id, services.authenticator)
+    services = running_server.app[app_keys.SERVICES]
+    await agent_service.revoke(
+        running_server.app[app_keys.SESSIONS], agent.id, services.authenticator
+    )
     code, out = await agent_cli(root, "once")
     assert code == 1, out
     assert "PERMISSION_DENIED" in out and "this agent has been revoked" in out

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from test_grpc_ingest import FACTS, auth, enroll, event
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.storage.models import UpdateEvent
@@ -68,7 +68,7 @@ async def database_lock(url: str) -> AsyncIterator[None]:
 
 
 async def stored_ids(server: RunningServer) -> list[str]:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         return list((await session.execute(select(UpdateEvent.event_id))).scalars())
 
 
@@ -112,7 +112,7 @@ async def test_overload_is_refused_with_a_hint_stores_nothing_and_recovers(
                 await asyncio.sleep(0.05)
             refused = await asyncio.wait_for(asyncio.gather(*calls[2:], return_exceptions=True), 10)
             assert not calls[0].done() and not calls[1].done()  # waiting for their commit
-            assert server.app[keys.SERVICES].ingest.queued_events == 20
+            assert server.app[app_keys.SERVICES].ingest.queued_events == 20
         accepted = await asyncio.wait_for(asyncio.gather(*calls[:2]), 30)
 
         for error in refused:
@@ -132,9 +132,9 @@ async def test_overload_is_refused_with_a_hint_stores_nothing_and_recovers(
         assert len(ids) == len(set(ids)) == 50
         assert sorted(ids) == sorted(e.event_id for r in requests for e in r.events)
 
-    writer = server.app[keys.SERVICES].ingest
+    writer = server.app[app_keys.SERVICES].ingest
     # 5 stored check-ins of events and the empty one that recorded the credential's first use
     assert writer.rejected == 3 and writer.checkins == 6 and writer.queued_events == 0
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         count = (await session.execute(select(func.count()).select_from(UpdateEvent))).scalar()
     assert count == 50

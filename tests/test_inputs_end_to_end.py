@@ -27,7 +27,7 @@ from test_end_to_end import REPO, enrolled_agent
 from test_inputs_server import capture_stream, database_bytes
 
 from agent.migrations.chain import legacy_config_with_secrets
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.domain import RunFilter, RunState
@@ -82,7 +82,7 @@ async def wait_for_run(
     server: RunningServer, check: Callable[[Any], bool], timeout: float = 40.0
 ) -> Any:
     """Poll the (single) run until ``check(run)`` holds; returns the run summary."""
-    sessions = server.app[keys.SESSIONS]
+    sessions = server.app[app_keys.SESSIONS]
     deadline = asyncio.get_running_loop().time() + timeout
     last: Any = None
     while asyncio.get_running_loop().time() < deadline:

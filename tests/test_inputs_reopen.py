@@ -17,7 +17,7 @@ from server_testlib import logged_in_http
 from sqlalchemy import update
 from test_inputs_server import RUNNING, rows, verified_bodies, wait_for_input
 
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.errors import Conflict
@@ -99,7 +99,7 @@ async def test_a_late_refusal_does_not_reopen_a_prompt_with_newer_answers_pendin
         async with http.post(url, json={"request_id": request_id, "inputs": answers}) as reply:
             first = (await reply.json())["action"]["action_id"]
         await agent.checkin()  # delivered
-        async with server.app[keys.SESSIONS]() as session, session.begin():
+        async with server.app[app_keys.SESSIONS]() as session, session.begin():
             await session.execute(
                 update(PendingActionRow)
                 .where(PendingActionRow.action_id == first)
@@ -146,8 +146,8 @@ async def test_answers_are_refused_while_grpc_is_plain_text_off_loopback(
     assert await rows(server_config.database_url, "SELECT * FROM pending_actions") == []
     assert await rows(server_config.database_url, "SELECT * FROM run_inputs") == []
 
-    sessions = server.app[keys.SESSIONS]
-    vault = server.app[keys.SERVICES].inputs
+    sessions = server.app[app_keys.SESSIONS]
+    vault = server.app[app_keys.SERVICES].inputs
     assert vault is not None
     key = load_or_create_key(vault.path)
     for host in ("127.0.0.1", "::1", "localhost"):

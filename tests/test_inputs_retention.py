@@ -13,7 +13,7 @@ from server_testlib import create_web_user
 from sqlalchemy import update
 from test_inputs_server import RUNNING, rows, wait_for_input
 
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.services import agents as agents_service
 from server.services import users as users_service
@@ -36,7 +36,11 @@ async def test_undeliverable_answers_and_expired_sessions_are_pruned(
 ) -> None:
     server = running_server
     app = server.app
-    sessions, config, vault = app[keys.SESSIONS], app[keys.CONFIG], app[keys.SERVICES].inputs
+    sessions, config, vault = (
+        app[app_keys.SESSIONS],
+        app[app_keys.CONFIG],
+        app[app_keys.SERVICES].inputs,
+    )
     assert vault is not None
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         _, expired_run, expired_request = await _waiting_run(server, channel)

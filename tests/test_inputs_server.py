@@ -27,7 +27,7 @@ from server_testlib import logged_in_http
 from sqlalchemy import text
 
 from flagpost.v1 import agent_pb2
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.errors import ConfigError
@@ -61,7 +61,9 @@ async def wait_for_input(agent: AgentClient, run_id: str, request_id: str, error
 
 def verified_bodies(server: RunningServer, reply: agent_pb2.CheckInResponse) -> list[Any]:
     """Every action of ``reply``, its signature checked with the server's key, as ActionBody."""
-    key = Ed25519PublicKey.from_public_bytes(server.app[keys.SERVICES].signer.public_key_bytes())
+    key = Ed25519PublicKey.from_public_bytes(
+        server.app[app_keys.SERVICES].signer.public_key_bytes()
+    )
     bodies = []
     for action in reply.actions:
         key.verify(action.signature, action.body)  # raises InvalidSignature
@@ -372,7 +374,7 @@ async def test_bad_input_requests_are_refused_naming_the_field(server: RunningSe
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
             assert message in (caught.value.details() or ""), (case, caught.value.details())
         # Nothing was stored by the refused check-ins.
-        runs = await rows(server.app[keys.CONFIG].database_url, "SELECT id FROM migration_runs")
+        runs = await rows(server.app[app_keys.CONFIG].database_url, "SELECT id FROM migration_runs")
         assert runs == []
 
 
@@ -458,7 +460,7 @@ async def test_concurrent_answers_one_wins_the_others_are_told(server: RunningSe
 
         statuses = sorted(await asyncio.gather(*(submit() for _ in range(6))))
     assert statuses == [202, 409, 409, 409, 409, 409]
-    url_db = server.app[keys.CONFIG].database_url
+    url_db = server.app[app_keys.CONFIG].database_url
     sql = "SELECT count(*) FROM pending_actions WHERE kind = 'provide_input'"
     actions = await rows(url_db, sql)
     assert actions[0][0] == 1

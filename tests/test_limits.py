@@ -18,7 +18,7 @@ from server_testlib import make_server_config
 from sqlalchemy import func, select
 
 from flagpost.v1 import agent_pb2
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.grpc import convert, convert_runs
 from server.storage.models import TaskLog, UpdateEvent
@@ -142,7 +142,7 @@ async def agent(running_server: RunningServer) -> AsyncIterator[AgentClient]:
 
 
 async def _stored(server: RunningServer, model: type) -> int:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
 
 
@@ -175,7 +175,7 @@ async def test_each_field_limit_is_named(running_server: RunningServer, agent: A
 
 
 async def test_count_limits_are_named(running_server: RunningServer, agent: AgentClient) -> None:
-    config = running_server.app[keys.CONFIG]
+    config = running_server.app[app_keys.CONFIG]
     run_id = str(uuid.uuid4())
     over = {
         "events": [_event() for _ in range(config.max_events_per_checkin + 1)],

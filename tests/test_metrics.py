@@ -9,7 +9,7 @@ from server_testlib import logged_in_http
 from test_grpc_ingest import FACTS, auth, enroll, event
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 
@@ -94,7 +94,10 @@ async def test_each_server_has_its_own_registry(
 ) -> None:
     other = await start_server(server_config)
     try:
-        assert other.app[keys.METRICS].registry is not running_server.app[keys.METRICS].registry
+        assert (
+            other.app[app_keys.METRICS].registry
+            is not running_server.app[app_keys.METRICS].registry
+        )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{other.grpc_port}") as channel:
             _, credential = await enroll(other, channel)
             await agent_pb2_grpc.AgentServiceStub(channel).CheckIn(

@@ -8,7 +8,7 @@ from server_testlib import logged_in_http
 
 from server.app import RunningServer, create_app
 from server.config import load_config
-from server.web.openapi import openapi_document
+from server.web.api.openapi import openapi_document
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 AUTH_POSTS = {"/login", "/logout"}  # the session's own JSON-less endpoints are documented too

@@ -20,7 +20,7 @@ from agent.daemon import Agent
 from agent.enroll import enroll as agent_enroll
 from agent.enroll import load_credentials
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.grpc.interceptors import peer_key
 from server.services import agents as agent_service
@@ -44,17 +44,17 @@ async def test_rotation_by_command_old_valid_until_new_used(
     running_server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     token = await enrollment.create_token(sessions, uses=1)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         reply = await enroll(stub, token)
         assert reply.HasField("credential_expires_at")  # 90 days by default
-        assert reply.server_signing_key == running_server.app[keys.SIGNER].public_key_bytes()
+        assert reply.server_signing_key == running_server.app[app_keys.SIGNER].public_key_bytes()
         old = reply.credential
         assert not (await checkin(stub, old)).new_credential  # nothing due
 
-        authenticator = running_server.app[keys.SERVICES].authenticator
+        authenticator = running_server.app[app_keys.SERVICES].authenticator
         await agent_service.request_rotation(sessions, reply.agent_id, authenticator)
         rotated = await checkin(stub, old)
         new = rotated.new_credential
@@ -79,7 +79,7 @@ async def test_rotation_by_command_old_valid_until_new_used(
 async def test_automatic_rotation_near_expiry_and_expired_refused(
     running_server: RunningServer,
 ) -> None:
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     token = await enrollment.create_token(sessions, uses=1)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -91,7 +91,7 @@ async def test_automatic_rotation_near_expiry_and_expired_refused(
                 .where(AgentCredential.secret_hash == enrollment.secret_hash(reply.credential))
                 .values(expires_at=soon)
             )
-        running_server.app[keys.SERVICES].authenticator.forget(reply.agent_id)
+        running_server.app[app_keys.SERVICES].authenticator.forget(reply.agent_id)
         rotated = await checkin(stub, reply.credential)
         assert rotated.new_credential
         expiry = rotated.new_credential_expires_at.ToDatetime(tzinfo=UTC)
@@ -107,7 +107,7 @@ async def test_automatic_rotation_near_expiry_and_expired_refused(
                 )
                 .values(expires_at=past)
             )
-        running_server.app[keys.SERVICES].authenticator.forget(reply.agent_id)
+        running_server.app[app_keys.SERVICES].authenticator.forget(reply.agent_id)
         error = await refused(checkin(stub, rotated.new_credential))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "credential expired at" in (error.details() or "")
@@ -136,7 +136,7 @@ async def test_a_real_agent_stores_and_uses_a_rotated_credential(
     running_server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     token = await enrollment.create_token(sessions, uses=1)
     (tmp_path / "host" / "etc").mkdir(parents=True)
     (tmp_path / "host" / "etc" / "machine-id").write_text(FACTS.machine_id + "\n")
@@ -145,7 +145,7 @@ async def test_a_real_agent_stores_and_uses_a_rotated_credential(
     )
     address = f"127.0.0.1:{running_server.grpc_port}"
     first = await asyncio.to_thread(agent_enroll, address, token, FACTS, config.credentials_path)
-    authenticator = running_server.app[keys.SERVICES].authenticator
+    authenticator = running_server.app[app_keys.SERVICES].authenticator
     await agent_service.request_rotation(sessions, first.agent_id, authenticator)
 
     def once() -> int:
@@ -173,7 +173,7 @@ async def test_a_real_agent_stores_and_uses_a_rotated_credential(
 
 
 async def credentials_of(running: RunningServer, agent_id: str) -> list[AgentCredential]:
-    async with running.app[keys.SESSIONS]() as session:
+    async with running.app[app_keys.SESSIONS]() as session:
         rows = await session.scalars(
             select(AgentCredential)
             .where(AgentCredential.agent_id == agent_id)
@@ -189,9 +189,9 @@ async def test_a_replica_with_the_old_credential_cached_issues_nothing(
     authentication cache (it authenticated it just before) when the agent's first use of the
     new one on server A revokes it: B refuses the old one instead of rotating it again, and
     stores nothing of that check-in."""
-    config = running_server.app[keys.CONFIG]
+    config = running_server.app[app_keys.CONFIG]
     replica = await start_server(config)  # same database, same state dir (shared keys)
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     try:
         token = await enrollment.create_token(sessions, uses=1)
         async with (
@@ -204,7 +204,7 @@ async def test_a_replica_with_the_old_credential_cached_issues_nothing(
             old = reply.credential
             await agent_service.request_rotation(sessions, reply.agent_id)
             # B authenticates the old credential (an in-flight check-in): cached, rotation due.
-            cached = await replica.app[keys.SERVICES].authenticator.identify(old)
+            cached = await replica.app[app_keys.SERVICES].authenticator.identify(old)
             assert cached.rotate_requested_at is not None
             new = (await checkin(a, old)).new_credential
             assert new
@@ -228,7 +228,7 @@ async def test_a_replica_with_the_old_credential_cached_issues_nothing(
 async def test_first_use_revokes_every_other_credential_newer_ones_too(
     running_server: RunningServer,
 ) -> None:
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     token = await enrollment.create_token(sessions, uses=1)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -255,7 +255,7 @@ async def test_a_credential_without_expiry_is_rotated_to_one_with_expiry(
 ) -> None:
     """Credentials issued before expiry existed have none; with credential_ttl_days > 0 their
     next check-in rotates them (with ttl 0 nothing expires, so nothing is due)."""
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     token = await enrollment.create_token(sessions, uses=1)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -266,7 +266,7 @@ async def test_a_credential_without_expiry_is_rotated_to_one_with_expiry(
                 .where(AgentCredential.agent_id == reply.agent_id)
                 .values(expires_at=None)
             )
-        running_server.app[keys.SERVICES].authenticator.forget(reply.agent_id)
+        running_server.app[app_keys.SERVICES].authenticator.forget(reply.agent_id)
         rotated = await checkin(stub, reply.credential)
         assert rotated.new_credential and rotated.HasField("new_credential_expires_at")
         expiry = rotated.new_credential_expires_at.ToDatetime(tzinfo=UTC)
@@ -274,7 +274,7 @@ async def test_a_credential_without_expiry_is_rotated_to_one_with_expiry(
         assert not (await checkin(stub, rotated.new_credential)).new_credential
     never = AgentIdentity("a", "m", credential_id=1, expires_at=None)
     now = datetime.now(UTC)
-    config = running_server.app[keys.CONFIG]
+    config = running_server.app[app_keys.CONFIG]
     assert rotation_due(never, config, now)
     assert not rotation_due(never, dataclasses.replace(config, credential_ttl_days=0), now)
     assert not rotation_due(never._replace(expires_at=now + timedelta(days=60)), config, now)

@@ -13,7 +13,7 @@ from typing import Any
 
 from test_end_to_end import LEGACY, REPO, enrolled_agent, run_agent, stored_events
 
-from server import keys
+from server import app_keys
 from server.domain import LogQuery, RunDetail, RunFilter, RunState
 from server.services import logs as logs_service
 from server.services import runs as runs_service
@@ -27,7 +27,7 @@ async def test_real_agent_run_has_steps_and_logs(running_server: Any, agent_base
 
     await run_agent(root, "once")
 
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     page = await runs_service.list_runs(sessions, RunFilter())
     assert len(page.runs) == 1
     run = page.runs[0]
@@ -77,7 +77,7 @@ async def test_cancel_mid_run_rolls_back_a_real_agent(
     legacy.write_text(LEGACY)
     before = legacy.read_bytes()
     await enrolled_agent(running_server, root)
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     env = {
         **os.environ,
         "FLAGPOST_AGENT_STEP_DELAY_SECONDS": "2",  # each of the three steps waits 2 s first
@@ -93,7 +93,7 @@ async def test_cancel_mid_run_rolls_back_a_real_agent(
             lambda d: d.run.state == RunState.RUNNING and 1 <= d.run.steps_done < d.run.steps_total,
         )
         await runs_service.request_cancel(
-            sessions, running_server.app[keys.CONFIG], running.run.id, by="test"
+            sessions, running_server.app[app_keys.CONFIG], running.run.id, by="test"
         )
         cancelled = await wait_for_run(sessions, lambda d: d.run.state == RunState.CANCELLED)
     finally:

@@ -14,7 +14,7 @@ from server_testlib import action_body
 from sqlalchemy import func, select, update
 
 from flagpost.v1 import agent_pb2
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.domain import ActionKind, LogQuery, RunState
 from server.errors import Conflict
@@ -35,7 +35,7 @@ async def channel(running_server: RunningServer) -> AsyncIterator[grpc.aio.Chann
 
 
 async def count(server: RunningServer, model: type, *where: object) -> int:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         query = select(func.count()).select_from(model)
         for condition in where:
             query = query.where(condition)  # type: ignore[arg-type]
@@ -46,9 +46,9 @@ async def test_run_lifecycle_steps_and_logs_stored_once_and_acked(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     agent = await AgentClient.enroll(running_server, channel)
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     heard: list[CommittedBatch] = []
-    running_server.app[keys.SERVICES].ingest.add_commit_listener(heard.append)
+    running_server.app[app_keys.SERVICES].ingest.add_commit_listener(heard.append)
     run_id = str(uuid.uuid4())
     started = datetime.now(UTC) - timedelta(seconds=5)
     first = run_update(
@@ -112,7 +112,7 @@ async def test_older_update_ignored_and_invalid_transition_recorded(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     agent = await AgentClient.enroll(running_server, channel)
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     run_id = str(uuid.uuid4())
     older = run_update(run_id, RUNNING, steps_total=2, steps_done=0)
     newer = run_update(run_id, RUNNING, steps_total=2, steps_done=1)
@@ -194,7 +194,9 @@ async def test_malformed_runs_part_rejects_the_whole_checkin(
     assert (info.value.details() or "").startswith(field + ":")
     assert await count(running_server, UpdateEvent) == 0
     assert await count(running_server, TaskLog) == 0
-    page = await runs_service.list_runs(running_server.app[keys.SESSIONS], runs_service.RunFilter())
+    page = await runs_service.list_runs(
+        running_server.app[app_keys.SESSIONS], runs_service.RunFilter()
+    )
     assert page.runs == []
 
 
@@ -202,7 +204,7 @@ async def test_too_many_log_lines_names_the_limit(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     agent = await AgentClient.enroll(running_server, channel)
-    limit = running_server.app[keys.CONFIG].max_log_lines_per_checkin
+    limit = running_server.app[app_keys.CONFIG].max_log_lines_per_checkin
     run_id = str(uuid.uuid4())
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await agent.checkin(log_lines=[log_line(run_id, s) for s in range(1, limit + 2)])
@@ -215,7 +217,7 @@ async def test_lines_before_updates_and_foreign_runs(
 ) -> None:
     owner = await AgentClient.enroll(running_server, channel, "web-1")
     intruder = await AgentClient.enroll(running_server, channel, "web-2")
-    sessions = running_server.app[keys.SESSIONS]
+    sessions = running_server.app[app_keys.SESSIONS]
     run_id = str(uuid.uuid4())
     # Lines first: the run exists (PENDING, no update yet), and its first update may say
     # anything, even a terminal state.
@@ -246,13 +248,13 @@ async def test_actions_delivered_until_acknowledged_and_run_links_back(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     agent = await AgentClient.enroll(running_server, channel)
-    config = running_server.app[keys.CONFIG]
-    sessions = running_server.app[keys.SESSIONS]
+    config = running_server.app[app_keys.CONFIG]
+    sessions = running_server.app[app_keys.SESSIONS]
     action = await runs_service.request_run(sessions, config, agent.agent_id, "alice")
     assert action.kind == ActionKind.RUN_MIGRATION
 
     first = await agent.checkin()
-    public_key = running_server.app[keys.SIGNER].public_key_bytes()
+    public_key = running_server.app[app_keys.SIGNER].public_key_bytes()
     bodies = [action_body(a, public_key) for a in first.actions]  # signature verified
     assert [(b.action_id, b.kind) for b in bodies] == [(action.action_id, "run_migration")]
     assert [a.action_id for a in first.actions] == [action.action_id]
@@ -301,8 +303,8 @@ async def test_expired_actions_are_not_delivered(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
     agent = await AgentClient.enroll(running_server, channel)
-    sessions = running_server.app[keys.SESSIONS]
-    config = running_server.app[keys.CONFIG]
+    sessions = running_server.app[app_keys.SESSIONS]
+    config = running_server.app[app_keys.CONFIG]
     action = await runs_service.request_run(sessions, config, agent.agent_id, "alice")
     async with sessions() as session, session.begin():
         await session.execute(

@@ -27,7 +27,7 @@ from test_history_live import Frame, SseStream, open_stream
 
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer, create_app
 from server.config import ServerConfig
 from server.services import enrollment
@@ -35,7 +35,7 @@ from server.services import users as users_service
 from server.services.bus import EventBus, PostgresEventBus
 from server.storage import notify, run_ingest
 from server.storage.db import create_engine_for_url, make_sessionmaker
-from server.web.run_stream import RUN_STREAM_SETTINGS, RunStreamSettings
+from server.web.runs.stream import RUN_STREAM_SETTINGS, RunStreamSettings
 
 FAST = RunStreamSettings(
     heartbeat_seconds=0.5,
@@ -80,7 +80,7 @@ async def start_with_settings(
         await runner.cleanup()
         raise
     port = int(runner.addresses[0][1])
-    return RunningServer(app, runner, app[keys.PORTS].grpc, port, f"http://127.0.0.1:{port}")
+    return RunningServer(app, runner, app[app_keys.PORTS].grpc, port, f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ class RunAgent:
 
     @classmethod
     async def enroll(cls, server: RunningServer, channel: grpc.aio.Channel, host: str) -> RunAgent:
-        token = await enrollment.create_token(server.app[keys.SESSIONS])
+        token = await enrollment.create_token(server.app[app_keys.SESSIONS])
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         facts = agent_pb2.HostFacts(hostname=host, os="Debian 12", config_version="1")
         reply = await stub.Enroll(agent_pb2.EnrollRequest(token=token, facts=facts))
@@ -549,7 +549,7 @@ async def test_stream_ends_cleanly_on_disconnect_and_shutdown(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         agent = await RunAgent.enroll(server, channel, "web-01")
         run = await agent.start_run()
-    bus = server.app[keys.BUS]
+    bus = server.app[app_keys.BUS]
     async with logged_in_http(server, "viewer") as http:
         url = f"{server.web_url}/runs/{run.run_id}/stream"
         gone = await open_stream(http, url)
@@ -574,7 +574,7 @@ async def test_a_run_stream_ends_when_its_user_is_deleted(
     account = await create_web_user(server, "viewer")
     async with logged_in_http(server, account=account) as http:
         stream = await open_stream(http, f"{server.web_url}/runs/{run.run_id}/stream")
-        await users_service.delete_user(server.app[keys.SESSIONS], account.name)
+        await users_service.delete_user(server.app[app_keys.SESSIONS], account.name)
         with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
             while True:  # frames until the next heartbeat finds the session gone
                 await stream.frame(timeout=5)
@@ -741,7 +741,7 @@ async def test_run_notifications_cross_processes_through_postgresql(db_url: str)
 
 def test_short_run_ids_tell_time_ordered_runs_apart() -> None:
     from agent.uuid7 import uuid7_str
-    from server.web.run_views import short_id
+    from server.web.runs.views import short_id
 
     ids = [uuid7_str() for _ in range(50)]  # same millisecond or close: same leading block
     shorts = {short_id(run_id) for run_id in ids}

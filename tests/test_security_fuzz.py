@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import RunningServer
 from server.services import enrollment
 from server.storage.models import UpdateEvent
@@ -399,7 +399,7 @@ async def _send(call: Any, built: Built) -> grpc.StatusCode:
 
 
 async def _enroll(running_server: RunningServer, channel: grpc.aio.Channel) -> Fleet:
-    token = await enrollment.create_token(running_server.app[keys.SESSIONS], uses=2)
+    token = await enrollment.create_token(running_server.app[app_keys.SESSIONS], uses=2)
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     replies = []
     for name in ("fuzz-host", "fuzz-other"):
@@ -463,7 +463,7 @@ async def test_fuzzed_checkins_get_clean_statuses_and_store_only_valid_events(
     print(f"\nfuzz: {tally.sent} CheckIn requests in {elapsed:.1f}s: {tally.by_code}")
     assert tally.sent >= TARGET
     assert tally.by_code.get("OK", 0) > 500 and tally.by_code.get("INVALID_ARGUMENT", 0) > 500
-    async with running_server.app[keys.SESSIONS]() as session:
+    async with running_server.app[app_keys.SESSIONS]() as session:
         stored = set((await session.execute(select(UpdateEvent.event_id))).scalars())
     assert stored == tally.ok_ids
     assert tally.all_ids - tally.ok_ids, "some rejected requests carried event ids"

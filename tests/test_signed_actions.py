@@ -19,7 +19,7 @@ from agent.config import load_config
 from agent.daemon import Agent
 from agent.enroll import enroll as agent_enroll
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from server import keys
+from server import app_keys
 from server.app import start_server
 from server.domain import RunFilter
 from server.errors import ConfigError
@@ -50,16 +50,16 @@ async def test_restart_keeps_the_key_and_a_second_key_refuses_to_start(
     config = make_server_config(db_url, tmp_path)
     server = await start_server(config)
     try:
-        key_id = server.app[keys.SIGNER].key_id
-        token = await enrollment.create_token(server.app[keys.SESSIONS], uses=1)
+        key_id = server.app[app_keys.SIGNER].key_id
+        token = await enrollment.create_token(server.app[app_keys.SESSIONS], uses=1)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             pinned = await enroll(agent_pb2_grpc.AgentServiceStub(channel), token)
     finally:
         await server.stop()
     server = await start_server(config)  # same state dir: same key, agents keep working
     try:
-        assert server.app[keys.SIGNER].key_id == key_id
-        assert server.app[keys.SIGNER].public_key_bytes() == pinned.server_signing_key
+        assert server.app[app_keys.SIGNER].key_id == key_id
+        assert server.app[app_keys.SIGNER].public_key_bytes() == pinned.server_signing_key
     finally:
         await server.stop()
     other = dataclasses.replace(config, state_dir=tmp_path / "replica-state")
@@ -75,7 +75,7 @@ async def test_real_agent_executes_a_signed_action_and_reports_refusals(
 ) -> None:
     server = running_server
     app = server.app  # type: ignore[attr-defined]
-    sessions, config = app[keys.SESSIONS], app[keys.CONFIG]
+    sessions, config = app[app_keys.SESSIONS], app[app_keys.CONFIG]
     token = await enrollment.create_token(sessions, uses=1)
     (tmp_path / "host" / "etc").mkdir(parents=True)
     (tmp_path / "host" / "etc" / "machine-id").write_text(FACTS.machine_id + "\n")
@@ -86,7 +86,7 @@ async def test_real_agent_executes_a_signed_action_and_reports_refusals(
     credentials = await asyncio.to_thread(
         agent_enroll, address, token, FACTS, agent_config.credentials_path
     )
-    assert credentials.server_signing_key == app[keys.SIGNER].public_key_bytes()
+    assert credentials.server_signing_key == app[app_keys.SIGNER].public_key_bytes()
     action = await runs_service.request_run(sessions, config, credentials.agent_id, "alice")
 
     def first_start() -> int:
@@ -102,12 +102,14 @@ async def test_real_agent_executes_a_signed_action_and_reports_refusals(
     page = await runs_service.list_runs(sessions, RunFilter())
     assert [r.requested_action_id for r in page.runs] == [action.action_id]
     # The same action, signed by the real server, once more (after a restart): a replay.
-    signed = action_to_proto(action, app[keys.SIGNER])
+    signed = action_to_proto(action, app[app_keys.SIGNER])
     assert action_body(signed, credentials.server_signing_key).nonce.hex() == action.nonce
     tampered = agent_pb2.Action()
     tampered.CopyFrom(signed)
     tampered.body = tampered.body[:-1] + bytes([tampered.body[-1] ^ 1])
-    forged = action_to_proto(dataclasses.replace(action, agent_id="someone-else"), app[keys.SIGNER])
+    forged = action_to_proto(
+        dataclasses.replace(action, agent_id="someone-else"), app[app_keys.SIGNER]
+    )
     assert await asyncio.to_thread(after_restart, [signed, tampered, forged]) == (0, 0)
     page = await runs_service.list_runs(sessions, RunFilter())
     assert len(page.runs) == 1  # nothing more was executed

@@ -33,7 +33,7 @@ from server_testlib import logged_in_http
 from sqlalchemy import func, select
 
 from agent.config import AgentConfigError, load_config
-from server import keys
+from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.config import load_config as load_server_config
@@ -188,14 +188,16 @@ def agent_root(base: Path, name: str) -> Path:
 
 
 async def enroll(server: RunningServer, root: Path, env: dict[str, str]) -> AgentRun:
-    token = await create_token(server.app[keys.SESSIONS], uses=1, expires_in=timedelta(minutes=5))
+    token = await create_token(
+        server.app[app_keys.SESSIONS], uses=1, expires_in=timedelta(minutes=5)
+    )
     return await agent(
         root, env, "enroll", "--server", f"127.0.0.1:{server.grpc_port}", "--token", token
     )
 
 
 async def stored_events(server: RunningServer) -> int:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         count = await session.scalar(select(func.count()).select_from(UpdateEvent))
         return int(count or 0)
 

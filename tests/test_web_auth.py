@@ -33,14 +33,13 @@ from server_testlib import (
 from sqlalchemy import func, select, update
 
 from flagpost.v1 import agent_pb2
-from server import keys
+from server import app_keys
 from server.app import RunningServer, create_app, start_server
 from server.services import users as users_service
 from server.storage.models import PendingActionRow, WebSession, WebUser
 from server.web.auth import (
     CSRF_ERROR,
     LOGIN_CSRF_COOKIE,
-    PUBLIC_ROUTES,
     SESSION_COOKIE,
     StartupCheckError,
     access_of,
@@ -50,6 +49,7 @@ from server.web.auth import (
     public,
     safe_next,
 )
+from server.web.routes import PUBLIC_ROUTES
 
 HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -93,12 +93,12 @@ def set_cookie(reply: aiohttp.ClientResponse, name: str) -> Any:
 
 
 async def count(server: RunningServer, model: Any) -> int:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
 
 
 async def session_hashes(server: RunningServer) -> list[str]:
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         return list((await session.scalars(select(WebSession.token_hash))).all())
 
 
@@ -117,7 +117,7 @@ async def test_login_opens_a_session_with_safe_cookie_flags(running_server: Runn
         assert cookie["samesite"] == "Strict"
         assert cookie["path"] == "/"
         assert cookie["secure"] == ""  # plain HTTP here; see the TLS test
-        assert int(cookie["max-age"]) == server.app[keys.CONFIG].session_ttl_hours * 3600
+        assert int(cookie["max-age"]) == server.app[app_keys.CONFIG].session_ttl_hours * 3600
         token = cookie.value
         assert len(token) >= 43  # 256 bits, url-safe base64
         # Only the SHA-256 of the cookie value is stored.
@@ -129,7 +129,7 @@ async def test_login_opens_a_session_with_safe_cookie_flags(running_server: Runn
         assert f'{account.name} <span class="role-badge role-admin">admin</span>' in body
         assert f'<meta name="csrf-token" content="{csrf_token_for(token)}">' in body
         assert 'id="logout-form"' in body
-    async with server.app[keys.SESSIONS]() as session:
+    async with server.app[app_keys.SESSIONS]() as session:
         stored = (await session.scalars(select(WebUser.password_hash))).one()
     assert stored.startswith("$argon2id$") and account.password not in stored
 
@@ -140,7 +140,7 @@ async def test_wrong_password_unknown_and_disabled_users_get_one_message(
     server = running_server
     account = await create_web_user(server, "viewer")
     disabled = await create_web_user(server, "admin")
-    await users_service.set_disabled(server.app[keys.SESSIONS], disabled.name)
+    await users_service.set_disabled(server.app[app_keys.SESSIONS], disabled.name)
     attempts = [
         (account.name, account.password + "x"),  # wrong password
         ("nobody-" + uuid.uuid4().hex[:6], account.password),  # unknown user
@@ -253,7 +253,7 @@ async def test_expired_session_is_refused_and_purged(running_server: RunningServ
     async with logged_in_http(server, account=account) as http:
         async with http.get(f"{server.web_url}/api/v1/events") as reply:
             assert reply.status == 200
-        async with server.app[keys.SESSIONS]() as session, session.begin():
+        async with server.app[app_keys.SESSIONS]() as session, session.begin():
             await session.execute(
                 update(WebSession).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
             )
@@ -269,7 +269,7 @@ async def test_a_deleted_user_loses_its_sessions(running_server: RunningServer) 
     server = running_server
     account = await create_web_user(server, "admin")
     async with logged_in_http(server, account=account) as http:
-        await users_service.delete_user(server.app[keys.SESSIONS], account.name)
+        await users_service.delete_user(server.app[app_keys.SESSIONS], account.name)
         async with http.get(f"{server.web_url}/api/v1/agents") as reply:
             assert reply.status == 401
     assert await session_hashes(server) == []
@@ -326,7 +326,7 @@ async def test_every_protected_route_needs_a_session(running_server: RunningServ
 
 
 async def test_every_route_declares_its_access(running_server: RunningServer) -> None:
-    check_routes(running_server.app.router)  # the real app passes the start-up check
+    check_routes(running_server.app.router, PUBLIC_ROUTES)  # the real app passes the start-up check
     for route in running_server.app.router.routes():
         if route.resource is not None and not isinstance(route.resource, web.StaticResource):
             assert access_of(route.handler) is not None, route
@@ -557,7 +557,7 @@ async def test_password_and_session_never_in_the_database_or_logs(
     server = running_server
     password = "Unique-Passw0rd-" + uuid.uuid4().hex
     account = WebAccount(name="alice", password=password, role="admin")
-    await users_service.create_user(server.app[keys.SESSIONS], "alice", password, "admin")
+    await users_service.create_user(server.app[app_keys.SESSIONS], "alice", password, "admin")
     async with aiohttp.ClientSession(cookie_jar=jar()) as http:
         wrong = await post_login(http, server.web_url, "alice", password + "-typo")
         assert wrong.status == 401 and password not in await wrong.text()

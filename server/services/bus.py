@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from types import TracebackType
 from typing import TYPE_CHECKING
-
-from aiohttp import web
 
 from server.config import ServerConfig
 from server.storage.notify import HistoryListener
@@ -221,27 +219,3 @@ def create_bus(config: ServerConfig) -> EventBus:
     if config.is_sqlite:
         return EventBus()
     return PostgresEventBus(config.database_url)
-
-
-async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context: create and start the bus for ``app[keys.CONFIG]``, store it in
-    ``app[keys.BUS]``, close it on cleanup. Goes right after the database context."""
-    from server import keys  # here, not at the top: server.keys imports this module
-
-    bus = create_bus(app[keys.CONFIG])
-    await bus.start()
-    app[keys.BUS] = bus
-    log.info("event bus started (%s)", bus.kind)
-    try:
-        yield
-    finally:
-        await bus.close()
-
-
-async def end_streams_on_shutdown(app: web.Application) -> None:
-    """``on_shutdown`` hook: end live streams before aiohttp waits for open requests."""
-    from server import keys
-
-    bus = app.get(keys.BUS)
-    if bus is not None:
-        bus.end_streams()

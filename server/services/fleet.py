@@ -13,13 +13,13 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import AgentHealth, EventFilter, Severity, StoredEvent
-from server.errors import NotFound, Unavailable
+from server.errors import NotFound
 from server.services.agents import agent_health
+from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_store
 from server.storage import fleet as fleet_store
 from server.storage import history as history_store
@@ -27,7 +27,6 @@ from server.storage.agents import AgentRecord
 
 log = logging.getLogger(__name__)
 
-_DB_DOWN = (OperationalError, InterfaceError, OSError)
 CHART_HOURS = 24
 AGENT_LIST_LIMIT = 500
 HourCounts = tuple[datetime, dict[str, int]]
@@ -98,11 +97,6 @@ def _hours(counts: list[fleet_store.HourlyCount], start: datetime) -> list[HourC
     return buckets
 
 
-def _unavailable(what: str, exc: BaseException) -> Unavailable:
-    log.warning("%s failed: %s", what, type(exc).__name__)
-    return Unavailable("the database is unavailable")
-
-
 async def fleet_overview(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig, now: datetime
 ) -> FleetOverview:
@@ -111,7 +105,7 @@ async def fleet_overview(
     interval = timedelta(seconds=config.checkin_interval_seconds)
     current_hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current_hour - timedelta(hours=CHART_HOURS - 1)
-    try:
+    with unavailable_on_outage("fleet overview"):
         async with sessions() as session, session.begin():
             health = await fleet_store.count_agents_by_checkin(
                 session,
@@ -123,8 +117,6 @@ async def fleet_overview(
                 session, start, current_hour + timedelta(hours=1)
             )
             records = await fleet_store.list_agent_records(session, AGENT_LIST_LIMIT)
-    except _DB_DOWN as exc:
-        raise _unavailable("fleet overview query", exc) from exc
     return FleetOverview(
         now=now,
         health_counts=health,
@@ -145,7 +137,7 @@ async def agent_detail(
 ) -> AgentDetail:
     """One agent with its derived health and its ``events_limit`` newest events.
     Raises NotFound for an unknown agent."""
-    try:
+    with unavailable_on_outage("agent detail"):
         async with sessions() as session, session.begin():
             record = await agents_store.get_agent(session, agent_id)
             if record is None:
@@ -153,7 +145,5 @@ async def agent_detail(
             rows = await history_store.query_events(
                 session, EventFilter(agent_id=agent_id, limit=events_limit)
             )
-    except _DB_DOWN as exc:
-        raise _unavailable("agent query", exc) from exc
     agent = FleetAgent(record, agent_health(record.last_checkin_at, now, config))
     return AgentDetail(agent=agent, events=rows[:events_limit])

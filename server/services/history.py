@@ -12,17 +12,16 @@ import logging
 from dataclasses import dataclass, replace
 
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from server.domain import EventFilter, EventPage, StoredEvent
-from server.errors import Unavailable
+from server.services.health import unavailable_on_outage
 from server.storage import history as history_store
 
 log = logging.getLogger(__name__)
 
 AgentChoice = tuple[str, str]  # (agent id, hostname)
-_DB_DOWN = (OperationalError, InterfaceError, OSError)
 
 
 def _page(rows: list[StoredEvent], f: EventFilter) -> EventPage:
@@ -32,22 +31,15 @@ def _page(rows: list[StoredEvent], f: EventFilter) -> EventPage:
     return EventPage(events=events, next_before_id=next_before, filters=f)
 
 
-def _unavailable(what: str, exc: BaseException) -> Unavailable:
-    log.warning("%s failed: %s", what, type(exc).__name__)
-    return Unavailable("the database is unavailable")
-
-
 async def list_events(sessions: async_sessionmaker[AsyncSession], f: EventFilter) -> EventPage:
     """One page of events matching ``f``, newest first.
 
     ``next_before_id`` is the cursor of the next (older) page, or ``None`` when this page is the
     last one. Raises :class:`Unavailable` when the database cannot be reached.
     """
-    try:
+    with unavailable_on_outage("history"):
         async with sessions() as session, session.begin():
             rows = await history_store.query_events(session, f)
-    except _DB_DOWN as exc:
-        raise _unavailable("history query", exc) from exc
     return _page(rows, f)
 
 
@@ -57,13 +49,11 @@ async def list_events_live(
     """Like :func:`list_events`, plus the live stream's starting cursor: the highest History id
     when the page was read. The page never shows a row above that cursor, so a stream started
     from it shows every newer row exactly once (no gap, no duplicate)."""
-    try:
+    with unavailable_on_outage("history"):
         async with sessions() as session, session.begin():
             horizon = await history_store.max_event_id(session)
             bounded = f if f.before_id is not None else replace(f, before_id=horizon + 1)
             rows = await history_store.query_events(session, bounded)
-    except _DB_DOWN as exc:
-        raise _unavailable("history query", exc) from exc
     return _page(rows, f), horizon
 
 
@@ -78,11 +68,9 @@ class StreamBatch:
 
 async def latest_event_id(sessions: async_sessionmaker[AsyncSession]) -> int:
     """The highest History id (0 when empty): where a stream with no cursor starts."""
-    try:
+    with unavailable_on_outage("history horizon"):
         async with sessions() as session, session.begin():
             return await history_store.max_event_id(session)
-    except _DB_DOWN as exc:
-        raise _unavailable("history horizon query", exc) from exc
 
 
 async def read_new_events(
@@ -93,14 +81,12 @@ async def read_new_events(
     Reads up to the highest id visible when it starts (all lower ids are committed: History
     writers take ``server.storage.notify.lock_history_writes``), so the returned cursor can
     advance past rows that do not match without ever skipping one that was not yet visible."""
-    try:
+    with unavailable_on_outage("history stream"):
         async with sessions() as session, session.begin():
             upto = await history_store.max_event_id(session)
             if upto <= after_id:
                 return StreamBatch([], after_id, False)
             rows = await history_store.query_events_after(session, f, after_id, upto, limit + 1)
-    except _DB_DOWN as exc:
-        raise _unavailable("history stream query", exc) from exc
     if len(rows) > limit:
         rows = rows[:limit]
         return StreamBatch(rows, rows[-1].id, True)
@@ -109,11 +95,9 @@ async def read_new_events(
 
 async def list_agent_choices(sessions: async_sessionmaker[AsyncSession]) -> list[AgentChoice]:
     """Every agent as ``(id, hostname)`` for the History page's agent filter."""
-    try:
+    with unavailable_on_outage("agent list"):
         async with sessions() as session, session.begin():
             return await history_store.list_agents(session)
-    except _DB_DOWN as exc:
-        raise _unavailable("agent list query", exc) from exc
 
 
 async def database_ok(engine: AsyncEngine, timeout_seconds: float = 3.0) -> bool:

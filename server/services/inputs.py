@@ -1,4 +1,4 @@
-"""Answers to a waiting run's input request (issue 6): checked, kept encrypted, delivered once.
+"""Answers to a waiting run's input request: checked, kept encrypted, delivered once.
 
 An AWAITING_INPUT run asks for inputs (``InputRequest``: names, labels, which are secret). An
 admin answers every field at once (:meth:`InputVault.submit_answers`); the answers are encrypted
@@ -41,6 +41,7 @@ from server import keyfiles
 from server.config import ServerConfig
 from server.domain import ActionKind, PendingAction, RunState
 from server.errors import ConfigError, Conflict, InvalidArgument, NotFound
+from server.services.bus import EventBus
 from server.services.health import unavailable_on_outage
 from server.services.runs import new_action, requester
 from server.storage import actions as actions_store
@@ -144,15 +145,22 @@ class InputVault:
         return checked
 
     async def submit_answers(
-        self, run_id: str, request_id: str, answers: Mapping[str, Any], by: str
+        self,
+        run_id: str,
+        request_id: str,
+        answers: Mapping[str, Any],
+        by: str,
+        *,
+        bus: EventBus | None = None,
     ) -> PendingAction:
         """Answer the run's current input request: every field, each at most
         ``input_max_bytes``. Encrypts and stores the answers, queues the ``provide_input``
         action (its stored params: ``run_id`` and ``request_id`` only) and records who answered
         and when. NotFound for an unknown run; Conflict when the run is not waiting, the form is
         stale (the agent asked again since) or answers for this request are already on their
-        way; InvalidArgument naming the field that is missing, unknown or too long. The caller
-        wakes this process's run streams (``EventBus.publish_runs``). Conflict too while gRPC
+        way; InvalidArgument naming the field that is missing, unknown or too long. After the
+        commit it wakes ``bus``'s run streams (this process; other replicas hear the
+        ``pg_notify``), so open run pages show "answers sent" at once. Conflict too while gRPC
         serves plain text on an address other than loopback (``check_transport``)."""
         self.check_transport()
         by = requester(by)
@@ -209,6 +217,8 @@ class InputVault:
             by,
             action.action_id,
         )
+        if bus is not None:
+            bus.publish_runs([run.id])
         return action
 
     async def reveal(self, actions: Sequence[PendingAction]) -> list[PendingAction]:

@@ -32,6 +32,7 @@ from server.domain import (
     RunSummary,
 )
 from server.errors import Conflict, InvalidArgument, NotFound
+from server.services.bus import EventBus
 from server.services.health import unavailable_on_outage
 from server.storage import actions as actions_store
 from server.storage import agents as agents_store
@@ -212,13 +213,28 @@ async def request_run(
 
 
 async def request_cancel(
-    sessions: async_sessionmaker[AsyncSession], config: ServerConfig, run_id: str, by: str
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    run_id: str,
+    by: str,
+    *,
+    bus: EventBus | None = None,
 ) -> PendingAction:
     """Queue a ``cancel_run`` action for the run's agent (it stops at the next step boundary,
     rolls back and reports CANCELLED) and record who asked. NotFound for an unknown run,
     Conflict when it already ended. While a cancel of this run is pending, asking again returns
-    that same action. On PostgreSQL, run streams of every replica are notified at commit; the
-    caller wakes this process's streams (``EventBus.publish_runs``)."""
+    that same action. On PostgreSQL, run streams of every replica are notified at commit; after
+    the commit this wakes ``bus``'s run streams (this process), so the run's open pages show
+    "cancel requested" at once."""
+    action = await _queue_cancel(sessions, config, run_id, by)
+    if bus is not None:
+        bus.publish_runs(sorted({run_id, action.params.get("run_id", run_id)}))
+    return action
+
+
+async def _queue_cancel(
+    sessions: async_sessionmaker[AsyncSession], config: ServerConfig, run_id: str, by: str
+) -> PendingAction:
     by = requester(by)
     now = datetime.now(UTC)
     with unavailable_on_outage("cancel run"):

@@ -1,4 +1,4 @@
-"""SQL of run inputs (issue 6): the encrypted answers of a waiting run (``run_inputs``) and the
+"""SQL of run inputs: the encrypted answers of a waiting run (``run_inputs``) and the
 answer record on ``migration_runs``.
 
 Only ciphertext passes through here; encryption and decryption live in

@@ -186,7 +186,7 @@ class MigrationRun(Base):
     cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
     cancel_requested_at: Mapped[datetime | None]
     cancelled_by: Mapped[str | None] = mapped_column(String(128))
-    # AWAITING_INPUT (issue 6): the last input request ({"request_id", "fields": [{name, label,
+    # AWAITING_INPUT: the last input request ({"request_id", "fields": [{name, label,
     # secret, error}]} -- what is asked, never an answer), kept after the run moves on; when the
     # server received it; who answered last and when (answers themselves: ``run_inputs``).
     input_request: Mapped[dict[str, Any] | None]

@@ -1,16 +1,17 @@
-"""The web transport (aiohttp + Jinja2): the fleet overview (``/``), agent pages, the runs pages
-and the History, their live streams (Server-Sent Events), the JSON API, the health endpoint.
+"""The web transport (aiohttp + Jinja2): pages, live streams (Server-Sent Events), the JSON API,
+login, health and metrics. ``server.web.routes`` is the route table: every URL, its handler and
+its access level.
 
-Modules: ``routes`` (History, health) · ``pages`` (overview, agent) · ``run_pages`` (runs,
-run, their forms) · ``sse`` / ``run_stream`` (live streams) · ``views`` / ``fleet_views`` /
-``run_views`` / ``charts`` (view models) · ``params`` / ``log_params`` (query parsing) ·
-``api_runs`` / ``openapi`` (the runs JSON API) · ``middleware`` (errors, security headers) ·
-``auth`` (access declarations, sessions, CSRF, the start-up route check) · ``login`` (login,
-logout).
+Layout: ``routes`` (the table) · ``request`` (path ids, bodies, every query parser) · ``sse``
+(what every live stream shares) · ``templates`` (page rendering, macros from Python) · ``auth``
+(access levels, sessions, CSRF, the start-up route check) · ``login`` · ``middleware`` (errors,
+security headers) · ``health`` (/healthz, /metrics) · one folder per resource a user sees:
+``history/``, ``fleet/`` (overview, agents), ``runs/`` (runs, logs, inputs), ``api/`` (JSON,
+OpenAPI).
 
-``setup_web(app)`` is called by ``server.app.create_app``; it expects ``keys.CONFIG`` to be set and
-``keys.SESSIONS`` / ``keys.ENGINE`` (and ``keys.BUS`` for live updates, see
-``server.services.bus.bus_ctx``) to be available once the app has started.
+``setup_web(app)`` is called by ``server.app.create_app``; it expects ``app_keys.CONFIG`` to be
+set and ``app_keys.SESSIONS`` / ``app_keys.ENGINE`` (and ``app_keys.BUS`` for live updates, see
+``server.app.bus_ctx``) to be available once the app has started.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import jinja2
 from aiohttp import web
 
 from server.resources import STATIC_DIR, TEMPLATES_DIR
-from server.services.bus import end_streams_on_shutdown
-from server.web.api_runs import add_api_routes
 from server.web.auth import setup_auth
-from server.web.input_pages import add_input_routes
-from server.web.login import add_login_routes
+from server.web.login import setup_login
 from server.web.middleware import error_middleware, security_headers
-from server.web.routes import add_routes
+from server.web.routes import PUBLIC_ROUTES, add_routes
+from server.web.sse import end_streams_on_shutdown
 
 
 def setup_web(app: web.Application) -> None:
@@ -46,13 +45,11 @@ def setup_web(app: web.Application) -> None:
     )
     env.globals["static_url"] = _static_url(app)
     app.middlewares.append(error_middleware)
-    setup_auth(app)  # after the error middleware: its 401/403s are mapped there
+    setup_auth(app, PUBLIC_ROUTES)  # after the error middleware: its 401/403s are mapped there
     app.on_shutdown.append(end_streams_on_shutdown)
     app.on_response_prepare.append(security_headers)
+    setup_login(app)
     add_routes(app)
-    add_api_routes(app)
-    add_input_routes(app)
-    add_login_routes(app)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
 
 

@@ -1,11 +1,13 @@
 """Web access control: who may call which route, enforced in one middleware.
 
-Every handler declares its access with one of the decorators below; ``auth_middleware`` reads
-the declaration of the matched route and enforces it:
+Every route's access is declared in the route table (``server.web.routes``), which marks the
+handler; a route added outside the table uses one of the decorators below instead.
+``auth_middleware`` reads the declaration of the matched route and enforces it:
 
-- ``@public``: anyone. Only routes on :data:`PUBLIC_ROUTES` (plus the static files) may be
-  public; ``check_routes`` (run by ``server.app.create_app``) refuses to start the server when a
-  route has no declaration, or is public without being on that allow-list.
+- ``@public``: anyone. Only routes on the allow-list (the route table's public rows,
+  ``server.web.routes.PUBLIC_ROUTES``, plus the static files) may be public; ``check_routes``
+  (run first thing at start-up) refuses to start the server when a route has no declaration,
+  or is public without being on that allow-list.
 - ``@viewer``: a logged-in user of any role.
 - ``@admin``: a logged-in admin (a viewer gets 403).
 - ``@metrics_reader``: a logged-in user, or ``Authorization: Bearer <token>`` with the token
@@ -37,7 +39,7 @@ import aiohttp_jinja2
 from aiohttp import hdrs, web
 from aiohttp.web_exceptions import NotAppKeyWarning
 
-from server import keys
+from server import app_keys
 from server.config import ServerConfig
 from server.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
 from server.services import users as users_service
@@ -54,17 +56,9 @@ CSRF_ERROR: Final = "CSRF token missing or wrong"
 _CSRF_CONTEXT: Final = b"flagpost-csrf-v1"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
-# The allow-list: the ONLY routes that may be reached without logging in (method, path
-# template). Static files (the ``/static`` resource) are allowed too; see ``check_routes``.
-PUBLIC_ROUTES: Final[frozenset[tuple[str, str]]] = frozenset(
-    {
-        ("GET", "/login"),
-        ("HEAD", "/login"),
-        ("POST", "/login"),
-        ("GET", "/healthz"),
-        ("HEAD", "/healthz"),
-    }
-)
+# The allow-list (the ONLY routes that may be reached without logging in) is the table's
+# PUBLIC rows: ``server.web.routes.PUBLIC_ROUTES``, handed to ``setup_auth``. Static files (the
+# ``/static`` resource) are allowed too; see ``check_routes``.
 PUBLIC_STATIC_PREFIXES: Final[frozenset[str]] = frozenset({"/static"})
 
 
@@ -85,20 +79,31 @@ _ACCESS_ATTR: Final = "__flagpost_access__"
 
 def _declare(access: Access) -> Callable[[H], H]:
     def mark(handler: H) -> H:
-        setattr(handler, _ACCESS_ATTR, access)
+        declare(handler, access)
         return handler
 
     return mark
 
 
+# Decorators for a route added outside the table (tests, extensions); the table's rows are
+# declared by ``server.web.routes.add_routes``.
 public = _declare(Access.PUBLIC)
-"""Anyone may call the handler (the route must also be on ``PUBLIC_ROUTES``)."""
+"""Anyone may call the handler (the route must also be on the allow-list)."""
 viewer = _declare(Access.VIEWER)
 """Any logged-in user may call the handler."""
 admin = _declare(Access.ADMIN)
 """Only a logged-in admin may call the handler."""
 metrics_reader = _declare(Access.METRICS)
 """A logged-in user, or a scraper with the metrics bearer token."""
+
+
+def declare(handler: Handler, access: Access) -> None:
+    """Declare ``handler``'s access (``server.web.routes`` does it for every row of the route
+    table); a handler declared twice with different levels is a programming error."""
+    declared = access_of(handler)
+    if declared is not None and declared is not access:
+        raise ValueError(f"{handler.__qualname__}: declared {declared}, the table says {access}")
+    setattr(handler, _ACCESS_ATTR, access)
 
 
 def access_of(handler: object) -> Access | None:
@@ -170,10 +175,7 @@ def _is_static(resource: web.AbstractResource) -> bool:
     )
 
 
-def check_routes(
-    router: web.UrlDispatcher,
-    allow: Iterable[tuple[str, str]] = PUBLIC_ROUTES,
-) -> None:
+def check_routes(router: web.UrlDispatcher, allow: Iterable[tuple[str, str]] = ()) -> None:
     """Refuse (``StartupCheckError`` naming every offending route) when a route of ``router``
     has no access declaration, or is declared public without being on ``allow``."""
     allowed = frozenset(allow)
@@ -248,7 +250,7 @@ async def _session_user(request: web.Request, token: str | None, *, public: bool
     if not token:
         return None
     try:
-        return await users_service.resolve_session(request.app[keys.SESSIONS], token)
+        return await users_service.resolve_session(request.app[app_keys.SESSIONS], token)
     except Unavailable:
         if public:
             return None
@@ -334,7 +336,7 @@ async def session_still_valid(request: web.Request) -> bool:
     token = request.get(SESSION_TOKEN)
     if token is None:
         return True
-    return await users_service.resolve_session(request.app[keys.SESSIONS], token) is not None
+    return await users_service.resolve_session(request.app[app_keys.SESSIONS], token) is not None
 
 
 def actor_name(request: web.Request) -> str:
@@ -363,15 +365,20 @@ def load_metrics_token(config: ServerConfig) -> str:
     return token
 
 
+ALLOW_LIST: web.AppKey[frozenset[tuple[str, str]]] = web.AppKey("public_routes")
+
+
 async def _startup_check(app: web.Application) -> None:
-    check_routes(app.router)
+    allowed: frozenset[tuple[str, str]] = app[ALLOW_LIST]
+    check_routes(app.router, allowed)
 
 
-def setup_auth(app: web.Application) -> None:
+def setup_auth(app: web.Application, public_routes: Iterable[tuple[str, str]]) -> None:
     """Install the access middleware (after the error middleware, so its errors are mapped),
     read the metrics token, and run :func:`check_routes` first thing at start-up (before the
     database or gRPC start), so a route added after ``create_app`` is checked too."""
-    app[METRICS_TOKEN] = load_metrics_token(app[keys.CONFIG])
+    app[METRICS_TOKEN] = load_metrics_token(app[app_keys.CONFIG])
+    app[ALLOW_LIST] = frozenset(public_routes)
     app.middlewares.append(auth_middleware)
     app.on_startup.insert(0, _startup_check)
     app.on_startup.append(_warm_up)

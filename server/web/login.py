@@ -18,7 +18,7 @@ from typing import Any, Final
 import aiohttp_jinja2
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.errors import RateLimited, Unauthenticated
 from server.services import users as users_service
 from server.services.ratelimit import RateLimiter
@@ -28,9 +28,7 @@ from server.web.auth import (
     SESSION_TOKEN,
     csrf_token_for,
     current_user,
-    public,
     safe_next,
-    viewer,
 )
 from server.web.middleware import error_headers
 
@@ -57,7 +55,7 @@ def _cookie_flags(request: web.Request) -> dict[str, Any]:
         "httponly": True,
         "samesite": "Strict",
         "path": "/",
-        "secure": bool(request.app[keys.CONFIG].tls_cert_file),
+        "secure": bool(request.app[app_keys.CONFIG].tls_cert_file),
     }
 
 
@@ -95,7 +93,6 @@ def _render_form(
     return response
 
 
-@public
 async def login_page(request: web.Request) -> web.StreamResponse:
     """``GET /login``: the form (a logged-in user goes straight to ``next``)."""
     next_path = safe_next(request.query.get("next"))
@@ -104,7 +101,6 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return _render_form(request, next_path=next_path)
 
 
-@public
 async def login_submit(request: web.Request) -> web.StreamResponse:
     """``POST /login`` (form: name, password, next, csrf_token): open a session, 303 to
     ``next``; the form again with one generic error otherwise."""
@@ -118,10 +114,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         limits.per_address.hit(address)
         limits.per_user.hit(f"{address}\n{name}")
         login = await users_service.login(
-            request.app[keys.SESSIONS],
+            request.app[app_keys.SESSIONS],
             name,
             password,
-            timedelta(hours=request.app[keys.CONFIG].session_ttl_hours),
+            timedelta(hours=request.app[app_keys.CONFIG].session_ttl_hours),
         )
     except (RateLimited, Unauthenticated) as err:
         log.info("login refused for %r from %s: %s", name[:64], address, err.reason)
@@ -139,20 +135,19 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     response.set_cookie(
         SESSION_COOKIE,
         login.token,
-        max_age=request.app[keys.CONFIG].session_ttl_hours * 3600,
+        max_age=request.app[app_keys.CONFIG].session_ttl_hours * 3600,
         **_cookie_flags(request),
     )
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/")
     raise response
 
 
-@viewer
 async def logout(request: web.Request) -> web.StreamResponse:
     """``POST /logout`` (CSRF): delete the session server-side, clear the cookie, 303 to
     ``/login``."""
     token = request.get(SESSION_TOKEN)
     if token:
-        await users_service.logout(request.app[keys.SESSIONS], token)
+        await users_service.logout(request.app[app_keys.SESSIONS], token)
     user = current_user(request)
     log.info("logout: %s", user.name if user else "?")
     response = web.HTTPSeeOther("/login")
@@ -160,13 +155,10 @@ async def logout(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-def add_login_routes(app: web.Application) -> None:
-    """Register ``/login`` and ``/logout`` and the login rate limiters."""
-    rate = app[keys.CONFIG].login_rate_per_minute
+def setup_login(app: web.Application) -> None:
+    """The login rate limiters of ``app`` (the routes are in ``server.web.routes``)."""
+    rate = app[app_keys.CONFIG].login_rate_per_minute
     app[LOGIN_LIMITS] = LoginLimits(
         per_user=RateLimiter("login", rate),
         per_address=RateLimiter("login (per address)", rate * LOGIN_ADDRESS_FACTOR),
     )
-    app.router.add_get("/login", login_page, name="login")
-    app.router.add_post("/login", login_submit, name="login_submit")
-    app.router.add_post("/logout", logout, name="logout")

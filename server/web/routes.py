@@ -1,77 +1,108 @@
-"""HTTP handlers: parse and validate the request, call a service, render the result.
+"""THE route table of the web: every URL, its handler, and who may call it.
 
-No SQL and no status-code decisions here: bad input raises ``InvalidArgument`` (mapped to 400 by
-``server.web.middleware``), services raise ``Unavailable`` when the database is down.
+Read it top to bottom to go from a URL to its handler (columns: method, path, access,
+handler, route name). Access levels (``server.web.auth``):
+``PUBLIC`` anyone (only these rows make up the start-up allow-list, :data:`PUBLIC_ROUTES`),
+``VIEWER`` any logged-in user, ``ADMIN`` a logged-in admin, ``METRICS`` a logged-in user or the
+metrics bearer token. :func:`add_routes` registers every row and declares its access on the
+handler, which is what the access middleware and the start-up check read. ``/static`` is added
+by ``server.web.setup_web``.
+
+Handlers are thin: they parse the request (``server.web.request``), call a service, build view
+models, render. No SQL and no status-code decisions: bad input raises ``InvalidArgument``
+(400 from ``server.web.middleware``), services raise ``Unavailable`` when the database is down.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 
-from server import keys
-from server.services import history as history_service
-from server.services import inputs as inputs_service
-from server.web.auth import public, viewer
-from server.web.pages import add_page_routes
-from server.web.params import parse_event_filter
-from server.web.render import render_page
-from server.web.sse import history_stream
-from server.web.views import history_page, page_json
+from server.web import health, login
+from server.web.api import agents as api_agents
+from server.web.api import document as api_document
+from server.web.api import events as api_events
+from server.web.api import runs as api_runs
+from server.web.auth import Access, Handler, declare
+from server.web.fleet import pages as fleet
+from server.web.history import pages as history
+from server.web.history import stream as history_stream
+from server.web.runs import inputs as run_inputs
+from server.web.runs import pages as runs
+from server.web.runs import stream as run_stream
+
+PUBLIC, VIEWER, ADMIN, METRICS = Access.PUBLIC, Access.VIEWER, Access.ADMIN, Access.METRICS
 
 
-@viewer
-async def history(request: web.Request) -> web.StreamResponse:
-    """``GET /history``: the filterable, keyset-paginated History page; its first page
-    carries the URL and cursor of its live stream (``/history/stream``) when a bus runs."""
-    config = request.app[keys.CONFIG]
-    sessions = request.app[keys.SESSIONS]
-    f = parse_event_filter(request.query, config.history_page_size)
-    live_after: int | None = None
-    if f.before_id is None and keys.BUS in request.app:
-        page, live_after = await history_service.list_events_live(sessions, f)
-    else:
-        page = await history_service.list_events(sessions, f)
-    agents = await history_service.list_agent_choices(sessions)
-    waiting = await inputs_service.awaiting_among(
-        sessions, sorted({e.run_id for e in page.events if e.run_id})
-    )
-    view = history_page(
-        page,
-        agents,
-        default_limit=config.history_page_size,
-        now=datetime.now(UTC),
-        live_after=live_after,
-        waiting_runs=waiting,
-    )
-    return await render_page("history.html", request, {"page": view})
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of the table (a ``GET`` also answers ``HEAD``)."""
+
+    method: str
+    path: str
+    access: Access
+    handler: Handler
+    name: str
 
 
-@viewer
-async def api_events(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/events``: the History as JSON, same filters and cursor."""
-    config = request.app[keys.CONFIG]
-    f = parse_event_filter(request.query, config.history_page_size)
-    page = await history_service.list_events(request.app[keys.SESSIONS], f)
-    return web.json_response(page_json(page))
+# fmt: off
+ROUTES: Final[tuple[Route, ...]] = (
+    # --- the fleet
+    Route("GET",  "/",                                    VIEWER,  fleet.overview, "overview"),
+    Route("GET",  "/agents/{agent_id}",                   VIEWER,  fleet.agent, "agent"),
+    Route("POST", "/agents/{agent_id}/runs",              ADMIN,   fleet.request_agent_run, "agent_run"),
+    # --- the History
+    Route("GET",  "/history",                             VIEWER,  history.history, "history"),
+    Route("GET",  "/history/stream",                      VIEWER,  history_stream.history_stream, "history_stream"),
+    # --- runs
+    Route("GET",  "/runs",                                VIEWER,  runs.runs, "runs"),
+    Route("GET",  "/runs/rows",                           VIEWER,  runs.runs_rows, "runs_rows"),
+    Route("GET",  "/runs/{run_id}",                       VIEWER,  runs.run_page, "run"),
+    Route("GET",  "/runs/{run_id}/stream",                VIEWER,  run_stream.run_stream, "run_stream"),
+    Route("POST", "/runs/{run_id}/cancel",                ADMIN,   runs.cancel_run, "run_cancel"),
+    Route("POST", "/runs/{run_id}/inputs",                ADMIN,   run_inputs.submit_form, "run_inputs"),
+    # --- the JSON API
+    Route("GET",  "/api/v1/events",                       VIEWER,  api_events.api_events, "api_events"),
+    Route("GET",  "/api/v1/runs",                         VIEWER,  api_runs.list_runs, "api_runs"),
+    Route("GET",  "/api/v1/runs/{run_id}",                VIEWER,  api_runs.get_run, "api_run"),
+    Route("GET",  "/api/v1/runs/{run_id}/logs",           VIEWER,  api_runs.run_logs, "api_run_logs"),
+    Route("GET",  "/api/v1/runs/{run_id}/logs/stats",     VIEWER,  api_runs.run_log_stats, "api_log_stats"),
+    Route("GET",  "/api/v1/runs/{run_id}/logs/sources",   VIEWER,  api_runs.run_log_sources, "api_log_sources"),
+    Route("POST", "/api/v1/runs/{run_id}/cancel",         ADMIN,   api_runs.cancel_run, "api_cancel_run"),
+    Route("GET",  "/api/v1/runs/{run_id}/inputs",         VIEWER,  run_inputs.get_inputs, "api_run_inputs"),
+    Route("POST", "/api/v1/runs/{run_id}/inputs",         ADMIN,   run_inputs.submit_json, "api_submit_inputs"),
+    Route("GET",  "/api/v1/agents",                       VIEWER,  api_agents.list_agents, "api_agents"),
+    Route("GET",  "/api/v1/agents/{agent_id}",            VIEWER,  api_agents.get_agent, "api_agent"),
+    Route("POST", "/api/v1/agents/{agent_id}/runs",       ADMIN,   api_agents.request_agent_run, "api_request_run"),
+    Route("GET",  "/api/v1/openapi.json",                 VIEWER,  api_document.openapi, "api_openapi"),
+    # --- sessions
+    Route("GET",  "/login",                               PUBLIC,  login.login_page, "login"),
+    Route("POST", "/login",                               PUBLIC,  login.login_submit, "login_submit"),
+    Route("POST", "/logout",                              VIEWER,  login.logout, "logout"),
+    # --- operations
+    Route("GET",  "/healthz",                             PUBLIC,  health.healthz, "healthz"),
+    Route("GET",  "/metrics",                             METRICS, health.metrics, "metrics"),
+)
+# fmt: on
 
 
-@public
-async def healthz(request: web.Request) -> web.StreamResponse:
-    """``GET /healthz``: 200 while the health monitor sees the database up and it answers
-    ``SELECT 1`` now; 503 otherwise (e.g. SQLite locked by another process, PostgreSQL down)."""
-    if request.app[keys.HEALTH].available and await history_service.database_ok(
-        request.app[keys.ENGINE]
-    ):
-        return web.json_response({"status": "ok"})
-    return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+def _methods(route: Route) -> tuple[str, ...]:
+    return ("GET", "HEAD") if route.method == "GET" else (route.method,)
 
 
-def add_routes(app: web.Application) -> None:
-    """Register the web's routes on ``app``."""
-    app.router.add_get("/history", history, name="history")
-    app.router.add_get("/history/stream", history_stream, name="history_stream")
-    app.router.add_get("/api/v1/events", api_events, name="api_events")
-    app.router.add_get("/healthz", healthz, name="healthz")
-    add_page_routes(app)
+PUBLIC_ROUTES: Final[frozenset[tuple[str, str]]] = frozenset(
+    (method, route.path) for route in ROUTES if route.access is PUBLIC for method in _methods(route)
+)
+"""The start-up allow-list: the ONLY (method, path) pairs reachable without logging in."""
+
+
+def add_routes(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None:
+    """Register every row of ``routes`` on ``app``, declaring its access on its handler."""
+    for route in routes:
+        declare(route.handler, route.access)
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler, name=route.name)
+        else:
+            app.router.add_route(route.method, route.path, route.handler, name=route.name)

@@ -1,67 +1,38 @@
-"""``GET /history/stream``: new History rows as Server-Sent Events.
+"""Server-Sent Events: what every live stream (History, run) shares.
 
-The stream takes the History page's filter parameters. Its cursor is an ``update_events.id``:
-the ``Last-Event-ID`` header (a reconnecting EventSource), else the ``after`` parameter (the page
-renders the highest id it knew of), else the current highest id. Rows are always read from the
-database, ascending from the cursor, so a client that reconnects gets exactly what it missed.
+A stream's cursor is resumable: the client's ``Last-Event-ID`` header (a reconnecting
+EventSource), else the ``after`` query parameter (the page renders the cursor it showed), else
+the stream's own default. Rows are always read from the database ascending from the cursor, so
+a client that reconnects gets exactly what it missed; an ``id:``-only frame moves the client's
+cursor past rows that were read but did not match its filters.
 
-Frames::
-
-    id: 42                       a matching row: the row as /api/v1/events shows it, and its
-    event: event                 HTML rendered by the page's own Jinja macro (same escaping)
-    data: {"event": {...}, "html": "<li ...>"}
-
-    id: 57                       rows up to 57 were examined but none matched the filters:
-                                 moves the client's Last-Event-ID past them
-
-    : keepalive                  heartbeat comment, every ``heartbeat_seconds`` of silence
-
-The handler sleeps on the event bus (:mod:`server.services.bus`) between reads; a wake-up only
-means "something was committed", never what.
+Why not ``aiohttp-sse``: its ``EventSourceResponse`` sends one event per ``send()`` and pings on
+its own timer. Our streams coalesce a batch of frames into one write, write ``id:``-only frames,
+and make the heartbeat the moment to re-check the session (:func:`heartbeat`): a library would
+leave only the header block below, at the price of a dependency.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiMapping
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server import keys
-from server.domain import EventFilter, StoredEvent
-from server.errors import InvalidArgument, Unavailable
-from server.services import history as history_service
-from server.services import inputs as inputs_service
-from server.web.auth import session_still_valid, viewer
-from server.web.params import MAX_CURSOR, parse_event_filter
-from server.web.views import EventRow, event_json, event_row
+from server import app_keys
+from server.errors import InvalidArgument
+from server.web.auth import session_still_valid
+from server.web.request import MAX_CURSOR
 
 log = logging.getLogger(__name__)
 
-ROW_TEMPLATE = "_event_row.html"
-ROW_MACRO = "event_row"
-RowRenderer = Callable[[EventRow], Any]  # the Jinja macro: returns Markup
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    """Tunables of the live stream (an app may override them with :data:`STREAM_SETTINGS`)."""
-
-    heartbeat_seconds: float = 15.0
-    batch_size: int = 100  # rows per database read
-    retry_ms: int = 2_000  # the reconnect delay suggested to EventSource
-    disconnect_check_seconds: float = 1.0  # how soon a vanished client is noticed
-
-
-STREAM_SETTINGS = web.AppKey("history_stream_settings", StreamSettings)
+HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-store",
+    "X-Accel-Buffering": "no",
+}
 
 
 def _parse_cursor(name: str, raw: str) -> int:
@@ -72,8 +43,8 @@ def _parse_cursor(name: str, raw: str) -> int:
 
 
 def stream_cursor(headers: MultiMapping[str], query: MultiMapping[str]) -> int | None:
-    """The client's cursor: ``Last-Event-ID``, else ``after``, else ``None`` (start at the
-    newest row). A malformed value is an InvalidArgument naming it."""
+    """The client's cursor: ``Last-Event-ID``, else ``after``, else ``None`` (the stream's
+    default). A malformed value is an InvalidArgument naming it."""
     last_event_id = headers.get("Last-Event-ID", "")
     if last_event_id.strip():
         return _parse_cursor("Last-Event-ID", last_event_id)
@@ -85,11 +56,28 @@ def stream_cursor(headers: MultiMapping[str], query: MultiMapping[str]) -> int |
     return None
 
 
-def _frame(event: StoredEvent, html: str) -> str:
-    data = json.dumps(
-        {"event": event_json(event), "html": html}, ensure_ascii=False, separators=(",", ":")
-    )
-    return f"id: {event.id}\nevent: event\ndata: {data}\n\n"
+async def open_stream(request: web.Request, retry_ms: int, cursor: int) -> web.StreamResponse:
+    """Send the headers and the preamble (the reconnect delay, and the cursor as a comment)."""
+    response = web.StreamResponse(headers=HEADERS)
+    await response.prepare(request)
+    await response.write(f"retry: {retry_ms}\n: after {cursor}\n\n".encode())
+    return response
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for a ``data:`` line (never contains a newline)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def frame(event: str, data: Any, event_id: int | None = None) -> str:
+    """One event: ``id`` (when given), ``event`` and its JSON ``data``."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {dumps(data)}\n\n"
+
+
+def cursor_frame(event_id: int) -> str:
+    """An ``id:``-only frame: moves the client's ``Last-Event-ID`` without an event."""
+    return f"id: {event_id}\n\n"
 
 
 def client_gone(request: web.Request) -> bool:
@@ -101,7 +89,7 @@ def client_gone(request: web.Request) -> bool:
 async def heartbeat(request: web.Request, response: web.StreamResponse, name: str) -> bool:
     """A live stream's heartbeat: False (end the stream) when the session that opened it has
     ended (logged out, expired, its user deleted or disabled); otherwise the keepalive comment
-    is written and True returned. Shared by the History and run streams."""
+    is written and True returned."""
     if not await session_still_valid(request):
         log.info("%s stream: the session ended; closing the stream", name)
         return False
@@ -109,91 +97,8 @@ async def heartbeat(request: web.Request, response: web.StreamResponse, name: st
     return True
 
 
-@viewer
-async def history_stream(request: web.Request) -> web.StreamResponse:
-    """``GET /history/stream``: the History's new rows matching the page's filters (SSE)."""
-    app = request.app
-    config = app[keys.CONFIG]
-    if "before" in request.query:
-        raise InvalidArgument("the live stream only follows the newest events", field="before")
-    f = parse_event_filter(request.query, config.history_page_size)
-    cursor = stream_cursor(request.headers, request.query)
-    bus = app.get(keys.BUS)
-    if bus is None:
-        raise Unavailable("live updates are not enabled on this server")
-    settings = app.get(STREAM_SETTINGS) or StreamSettings()
-    sessions = app[keys.SESSIONS]
-    render_row: RowRenderer = getattr(
-        aiohttp_jinja2.get_env(app).get_template(ROW_TEMPLATE).module, ROW_MACRO
-    )
-    loop = asyncio.get_running_loop()
-
-    # Subscribe before reading anything: a commit after our first read always wakes us.
-    with bus.subscribe() as sub:
-        if cursor is None:
-            cursor = await history_service.latest_event_id(sessions)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache, no-store",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
-        try:
-            await response.write(f"retry: {settings.retry_ms}\n: after {cursor}\n\n".encode())
-            last_write = loop.time()
-            must_read = True
-            while not sub.closed:
-                if must_read:
-                    cursor, wrote = await _send_new_rows(
-                        response, sessions, f, cursor, settings.batch_size, render_row
-                    )
-                    if wrote:
-                        last_write = loop.time()
-                silent = loop.time() - last_write
-                if silent >= settings.heartbeat_seconds:
-                    if not await heartbeat(request, response, "history"):
-                        break
-                    last_write = loop.time()
-                    must_read = False
-                    continue
-                if client_gone(request):
-                    break
-                wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
-                woke = await sub.wait(wait)
-                must_read = woke and not sub.closed and sub.take(cursor)
-        except ConnectionResetError:  # the client went away mid-write
-            log.debug("history stream: client disconnected")
-        except Unavailable:
-            log.warning("history stream: database unavailable; ending the stream")
-    return response
-
-
-async def _send_new_rows(
-    response: web.StreamResponse,
-    sessions: async_sessionmaker[AsyncSession],
-    f: EventFilter,
-    cursor: int,
-    batch_size: int,
-    render_row: RowRenderer,
-) -> tuple[int, bool]:
-    """Read and send every row after ``cursor``; returns the new cursor and whether anything
-    was written."""
-    wrote = False
-    now = datetime.now(UTC)
-    while True:
-        batch = await history_service.read_new_events(sessions, f, cursor, batch_size)
-        waiting = await inputs_service.awaiting_among(
-            sessions, sorted({e.run_id for e in batch.events if e.run_id})
-        )
-        parts = [_frame(e, str(render_row(event_row(e, now, waiting)))) for e in batch.events]
-        last_sent = batch.events[-1].id if batch.events else cursor
-        if batch.cursor > last_sent:
-            parts.append(f"id: {batch.cursor}\n\n")
-        cursor = batch.cursor
-        if parts:
-            await response.write("".join(parts).encode())
-            wrote = True
-        if not batch.more:
-            return cursor, wrote
+async def end_streams_on_shutdown(app: web.Application) -> None:
+    """``on_shutdown`` hook: end live streams before aiohttp waits for open requests."""
+    bus = app.get(app_keys.BUS)
+    if bus is not None:
+        bus.end_streams()

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from agent import events
 from agent.outbox import Outbox
 from flagpost.v1 import agent_pb2
-from server import keys
+from server import app_keys
 from server.services.enrollment import create_token
 from server.storage.models import UpdateEvent
 
@@ -59,7 +59,7 @@ async def test_rejected_event_quarantined_listed_and_reported(
     running_server: Any, tmp_path: Path
 ) -> None:
     root = tmp_path / "agent"
-    token = await create_token(running_server.app[keys.SESSIONS], uses=1, expires_in=None)
+    token = await create_token(running_server.app[app_keys.SESSIONS], uses=1, expires_in=None)
     address = f"127.0.0.1:{running_server.grpc_port}"
     code, out = await agent(root, "enroll", "--server", address, "--token", token)
     assert code == 0, out
@@ -75,7 +75,7 @@ async def test_rejected_event_quarantined_listed_and_reported(
     code, out = await agent(root, "once")
     assert code == 0, out
 
-    async with running_server.app[keys.SESSIONS]() as session:
+    async with running_server.app[app_keys.SESSIONS]() as session:
         rows = list(await session.scalars(select(UpdateEvent).order_by(UpdateEvent.id)))
     stored = {row.event_id: row for row in rows}
     assert good.event_id in stored and after.event_id in stored  # the queue was not blocked
@@ -98,6 +98,6 @@ async def test_rejected_event_quarantined_listed_and_reported(
     # Another check-in sends nothing again and adds nothing.
     code, out = await agent(root, "once")
     assert code == 0, out
-    async with running_server.app[keys.SESSIONS]() as session:
+    async with running_server.app[app_keys.SESSIONS]() as session:
         count = len(list(await session.scalars(select(UpdateEvent.event_id))))
     assert count == len(rows) + 1  # only the new run's not_needed detection

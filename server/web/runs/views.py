@@ -11,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from server.domain import LogLineRecord, LogStats, RunDetail, RunState, RunStep, RunSummary
+from server.web.format import transition
+
+RUNS_TEMPLATE = "_runs.html"  # the runs macros: rows, status, log lines, counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,12 +318,6 @@ def log_line_json(line: LogLineRow) -> dict[str, object]:
     }
 
 
-def _transition(source: str, target: str) -> str:
-    if not source and not target:
-        return ""
-    return f"{source or '?'} → {target or '?'}"
-
-
 def _agent_url(agent_id: str) -> str | None:
     return f"/agents/{quote(agent_id, safe='')}" if agent_id else None
 
@@ -344,7 +341,7 @@ def run_row(run: RunSummary, now: datetime) -> RunRow:
         hostname=run.hostname or run.agent_id,
         agent_url=_agent_url(run.agent_id),
         migration_id=run.migration_id,
-        transition=_transition(run.migration_from, run.migration_to),
+        transition=transition(run.migration_from, run.migration_to),
         steps_done=run.steps_done,
         steps_total=run.steps_total,
         started_iso=_iso(run.started_at),
@@ -433,7 +430,7 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
         hostname=run.hostname or run.agent_id,
         agent_url=_agent_url(run.agent_id),
         migration_id=run.migration_id,
-        transition=_transition(run.migration_from, run.migration_to),
+        transition=transition(run.migration_from, run.migration_to),
         steps_done=run.steps_done,
         steps_total=run.steps_total,
         percent=percent,

@@ -406,7 +406,7 @@ PATHS: dict[str, Any] = {
 }
 
 
-# Issue 6: a run waiting for input (AWAITING_INPUT) and its answers.
+# Input requests: a run waiting for input (AWAITING_INPUT) and its answers.
 SCHEMAS["InputField"] = _obj(
     {
         "name": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
@@ -465,7 +465,7 @@ PATHS["/api/v1/runs/{run_id}/inputs"] = {
 }
 
 
-# Issue 5: web login. Every operation needs a session (cookie); every POST also its CSRF token.
+# Web login. Every operation needs a session (cookie); every POST also its CSRF token.
 SECURITY_SCHEMES: dict[str, Any] = {
     "session": {
         "type": "apiKey",

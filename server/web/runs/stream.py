@@ -28,26 +28,28 @@ busy run's lines are coalesced into fewer, larger writes (everything is still st
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.errors import Unavailable
-from server.web import run_data
-from server.web.auth import viewer
-from server.web.log_params import LogFilter, parse_log_filter
-from server.web.pages import path_id
-from server.web.run_views import LogLineRow, RunDetailView, log_line_json, run_json
-from server.web.sse import client_gone, heartbeat, stream_cursor
+from server.services import logs as logs_service
+from server.web.request import LogFilter, parse_log_filter, path_id
+from server.web.runs.pages import run_status
+from server.web.runs.views import (
+    RUNS_TEMPLATE,
+    LogLineRow,
+    RunDetailView,
+    log_line_json,
+    log_line_row,
+    run_json,
+)
+from server.web.sse import client_gone, cursor_frame, frame, heartbeat, open_stream, stream_cursor
+from server.web.templates import template_macro
 
 log = logging.getLogger(__name__)
-
-RUNS_TEMPLATE = "_runs.html"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,37 +68,25 @@ class RunStreamSettings:
 RUN_STREAM_SETTINGS = web.AppKey("run_stream_settings", RunStreamSettings)
 
 
-def template_macro(app: web.Application, name: str, template: str = RUNS_TEMPLATE) -> Any:
-    """A macro of one of the app's templates, callable from Python (returns Markup)."""
-    module = aiohttp_jinja2.get_env(app).get_template(template).module
-    return getattr(module, name)
-
-
 class _Renderer:
     """The page's own Jinja macros, so streamed HTML is escaped exactly like the page."""
 
     def __init__(self, app: web.Application) -> None:
-        self._log_line = template_macro(app, "log_line")
-        self._status = template_macro(app, "run_status")
-        self._counts = template_macro(app, "log_counts")
+        self._log_line = template_macro(app, "log_line", RUNS_TEMPLATE)
+        self._status = template_macro(app, "run_status", RUNS_TEMPLATE)
+        self._counts = template_macro(app, "log_counts", RUNS_TEMPLATE)
 
     def log_frame(self, line: LogLineRow) -> str:
-        data = _dumps({"line": log_line_json(line), "html": str(self._log_line(line))})
-        return f"id: {line.seq}\nevent: log\ndata: {data}\n\n"
+        data = {"line": log_line_json(line), "html": str(self._log_line(line))}
+        return frame("log", data, line.seq)
 
     def run_frame(self, run: RunDetailView) -> str:
-        data = _dumps(
-            {
-                "run": run_json(run),
-                "status_html": str(self._status(run)),
-                "counts_html": str(self._counts(run.stats)),
-            }
-        )
-        return f"event: run\ndata: {data}\n\n"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        data = {
+            "run": run_json(run),
+            "status_html": str(self._status(run)),
+            "counts_html": str(self._counts(run.stats)),
+        }
+        return frame("run", data)
 
 
 @dataclass
@@ -107,14 +97,13 @@ class _StreamState:
     terminal: bool = False
 
 
-@viewer
 async def run_stream(request: web.Request) -> web.StreamResponse:
     """``GET /runs/{run_id}/stream`` (see the module docstring)."""
     app = request.app
     run_id = path_id(request, "run_id")
     log_filter = parse_log_filter(request.query)
     cursor = stream_cursor(request.headers, request.query) or 0
-    bus = app.get(keys.BUS)
+    bus = app.get(app_keys.BUS)
     if bus is None:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(RUN_STREAM_SETTINGS) or RunStreamSettings()
@@ -123,18 +112,10 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
 
     # Subscribe before the first read: a commit after it always wakes us.
     with bus.subscribe_run(run_id) as sub:
-        first = await run_data.run_status(app, run_id)  # NotFound: a 404 before any byte
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache, no-store",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
+        first = await run_status(app, run_id)  # NotFound: a 404 before any byte
+        response = await open_stream(request, settings.retry_ms, cursor)
         state = _StreamState(cursor=cursor)
         try:
-            await response.write(f"retry: {settings.retry_ms}\n: after {cursor}\n\n".encode())
             last_write = loop.time()
             next_read = 0.0
             must_read = True
@@ -207,14 +188,14 @@ async def _send_updates(
     loop = asyncio.get_running_loop()
     parts: list[str] = []
     if status is None:
-        status = await run_data.run_status(app, run_id)
-    frame = renderer.run_frame(status)
-    if frame != state.last_status:
-        parts.append(frame)
-        state.last_status = frame
+        status = await run_status(app, run_id)
+    status_frame = renderer.run_frame(status)
+    if status_frame != state.last_status:
+        parts.append(status_frame)
+        state.last_status = status_frame
     state.terminal = status.terminal
     while True:
-        lines = await run_data.lines_after(app, run_id, state.cursor, settings.batch_size)
+        lines = await _lines_after(app, run_id, state.cursor, settings.batch_size)
         examined = state.cursor
         held = False
         for line in lines:
@@ -232,7 +213,7 @@ async def _send_updates(
             if log_filter.matches(line):
                 parts.append(renderer.log_frame(line))
         if examined > state.cursor and not (parts and parts[-1].startswith(f"id: {examined}\n")):
-            parts.append(f"id: {examined}\n\n")  # read past lines that did not match
+            parts.append(cursor_frame(examined))  # read past lines that did not match
         state.cursor = examined
         if held or len(lines) < settings.batch_size:
             break
@@ -240,3 +221,11 @@ async def _send_updates(
         await response.write("".join(parts).encode())
         return True
     return False
+
+
+async def _lines_after(
+    app: web.Application, run_id: str, after_seq: int, limit: int
+) -> list[LogLineRow]:
+    """Every stored line of the run with ``seq > after_seq``, ascending, at most ``limit``."""
+    records = await logs_service.lines_after(app[app_keys.SESSIONS], run_id, after_seq, limit)
+    return [log_line_row(r) for r in records]

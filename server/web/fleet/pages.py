@@ -7,41 +7,31 @@ runs service (:mod:`server.services.runs`).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.domain import RunFilter, RunState
-from server.errors import InvalidArgument
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
 from server.services import runs as runs_service
-from server.web.auth import viewer
-from server.web.fleet_views import agent_page, overview_page, pending_action_note
-from server.web.render import render_page
-from server.web.run_views import run_row
+from server.web.auth import actor_name
+from server.web.fleet.views import agent_page, overview_page, pending_action_note
+from server.web.request import path_id
+from server.web.runs.views import run_row
+from server.web.templates import render_page
 
 AGENT_PAGE_RUNS = 10
 
-MAX_ID = 64
 
-
-def path_id(request: web.Request, name: str) -> str:
-    """A path parameter that must look like an id (printable, bounded) or a 400 naming it."""
-    value = request.match_info[name]
-    if not value or len(value) > MAX_ID or not value.isprintable():
-        raise InvalidArgument("is not a valid id", field=name)
-    return value
-
-
-@viewer
 async def overview(request: web.Request) -> web.StreamResponse:
     """``GET /``: agents online / stale / offline, config versions and rollout, runs waiting
     for input, events per hour over the last day."""
     app = request.app
     now = datetime.now(UTC)
-    sessions = app[keys.SESSIONS]
-    fleet = await fleet_service.fleet_overview(sessions, app[keys.CONFIG], now)
+    sessions = app[app_keys.SESSIONS]
+    fleet = await fleet_service.fleet_overview(sessions, app[app_keys.CONFIG], now)
     by_state = await runs_service.count_runs_by_state(sessions)
     latest = await runs_service.latest_runs(sessions, [a.record.id for a in fleet.agents])
     view = overview_page(
@@ -53,14 +43,13 @@ async def overview(request: web.Request) -> web.StreamResponse:
     return await render_page("overview.html", request, {"page": view})
 
 
-@viewer
 async def agent(request: web.Request) -> web.StreamResponse:
     """``GET /agents/{agent_id}``: facts, runs, recent events, "Run migration now"."""
     app = request.app
     agent_id = path_id(request, "agent_id")
     now = datetime.now(UTC)
-    sessions = app[keys.SESSIONS]
-    detail = await fleet_service.agent_detail(sessions, app[keys.CONFIG], agent_id, now)
+    sessions = app[app_keys.SESSIONS]
+    detail = await fleet_service.agent_detail(sessions, app[app_keys.CONFIG], agent_id, now)
     runs = await runs_service.list_runs(
         sessions, RunFilter(agent_id=agent_id, limit=AGENT_PAGE_RUNS)
     )
@@ -77,10 +66,13 @@ async def agent(request: web.Request) -> web.StreamResponse:
     return await render_page("agent.html", request, {"page": view})
 
 
-def add_page_routes(app: web.Application) -> None:
-    """Register the overview, the agent page and the runs pages."""
-    from server.web.run_pages import add_run_routes  # it imports path_id from here
-
-    app.router.add_get("/", overview, name="overview")
-    app.router.add_get("/agents/{agent_id}", agent, name="agent")
-    add_run_routes(app)
+async def request_agent_run(request: web.Request) -> web.StreamResponse:
+    """``POST /agents/{agent_id}/runs`` (the agent page's form): queue a "run migration now"
+    action, delivered with the agent's next check-in, and go back to the agent page."""
+    app = request.app
+    agent_id = path_id(request, "agent_id")
+    action = await runs_service.request_run(
+        app[app_keys.SESSIONS], app[app_keys.CONFIG], agent_id, actor_name(request)
+    )
+    query = urlencode([("requested", action.action_id)])
+    raise web.HTTPSeeOther(f"/agents/{agent_id}?{query}")

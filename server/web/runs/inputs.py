@@ -1,4 +1,4 @@
-"""Answering a waiting run's input request (issue 6): the run page's form and the JSON API.
+"""Answering a waiting run's input request: the run page's form and the JSON API.
 
 - ``POST /runs/{run_id}/inputs`` (form fields ``request_id`` and ``input.<name>``): admin only,
   CSRF-protected (``server.web.auth``); 303 back to the run page with "answers sent".
@@ -8,7 +8,8 @@
 - ``GET /api/v1/runs/{run_id}/inputs``: any user; what the run asks for (fields, errors, who
   answered), never an answer.
 
-Thin: validate the shape, call ``server.services.inputs.InputVault``, wake the run's streams.
+Thin: validate the shape, call ``server.services.inputs.InputVault`` (which wakes the run's
+streams).
 Errors (missing field, too long, stale form, not waiting) come from the service and name the
 field or the reason, never a value.
 """
@@ -19,52 +20,45 @@ from typing import Any
 
 from aiohttp import web
 
-from server import keys
+from server import app_keys
 from server.domain import PendingAction
 from server.errors import InvalidArgument, Unavailable
 from server.services import runs as runs_service
 from server.services.inputs import InputVault
-from server.web.api_runs import action_json, iso, json_body
-from server.web.auth import actor_name, admin, viewer
-from server.web.pages import path_id
-from server.web.run_views import run_url
+from server.web.api.runs import action_json, iso
+from server.web.auth import actor_name
+from server.web.request import json_body, path_id
+from server.web.runs.views import run_url
 
 INPUT_FIELD_PREFIX = "input."
 MAX_FIELDS = 64  # far above the 16 a request may ask; bounds the work on a hostile body
 
 
 def _vault(app: web.Application) -> InputVault:
-    vault = app[keys.SERVICES].inputs
+    vault = app[app_keys.SERVICES].inputs
     if vault is None:
         raise Unavailable("answering input requests is not enabled on this server")
     return vault
 
 
-def _publish(app: web.Application, run_id: str) -> None:
-    bus = app.get(keys.BUS)
-    if bus is not None:  # the run's open pages show "answers sent" at once
-        bus.publish_runs([run_id])
-
-
 def _max_body(app: web.Application) -> int:
     # Every answer at its limit, JSON-escaped (up to 6 bytes per byte), plus the envelope.
-    return MAX_FIELDS * (6 * app[keys.CONFIG].input_max_bytes + 200) + 1024
+    return MAX_FIELDS * (6 * app[app_keys.CONFIG].input_max_bytes + 200) + 1024
 
 
 async def _submit(
     request: web.Request, run_id: str, request_id: str, answers: dict[str, Any]
 ) -> PendingAction:
-    """Both forms of submitting: bound the field count, answer as the logged-in user, and wake
-    this process's run streams (the page shows "answers sent" at once)."""
+    """Both forms of submitting: bound the field count, answer as the logged-in user (the
+    service wakes the run's streams)."""
     if len(answers) > MAX_FIELDS:
         raise InvalidArgument(f"at most {MAX_FIELDS} fields", field="inputs")
     app = request.app
-    action = await _vault(app).submit_answers(run_id, request_id, answers, actor_name(request))
-    _publish(app, run_id.lower())
-    return action
+    return await _vault(app).submit_answers(
+        run_id, request_id, answers, actor_name(request), bus=app.get(app_keys.BUS)
+    )
 
 
-@admin
 async def submit_form(request: web.Request) -> web.StreamResponse:
     """``POST /runs/{run_id}/inputs``: the run page's form."""
     run_id = path_id(request, "run_id")
@@ -81,7 +75,6 @@ async def submit_form(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"{run_url(run_id)}?inputs=sent")
 
 
-@admin
 async def submit_json(request: web.Request) -> web.StreamResponse:
     """``POST /api/v1/runs/{run_id}/inputs``: 202 with the queued ``provide_input`` action."""
     run_id = path_id(request, "run_id")
@@ -98,10 +91,9 @@ async def submit_json(request: web.Request) -> web.StreamResponse:
     return web.json_response({"action": action_json(action)}, status=202)
 
 
-@viewer
 async def get_inputs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/inputs``: the run's input request (never an answer)."""
-    detail = await runs_service.get_run(request.app[keys.SESSIONS], path_id(request, "run_id"))
+    detail = await runs_service.get_run(request.app[app_keys.SESSIONS], path_id(request, "run_id"))
     run = detail.run
     ask = run.input_request
     return web.json_response(
@@ -120,10 +112,3 @@ async def get_inputs(request: web.Request) -> web.StreamResponse:
             "answered_at": iso(run.input_answered_at),
         }
     )
-
-
-def add_input_routes(app: web.Application) -> None:
-    """Register the input form's POST and the inputs API on ``app``."""
-    app.router.add_post("/runs/{run_id}/inputs", submit_form, name="run_inputs")
-    app.router.add_get("/api/v1/runs/{run_id}/inputs", get_inputs, name="api_run_inputs")
-    app.router.add_post("/api/v1/runs/{run_id}/inputs", submit_json, name="api_submit_inputs")

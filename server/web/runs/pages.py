@@ -1,47 +1,51 @@
 """HTML handlers of the runs pages: ``/runs`` (+ its "Load more" fragment), ``/runs/{id}``, and
-the form POSTs "Cancel run" and "Run migration now".
+the form POST "Cancel run".
 
 Thin: parse and validate the query (a bad value is an InvalidArgument naming it -> 400), call the
 runs / logs / history services, build view models, render. The POSTs are plain same-origin form
 posts (work without JavaScript) that call the same services as the JSON API and redirect back
-(303); web login and CSRF tokens come with issue 5.
+(303); they need an admin session and its CSRF token (``server.web.auth``).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
 
 from aiohttp import web
-from multidict import MultiMapping
 
-from server import keys
+from server import app_keys
 from server.domain import LogQuery, RunFilter, RunPage, RunState
-from server.errors import InvalidArgument
 from server.services import history as history_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
-from server.web import run_data
-from server.web.auth import actor_name, admin, viewer
-from server.web.log_params import LogFilter, parse_int, parse_log_filter, single
-from server.web.pages import path_id
-from server.web.render import render_page
-from server.web.run_stream import run_stream, template_macro
-from server.web.run_views import (
+from server.web.auth import actor_name
+from server.web.request import (
+    RUNS_PAGE_SIZE,
+    LogFilter,
+    parse_int,
+    parse_log_filter,
+    parse_run_filter,
+    path_id,
+    run_filter_params,
+    single,
+    with_query,
+)
+from server.web.runs.views import (
     LOG_LEVELS,
+    RUNS_TEMPLATE,
     LogFilterForm,
     Option,
+    RunDetailView,
     RunsPage,
     log_line_row,
+    run_detail_view,
     run_row,
     run_url,
     state_style,
 )
-from server.web.run_views import RunPage as RunPageView
+from server.web.runs.views import RunPage as RunPageView
+from server.web.templates import render_page, template_macro
 
-RUNS_PAGE_SIZE = 50
-MAX_RUNS_PAGE = 200
-MAX_CURSOR_TEXT = 200
 LOG_PAGE_LINES = 1000
 MAX_SEQ = 2**63 - 1
 
@@ -49,57 +53,16 @@ MAX_SEQ = 2**63 - 1
 # --------------------------------------------------------------------------- /runs
 
 
-def parse_run_filter(query: MultiMapping[str]) -> RunFilter:
-    """``state`` (repeatable, any case), ``agent``, ``before`` (opaque cursor), ``limit``."""
-    states: dict[RunState, None] = {}
-    for raw in query.getall("state", []):
-        value = raw.strip().upper()
-        if not value:
-            continue
-        try:
-            states[RunState(value)] = None
-        except ValueError:
-            raise InvalidArgument(
-                f"must be one of {', '.join(s.value for s in RunState)}", field="state"
-            ) from None
-    agent = single(query, "agent", 64)
-    if agent and not agent.isprintable():
-        raise InvalidArgument("is not an agent id", field="agent")
-    before = single(query, "before", MAX_CURSOR_TEXT)
-    limit_raw = single(query, "limit", 8)
-    limit = parse_int("limit", limit_raw, 1, MAX_RUNS_PAGE) if limit_raw else RUNS_PAGE_SIZE
-    return RunFilter(
-        states=tuple(states), agent_id=agent or None, before=before or None, limit=limit
-    )
-
-
-def _run_filter_params(f: RunFilter, before: str | None = None) -> list[tuple[str, str]]:
-    params = [("state", s.value) for s in f.states]
-    if f.agent_id:
-        params.append(("agent", f.agent_id))
-    if f.limit != RUNS_PAGE_SIZE:
-        params.append(("limit", str(f.limit)))
-    if before:
-        params.append(("before", before))
-    return params
-
-
-def _url(path: str, params: list[tuple[str, str]]) -> str:
-    query = urlencode(params)
-    return f"{path}?{query}" if query else path
-
-
 async def _runs_page(request: web.Request) -> tuple[RunFilter, RunPage]:
     f = parse_run_filter(request.query)
-    return f, await runs_service.list_runs(request.app[keys.SESSIONS], f)
+    return f, await runs_service.list_runs(request.app[app_keys.SESSIONS], f)
 
 
-@viewer
 async def runs(request: web.Request) -> web.StreamResponse:
     """``GET /runs``: recent runs, newest first; state and agent filters; keyset pages."""
     f, page = await _runs_page(request)
     now = datetime.now(UTC)
-    agents = await history_service.list_agent_choices(request.app[keys.SESSIONS])
+    agents = await history_service.list_agent_choices(request.app[app_keys.SESSIONS])
     agent_options = [Option(a, host, a == f.agent_id) for a, host in agents]
     if f.agent_id and not any(o.selected for o in agent_options):
         agent_options.append(Option(f.agent_id, f"unknown agent {f.agent_id}", True))
@@ -110,11 +73,11 @@ async def runs(request: web.Request) -> web.StreamResponse:
         agents=tuple(agent_options),
         filtered=bool(f.states or f.agent_id),
         paged=f.before is not None,
-        newest_url=_url("/runs", _run_filter_params(f)),
-        more_url=_url("/runs", _run_filter_params(f, page.next_before))
+        newest_url=with_query("/runs", run_filter_params(f)),
+        more_url=with_query("/runs", run_filter_params(f, page.next_before))
         if page.next_before
         else None,
-        more_fragment_url=_url("/runs/rows", _run_filter_params(f, page.next_before))
+        more_fragment_url=with_query("/runs/rows", run_filter_params(f, page.next_before))
         if page.next_before
         else None,
         limit=f.limit if f.limit != RUNS_PAGE_SIZE else None,
@@ -122,21 +85,22 @@ async def runs(request: web.Request) -> web.StreamResponse:
     return await render_page("runs.html", request, {"page": view})
 
 
-@viewer
 async def runs_rows(request: web.Request) -> web.StreamResponse:
     """``GET /runs/rows``: the next page of ``/runs`` as rendered rows, for "Load more":
     ``{"html": "<tr>…", "more_url": …, "more_fragment_url": …}``."""
     f, page = await _runs_page(request)
     now = datetime.now(UTC)
-    macro = template_macro(request.app, "run_row")
+    macro = template_macro(request.app, "run_row", RUNS_TEMPLATE)
     html = "\n".join(str(macro(run_row(r, now), True)) for r in page.runs)
     more = page.next_before
     return web.json_response(
         {
             "html": html,
             "count": len(page.runs),
-            "more_url": _url("/runs", _run_filter_params(f, more)) if more else None,
-            "more_fragment_url": _url("/runs/rows", _run_filter_params(f, more)) if more else None,
+            "more_url": with_query("/runs", run_filter_params(f, more)) if more else None,
+            "more_fragment_url": with_query("/runs/rows", run_filter_params(f, more))
+            if more
+            else None,
         }
     )
 
@@ -144,18 +108,27 @@ async def runs_rows(request: web.Request) -> web.StreamResponse:
 # --------------------------------------------------------------------------- /runs/{id}
 
 
-@viewer
+async def run_status(app: web.Application, run_id: str) -> RunDetailView:
+    """The run's status block (state, progress, ETA, steps, log counts), for the run page and
+    its stream. Raises NotFound."""
+    sessions = app[app_keys.SESSIONS]
+    now = datetime.now(UTC)
+    detail = await runs_service.get_run(sessions, run_id, now)
+    stats = await logs_service.log_stats(sessions, run_id)
+    return run_detail_view(detail, stats, now)
+
+
 async def run_page(request: web.Request) -> web.StreamResponse:
     """``GET /runs/{run_id}``: state, progress, ETA, steps, log viewer (level / source / text
     filters, counts), live tail and cancel. ``from_seq`` pages back through a long log;
     without it the page shows the newest ``LOG_PAGE_LINES`` lines."""
     app = request.app
-    sessions = app[keys.SESSIONS]
+    sessions = app[app_keys.SESSIONS]
     run_id = path_id(request, "run_id")
     log_filter = parse_log_filter(request.query)
     from_raw = single(request.query, "from_seq", 20)
     from_seq = parse_int("from_seq", from_raw, 0, MAX_SEQ) if from_raw else None
-    status = await run_data.run_status(app, run_id)  # NotFound -> 404
+    status = await run_status(app, run_id)  # NotFound -> 404
     sources = await logs_service.log_sources(sessions, run_id)
     total = status.stats.total
     start = from_seq if from_seq is not None else max(0, total - LOG_PAGE_LINES)
@@ -211,39 +184,16 @@ def _log_filter_form(f: LogFilter, sources: list[str]) -> LogFilterForm:
     )
 
 
-@admin
 async def cancel_run(request: web.Request) -> web.StreamResponse:
     """``POST /runs/{run_id}/cancel`` (the page's form): queue a cancel for the agent, wake the
     run's live streams, and go back to the run page. 409 when the run already ended."""
     app = request.app
     run_id = path_id(request, "run_id")
     await runs_service.request_cancel(
-        app[keys.SESSIONS], app[keys.CONFIG], run_id, actor_name(request)
+        app[app_keys.SESSIONS],
+        app[app_keys.CONFIG],
+        run_id,
+        actor_name(request),
+        bus=app.get(app_keys.BUS),
     )
-    bus = app.get(keys.BUS)
-    if bus is not None:
-        bus.publish_runs([run_id])
     raise web.HTTPSeeOther(f"{run_url(run_id)}?cancel=requested")
-
-
-@admin
-async def request_agent_run(request: web.Request) -> web.StreamResponse:
-    """``POST /agents/{agent_id}/runs`` (the agent page's form): queue a "run migration now"
-    action, delivered with the agent's next check-in, and go back to the agent page."""
-    app = request.app
-    agent_id = path_id(request, "agent_id")
-    action = await runs_service.request_run(
-        app[keys.SESSIONS], app[keys.CONFIG], agent_id, actor_name(request)
-    )
-    query = urlencode([("requested", action.action_id)])
-    raise web.HTTPSeeOther(f"/agents/{agent_id}?{query}")
-
-
-def add_run_routes(app: web.Application) -> None:
-    """Register the runs pages, their stream and their form POSTs."""
-    app.router.add_get("/runs", runs, name="runs")
-    app.router.add_get("/runs/rows", runs_rows, name="runs_rows")
-    app.router.add_get("/runs/{run_id}", run_page, name="run")
-    app.router.add_get("/runs/{run_id}/stream", run_stream, name="run_stream")
-    app.router.add_post("/runs/{run_id}/cancel", cancel_run, name="run_cancel")
-    app.router.add_post("/agents/{agent_id}/runs", request_agent_run, name="agent_run")

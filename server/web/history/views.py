@@ -24,7 +24,8 @@ from server.domain import (
     StoredEvent,
     outcome_name,
 )
-from server.web.params import filter_url, format_time, is_filtered
+from server.web.format import display_time, relative_time, transition
+from server.web.request import filter_url, format_time, is_filtered
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,32 +86,6 @@ def outcome_label(event_type: str, status: str) -> str:
         return OUTCOME_LABELS[name]
     kind = event_type.replace("_", " ").strip().capitalize() or "Event"
     return f"{kind}: {status.replace('_', ' ')}" if status else kind
-
-
-def relative_time(then: datetime, now: datetime) -> str:
-    """``"5 minutes ago"`` style age of ``then`` at ``now``."""
-    seconds = (now - then).total_seconds()
-    if seconds < -60:
-        return "in the future (agent clock ahead)"
-    if seconds < 45:
-        return "just now"
-    for unit, size, limit in (
-        ("minute", 60, 60),
-        ("hour", 3600, 24),
-        ("day", 86400, 30),
-        ("month", 86400 * 30, 12),
-    ):
-        count = int(seconds // size)
-        if count < limit:
-            count = max(count, 1)
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    years = max(int(seconds // (86400 * 365)), 1)
-    return f"{years} year{'s' if years != 1 else ''} ago"
-
-
-def display_time(value: datetime) -> str:
-    """``2026-01-31 14:30:05 UTC``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +194,6 @@ class EventRow:
     awaiting_input: bool = False  # the event's run waits for input now: a badge on the row
 
 
-def _transition(source: str, target: str) -> str:
-    if not source and not target:
-        return ""
-    return f"{source or '?'} → {target or '?'}"
-
-
 def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozenset()) -> EventRow:
     """Build the view model of one event (``now`` anchors the relative time; ``waiting_runs``:
     ids of runs waiting for input, whose rows get a badge)."""
@@ -246,7 +215,7 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         error_message=event.error_message,
         migration_from=event.migration_from,
         migration_to=event.migration_to,
-        transition=_transition(event.migration_from, event.migration_to),
+        transition=transition(event.migration_from, event.migration_to),
         occurred_iso=event.occurred_at.astimezone(UTC).isoformat(),
         occurred_display=display_time(event.occurred_at),
         occurred_relative=relative_time(event.occurred_at, now),

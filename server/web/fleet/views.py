@@ -13,9 +13,10 @@ from urllib.parse import quote, urlencode
 
 from server.domain import ActionKind, AgentHealth, PendingAction
 from server.services.fleet import AgentDetail, FleetAgent, FleetOverview, version_key
-from server.web.charts import StackedBarChart, events_per_hour_chart
-from server.web.run_views import RunRow
-from server.web.views import DetailItem, EventRow, display_time, event_row, relative_time
+from server.web.fleet.charts import StackedBarChart, events_per_hour_chart
+from server.web.format import display_time, relative_time
+from server.web.history.views import DetailItem, EventRow, event_row
+from server.web.runs.views import RunRow
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The fleet: the overview (``/``) and the agent pages, their view models and charts."""

@@ -1,0 +1,1 @@
+"""The History: its page, its live stream, its view models."""

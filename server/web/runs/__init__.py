@@ -1,0 +1,1 @@
+"""Runs: the runs list, the run page (log viewer), its live stream, input answers."""
