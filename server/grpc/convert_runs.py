@@ -266,24 +266,23 @@ def log_line_from_proto(msg: agent_pb2.LogLine, index: int, now_s: int) -> NewLo
     return _LineValidator(now_s).line(msg, index)
 
 
+def _per_checkin(count: int, limit: int, field: str) -> None:
+    """Refuse more than ``limit`` items in the repeated ``field`` of one check-in."""
+    if count > limit:
+        what = field.replace("_", " ")
+        raise InvalidArgument(
+            f"{count} {what} in one check-in; the limit is {limit} "
+            "(send the rest in the next check-in)",
+            field=field,
+        )
+
+
 def runs_part_from_proto(
     request: agent_pb2.CheckInRequest, agent_id: str, config: ServerConfig, now_s: int
 ) -> RunsPart:
     """Validate the runs part of a CheckInRequest from the authenticated ``agent_id``."""
-    count = len(request.run_updates)
-    if count > config.max_run_updates_per_checkin:
-        raise InvalidArgument(
-            f"{count} run updates in one check-in; the limit is "
-            f"{config.max_run_updates_per_checkin} (send the rest in the next check-in)",
-            field="run_updates",
-        )
-    count = len(request.log_lines)
-    if count > config.max_log_lines_per_checkin:
-        raise InvalidArgument(
-            f"{count} log lines in one check-in; the limit is "
-            f"{config.max_log_lines_per_checkin} (send the rest in the next check-in)",
-            field="log_lines",
-        )
+    _per_checkin(len(request.run_updates), config.max_run_updates_per_checkin, "run_updates")
+    _per_checkin(len(request.log_lines), config.max_log_lines_per_checkin, "log_lines")
     count = len(request.acknowledged_action_ids)
     if count > MAX_ACKED_ACTIONS:
         raise InvalidArgument(
