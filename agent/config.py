@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import EXIT_USAGE, AgentError
 
@@ -138,28 +138,29 @@ def state_backups_dir(state_dir: Path) -> Path:
     return state_dir / "backups"
 
 
-def _as_int(name: str, value: Any, minimum: int = 0) -> int:
+_Number = TypeVar("_Number", int, float)
+
+
+def _as_number(name: str, value: Any, minimum: _Number, kind: type[_Number], noun: str) -> _Number:
+    """``kind(value)`` when it is at least ``minimum``; booleans are refused (``noun``: what
+    the error says was expected)."""
     if isinstance(value, bool):
-        raise AgentConfigError(f"{name}: expected an integer, got a boolean")
+        raise AgentConfigError(f"{name}: expected {noun}, got a boolean")
     try:
-        number = int(value)
+        number = kind(value)
     except (TypeError, ValueError):
-        raise AgentConfigError(f"{name}: expected an integer, got {value!r}") from None
+        raise AgentConfigError(f"{name}: expected {noun}, got {value!r}") from None
     if number < minimum:
         raise AgentConfigError(f"{name}: must be >= {minimum}, got {number}")
     return number
+
+
+def _as_int(name: str, value: Any, minimum: int = 0) -> int:
+    return _as_number(name, value, minimum, int, "an integer")
 
 
 def _as_float(name: str, value: Any, minimum: float) -> float:
-    if isinstance(value, bool):
-        raise AgentConfigError(f"{name}: expected a number, got a boolean")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AgentConfigError(f"{name}: expected a number, got {value!r}") from None
-    if number < minimum:
-        raise AgentConfigError(f"{name}: must be >= {minimum}, got {number}")
-    return number
+    return _as_number(name, value, minimum, float, "a number")
 
 
 def _seconds(name: str, value: Any, minimum: float = 0.0) -> timedelta:

@@ -83,7 +83,10 @@ class HostFacts:
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """A validated event ready to store (what ingest hands to storage)."""
+    """A validated event ready to store (what ingest hands to storage).
+
+    Its fields repeat in :class:`StoredEvent` on purpose: this one carries the domain enums
+    ingest checked, that one the stored strings plus the row's id, hostname and receipt time."""
 
     event_id: str
     agent_id: str
@@ -103,7 +106,10 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as read back for the History page and the JSON API (a view model source)."""
+    """An event as read back for the History page and the JSON API (a view model source).
+
+    The fields shared with :class:`NewEvent` repeat on purpose: a read model of plain stored
+    strings, kept apart from the write model's enums."""
 
     id: int
     event_id: str

@@ -741,7 +741,7 @@ async def test_run_notifications_cross_processes_through_postgresql(db_url: str)
 
 def test_short_run_ids_tell_time_ordered_runs_apart() -> None:
     from agent.uuid7 import uuid7_str
-    from server.web.runs.views import short_id
+    from server.web.runs.styles import short_id
 
     ids = [uuid7_str() for _ in range(50)]  # same millisecond or close: same leading block
     shorts = {short_id(run_id) for run_id in ids}

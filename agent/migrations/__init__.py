@@ -2,6 +2,9 @@
 with rollback, recover after a crash), durable file ops, journal."""
 
 from agent.migrations.engine import MigrationEngine
+
+# The package's public names, re-exported. chain.py imports several of the same names from
+# model.py, not from here: deliberate, as importing this package from inside it is a cycle.
 from agent.migrations.model import (
     Detected,
     DetectionError,

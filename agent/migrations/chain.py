@@ -53,6 +53,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent import runlog
+
+# From model.py, not the package (agent.migrations re-exports the same names; importing the
+# package from inside it is a cycle): the repeated name list is deliberate.
 from agent.migrations.model import (
     Detected,
     DetectionError,

@@ -89,8 +89,9 @@ class CheckIn:
     ack_ids: list[str]  # every event id of the request, as sent, duplicates included
 
 
-def _text(value: str, field: str, limit: int) -> str:
-    """Enforce a length limit and refuse NUL (PostgreSQL text and JSONB cannot store it)."""
+def checked_text(value: str, field: str, limit: int) -> str:
+    """``value`` when it fits ``limit`` and has no NUL (PostgreSQL text and JSONB cannot store
+    it); InvalidArgument naming ``field`` otherwise. Shared with ``convert_runs``."""
     if len(value) > limit:
         raise InvalidArgument(f"longer than {limit} characters ({len(value)})", field=field)
     if "\x00" in value:
@@ -99,9 +100,9 @@ def _text(value: str, field: str, limit: int) -> str:
 
 
 def _event_text(value: str, index: int, name: str, limit: int) -> str:
-    """``_text`` for ``events[index].name``; the field path is only built for an error."""
+    """``checked_text`` for ``events[index].name``; the field path is only built for an error."""
     if len(value) > limit or "\x00" in value:
-        _text(value, f"events[{index}].{name}", limit)
+        checked_text(value, f"events[{index}].{name}", limit)
     return value
 
 
@@ -109,17 +110,17 @@ def facts_from_proto(
     msg: agent_pb2.HostFacts, field: str = "facts", *, require_hostname: bool = True
 ) -> HostFacts:
     """Validate host facts. The hostname is required (every agent must be nameable)."""
-    hostname = _text(msg.hostname.strip(), f"{field}.hostname", MAX_FACT_STRING)
+    hostname = checked_text(msg.hostname.strip(), f"{field}.hostname", MAX_FACT_STRING)
     if require_hostname and not hostname:
         raise InvalidArgument("is required", field=f"{field}.hostname")
     return HostFacts(
         hostname=hostname,
-        os=_text(msg.os, f"{field}.os", MAX_FACT_STRING),
-        kernel=_text(msg.kernel, f"{field}.kernel", MAX_FACT_STRING),
-        agent_version=_text(msg.agent_version, f"{field}.agent_version", MAX_VERSION),
-        config_version=_text(msg.config_version, f"{field}.config_version", MAX_VERSION),
+        os=checked_text(msg.os, f"{field}.os", MAX_FACT_STRING),
+        kernel=checked_text(msg.kernel, f"{field}.kernel", MAX_FACT_STRING),
+        agent_version=checked_text(msg.agent_version, f"{field}.agent_version", MAX_VERSION),
+        config_version=checked_text(msg.config_version, f"{field}.config_version", MAX_VERSION),
         disk_free_bytes=min(int(msg.disk_free_bytes), 2**63 - 1),
-        machine_id=_text(msg.machine_id, f"{field}.machine_id", MAX_MACHINE_ID),
+        machine_id=checked_text(msg.machine_id, f"{field}.machine_id", MAX_MACHINE_ID),
     )
 
 
@@ -127,7 +128,7 @@ def enroll_from_proto(request: agent_pb2.EnrollRequest) -> tuple[str, HostFacts]
     """Validate an EnrollRequest: ``(token, facts)``."""
     if not request.token:
         raise InvalidArgument("is required", field="token")
-    token = _text(request.token, "token", MAX_TOKEN)
+    token = checked_text(request.token, "token", MAX_TOKEN)
     if not request.HasField("facts"):
         raise InvalidArgument("is required", field="facts")
     return token, facts_from_proto(request.facts)
@@ -208,9 +209,9 @@ def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: in
     system_info: dict[str, str] = {key: info[key] for key in sorted(info)}
     for key, value in system_info.items():
         if len(key) > MAX_SYSTEM_INFO_KEY or "\x00" in key:
-            _text(key, f"events[{index}].system_info", MAX_SYSTEM_INFO_KEY)
+            checked_text(key, f"events[{index}].system_info", MAX_SYSTEM_INFO_KEY)
         if len(value) > MAX_SYSTEM_INFO_VALUE or "\x00" in value:
-            _text(value, f"events[{index}].system_info[{key!r}]", MAX_SYSTEM_INFO_VALUE)
+            checked_text(value, f"events[{index}].system_info[{key!r}]", MAX_SYSTEM_INFO_VALUE)
     return NewEvent(
         event_id=event_id.lower(),
         agent_id=agent_id,

@@ -30,7 +30,7 @@ from server.domain import (
     RunStep,
 )
 from server.errors import InvalidArgument
-from server.grpc.convert import checked_timestamp
+from server.grpc.convert import checked_text, checked_timestamp
 from server.signing import ActionSigner
 
 MAX_STEPS = 1_000
@@ -77,14 +77,6 @@ class RunsPart:
     acked_action_ids: list[str]  # lower-case, unique
 
 
-def _text(value: str, field: str, limit: int) -> str:
-    if len(value) > limit:
-        raise InvalidArgument(f"longer than {limit} characters ({len(value)})", field=field)
-    if "\x00" in value:
-        raise InvalidArgument("must not contain NUL characters", field=field)
-    return value
-
-
 def _uuid(value: str, field: str) -> str:
     if _UUID.match(value) is None:
         raise InvalidArgument("must be a UUID", field=field)
@@ -107,9 +99,9 @@ def _step(msg: agent_pb2.StepResult, field: str) -> RunStep:
         )
     return RunStep(
         index=int(msg.index),
-        name=_text(msg.name, f"{field}.name", MAX_STEP_NAME),
+        name=checked_text(msg.name, f"{field}.name", MAX_STEP_NAME),
         status=msg.status,
-        error=_text(msg.error, f"{field}.error", MAX_STEP_ERROR),
+        error=checked_text(msg.error, f"{field}.error", MAX_STEP_ERROR),
         duration_ms=int(msg.duration_ms),
     )
 
@@ -138,9 +130,9 @@ def input_request_from_proto(msg: agent_pb2.InputRequest, field: str) -> InputRe
         fields.append(
             InputField(
                 name=item.name,
-                label=_text(item.label, f"{where}.label", MAX_INPUT_LABEL),
+                label=checked_text(item.label, f"{where}.label", MAX_INPUT_LABEL),
                 secret=bool(item.secret),
-                error=_text(item.error, f"{where}.error", MAX_INPUT_ERROR),
+                error=checked_text(item.error, f"{where}.error", MAX_INPUT_ERROR),
             )
         )
     return InputRequest(request_id=request_id, fields=tuple(fields))
@@ -189,10 +181,10 @@ def run_update_from_proto(
         steps=tuple(steps[i] for i in sorted(steps)),
         started_at=_timestamp(msg, "started_at", f"{field}.started_at", now_s),
         finished_at=_timestamp(msg, "finished_at", f"{field}.finished_at", now_s),
-        migration_id=_text(msg.migration_id, f"{field}.migration_id", MAX_MIGRATION_ID),
-        migration_from=_text(msg.migration_from, f"{field}.migration_from", MAX_VERSION),
-        migration_to=_text(msg.migration_to, f"{field}.migration_to", MAX_VERSION),
-        error_message=_text(msg.error_message, f"{field}.error_message", MAX_RUN_ERROR),
+        migration_id=checked_text(msg.migration_id, f"{field}.migration_id", MAX_MIGRATION_ID),
+        migration_from=checked_text(msg.migration_from, f"{field}.migration_from", MAX_VERSION),
+        migration_to=checked_text(msg.migration_to, f"{field}.migration_to", MAX_VERSION),
+        error_message=checked_text(msg.error_message, f"{field}.error_message", MAX_RUN_ERROR),
         requested_by_action_id=action_id,
         occurred_at=_timestamp(msg, "occurred_at", f"{field}.occurred_at", now_s),
         input_request=input_request,
@@ -210,9 +202,9 @@ def _metadata(msg: agent_pb2.LogLine, field: str) -> dict[str, str]:
     for key in sorted(meta):  # key iteration + lookup is ~3x faster than .items() on a map
         value = meta[key]
         if len(key) > MAX_METADATA_KEY or "\x00" in key:
-            _text(key, f"{field}.metadata", MAX_METADATA_KEY)
+            checked_text(key, f"{field}.metadata", MAX_METADATA_KEY)
         if len(value) > MAX_METADATA_VALUE or "\x00" in value:
-            _text(value, f"{field}.metadata[{key!r}]", MAX_METADATA_VALUE)
+            checked_text(value, f"{field}.metadata[{key!r}]", MAX_METADATA_VALUE)
         out[key] = value
     return out
 
@@ -254,10 +246,10 @@ class _LineValidator:
         if not source or len(source) > MAX_LOG_SOURCE or "\x00" in source:
             if not source:
                 raise InvalidArgument("is required", field=f"log_lines[{index}].source")
-            _text(source, f"log_lines[{index}].source", MAX_LOG_SOURCE)
+            checked_text(source, f"log_lines[{index}].source", MAX_LOG_SOURCE)
         message = msg.message
         if len(message) > MAX_LOG_MESSAGE or "\x00" in message:
-            _text(message, f"log_lines[{index}].message", MAX_LOG_MESSAGE)
+            checked_text(message, f"log_lines[{index}].message", MAX_LOG_MESSAGE)
         return NewLogLine(
             run_id,
             int(seq),
@@ -274,24 +266,23 @@ def log_line_from_proto(msg: agent_pb2.LogLine, index: int, now_s: int) -> NewLo
     return _LineValidator(now_s).line(msg, index)
 
 
+def _per_checkin(count: int, limit: int, field: str) -> None:
+    """Refuse more than ``limit`` items in the repeated ``field`` of one check-in."""
+    if count > limit:
+        what = field.replace("_", " ")
+        raise InvalidArgument(
+            f"{count} {what} in one check-in; the limit is {limit} "
+            "(send the rest in the next check-in)",
+            field=field,
+        )
+
+
 def runs_part_from_proto(
     request: agent_pb2.CheckInRequest, agent_id: str, config: ServerConfig, now_s: int
 ) -> RunsPart:
     """Validate the runs part of a CheckInRequest from the authenticated ``agent_id``."""
-    count = len(request.run_updates)
-    if count > config.max_run_updates_per_checkin:
-        raise InvalidArgument(
-            f"{count} run updates in one check-in; the limit is "
-            f"{config.max_run_updates_per_checkin} (send the rest in the next check-in)",
-            field="run_updates",
-        )
-    count = len(request.log_lines)
-    if count > config.max_log_lines_per_checkin:
-        raise InvalidArgument(
-            f"{count} log lines in one check-in; the limit is "
-            f"{config.max_log_lines_per_checkin} (send the rest in the next check-in)",
-            field="log_lines",
-        )
+    _per_checkin(len(request.run_updates), config.max_run_updates_per_checkin, "run_updates")
+    _per_checkin(len(request.log_lines), config.max_log_lines_per_checkin, "log_lines")
     count = len(request.acknowledged_action_ids)
     if count > MAX_ACKED_ACTIONS:
         raise InvalidArgument(

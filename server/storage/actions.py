@@ -1,7 +1,7 @@
 """SQL of the action queue (``pending_actions``) outside ingest: queueing and listing.
 
 Delivery and acknowledgement happen in the ingest transaction
-(``server.storage.run_ingest``).
+(``server.storage.run_ingest``), which reads its rows with :func:`action_from_row` too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from server.domain import ActionKind, PendingAction
 from server.storage.models import PendingActionRow
 
 
-def _action(row: Any) -> PendingAction:
+def action_from_row(row: Any) -> PendingAction:
+    """The domain object of a ``pending_actions`` row (an ORM row or a Core result row)."""
     return PendingAction(
         action_id=row.action_id,
         agent_id=row.agent_id,
@@ -62,10 +63,10 @@ async def open_actions(
     if kind is not None:
         query = query.where(PendingActionRow.kind == kind.value)
     query = query.order_by(PendingActionRow.created_at, PendingActionRow.action_id)
-    return [_action(row) for row in (await session.execute(query)).scalars()]
+    return [action_from_row(row) for row in (await session.execute(query)).scalars()]
 
 
 async def get_action(session: AsyncSession, action_id: str) -> PendingAction | None:
     """One action, or None."""
     row = await session.get(PendingActionRow, action_id)
-    return None if row is None else _action(row)
+    return None if row is None else action_from_row(row)

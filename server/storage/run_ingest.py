@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
@@ -65,6 +65,7 @@ from server.domain import (
     Severity,
     run_transition_allowed,
 )
+from server.storage.actions import action_from_row
 from server.storage.bulk import BulkInsert
 from server.storage.events import json_text, sqlite_timestamp
 from server.storage.models import MigrationRun, PendingActionRow, RunInput, RunStepRow
@@ -610,19 +611,10 @@ def _deliver_actions(
             .order_by(table.c.created_at, table.c.action_id)
         )
         for row in result:
+            # acknowledged_at is NULL (the query's condition); delivered from now on
+            action = action_from_row(row)
             found.setdefault(row.agent_id, []).append(
-                PendingAction(
-                    action_id=row.action_id,
-                    agent_id=row.agent_id,
-                    kind=ActionKind(row.kind),
-                    params={str(k): str(v) for k, v in (row.params or {}).items()},
-                    created_at=row.created_at,
-                    expires_at=row.expires_at,
-                    delivered_at=row.delivered_at or now,
-                    acknowledged_at=None,
-                    requested_by=row.requested_by,
-                    nonce=row.nonce or "",
-                )
+                replace(action, delivered_at=row.delivered_at or now)
             )
             if row.delivered_at is None:
                 undelivered.append(row.action_id)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.storage.models import EnrollmentToken
@@ -80,14 +80,7 @@ async def consume_token(
 
 async def revoke_token(session: AsyncSession, prefix: str) -> int:
     """Revoke every token whose prefix is ``prefix``; returns how many."""
-    result = await session.execute(
-        update(EnrollmentToken)
-        .where(EnrollmentToken.prefix == prefix, EnrollmentToken.revoked.is_(False))
-        .values(revoked=True)
-        .returning(EnrollmentToken.id)
-        .execution_options(synchronize_session=False)
-    )
-    return len(result.all())
+    return await _revoke(session, EnrollmentToken.prefix == prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +122,14 @@ async def list_tokens(session: AsyncSession) -> list[TokenRecord]:
 
 async def revoke_token_by_id(session: AsyncSession, token_id: int) -> int:
     """Revoke the token with row id ``token_id`` unless already revoked; returns 0 or 1."""
+    return await _revoke(session, EnrollmentToken.id == token_id)
+
+
+async def _revoke(session: AsyncSession, which: ColumnElement[bool]) -> int:
+    """Revoke the not yet revoked tokens matching ``which``; returns how many."""
     result = await session.execute(
         update(EnrollmentToken)
-        .where(EnrollmentToken.id == token_id, EnrollmentToken.revoked.is_(False))
+        .where(which, EnrollmentToken.revoked.is_(False))
         .values(revoked=True)
         .returning(EnrollmentToken.id)
         .execution_options(synchronize_session=False)

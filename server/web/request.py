@@ -24,7 +24,8 @@ from server.errors import InvalidArgument
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.storage.history import known_event_type_filters
-from server.web.runs.views import LOG_LEVELS, LogLineRow
+from server.web.runs.styles import LOG_LEVELS
+from server.web.runs.views import LogLineRow
 
 MAX_ID = 64
 MAX_TEXT = 200

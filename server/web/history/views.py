@@ -25,6 +25,7 @@ from server.domain import (
     outcome_name,
 )
 from server.web.format import display_time, relative_time, transition
+from server.web.forms import Option, agent_options
 from server.web.request import filter_url, format_time, is_filtered
 
 
@@ -263,22 +264,13 @@ def page_json(page: EventPage) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Choice:
-    """An option of the filter form (checkbox or select option)."""
-
-    value: str
-    label: str
-    selected: bool
-
-
-@dataclass(frozen=True, slots=True)
 class FilterForm:
     """The filter form's current values."""
 
     migration_only: bool
-    severities: tuple[Choice, ...]
-    event_types: tuple[Choice, ...]
-    agents: tuple[Choice, ...]
+    severities: tuple[Option, ...]
+    event_types: tuple[Option, ...]
+    agents: tuple[Option, ...]
     since: str
     until: str
     q: str
@@ -305,27 +297,24 @@ def _filter_form(
 ) -> FilterForm:
     chosen_types = set(f.event_types)
     type_choices = [
-        Choice(t.value, EVENT_TYPE_LABELS.get(t, t.value), t.value in chosen_types)
+        Option(t.value, EVENT_TYPE_LABELS.get(t, t.value), t.value in chosen_types)
         for t in EventType
     ]
     # Outcome names are accepted in the URL; keep them as (uncheckable) form choices.
     type_choices.extend(
-        Choice(value, OUTCOME_LABELS.get(value, value), True)
+        Option(value, OUTCOME_LABELS.get(value, value), True)
         for value in f.event_types
         if value not in EVENT_TYPE_LABELS
     )
-    agent_choices = [Choice(agent_id, host, agent_id == f.agent_id) for agent_id, host in agents]
-    if f.agent_id and not any(c.selected for c in agent_choices):
-        agent_choices.append(Choice(f.agent_id, f"unknown agent {f.agent_id}", True))
     chosen_severities = {s.value for s in f.severities}
     return FilterForm(
         migration_only=f.migration_only,
         severities=tuple(
-            Choice(s.value, SEVERITY_STYLES[s].label, s.value in chosen_severities)
+            Option(s.value, SEVERITY_STYLES[s].label, s.value in chosen_severities)
             for s in Severity
         ),
         event_types=tuple(type_choices),
-        agents=tuple(agent_choices),
+        agents=agent_options(agents, f.agent_id),
         since=format_time(f.since) if f.since else "",
         until=format_time(f.until) if f.until else "",
         q=f.text or "",

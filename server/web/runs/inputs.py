@@ -28,7 +28,7 @@ from server.services.inputs import InputVault
 from server.web.api.runs import action_json, iso
 from server.web.auth import actor_name
 from server.web.request import json_body, path_id
-from server.web.runs.views import run_url
+from server.web.runs.styles import run_url
 
 INPUT_FIELD_PREFIX = "input."
 MAX_FIELDS = 64  # far above the 16 a request may ask; bounds the work on a hostile body

@@ -19,6 +19,7 @@ from server.services import history as history_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.web.auth import actor_name
+from server.web.forms import Option, agent_options
 from server.web.request import (
     RUNS_PAGE_SIZE,
     LogFilter,
@@ -30,18 +31,15 @@ from server.web.request import (
     single,
     with_query,
 )
+from server.web.runs.styles import LOG_LEVELS, run_url, state_style
 from server.web.runs.views import (
-    LOG_LEVELS,
     RUNS_TEMPLATE,
     LogFilterForm,
-    Option,
     RunDetailView,
     RunsPage,
     log_line_row,
     run_detail_view,
     run_row,
-    run_url,
-    state_style,
 )
 from server.web.runs.views import RunPage as RunPageView
 from server.web.templates import render_page, template_macro
@@ -63,14 +61,11 @@ async def runs(request: web.Request) -> web.StreamResponse:
     f, page = await _runs_page(request)
     now = datetime.now(UTC)
     agents = await history_service.list_agent_choices(request.app[app_keys.SESSIONS])
-    agent_options = [Option(a, host, a == f.agent_id) for a, host in agents]
-    if f.agent_id and not any(o.selected for o in agent_options):
-        agent_options.append(Option(f.agent_id, f"unknown agent {f.agent_id}", True))
     chosen = set(f.states)
     view = RunsPage(
         runs=tuple(run_row(r, now) for r in page.runs),
         states=tuple(Option(s.value, state_style(s).label, s in chosen) for s in RunState),
-        agents=tuple(agent_options),
+        agents=agent_options(agents, f.agent_id),
         filtered=bool(f.states or f.agent_id),
         paged=f.before is not None,
         newest_url=with_query("/runs", run_filter_params(f)),
@@ -148,7 +143,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
     # so nothing is skipped and nothing shown twice.
     cursor = lines[-1].seq if lines else start
     earlier = (
-        log_filter.url(status.url, [("from_seq", str(max(0, start - LOG_PAGE_LINES)))])
+        log_filter.url(status.row.url, [("from_seq", str(max(0, start - LOG_PAGE_LINES)))])
         if start > 0
         else None
     )
@@ -164,9 +159,9 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         lines=lines,
         filters=_log_filter_form(log_filter, sources),
         earlier_url=earlier,
-        stream_url=log_filter.url(f"{status.url}/stream"),
+        stream_url=log_filter.url(f"{status.row.url}/stream"),
         log_cursor=cursor,
-        cancel_action=f"{status.url}/cancel",
+        cancel_action=f"{status.row.url}/cancel",
         notice=notice,
     )
     return await render_page("run.html", request, {"page": view})

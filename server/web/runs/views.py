@@ -7,97 +7,26 @@ strings (step names, errors, log messages, metadata) stay plain ``str``: autoesc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from server.domain import LogLineRecord, LogStats, RunDetail, RunState, RunStep, RunSummary
 from server.web.format import transition
+from server.web.forms import Option
+from server.web.runs.styles import (
+    LOG_LEVELS,
+    StateStyle,
+    display_clock,
+    eta_text,
+    format_duration,
+    level_key,
+    run_url,
+    short_id,
+    state_style,
+    step_style,
+)
 
 RUNS_TEMPLATE = "_runs.html"  # the runs macros: rows, status, log lines, counts
-
-
-@dataclass(frozen=True, slots=True)
-class StateStyle:
-    """How a run state looks: colour (``key`` -> ``state-<key>`` CSS class), icon, label."""
-
-    key: str
-    label: str
-    icon: str
-
-
-STATE_STYLES: dict[str, StateStyle] = {
-    "PENDING": StateStyle("pending", "Pending", "pending"),
-    "RUNNING": StateStyle("running", "Running", "running"),
-    "AWAITING_INPUT": StateStyle("awaiting_input", "Waiting for input", "input"),
-    "SUCCEEDED": StateStyle("succeeded", "Succeeded", "success"),
-    "FAILED": StateStyle("failed", "Failed", "error"),
-    "PARTIAL": StateStyle("partial", "Partial", "warning"),
-    "CANCELLED": StateStyle("cancelled", "Cancelled", "cancelled"),
-}
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "PARTIAL", "CANCELLED"})
-
-STEP_STYLES: dict[str, StateStyle] = {
-    "pending": StateStyle("pending", "Pending", "pending"),
-    "running": StateStyle("running", "Running", "running"),
-    "succeeded": StateStyle("succeeded", "Succeeded", "success"),
-    "failed": StateStyle("failed", "Failed", "error"),
-    "rolled_back": StateStyle("rolled_back", "Rolled back", "warning"),
-    "skipped": StateStyle("skipped", "Skipped", "cancelled"),
-}
-
-LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def state_style(state: str) -> StateStyle:
-    """The style of a run state; an unknown one is shown neutrally under its own name."""
-    key = state.upper()
-    return STATE_STYLES.get(key) or StateStyle(
-        "pending", key.replace("_", " ").capitalize(), "info"
-    )
-
-
-def step_style(status: str) -> StateStyle:
-    """The style of a step status; unknown ones neutrally."""
-    return STEP_STYLES.get(status.lower()) or StateStyle(
-        "pending", status.replace("_", " ").capitalize() or "Unknown", "info"
-    )
-
-
-def run_url(run_id: str) -> str:
-    """``/runs/{id}`` with the id percent-encoded."""
-    return f"/runs/{quote(run_id, safe='')}"
-
-
-def short_id(run_id: str) -> str:
-    """The last 8 characters of a UUID: its random tail (agents make time-ordered UUIDv7 ids,
-    whose leading characters are the same for every run of the same minute). The full id is
-    shown alongside."""
-    tail = run_id.rsplit("-", 1)[-1][-8:]
-    return tail if 4 <= len(tail) < len(run_id) else run_id
-
-
-def format_duration(delta: timedelta | float | None) -> str:
-    """``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``; ``—`` when unknown."""
-    if delta is None:
-        return "—"
-    seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
-    if seconds < 0:
-        return "—"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def level_key(level: str) -> str:
-    """CSS key of a log level (``level-<key>``); unknown levels look like INFO."""
-    upper = level.upper()
-    return upper.lower() if upper in LOG_LEVELS else "info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +100,6 @@ def log_stats_view(by_level: dict[str, int], by_source: dict[str, int]) -> LogSt
         for name, n in sorted(by_source.items(), key=lambda item: (-item[1], item[0]))
     )
     return LogStatsView(sum(by_level.values()), tuple(levels), sources)
-
-
-def display_clock(value: datetime) -> str:
-    """``14:30:05.123`` (UTC): log lines are read at sub-second resolution."""
-    return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,30 +181,18 @@ def input_prompt_json(prompt: InputPromptView | None) -> dict[str, object] | Non
 
 @dataclass(frozen=True, slots=True)
 class RunDetailView:
-    """The run page's status block (also streamed as the ``run`` frame)."""
+    """The run page's status block (also streamed as the ``run`` frame): the run's table row
+    (id, links, state, agent, transition, steps, start, duration) and what only the page shows."""
 
-    id: str
-    short_id: str
-    url: str
+    row: RunRow
     state_name: str  # PENDING, RUNNING, ...
-    state: StateStyle
     terminal: bool
     cancellable: bool
-    agent_id: str
-    hostname: str
-    agent_url: str | None
-    migration_id: str
-    transition: str
-    steps_done: int
-    steps_total: int
     percent: int
     progress_text: str
     eta: str
-    started_iso: str
-    started_display: str
     finished_iso: str
     finished_display: str
-    duration: str
     error_message: str
     input_request: str
     cancel_note: str
@@ -292,12 +204,12 @@ class RunDetailView:
 def run_json(run: RunDetailView) -> dict[str, object]:
     """The ``run`` object of a stream frame (what run.js reads; the HTML carries the rest)."""
     return {
-        "id": run.id,
+        "id": run.row.id,
         "state": run.state_name,
         "terminal": run.terminal,
         "cancellable": run.cancellable,
-        "steps_done": run.steps_done,
-        "steps_total": run.steps_total,
+        "steps_done": run.row.steps_done,
+        "steps_total": run.row.steps_total,
         "percent": run.percent,
         "eta": run.eta,
         "error_message": run.error_message,
@@ -378,19 +290,6 @@ def log_line_row(line: LogLineRecord) -> LogLineRow:
     )
 
 
-def eta_text(seconds: float | None, basis: str) -> str:
-    """``about 2 min 05 s left (from this run's steps)``; ``""`` when unknown."""
-    if seconds is None:
-        return ""
-    source = {
-        "this_run": " (from this run's steps so far)",
-        "past_runs": " (from past runs of this migration)",
-    }.get(basis, "")
-    if seconds < 1:
-        return f"almost done{source}"
-    return f"about {format_duration(seconds)} left{source}"
-
-
 def _cancel_note(run: RunSummary, cancel_pending: bool) -> str:
     if run.cancelled_by:
         return f"Cancelled by {run.cancelled_by}."
@@ -419,28 +318,15 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
             "run open until it is provided or the run is cancelled."
         )
     return RunDetailView(
-        id=run.id,
-        short_id=short_id(run.id),
-        url=run_url(run.id),
+        row=run_row(run, now),
         state_name=str(run.state),
-        state=state_style(run.state),
         terminal=run.terminal,
         cancellable=not run.terminal and not detail.cancel_pending,
-        agent_id=run.agent_id,
-        hostname=run.hostname or run.agent_id,
-        agent_url=_agent_url(run.agent_id),
-        migration_id=run.migration_id,
-        transition=transition(run.migration_from, run.migration_to),
-        steps_done=run.steps_done,
-        steps_total=run.steps_total,
         percent=percent,
         progress_text=progress_text,
         eta=eta_text(detail.eta_seconds, detail.eta_basis) if not run.terminal else "",
-        started_iso=_iso(run.started_at),
-        started_display=_display(run.started_at),
         finished_iso=_iso(run.finished_at),
         finished_display=_display(run.finished_at),
-        duration=format_duration(run.duration_seconds(now)),
         error_message=run.error_message,
         input_request=input_request,
         cancel_note=_cancel_note(run, detail.cancel_pending),
@@ -448,15 +334,6 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
         stats=log_stats_view(stats.by_level, stats.by_source),
         input_prompt=input_prompt_view(run),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    """A filter-form choice (checkbox or select option)."""
-
-    value: str
-    label: str
-    selected: bool
 
 
 @dataclass(frozen=True, slots=True)
