@@ -74,7 +74,7 @@ def new_event(agent_id: str, occurred_at: datetime | None = None) -> NewEvent:
     )
 
 
-# --- web login (issue 5): every protected route needs a session ----------------------------
+# --- web login: every protected route needs a session ----------------------------
 
 
 @dataclass(frozen=True)

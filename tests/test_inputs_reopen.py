@@ -1,4 +1,4 @@
-"""Input answers the agent refused, and the plain-text guard (issue 6 review fixes), on SQLite
+"""Input answers the agent refused, and the plain-text guard, on SQLite
 and PostgreSQL with a real server: a refused ``provide_input`` (acknowledged while the run still
 waits for the same request) reopens the prompt; answers are refused while gRPC serves plain text
 off loopback."""

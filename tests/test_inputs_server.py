@@ -1,4 +1,4 @@
-"""The server side of AWAITING_INPUT (issue 6), on SQLite and PostgreSQL: a scripted agent
+"""The server side of AWAITING_INPUT, on SQLite and PostgreSQL: a scripted agent
 reports a run waiting for input over real gRPC check-ins; an admin answers over the web; the
 answers reach the agent inside the signed ``provide_input`` action body and nowhere else (the
 database keeps only ciphertext, deleted on the agent's acknowledgement); clear errors for every

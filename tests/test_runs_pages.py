@@ -55,7 +55,7 @@ STATES = {
     "PARTIAL": agent_pb2.RUN_STATE_PARTIAL,
     "CANCELLED": agent_pb2.RUN_STATE_CANCELLED,
 }
-# An AWAITING_INPUT update must say what it waits for (issue 6).
+# An AWAITING_INPUT update must say what it waits for.
 WAITING_FOR_PASSWORD = agent_pb2.InputRequest(
     request_id="7f1e4a52-3c1b-4b8e-9d0a-5f2e6c7b8a91",
     fields=[agent_pb2.InputField(name="database_password", label="Database password", secret=True)],

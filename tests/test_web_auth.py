@@ -1,4 +1,4 @@
-"""Web login, sessions, CSRF, roles and the start-up route check (issue 5, web side).
+"""Web login, sessions, CSRF, roles and the start-up route check.
 
 Real servers on real databases (both backends where a database is involved); every request goes
 over HTTP to the server of the ``running_server`` fixture or one started here.

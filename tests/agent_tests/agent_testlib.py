@@ -148,7 +148,7 @@ class FakeServer:
     ack_none: bool = False
     next_checkin_seconds: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Runs (issue 4): stored like the real server (idempotent by update_id / (run_id, seq)).
+    # Runs: stored like the real server (idempotent by update_id / (run_id, seq)).
     stored_updates: dict[str, agent_pb2.RunUpdate] = field(default_factory=dict)
     stored_lines: dict[tuple[str, int], agent_pb2.LogLine] = field(default_factory=dict)
     ack_runs: bool = True  # False: behave like a server that ignores run updates and log lines
