@@ -48,7 +48,7 @@ CLEAN = {
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-# The gRPC contract (proto/flagpost/v1/agent.proto), written out independently of server.grpc.convert.
+# The contract of proto/flagpost/v1/agent.proto, apart from server.grpc.convert.
 ALLOWED = {
     agent_pb2.EVENT_TYPE_MIGRATION_DETECTION: {1, 2, 3, 4},  # success failed warning not_needed
     agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION: {1, 2, 3, 5},  # success failed warning partial
