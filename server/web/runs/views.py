@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from server.domain import LogLineRecord, LogStats, RunDetail, RunState, RunStep, RunSummary
+from server.domain import (
+    LogLevel,
+    LogLineRecord,
+    LogStats,
+    RunDetail,
+    RunState,
+    RunStep,
+    RunSummary,
+)
 from server.web.format import transition
 
 RUNS_TEMPLATE = "_runs.html"  # the runs macros: rows, status, log lines, counts
@@ -45,7 +53,7 @@ STEP_STYLES: dict[str, StateStyle] = {
     "skipped": StateStyle("skipped", "Skipped", "cancelled"),
 }
 
-LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS: tuple[str, ...] = tuple(level.value for level in LogLevel)  # severity order
 
 
 def state_style(state: str) -> StateStyle:
