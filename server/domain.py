@@ -237,13 +237,31 @@ class ActionKind(StrEnum):
     PROVIDE_INPUT = "provide_input"  # answers to an input request (only in the signed body)
 
 
+class StepStatus(StrEnum):
+    """The status of one step of a run (``StepResult.status`` on the wire)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"
+
+
+class EtaBasis(StrEnum):
+    """How a run's remaining time was estimated (``RunDetail.eta_basis``)."""
+
+    THIS_RUN = "this_run"  # from the run's own completed steps
+    PAST_RUNS = "past_runs"  # from past runs of the same migration
+
+
 @dataclass(frozen=True, slots=True)
 class RunStep:
     """One step of a run: ``index`` is its 0-based position in the plan."""
 
     index: int
     name: str
-    status: str  # pending | running | succeeded | failed | rolled_back | skipped
+    status: str  # a StepStatus value (validated on ingest)
     error: str = ""
     duration_ms: int = 0
 
@@ -392,7 +410,7 @@ class RunDetail:
     steps: tuple[RunStep, ...]
     progress: float  # 0.0 .. 1.0 (steps_done / steps_total; 1.0 when terminal with 0 steps)
     eta_seconds: float | None  # remaining time estimate; None when unknown or not active
-    eta_basis: str  # "this_run" | "past_runs" | "" (how the ETA was estimated)
+    eta_basis: str  # an EtaBasis value, or "" when there is no estimate
     log_lines: int  # lines stored for this run
     cancel_pending: bool  # a cancel was requested and the run is not terminal yet
 

@@ -28,6 +28,7 @@ from server.domain import (
     PendingAction,
     RunState,
     RunStep,
+    StepStatus,
 )
 from server.errors import InvalidArgument
 from server.grpc.convert import checked_text, checked_timestamp
@@ -61,7 +62,7 @@ _STATES = {
     agent_pb2.RUN_STATE_PARTIAL: RunState.PARTIAL,
     agent_pb2.RUN_STATE_CANCELLED: RunState.CANCELLED,
 }
-STEP_STATUSES = frozenset({"pending", "running", "succeeded", "failed", "rolled_back", "skipped"})
+STEP_STATUSES = frozenset(s.value for s in StepStatus)
 _LEVELS = {level.value: level for level in LogLevel}
 _LEVELS.update({"WARN": LogLevel.WARNING})
 

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.config import ServerConfig
 from server.domain import (
     ActionKind,
+    EtaBasis,
     PendingAction,
     RunDetail,
     RunFilter,
@@ -85,15 +86,15 @@ def _eta(
         return None, ""
     remaining = max(0, run.steps_total - run.steps_done)
     if remaining == 0:
-        return 0.0, "this_run"
+        return 0.0, EtaBasis.THIS_RUN
     done = [s.duration_ms for s in steps if s.status == "succeeded" and s.duration_ms > 0]
     if done:
-        return sum(done) / len(done) * remaining / 1000, "this_run"
+        return sum(done) / len(done) * remaining / 1000, EtaBasis.THIS_RUN
     if past:
         overall = sum(past.values()) / len(past)
         finished = {s.index for s in steps if s.status in ("succeeded", "rolled_back")}
         todo = [i for i in range(run.steps_total) if i not in finished][:remaining]
-        return sum(past.get(i, overall) for i in todo) / 1000, "past_runs"
+        return sum(past.get(i, overall) for i in todo) / 1000, EtaBasis.PAST_RUNS
     return None, ""
 
 

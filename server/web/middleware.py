@@ -19,6 +19,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from server.errors import FlagpostError, ResourceExhausted
+from server.web.api.shapes import Error
 from server.web.auth import USER
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def error_response(
     """A JSON error body under ``/api/`` (and ``/healthz``), the error page elsewhere."""
     if _wants_json(request):
         return web.json_response(
-            {"error": reason, "message": message}, status=status, headers=headers
+            Error(error=reason, message=message), status=status, headers=headers
         )
     response = aiohttp_jinja2.render_template(
         "error.html",

@@ -6,6 +6,11 @@ page, its stream and ``/api/v1/runs/{id}/logs``). Filters live in the URL so a f
 be bookmarked and pagination links keep it. A bad value raises
 :class:`server.errors.InvalidArgument` naming the parameter (a 400, mapped by
 ``server.web.middleware``).
+
+Next to each parser, a tuple of :class:`QueryParam` declares what it reads (name, type of one
+value with its bounds, repeatable or not): the OpenAPI document's parameters come from those
+(``server.web.api.openapi``), and ``tests/test_api_conformance.py`` checks that each parser
+reads exactly the names it declares.
 """
 
 from __future__ import annotations
@@ -13,19 +18,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Final
 from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiMapping
 
-from server.domain import EventFilter, LogQuery, RunFilter, RunState, Severity
+from server.domain import EventFilter, LogLevel, LogQuery, RunFilter, RunState, Severity
 from server.errors import InvalidArgument
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.storage.history import known_event_type_filters
 from server.web.runs.styles import LOG_LEVELS
 from server.web.runs.views import LogLineRow
+from server.web.schema import Doc, Time
 
 MAX_ID = 64
 MAX_TEXT = 200
@@ -41,6 +47,25 @@ MAX_SOURCE = 128
 MAX_SOURCES = 50
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"", "0", "false", "off", "no"}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    """One query parameter as the OpenAPI document describes it. ``type``: the type of one value
+    (a type ``server.web.schema.SchemaBuilder`` knows, bounds in ``Annotated``)."""
+
+    name: str
+    type: Any
+    description: str = ""
+    repeat: bool = False
+
+
+def _bounded(low: int, high: int) -> Any:
+    return Annotated[int, Doc(minimum=low, maximum=high)]
+
+
+def _text(limit: int) -> Any:
+    return Annotated[str, Doc(maxLength=limit)]
 
 
 # --- path, body, generic values ---------------------------------------------------------------
@@ -155,6 +180,23 @@ def parse_time(name: str, raw: str) -> datetime | None:
 
 # --- the History filter -------------------------------------------------------------------
 
+EVENT_QUERY: Final[tuple[QueryParam, ...]] = (
+    QueryParam("migration_only", bool, "only migration events (1 or 0)"),
+    QueryParam("severity", Severity, repeat=True),
+    QueryParam(
+        "event_type",
+        Annotated[str, Doc(enum=sorted(known_event_type_filters()))],
+        "an event type or an outcome such as migration_execution_failed",
+        repeat=True,
+    ),
+    QueryParam("agent", _text(MAX_AGENT_ID), "agent id"),
+    QueryParam("since", Time, "from this time (UTC unless a zone is given)"),
+    QueryParam("until", Time, "up to this time; not earlier than since"),
+    QueryParam("q", _text(MAX_TEXT), "free text"),
+    QueryParam("before", _bounded(1, MAX_CURSOR), "cursor (event id): next_before of a page"),
+    QueryParam("limit", _bounded(1, HISTORY_MAX_LIMIT), "page size (default: the configured one)"),
+)
+
 
 def parse_event_filter(query: MultiMapping[str], default_limit: int) -> EventFilter:
     """Validate the History query parameters and build the filter (see module docstring).
@@ -240,6 +282,15 @@ def is_filtered(f: EventFilter) -> bool:
 
 # --- the runs filter --------------------------------------------------------------------------
 
+RUN_QUERY: Final[tuple[QueryParam, ...]] = (
+    QueryParam("state", RunState, "any case", repeat=True),
+    QueryParam("agent", _text(MAX_AGENT_ID), "agent id"),
+    QueryParam("before", _text(MAX_RUNS_CURSOR), "cursor: next_before of the previous page"),
+    QueryParam(
+        "limit", _bounded(1, runs_service.MAX_LIST_LIMIT), f"page size (default {RUNS_PAGE_SIZE})"
+    ),
+)
+
 
 def _states(query: MultiMapping[str]) -> tuple[RunState, ...]:
     states: dict[RunState, None] = {}
@@ -287,6 +338,16 @@ def run_filter_params(f: RunFilter, before: str | None = None) -> list[tuple[str
 
 
 # --- the log filter ---------------------------------------------------------------------------
+
+LOG_QUERY: Final[tuple[QueryParam, ...]] = (
+    QueryParam("level", LogLevel, "any case", repeat=True),
+    QueryParam("source", _text(MAX_SOURCE), f"at most {MAX_SOURCES} sources", repeat=True),
+    QueryParam("q", _text(MAX_TEXT), "case-insensitive text in the message"),
+    QueryParam("after_seq", _bounded(0, MAX_LOG_SEQ), "lines after this seq (next_after_seq)"),
+    QueryParam(
+        "limit", _bounded(1, logs_service.MAX_LIMIT), f"page size (default {LOG_PAGE_LIMIT})"
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)

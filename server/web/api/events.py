@@ -6,7 +6,7 @@ from aiohttp import web
 
 from server import app_keys
 from server.services import history as history_service
-from server.web.history.views import page_json
+from server.web.api.shapes import event_page_json
 from server.web.request import parse_event_filter
 
 
@@ -15,4 +15,4 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     config = request.app[app_keys.CONFIG]
     f = parse_event_filter(request.query, config.history_page_size)
     page = await history_service.list_events(request.app[app_keys.SESSIONS], f)
-    return web.json_response(page_json(page))
+    return web.json_response(event_page_json(page))

@@ -38,7 +38,8 @@ from server.domain import EventFilter, StoredEvent
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
 from server.services import inputs as inputs_service
-from server.web.history.views import EventRow, event_json, event_row
+from server.web.api.shapes import event_json
+from server.web.history.views import EventRow, event_row
 from server.web.request import parse_event_filter
 from server.web.sse import client_gone, cursor_frame, frame, heartbeat, open_stream, stream_cursor
 

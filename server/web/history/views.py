@@ -231,38 +231,6 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
     )
 
 
-def event_json(event: StoredEvent) -> dict[str, Any]:
-    """The JSON shape of one event in ``/api/v1/events``."""
-    return {
-        "id": event.id,
-        "event_id": event.event_id,
-        "agent_id": event.agent_id,
-        "hostname": event.hostname,
-        "category": event.category,
-        "event_type": event.event_type,
-        "status": event.status,
-        "outcome": event.outcome,
-        "severity": event.severity,
-        "message": event.message,
-        "error_message": event.error_message,
-        "error_detail": event.error_detail,
-        "migration_from": event.migration_from,
-        "migration_to": event.migration_to,
-        "run_id": event.run_id,
-        "system_info": event.system_info,
-        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
-        "received_at": event.received_at.astimezone(UTC).isoformat(),
-    }
-
-
-def page_json(page: EventPage) -> dict[str, Any]:
-    """The body of ``GET /api/v1/events``."""
-    return {
-        "events": [event_json(e) for e in page.events],
-        "next_before": page.next_before_id,
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class FilterForm:
     """The filter form's current values."""

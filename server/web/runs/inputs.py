@@ -25,7 +25,7 @@ from server.domain import PendingAction
 from server.errors import InvalidArgument, Unavailable
 from server.services import runs as runs_service
 from server.services.inputs import InputVault
-from server.web.api.runs import action_json, iso
+from server.web.api.shapes import accepted_json, run_inputs_json
 from server.web.auth import actor_name
 from server.web.request import json_body, path_id
 from server.web.runs.styles import run_url
@@ -88,27 +88,10 @@ async def submit_json(request: web.Request) -> web.StreamResponse:
     if not isinstance(inputs, dict):
         raise InvalidArgument("must be an object of field name to value", field="inputs")
     action = await _submit(request, run_id, request_id, inputs)
-    return web.json_response({"action": action_json(action)}, status=202)
+    return web.json_response(accepted_json(action), status=202)
 
 
 async def get_inputs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/inputs``: the run's input request (never an answer)."""
     detail = await runs_service.get_run(request.app[app_keys.SESSIONS], path_id(request, "run_id"))
-    run = detail.run
-    ask = run.input_request
-    return web.json_response(
-        {
-            "run_id": run.id,
-            "state": run.state.value,
-            "waiting": run.waiting_for_input,
-            "request_id": ask.request_id if ask else None,
-            "fields": [
-                {"name": f.name, "label": f.label, "secret": f.secret, "error": f.error}
-                for f in (ask.fields if ask else ())
-            ],
-            "requested_at": iso(run.input_requested_at),
-            "answers_sent": run.waiting_for_input and run.input_answered,
-            "answered_by": run.input_answered_by,
-            "answered_at": iso(run.input_answered_at),
-        }
-    )
+    return web.json_response(run_inputs_json(detail.run))

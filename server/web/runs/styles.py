@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from server.domain import LogLevel
+
 
 @dataclass(frozen=True, slots=True)
 class StateStyle:
@@ -37,7 +39,7 @@ STEP_STYLES: dict[str, StateStyle] = {
     "skipped": StateStyle("skipped", "Skipped", "cancelled"),
 }
 
-LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS: tuple[str, ...] = tuple(level.value for level in LogLevel)  # severity order
 
 
 def state_style(state: str) -> StateStyle:

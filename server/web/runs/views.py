@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from server.domain import LogLineRecord, LogStats, RunDetail, RunState, RunStep, RunSummary
+from server.domain import (
+    LogLineRecord,
+    LogStats,
+    RunDetail,
+    RunState,
+    RunStep,
+    RunSummary,
+)
 from server.web.format import transition
 from server.web.forms import Option
 from server.web.runs.styles import (
