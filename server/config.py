@@ -85,6 +85,9 @@ class ServerConfig:
     credential_rotate_before_days: int = 14
     enroll_rate_per_minute: int = 10
     login_rate_per_minute: int = 5
+    # Failed logins per user name per minute from all addresses together; then 429 for that
+    # name, from everywhere, until the oldest failure is a minute old (0: off).
+    login_account_rate_per_minute: int = 10
     session_ttl_hours: int = 12
     # A file holding a bearer token Prometheus may use for /metrics ("" = logged-in users only).
     metrics_token_file: str = ""
