@@ -26,6 +26,10 @@ class ServerConfig:
     variable for a field is ``FLAGPOST_`` + its upper-cased name (``FLAGPOST_DATABASE_URL``)."""
 
     database_url: str = "sqlite+aiosqlite:///flagpost.db"
+    # Connections the server's engine keeps (plus as many again in overflow), and how long a
+    # request waits for a free one before it is shed (RESOURCE_EXHAUSTED / 503 + retry hint).
+    database_pool_size: int = 10
+    database_pool_timeout_seconds: float = 10.0
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051  # 0 picks a free port (tests)
     web_host: str = "127.0.0.1"
@@ -131,6 +135,10 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError("a boolean is not an integer")
             return int(value)
+        if target is float:
+            if isinstance(value, bool):
+                raise ValueError("a boolean is not a number")
+            return float(value)
         if target is Path:
             return Path(value)
         if target is str:

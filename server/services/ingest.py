@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import HostFacts, NewEvent, NewLogLine, NewRunUpdate, PendingAction
-from server.errors import ResourceExhausted, Unavailable
+from server.errors import FlagpostError, ResourceExhausted, Unavailable
 from server.services.health import DatabaseHealth, is_outage
 from server.storage import agents as agents_db
 from server.storage import events as events_db
@@ -291,6 +291,11 @@ class IngestWriter:
         updates = self._agent_updates(batch, now, mono)
         try:
             result = await self._store.store(rows, updates, [item.work for item in batch])
+        except ResourceExhausted as exc:  # no connection free (Overloaded): shed, no retry
+            self.failed_batches += 1
+            log.warning("ingest batch of %d check-ins shed: %s", len(batch), exc.message)
+            self._fail(batch, exc)
+            return
         except Exception as exc:  # nothing of this batch is stored; keep the writer alive
             self._batch_failed(batch, exc)
             if not is_outage(exc) and len(batch) > 1:
@@ -328,11 +333,13 @@ class IngestWriter:
                 "ingest batch of %d check-ins failed; nothing stored", len(batch), exc_info=exc
             )
 
-    def _fail(self, batch: list[_Checkin]) -> None:
+    def _fail(self, batch: list[_Checkin], error: FlagpostError | None = None) -> None:
         self.rejected += len(batch)
         for item in batch:
             if not item.future.done():
-                item.future.set_exception(Unavailable("could not store the check-in; retry later"))
+                item.future.set_exception(
+                    error or Unavailable("could not store the check-in; retry later")
+                )
 
     def _resolve(self, batch: list[_Checkin], result: StoreResult) -> None:
         inserted = result.inserted
