@@ -26,6 +26,10 @@ class ServerConfig:
     variable for a field is ``FLAGPOST_`` + its upper-cased name (``FLAGPOST_DATABASE_URL``)."""
 
     database_url: str = "sqlite+aiosqlite:///flagpost.db"
+    # Connections the server's engine keeps (plus as many again in overflow), and how long a
+    # request waits for a free one before it is shed (RESOURCE_EXHAUSTED / 503 + retry hint).
+    database_pool_size: int = 10
+    database_pool_timeout_seconds: float = 10.0
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051  # 0 picks a free port (tests)
     web_host: str = "127.0.0.1"
@@ -85,6 +89,9 @@ class ServerConfig:
     credential_rotate_before_days: int = 14
     enroll_rate_per_minute: int = 10
     login_rate_per_minute: int = 5
+    # Failed logins per user name per minute from all addresses together; then 429 for that
+    # name, from everywhere, until the oldest failure is a minute old (0: off).
+    login_account_rate_per_minute: int = 10
     session_ttl_hours: int = 12
     # A file holding a bearer token Prometheus may use for /metrics ("" = logged-in users only).
     metrics_token_file: str = ""
@@ -128,6 +135,10 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError("a boolean is not an integer")
             return int(value)
+        if target is float:
+            if isinstance(value, bool):
+                raise ValueError("a boolean is not a number")
+            return float(value)
         if target is Path:
             return Path(value)
         if target is str:

@@ -68,6 +68,12 @@ class ResourceExhausted(FlagpostError):
         self.retry_after_ms = retry_after_ms
 
 
+class Overloaded(ResourceExhausted):
+    """No database connection became free within ``database_pool_timeout_seconds`` (the pool
+    of ``database_pool_size`` is exhausted): shed the request like a full ingest queue.
+    ``server.storage.db`` raises it in place of SQLAlchemy's pool ``TimeoutError``."""
+
+
 class RateLimited(ResourceExhausted):
     """One client made too many attempts (logins, enrollments): 429 on the web."""
 

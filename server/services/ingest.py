@@ -3,9 +3,9 @@
 Transports call ``IngestWriter.submit``; it encodes the check-in's events into driver-ready rows
 (on the caller's task, so this overlaps the commit in progress), queues the check-in (the bound
 counts events, ``ingest_queue_max_events``) and waits. One writer task takes everything queued,
-up to ``ingest_batch_max_events``, inserts the events (duplicates by ``event_id`` ignored) and
-updates the agents' ``last_checkin_at`` and facts in ONE transaction, commits, and only then
-resolves each check-in's future: an acknowledgement always means "durably stored".
+up to ``ingest_batch_max_events``, inserts the events (duplicates by ``(agent_id, event_id)``
+ignored) and updates the agents' ``last_checkin_at`` and facts in ONE transaction, commits, and
+only then resolves each check-in's future: an acknowledgement always means "durably stored".
 
 Batching: a busy server needs no timer, the check-ins that arrive while one batch commits form
 the next. Only when the writer wakes from idle does it wait ``ingest_batch_max_wait_ms`` for
@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.domain import HostFacts, NewEvent, NewLogLine, NewRunUpdate, PendingAction
-from server.errors import ResourceExhausted, Unavailable
+from server.errors import FlagpostError, ResourceExhausted, Unavailable
 from server.services.health import DatabaseHealth, is_outage
 from server.storage import agents as agents_db
 from server.storage import events as events_db
@@ -278,18 +278,24 @@ class IngestWriter:
         return updates
 
     async def _commit(self, batch: list[_Checkin]) -> None:
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()  # (agent_id, event_id): an id is unique per agent
         rows: list[events_db.Row] = []
         for item in batch:
             for event_id, row in zip(item.event_ids, item.rows, strict=True):
-                if event_id not in seen:
-                    seen.add(event_id)
+                key = (item.agent_id, event_id)
+                if key not in seen:
+                    seen.add(key)
                     rows.append(row)
         now = datetime.now(UTC)
         mono = time.monotonic()
         updates = self._agent_updates(batch, now, mono)
         try:
             result = await self._store.store(rows, updates, [item.work for item in batch])
+        except ResourceExhausted as exc:  # no connection free (Overloaded): shed, no retry
+            self.failed_batches += 1
+            log.warning("ingest batch of %d check-ins shed: %s", len(batch), exc.message)
+            self._fail(batch, exc)
+            return
         except Exception as exc:  # nothing of this batch is stored; keep the writer alive
             self._batch_failed(batch, exc)
             if not is_outage(exc) and len(batch) > 1:
@@ -327,11 +333,13 @@ class IngestWriter:
                 "ingest batch of %d check-ins failed; nothing stored", len(batch), exc_info=exc
             )
 
-    def _fail(self, batch: list[_Checkin]) -> None:
+    def _fail(self, batch: list[_Checkin], error: FlagpostError | None = None) -> None:
         self.rejected += len(batch)
         for item in batch:
             if not item.future.done():
-                item.future.set_exception(Unavailable("could not store the check-in; retry later"))
+                item.future.set_exception(
+                    error or Unavailable("could not store the check-in; retry later")
+                )
 
     def _resolve(self, batch: list[_Checkin], result: StoreResult) -> None:
         inserted = result.inserted
@@ -340,19 +348,22 @@ class IngestWriter:
         self.run_updates_ignored += runs.updates_ignored
         self.log_lines_stored += runs.log_lines_stored
         self.log_lines_dropped += runs.log_lines_dropped
-        new_ids = {event_id for _, event_id in inserted}
+        new_keys = {(agent_id, event_id) for _, agent_id, event_id in inserted}
         self.batches += 1
         self.checkins += len(batch)
         self.events_stored += len(inserted)
-        self.duplicates += sum(item.sent for item in batch) - len(inserted)
         done = time.perf_counter()
         observe = self._observe_latency
         for item in batch:
             new = 0
             for event_id in item.event_ids:
-                if event_id in new_ids:
-                    new_ids.discard(event_id)  # a repeat in a later check-in is a duplicate
+                key = (item.agent_id, event_id)
+                if key in new_keys:
+                    new_keys.discard(key)  # a repeat in a later check-in is a duplicate
                     new += 1
+            # Per check-in, never negative: the counter only grows (``inserted`` also holds
+            # run-update notices, which no check-in sent).
+            self.duplicates += item.sent - new
             if observe is not None:
                 observe(done - item.submitted)
             actions = tuple(runs.actions.get(item.agent_id, ()))
@@ -361,7 +372,7 @@ class IngestWriter:
                 item.future.set_result(IngestResult(new, item.sent - new, actions))
         if self._listeners:
             committed = CommittedBatch(
-                max_id=max((row_id for row_id, _ in inserted), default=None),
+                max_id=max((row[0] for row in inserted), default=None),
                 stored=len(inserted),
                 agent_ids=frozenset(item.agent_id for item in batch),
                 run_ids=frozenset(runs.changed_run_ids),

@@ -29,7 +29,7 @@ class RateLimiter:
         self.name = name
         self.limit = limit
         self.window = window
-        self._clock = clock
+        self.clock = clock  # monotonic seconds (tests pass their own)
         self._hits: dict[str, deque[float]] = {}
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -44,7 +44,7 @@ class RateLimiter:
         """Seconds until ``key`` may try again (0.0: it may now)."""
         if self.limit <= 0:
             return 0.0
-        now = self._clock()
+        now = self.clock()
         hits = self._recent(key, now)
         if len(hits) < self.limit:
             return 0.0
@@ -53,8 +53,12 @@ class RateLimiter:
     def hit(self, key: str) -> None:
         """Count one attempt for ``key``; RateLimited (naming the limit and when to retry)
         when the key is over its limit. A refused attempt is not counted."""
-        if self.limit <= 0:
-            return
+        self.check(key)
+        self.record(key)
+
+    def check(self, key: str) -> None:
+        """RateLimited (naming the limit and when to retry) when ``key`` is over its limit;
+        counts nothing (``record`` does: e.g. only failed logins count for an account)."""
         wait = self.retry_after(key)
         if wait > 0:
             raise RateLimited(
@@ -62,7 +66,13 @@ class RateLimiter:
                 f"{self.window:g} s; retry in {math.ceil(wait)} s",
                 retry_after_ms=math.ceil(wait * 1000),
             )
-        self._recent(key, self._clock()).append(self._clock())
+
+    def record(self, key: str) -> None:
+        """Count one attempt for ``key`` (nothing when the limit is off)."""
+        if self.limit <= 0:
+            return
+        now = self.clock()
+        self._recent(key, now).append(now)
         self._prune()
 
     def reset(self, key: str) -> None:
@@ -72,6 +82,6 @@ class RateLimiter:
     def _prune(self) -> None:
         if len(self._hits) < 4096:
             return
-        now = self._clock()
+        now = self.clock()
         for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
             del self._hits[key]

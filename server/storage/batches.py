@@ -31,7 +31,7 @@ from server.storage import notify
 from server.storage.db import async_url, create_sync_sqlite_engine, sqlite_path
 from server.storage.run_ingest import RunBatchResult, RunWork, apply_run_batch
 
-Inserted = list[tuple[int, str]]  # (update_events.id, event_id) of each new row
+Inserted = list[events_db.Inserted]  # (update_events.id, agent_id, event_id) of each new row
 
 
 @dataclass(slots=True)
@@ -55,6 +55,15 @@ class BatchStore(Protocol):
     async def close(self) -> None: ...
 
 
+def _with_notices(
+    rows: Sequence[events_db.Row], runs: RunBatchResult, now: datetime, dialect: str
+) -> Sequence[events_db.Row]:
+    """``rows`` plus the History notices the runs part produced (both stores insert both)."""
+    if not runs.notices:
+        return rows
+    return [*rows, *events_db.encode_events(runs.notices, now, dialect)]
+
+
 class SessionStore:
     """A batch per pooled async session (PostgreSQL; SQLite without a file)."""
 
@@ -73,14 +82,13 @@ class SessionStore:
             conn = await session.connection()
             now = datetime.now(UTC)
             runs = await conn.run_sync(apply_run_batch, works, now) if works else RunBatchResult()
-            if runs.notices:
-                rows = [*rows, *events_db.encode_events(runs.notices, now, conn.dialect.name)]
+            rows = _with_notices(rows, runs, now, conn.dialect.name)
             if rows:  # History ids become visible in id order across replicas (PostgreSQL)
                 await notify.lock_history_writes(session)
             inserted = await events_db.insert_rows(conn, rows)
             await agents_db.record_checkins(session, updates)
             if inserted:  # NOTIFY other replicas' live streams, delivered at COMMIT
-                await notify.announce_history_commit(session, max(i for i, _ in inserted))
+                await notify.announce_history_commit(session, max(row[0] for row in inserted))
         return StoreResult(inserted, runs)
 
     async def close(self) -> None:
@@ -121,8 +129,7 @@ class SqliteThreadStore:
             with conn.begin():
                 now = datetime.now(UTC)
                 runs = apply_run_batch(conn, works, now) if works else RunBatchResult()
-                if runs.notices:
-                    rows = [*rows, *events_db.encode_events(runs.notices, now, "sqlite")]
+                rows = _with_notices(rows, runs, now, "sqlite")
                 inserted = events_db.insert_rows_sync(conn, rows)
                 agents_db.record_checkins_sync(conn, updates)
         except BaseException:

@@ -20,18 +20,20 @@ from sqlalchemy import create_engine as _create_sync_engine
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 
 from server.config import ServerConfig
-from server.errors import ConfigError, Unavailable
+from server.errors import ConfigError, Overloaded, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection
-PG_POOL_SIZE = 10
+PG_POOL_SIZE = 10  # defaults of database_pool_size / database_pool_timeout_seconds
 PG_MAX_OVERFLOW = 10
 PG_POOL_TIMEOUT_S = 10.0
+POOL_RETRY_AFTER_MS = 2_000
 PG_POOL_RECYCLE_S = 1800
 
 _ASYNC_DRIVERS = {
@@ -160,27 +162,55 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
     return set_pragmas
 
 
+def _shedding_pool(retry_after_ms: int) -> type[AsyncAdaptedQueuePool]:
+    """A queue pool whose checkout timeout raises ``Overloaded`` (with ``retry_after_ms``)
+    instead of SQLAlchemy's ``TimeoutError``: the one place pool exhaustion is translated."""
+
+    class SheddingPool(AsyncAdaptedQueuePool):
+        def _do_get(self) -> ConnectionPoolEntry:
+            try:
+                return super()._do_get()
+            except PoolTimeout as exc:
+                raise Overloaded(
+                    "the server is busy (no database connection free); retry later",
+                    retry_after_ms=retry_after_ms,
+                ) from exc
+
+    return SheddingPool
+
+
 def create_engine_for_url(
-    database_url: str, *, echo: bool = False, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+    database_url: str,
+    *,
+    echo: bool = False,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    pool_size: int = PG_POOL_SIZE,
+    pool_timeout_s: float = PG_POOL_TIMEOUT_S,
+    retry_after_ms: int = POOL_RETRY_AFTER_MS,
 ) -> AsyncEngine:
     """An AsyncEngine for ``database_url`` with the per-backend settings described above
-    (``busy_timeout_ms``: how long a SQLite write waits for a lock held elsewhere)."""
+    (``busy_timeout_ms``: how long a SQLite write waits for a lock held elsewhere). A SQLite
+    file and PostgreSQL get a pool of ``pool_size`` (+ as many in overflow); a checkout that
+    waits longer than ``pool_timeout_s`` raises ``Overloaded``."""
     url = async_url(database_url)
+    pool: dict[str, Any] = {
+        "poolclass": _shedding_pool(retry_after_ms),
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_timeout": pool_timeout_s,
+    }
     engine: AsyncEngine
     if url.drivername.startswith("sqlite"):
         engine = _create_async_engine(
-            url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000}
+            url,
+            echo=echo,
+            connect_args={"timeout": busy_timeout_ms / 1000},
+            **(pool if sqlite_path(url) is not None else {}),
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
     else:
         engine = _create_async_engine(
-            url,
-            echo=echo,
-            pool_size=PG_POOL_SIZE,
-            max_overflow=PG_MAX_OVERFLOW,
-            pool_timeout=PG_POOL_TIMEOUT_S,
-            pool_recycle=PG_POOL_RECYCLE_S,
-            pool_pre_ping=True,
+            url, echo=echo, pool_recycle=PG_POOL_RECYCLE_S, pool_pre_ping=True, **pool
         )
     return engine
 
@@ -203,7 +233,12 @@ def create_sync_sqlite_engine(database_url: str, *, busy_timeout_ms: int) -> Eng
 def create_engine(config: ServerConfig) -> AsyncEngine:
     """The server's engine for ``config.database_url`` (SQL echo when ``config.log_sql``)."""
     return create_engine_for_url(
-        config.database_url, echo=config.log_sql, busy_timeout_ms=config.sqlite_busy_timeout_ms
+        config.database_url,
+        echo=config.log_sql,
+        busy_timeout_ms=config.sqlite_busy_timeout_ms,
+        pool_size=config.database_pool_size,
+        pool_timeout_s=config.database_pool_timeout_seconds,
+        retry_after_ms=config.retry_after_ms,
     )
 
 

@@ -3,7 +3,8 @@
 The ingest hot path stays off the ORM: each check-in's events are encoded once into plain
 driver-ready tuples (``encode_events``; JSON serialised, timestamps in the dialect's storage
 form, the same form SQLAlchemy's types write and read back), and ``insert_rows`` sends them as
-driver-level SQL with ``ON CONFLICT (event_id) DO NOTHING RETURNING``:
+driver-level SQL with ``ON CONFLICT (agent_id, event_id) DO NOTHING RETURNING`` (an event id is
+unique per agent: one agent cannot pre-claim another's):
 
 - SQLite: multi-row ``VALUES`` statements in a few fixed chunk sizes (powers of 4 up to 1024
   rows), so the handful of distinct statements stay in the driver's statement cache;
@@ -78,10 +79,6 @@ def _make_json_encoder() -> Callable[[dict[str, Any]], str]:
 _json = _make_json_encoder()
 
 
-def _json_text(value: dict[str, Any]) -> str:
-    return _json(value) if value else _EMPTY_JSON
-
-
 def json_text(value: dict[str, Any]) -> str:
     """Compact JSON of a flat dict, the way the hot insert paths store JSON columns."""
     return _json(value) if value else _EMPTY_JSON
@@ -94,83 +91,78 @@ def sqlite_timestamp(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _as_is(value: datetime) -> datetime:
+    return value  # asyncpg binds aware datetimes to timestamptz itself
+
+
+def _timestamp_encoder(dialect: str) -> Callable[[datetime], Any]:
+    if dialect == "sqlite":
+        return sqlite_timestamp
+    if dialect == "postgresql":
+        return _as_is
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
+
+
 def encode_events(events: Sequence[NewEvent], received_at: datetime, dialect: str) -> list[Row]:
     """Driver-ready rows (``COLUMNS`` order) for ``insert_rows`` on ``dialect``."""
-    if dialect == "sqlite":
-        received: Any = sqlite_timestamp(received_at)
-        return [
-            (
-                e.event_id,
-                e.agent_id,
-                e.category,  # StrEnum members are str: drivers bind them as their value
-                e.event_type,
-                e.status,
-                e.severity,
-                e.message,
-                e.error_message,
-                _json_text(e.error_detail),
-                e.migration_from,
-                e.migration_to,
-                e.run_id,
-                _json_text(e.system_info),
-                sqlite_timestamp(e.occurred_at),
-                received,
-            )
-            for e in events
-        ]
-    if dialect != "postgresql":  # pragma: no cover - only the two supported backends reach here
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    timestamp = _timestamp_encoder(dialect)
+    received = timestamp(received_at)
     return [
         (
             e.event_id,
             e.agent_id,
-            e.category,
+            e.category,  # StrEnum members are str: drivers bind them as their value
             e.event_type,
             e.status,
             e.severity,
             e.message,
             e.error_message,
-            _json_text(e.error_detail),
+            json_text(e.error_detail),
             e.migration_from,
             e.migration_to,
             e.run_id,
-            _json_text(e.system_info),
-            e.occurred_at,
-            received_at,
+            json_text(e.system_info),
+            timestamp(e.occurred_at),
+            received,
         )
         for e in events
     ]
 
 
+Inserted = tuple[int, str, str]  # (update_events.id, agent_id, event_id) of one new row
+
 _EVENTS = BulkInsert(
-    "update_events", COLUMNS, _PG_TYPES, conflict="event_id", returning="id, event_id"
+    "update_events",
+    COLUMNS,
+    _PG_TYPES,
+    conflict="agent_id, event_id",
+    returning="id, agent_id, event_id",
 )
 
 
-def _returned(rows: Sequence[Any]) -> list[tuple[int, str]]:
-    return [(int(row[0]), str(row[1])) for row in rows]
+def _returned(rows: Sequence[Any]) -> list[Inserted]:
+    return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
 
 
-async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> list[tuple[int, str]]:
+async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> list[Inserted]:
     """Insert encoded ``rows`` in the connection's transaction, skipping any whose ``event_id``
-    is already stored. Returns ``(id, event_id)`` of every row actually inserted."""
+    its agent already stored. Returns ``(id, agent_id, event_id)`` of every row inserted."""
     if not rows:
         return []
-    inserted: list[tuple[int, str]] = []
     if conn.dialect.name == "postgresql":
         columns = [list(column) for column in zip(*rows, strict=True)]
         result = await conn.exec_driver_sql(_EVENTS.postgresql, tuple(columns))
-        inserted.extend(_returned(result.fetchall()))
-        return inserted
+        return _returned(result.fetchall())
+    inserted: list[Inserted] = []
     for sql, params in _EVENTS.sqlite_statements(rows):
         result = await conn.exec_driver_sql(sql, params)
         inserted.extend(_returned(result.fetchall()))
     return inserted
 
 
-def insert_rows_sync(conn: Connection, rows: Sequence[Row]) -> list[tuple[int, str]]:
+def insert_rows_sync(conn: Connection, rows: Sequence[Row]) -> list[Inserted]:
     """``insert_rows`` for SQLite on a synchronous connection (the SQLite writer thread)."""
-    inserted: list[tuple[int, str]] = []
+    inserted: list[Inserted] = []
     for sql, params in _EVENTS.sqlite_statements(rows):
         inserted.extend(_returned(conn.exec_driver_sql(sql, params).fetchall()))
     return inserted
@@ -179,21 +171,21 @@ def insert_rows_sync(conn: Connection, rows: Sequence[Row]) -> list[tuple[int, s
 async def insert_events(
     session: AsyncSession, events: Sequence[NewEvent], received_at: datetime
 ) -> int:
-    """Insert ``events`` in the session's transaction, skipping any whose ``event_id`` is already
-    stored (``INSERT … ON CONFLICT (event_id) DO NOTHING``). Returns the number of rows actually
-    inserted."""
+    """Insert ``events`` in the session's transaction, skipping any whose ``event_id`` its agent
+    already stored (``ON CONFLICT (agent_id, event_id) DO NOTHING``). Returns the number of
+    rows actually inserted."""
     return len(await insert_events_returning_ids(session, events, received_at))
 
 
 async def insert_events_returning_ids(
     session: AsyncSession, events: Sequence[NewEvent], received_at: datetime
-) -> set[str]:
-    """Like ``insert_events`` but returns the ``event_id`` of every row actually inserted."""
+) -> set[tuple[str, str]]:
+    """Like ``insert_events`` but returns ``(agent_id, event_id)`` of every row inserted."""
     if not events:
         return set()
     conn = await session.connection()
     rows = encode_events(events, received_at, conn.dialect.name)
-    return {event_id for _, event_id in await insert_rows(conn, rows)}
+    return {(agent_id, event_id) for _, agent_id, event_id in await insert_rows(conn, rows)}
 
 
 async def count_events(conn: AsyncConnection) -> int:

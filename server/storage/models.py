@@ -130,7 +130,7 @@ class UpdateEvent(Base):
     __tablename__ = "update_events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    event_id: Mapped[str] = mapped_column(String(36))  # unique per agent (index below)
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
     category: Mapped[str] = mapped_column(String(32))
     event_type: Mapped[str] = mapped_column(String(64))
@@ -148,6 +148,7 @@ class UpdateEvent(Base):
 
     # Every History filter is "<filter> ORDER BY id DESC": an index ending in id serves each.
     __table_args__ = (
+        Index(None, "agent_id", "event_id", unique=True),  # the ingest's ON CONFLICT target
         Index(None, "agent_id", "id"),
         Index(None, "severity", "id"),
         Index(None, "event_type", "id"),

@@ -3,7 +3,10 @@
 The login form is CSRF-protected with a double-submit cookie (``flagpost_login_csrf``, set by
 ``GET /login``; the form carries its HMAC). Attempts are rate limited per client address and
 user name (``login_rate_per_minute``) and per address (``LOGIN_ADDRESS_FACTOR`` times that);
-over the limit the form says when to retry (429 with ``Retry-After``). Every refused login
+failed attempts also per user name from all addresses together
+(``login_account_rate_per_minute``: many addresses guessing at one account are slowed, and
+its owner can log in again once the oldest failure is a minute old). Over any limit the form
+says when to retry (429 with ``Retry-After``). Every refused login
 gets the same message, whether or not the user exists. The password is never logged.
 """
 
@@ -44,6 +47,7 @@ class LoginLimits:
 
     per_user: RateLimiter  # key: address + user name
     per_address: RateLimiter  # key: address
+    per_account: RateLimiter  # key: user name; counts failed logins only, from any address
 
 
 LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
@@ -111,14 +115,19 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     limits = request.app[LOGIN_LIMITS]
     address = _client_address(request)
     try:
+        limits.per_account.check(name)
         limits.per_address.hit(address)
         limits.per_user.hit(f"{address}\n{name}")
-        login = await users_service.login(
-            request.app[app_keys.SESSIONS],
-            name,
-            password,
-            timedelta(hours=request.app[app_keys.CONFIG].session_ttl_hours),
-        )
+        try:
+            login = await users_service.login(
+                request.app[app_keys.SESSIONS],
+                name,
+                password,
+                timedelta(hours=request.app[app_keys.CONFIG].session_ttl_hours),
+            )
+        except Unauthenticated:
+            limits.per_account.record(name)
+            raise
     except (RateLimited, Unauthenticated) as err:
         log.info("login refused for %r from %s: %s", name[:64], address, err.reason)
         return _render_form(
@@ -157,8 +166,10 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 def setup_login(app: web.Application) -> None:
     """The login rate limiters of ``app`` (the routes are in ``server.web.routes``)."""
-    rate = app[app_keys.CONFIG].login_rate_per_minute
+    config = app[app_keys.CONFIG]
+    rate = config.login_rate_per_minute
     app[LOGIN_LIMITS] = LoginLimits(
         per_user=RateLimiter("login", rate),
         per_address=RateLimiter("login (per address)", rate * LOGIN_ADDRESS_FACTOR),
+        per_account=RateLimiter("login (per account)", config.login_account_rate_per_minute),
     )
