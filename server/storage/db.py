@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -176,6 +177,9 @@ def _shedding_pool(retry_after_ms: int) -> type[AsyncAdaptedQueuePool]:
                     retry_after_ms=retry_after_ms,
                 ) from exc
 
+    # SQLAlchemy names a pool's logger after its class: keep this one as quiet as its own
+    # (pool events are DEBUG detail, not start-up or error lines).
+    logging.getLogger(f"{__name__}.SheddingPool").setLevel(logging.WARNING)
     return SheddingPool
 
 
