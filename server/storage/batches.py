@@ -111,8 +111,8 @@ class SqliteThreadStore:
         updates: Sequence[agents_db.CheckinUpdate],
         works: Sequence[RunWork] = (),
     ) -> StoreResult:
-        """Apply the runs part (``works``), insert ``rows`` and any run-update notices
-        (duplicates skipped) and apply ``updates``, then commit."""
+        """:meth:`SessionStore.store` on the writer thread's connection."""
+        # The same signature as SessionStore.store on purpose: both implement one store.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._store, rows, updates, works)
 

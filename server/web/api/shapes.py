@@ -62,6 +62,10 @@ class Error(TypedDict):
 
 
 class Event(TypedDict):
+    """One History event on the wire. Its fields follow ``domain.StoredEvent`` on purpose, with
+    the API's own types (ids as ``Uuid``, times as ``Time``): the two change for different
+    reasons, and ``event_json`` is the one place that maps one to the other."""
+
     id: Annotated[int, Doc(description="monotonic; the keyset cursor")]
     event_id: Uuid
     agent_id: str
