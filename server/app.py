@@ -43,6 +43,8 @@ from aiohttp import web
 from server import app_keys
 from server.config import ServerConfig
 from server.errors import ConfigError, ListenError
+from server.grpc.drain import Drain
+from server.grpc.interceptors import HEALTH_METHODS
 from server.grpc.server import create_grpc_server
 from server.metrics import ServerMetrics
 from server.services import Services, server_keys
@@ -70,6 +72,7 @@ class _Lifecycle:
     """Mutable per-app holder for what the shutdown hook must reach."""
 
     grpc_server: grpc.aio.Server | None = None
+    drain: Drain | None = None
     retention: RetentionJob | None = None
 
 
@@ -203,12 +206,14 @@ async def _ingest(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _grpc(app: web.Application) -> AsyncIterator[None]:
+    drain = Drain(always_served=HEALTH_METHODS)
     server, port = await create_grpc_server(
-        app[app_keys.CONFIG], app[app_keys.SERVICES], tls=app[_TRANSPORT].tls
+        app[app_keys.CONFIG], app[app_keys.SERVICES], tls=app[_TRANSPORT].tls, drain=drain
     )
     await server.start()
     app[app_keys.PORTS].grpc = port
     app[_LIFECYCLE].grpc_server = server
+    app[_LIFECYCLE].drain = drain
     try:
         yield
     finally:
@@ -216,12 +221,18 @@ async def _grpc(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _stop_grpc(app: web.Application) -> None:
-    """Refuse new calls; let in-flight ones finish within the grace period (idempotent)."""
+    """Drain (answer every call that arrives with UNAVAILABLE until none arrives), then stop:
+    in-flight calls finish within the grace period (idempotent; ``server.grpc.drain``)."""
     lifecycle = app[_LIFECYCLE]
     server, lifecycle.grpc_server = lifecycle.grpc_server, None
-    if server is not None:
-        log.info("gRPC: refusing new calls, finishing in-flight ones")
-        await server.stop(app[app_keys.CONFIG].shutdown_grace_seconds)
+    if server is None:
+        return
+    grace: float = app[app_keys.CONFIG].shutdown_grace_seconds
+    log.info("gRPC: refusing new calls, finishing in-flight ones")
+    if lifecycle.drain is not None:
+        await lifecycle.drain.begin()
+        grace = max(0.0, grace - await lifecycle.drain.settle(grace / 2))
+    await server.stop(grace)
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:

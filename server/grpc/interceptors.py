@@ -7,7 +7,9 @@
     (read it with ``current_agent_id()``), and the machine id its credential is bound to
     through ``CURRENT_MACHINE``
     (``current_machine_id()``; None when the authenticate callable returns only an agent id).
-(b) A FlagpostError becomes the status named by ``err.grpc_code`` with its message
+(b) While the server drains for shutdown (``server.grpc.drain.Drain``) every call but the
+    health checks is refused with UNAVAILABLE before any work.
+(c) A FlagpostError becomes the status named by ``err.grpc_code`` with its message
     (ResourceExhausted adds trailing metadata ``retry-after-ms``); any other exception becomes
     INTERNAL with a generic message, logged here with its traceback. Nowhere else decides a
     status code. Every error is also reported to ``on_error(method, reason)`` (metrics).
@@ -31,6 +33,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from flagpost.v1 import agent_pb2
 from server.errors import FlagpostError, InvalidArgument, ResourceExhausted, Unauthenticated
+from server.grpc.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ def _all_methods(service: ServiceDescriptor) -> set[str]:
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 # The allow-list of methods callable without a credential, named from the service descriptors
 # (Health/List, which names every service, is not on it).
+HEALTH_METHODS = frozenset(_all_methods(_HEALTH))  # answered even while the server drains
 PUBLIC_METHODS = frozenset(
     {
         method_path(agent_pb2.DESCRIPTOR.services_by_name["AgentService"], "Enroll"),
@@ -163,10 +167,13 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authenticate: Authenticate,
         on_error: ErrorObserver | None = None,
         public_methods: frozenset[str] = PUBLIC_METHODS,
+        drain: Drain | None = None,
     ) -> None:
         """``public_methods``: served without a credential (the start-up check refuses any
-        that is not on ``PUBLIC_METHODS``; tests pass more to prove that)."""
+        that is not on ``PUBLIC_METHODS``; tests pass more to prove that). ``drain``: admits
+        each call (refuses them while the server shuts down)."""
         self._authenticate = authenticate
+        self._drain = drain
         self._on_error = on_error
         self._public = frozenset(public_methods)
 
@@ -180,6 +187,8 @@ class FlagpostInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return method not in self._public
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        if self._drain is not None:
+            self._drain.admit(method)
         if self.requires_authentication(method):
             identity = await self._authenticate(bearer_token(context.invocation_metadata()))
             if isinstance(identity, str):

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 from server.config import ServerConfig
 from server.errors import ListenError, UnprotectedMethod
+from server.grpc.drain import Drain
 from server.grpc.interceptors import PUBLIC_METHODS, FlagpostInterceptor
 from server.grpc.servicer import AgentServicer
 from server.services import Services
@@ -114,7 +115,10 @@ def check_protection(
 
 
 async def create_grpc_server(
-    config: ServerConfig, services: Services, tls: ServerTLS | None = None
+    config: ServerConfig,
+    services: Services,
+    tls: ServerTLS | None = None,
+    drain: Drain | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Build the grpc.aio server bound to ``config.grpc_host:grpc_port`` (0 = a free port).
 
@@ -123,11 +127,13 @@ async def create_grpc_server(
     database is unreachable) and reflection for all three services. Returns
     ``(server, bound_port)``; the caller starts it and stops it (``await server.stop(grace)``).
     With ``tls`` (``server.tls.load_server_tls``) the port serves TLS only, requiring client
-    certificates under mutual TLS; without it, plain text. ListenError (naming the OS reason
+    certificates under mutual TLS; without it, plain text. With ``drain``
+    (``server.grpc.drain``) every call is admitted through it, and the health service turns
+    NOT_SERVING for good when it begins. ListenError (naming the OS reason
     and ``--grpc-port``) when the address cannot be bound.
     """
     on_error = services.metrics.record_rpc_error if services.metrics is not None else None
-    interceptors = [FlagpostInterceptor(services.authenticator.identify, on_error)]
+    interceptors = [FlagpostInterceptor(services.authenticator.identify, on_error, drain=drain)]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -151,6 +157,8 @@ async def create_grpc_server(
     await publish(health_state is None or health_state.available)
     if health_state is not None:
         health_state.add_listener(publish)
+    if drain is not None:
+        drain.on_begin(health_servicer.enter_graceful_shutdown)
     address = f"{config.grpc_host}:{config.grpc_port}"
     try:
         if tls is None:
