@@ -1,0 +1,1 @@
+"""Migration specs: config migrations written as data (TOML or JSON), not Python."""

@@ -1,0 +1,1 @@
+"""One module per config format: parse into a document, edit dotted keys, serialize."""
