@@ -365,8 +365,8 @@ class _Checker:
         if kind == "when":
             return self.when(path, value)
         if kind == "tables":
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                self.fail(path, "must be an array of tables")
+            if not isinstance(value, list):
+                self.fail(path, f"must be an array of tables, not {_type_name(value)}")
                 return None
             return value
         raise AssertionError(kind)
