@@ -36,18 +36,19 @@ class TomlDocument(TreeDocument):
 
     def rename_in(self, table: MutableMapping[str, Any], old: str, new: str) -> None:
         from tomlkit.container import Container
-        from tomlkit.items import Table
+        from tomlkit.items import Item, Table
 
         container: Container | None = None
         if isinstance(table, Container):
             container = table
         elif isinstance(table, Table):
             container = table.value
-        if container is None:
+        item = container.item(old) if container is not None else None
+        if container is None or not isinstance(item, Item):
             super().rename_in(table, old, new)
             return
         # Container._replace swaps the key in its place, keeping the item and its comment.
-        container._replace(old, new, container.item(old))
+        container._replace(old, new, item)
 
     def dump(self) -> str:
         import tomlkit

@@ -80,7 +80,7 @@ class YamlDocument(TreeDocument):
 
 def parse(text: str) -> YamlDocument:
     """The YAML mapping in ``text`` (:class:`FormatError` with the line when malformed)."""
-    from ruamel.yaml import YAMLError
+    from ruamel.yaml.error import YAMLError
     from ruamel.yaml.comments import CommentedMap
 
     try:

@@ -1,0 +1,185 @@
+"""Detection: which version of a spec's config a host holds, and validation of that version.
+
+Versions are tried in the spec's order; the first whose file exists, parses, satisfies ``when``
+and holds every ``require`` key wins. The winner's file is then validated against the rest of
+its declaration (``allow_only``, ``types``, ``enum``, ``pattern``): a file that matches a version
+but breaks its rules is a :class:`~agent.migrations.model.DetectionError`, never a guess. So is
+a host where some version's file exists but none matches. Messages name files, lines and keys,
+never values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.migrations.model import DetectionError, FileView
+from agent.specs import formats
+from agent.specs.errors import FormatError
+from agent.specs.formats.base import Document
+from agent.specs.paths import host_path
+from agent.specs.spec import Spec, Version
+from agent.specs.values import coerce, has_type, to_text
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """``version`` None: no file of any version exists. ``file`` is the winner's spec path,
+    ``document`` its parsed content; ``skipped`` says, per earlier version, why it did not
+    match."""
+
+    version: str | None
+    file: str | None = None
+    path: Path | None = None
+    document: Document | None = field(default=None, repr=False, compare=False)
+    skipped: tuple[str, ...] = ()
+
+
+def load(view: FileView, path: Path, spec_file: str, format_name: str) -> Document:
+    """The document at ``path`` (raises DetectionError naming the file and line)."""
+    try:
+        raw = view.read_bytes(path)
+    except OSError as exc:
+        raise DetectionError.from_os_error(path, exc) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DetectionError(f"{spec_file}:{line}: not valid UTF-8", path=path, line=line) from None
+    try:
+        return formats.parse(format_name, text)
+    except FormatError as exc:
+        where = f"{spec_file}:{exc.line}" if exc.line else spec_file
+        raise DetectionError(f"{where}: {exc.message}", path=path, line=exc.line) from None
+
+
+def _same(document: Document, value: Any, expected: Any) -> bool:
+    if document.typed:
+        return bool(type(value) is type(expected) and value == expected)
+    try:
+        return bool(value == to_text("", expected))
+    except FormatError:
+        return False
+
+
+def matches_when(version: Version, document: Document) -> bool:
+    """Whether ``document`` satisfies the version's ``when`` (True without one)."""
+    when = version.when
+    if when is None:
+        return True
+    present = document.has(when.key)
+    if when.equals is None:
+        return present == when.exists
+    return present and _same(document, document.get(when.key), when.equals)
+
+
+def _allowed(key: str, allow_only: tuple[str, ...]) -> bool:
+    for entry in allow_only:
+        if entry.endswith(".*"):
+            if key.startswith(entry[:-1]):
+                return True
+        elif key == entry:
+            return True
+    return False
+
+
+def check_version(version: Version, document: Document) -> list[str]:
+    """Every way ``document`` breaks the rules of ``version`` (empty: it is valid). Messages
+    name keys, never values."""
+    problems = [f"missing required key {key!r}" for key in version.require if not document.has(key)]
+    if version.allow_only is not None:
+        problems.extend(
+            f"unknown key {key!r} (not in allow_only)"
+            for key in document.keys()
+            if not _allowed(key, version.allow_only)
+        )
+    for key, type_name in version.types.items():
+        if not document.has(key):
+            continue
+        value = document.get(key)
+        if document.typed:
+            ok = has_type(value, type_name)
+        else:
+            try:
+                coerce(key, value, type_name)
+                ok = True
+            except FormatError:
+                ok = False
+        if not ok:
+            problems.append(f"key {key!r} must be of type {type_name}")
+    for key, allowed in version.enum.items():
+        if document.has(key):
+            value = document.get(key)
+            if not any(_same(document, value, option) for option in allowed):
+                shown = ", ".join(repr(option) for option in allowed)
+                problems.append(f"key {key!r} must be one of {shown}")
+    for key, pattern in version.pattern.items():
+        if document.has(key):
+            value = document.get(key)
+            if not isinstance(value, str) or re.fullmatch(pattern, value) is None:
+                problems.append(f"key {key!r} does not match the pattern {pattern!r}")
+    return problems
+
+
+def detect(
+    spec: Spec,
+    view: FileView,
+    paths: Mapping[str, Path] | None = None,
+) -> Detection:
+    """The version on the host seen through ``view`` (``paths``: spec path -> host path, from
+    :func:`~agent.specs.paths.confine`; default: under ``view.root``). Raises DetectionError
+    for a file that matches a version and breaks its rules, or when files exist but match no
+    version."""
+    cache: dict[tuple[str, str], Document | DetectionError] = {}
+    skipped: list[str] = []
+    errors: list[DetectionError] = []
+    found_any = False
+    for version in spec.versions:
+        path = paths[version.file] if paths is not None else host_path(view.root, version.file)
+        label = f"version {version.version} ({version.file})"
+        if not view.exists(path):
+            skipped.append(f"{label}: no such file")
+            continue
+        found_any = True
+        cached = cache.get((version.file, version.format))
+        if cached is None:
+            try:
+                cached = load(view, path, version.file, version.format)
+            except DetectionError as exc:
+                cached = exc
+            cache[version.file, version.format] = cached
+        if isinstance(cached, DetectionError):
+            errors.append(cached)
+            skipped.append(f"{label}: {cached.message}")
+            continue
+        document = cached
+        if not matches_when(version, document):
+            skipped.append(f"{label}: 'when' does not hold")
+            continue
+        missing = [key for key in version.require if not document.has(key)]
+        if missing:
+            skipped.append(f"{label}: missing {', '.join(repr(key) for key in missing)}")
+            continue
+        problems = check_version(version, document)
+        if problems:
+            raise DetectionError(
+                f"{version.file}: not a valid version {version.version}: " + "; ".join(problems),
+                path=path,
+                exception_type="SpecValidationError",
+                version=version.version,
+            )
+        return Detection(version.version, version.file, path, document, tuple(skipped))
+    if not found_any:
+        return Detection(None, skipped=tuple(skipped))
+    if len(errors) == 1 and len(skipped) == 1:
+        raise errors[0]
+    first = errors[0] if errors else None
+    raise DetectionError(
+        f"{spec.id}: the files match no version: " + "; ".join(skipped),
+        path=first.path if first else None,
+        line=first.line if first else 0,
+        exception_type="NoVersionMatched",
+    )
