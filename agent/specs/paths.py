@@ -48,9 +48,7 @@ def confine(
             refused.append((spec_path, "leaves the root"))
         elif not any(_within(resolved, directory) for directory in allowed):
             where = "outside the root" if not _within(resolved, real_root) else "there"
-            refused.append(
-                (spec_path, f"resolves {where}, not under the allowed paths ({shown})")
-            )
+            refused.append((spec_path, f"resolves {where}, not under the allowed paths ({shown})"))
         paths[spec_path] = host_path(root, spec_path)
     if refused:
         raise PathRefused(spec.id, refused)

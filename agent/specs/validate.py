@@ -296,15 +296,19 @@ class _Checker:
             return self._string(
                 path,
                 value,
-                lambda v: None if v in FORMATS else f"unknown format {v!r} "
-                f"(known: {', '.join(FORMATS)})",
+                lambda v: (
+                    None if v in FORMATS else f"unknown format {v!r} (known: {', '.join(FORMATS)})"
+                ),
             )
         if kind == "mode":
             checked = self._string(
                 path,
                 value,
-                lambda v: None if MODE.fullmatch(v) else f"must be an octal mode like "
-                f'"0600" (permission bits only), not {v!r}',
+                lambda v: (
+                    None
+                    if MODE.fullmatch(v)
+                    else f'must be an octal mode like "0600" (permission bits only), not {v!r}'
+                ),
             )
             return None if checked is None else parse_mode(checked)
         if kind in ("spec_id", "step_name", "version", "input_name"):
@@ -317,16 +321,17 @@ class _Checker:
             return self._string(
                 path,
                 value,
-                lambda v: None if pattern.fullmatch(v) else f"must match {pattern.pattern}, "
-                f"not {v!r}",
+                lambda v: (
+                    None if pattern.fullmatch(v) else f"must match {pattern.pattern}, not {v!r}"
+                ),
             )
         if kind in ("title", "prompt"):
             return self._string(
                 path,
                 value,
-                lambda v: None
-                if 0 < len(v) <= MAX_TITLE
-                else f"must be 1 to {MAX_TITLE} characters",
+                lambda v: (
+                    None if 0 < len(v) <= MAX_TITLE else f"must be 1 to {MAX_TITLE} characters"
+                ),
             )
         if kind == "str":
             return self._string(path, value, lambda v: None)
@@ -371,9 +376,7 @@ class _Checker:
             return value
         raise AssertionError(kind)
 
-    def table(
-        self, path: str, data: Any, fields: Mapping[str, _Field]
-    ) -> dict[str, Any] | None:
+    def table(self, path: str, data: Any, fields: Mapping[str, _Field]) -> dict[str, Any] | None:
         """The checked fields of one table; None if any is wrong (each is reported)."""
         if not isinstance(data, dict):
             self.fail(path, f"must be a table, not {_type_name(data)}")
@@ -572,9 +575,7 @@ class _Checker:
                     break
                 seen.add(current)
 
-    def current_file_formats(
-        self, path: str, step: Step, versions: list[Version | None]
-    ) -> None:
+    def current_file_formats(self, path: str, step: Step, versions: list[Version | None]) -> None:
         """Ops without ``file`` act on the current file: its format must fit the op."""
         source = next((v for v in versions if v is not None and v.version == step.from_), None)
         if source is None:
@@ -587,8 +588,8 @@ class _Checker:
                     self.fail(op_path, f"{op.op} needs a file with keys, the current one is text")
                 if op.op == "replace_text" and current_format != "text":
                     self.fail(
-                        op_path, f"replace_text needs a text file, the current one is "
-                        f"{current_format}"
+                        op_path,
+                        f"replace_text needs a text file, the current one is {current_format}",
                     )
             if isinstance(op, Convert):
                 current_format = op.to_format
@@ -621,7 +622,10 @@ def _build_op(name: str, fields: dict[str, Any]) -> Op:
         return DeleteKey(fields["key"], fields.get("missing_ok", False), file)
     if name == "move_keys":
         return MoveKeys(
-            fields["keys"], fields["to_file"], fields.get("mode", 0o600), fields.get("to_format"),
+            fields["keys"],
+            fields["to_file"],
+            fields.get("mode", 0o600),
+            fields.get("to_format"),
             file,
         )
     if name == "replace_text":

@@ -11,9 +11,7 @@ from agent.specs.errors import FormatError
 from agent.specs.formats.lines import Line, LinesDocument, Syntax
 from agent.specs.values import flatten
 
-_ENTRY = re.compile(
-    r"(?P<lead>\s*(?:export\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)"
-)
+_ENTRY = re.compile(r"(?P<lead>\s*(?:export\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)")
 _BARE_SAFE = re.compile(r"[A-Za-z0-9_./:@%+,=-]*")
 _ESCAPES = {"n": "\n", '"': '"', "\\": "\\", "$": "$", "`": "`"}
 
