@@ -8,6 +8,7 @@ is: :mod:`tomllib` has parsed the document before this runs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -183,10 +184,8 @@ def field_lines(text: str) -> dict[str, int]:
     """``field path -> 1-based line`` for every key, table and array item of the TOML ``text``
     (as far as the scan got, should the text not be valid TOML)."""
     scanner = _Scanner(text)
-    try:
+    with contextlib.suppress(ValueError, IndexError):
         scanner.document()
-    except (ValueError, IndexError):
-        pass
     return scanner.lines
 
 

@@ -38,7 +38,7 @@ def _decode(text: str, number: int) -> tuple[str, str]:
         if end < 0:
             raise FormatError("unterminated single-quoted value", number)
         return text[1:end], _rest(text[end + 1 :], number)
-    value, hash_mark, comment = text.partition(" #")
+    value, hash_mark, _comment = text.partition(" #")
     return value.strip(), (text[len(value) :] if hash_mark else "")
 
 

@@ -211,9 +211,7 @@ class LinesDocument(Document):
         the first section for a key outside sections); None if the section does not exist."""
         last: int | None = None
         for index, line in enumerate(self.lines):
-            if line.kind == "section" and line.section == section:
-                last = index
-            elif line.kind == "entry" and line.section == section:
+            if line.kind in ("section", "entry") and line.section == section:
                 last = index
         if last is not None:
             return last + 1

@@ -80,8 +80,8 @@ class YamlDocument(TreeDocument):
 
 def parse(text: str) -> YamlDocument:
     """The YAML mapping in ``text`` (:class:`FormatError` with the line when malformed)."""
-    from ruamel.yaml.error import YAMLError
     from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError
 
     try:
         root = _yaml().load(text)
