@@ -97,8 +97,8 @@ CASES = [
         id="numeric-mode",
     ),
     pytest.param(
-        'file = "/etc/myapp/config.toml"',
-        'file = "etc/myapp/config.toml"',
+        'file = "/etc/myapp/config.toml"\nformat',
+        'file = "etc/myapp/config.toml"\nformat',
         "line 8: versions[0].file: must be an absolute path, not 'etc/myapp/config.toml'",
         id="relative-path",
     ),
