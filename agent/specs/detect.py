@@ -93,7 +93,7 @@ def check_version(version: Version, document: Document) -> list[str]:
     if version.allow_only is not None:
         problems.extend(
             f"unknown key {key!r} (not in allow_only)"
-            for key in document
+            for key in document.dotted_keys()
             if not _allowed(key, version.allow_only)
         )
     for key, type_name in version.types.items():

@@ -321,6 +321,8 @@ class _StepRun:
             if isinstance(op, SetDefault) and _has(document, op.key):
                 self.describe(f"keep {op.key} in {file} (already set)")
                 return
+            if op.key in self.state.secret_keys:
+                self.state.secrets.add(op.value)
             document.set(op.key, op.value)
             self.files[file].dirty = True
             self.describe(f"set {op.key} = {self.show(op.key, op.value)} in {file}")

@@ -93,20 +93,21 @@ class RenameKey:
 
 @dataclass(frozen=True, slots=True)
 class SetKey:
-    """Set ``key`` to ``value`` (added if missing)."""
+    """Set ``key`` to ``value`` (added if missing); ``repr`` leaves the value out (the key may
+    be secret)."""
 
     key: str
-    value: Any
+    value: Any = field(repr=False)
     file: str | None = None
     op: str = "set_key"
 
 
 @dataclass(frozen=True, slots=True)
 class SetDefault:
-    """Set ``key`` to ``value`` only when it is missing."""
+    """Set ``key`` to ``value`` only when it is missing (``repr`` leaves the value out)."""
 
     key: str
-    value: Any
+    value: Any = field(repr=False)
     file: str | None = None
     op: str = "set_default"
 

@@ -30,7 +30,7 @@ def test_ini_edits_keep_comments_blank_lines_and_order() -> None:
         "# top comment\n[server]\n; where\naddress = 0.0.0.0\nport=9090\ntls = true\n\n[db]\n"
         "\n[meta]\nschema = 2\n"
     )
-    assert doc.keys() == ["server.address", "server.port", "server.tls", "meta.schema"]
+    assert doc.dotted_keys() == ["server.address", "server.port", "server.tls", "meta.schema"]
     assert [c.text for c in doc.comments()] == ["# top comment", "; where"]
 
 

@@ -55,7 +55,7 @@ class Document(ABC):
         """Move the value of ``old`` to ``new``; in place when both have the same parent."""
 
     @abstractmethod
-    def keys(self) -> list[str]:
+    def dotted_keys(self) -> list[str]:
         """Every leaf key, dotted, in file order."""
 
     @abstractmethod

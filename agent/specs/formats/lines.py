@@ -153,7 +153,7 @@ class LinesDocument(Document):
     def get(self, key: str) -> Any:
         return self.lines[self._index(key)].value
 
-    def keys(self) -> list[str]:
+    def dotted_keys(self) -> list[str]:
         return [self._dotted(line) for line in self.lines if line.kind == "entry"]
 
     def data(self) -> dict[str, Any]:

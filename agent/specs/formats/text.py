@@ -31,7 +31,7 @@ class TextDocument(Document):
     def rename(self, old: str, new: str) -> None:
         _no_keys()
 
-    def keys(self) -> list[str]:
+    def dotted_keys(self) -> list[str]:
         return []
 
     def data(self) -> dict[str, Any]:

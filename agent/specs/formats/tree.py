@@ -97,7 +97,7 @@ class TreeDocument(Document):
         self.delete(old)
         self.set(new, value)
 
-    def keys(self) -> list[str]:
+    def dotted_keys(self) -> list[str]:
         return _leaf_keys(self.root, "")
 
     def data(self) -> dict[str, Any]:
