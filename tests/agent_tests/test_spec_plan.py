@@ -20,7 +20,7 @@ from agent.specs.spec import Spec, Version
 from agent.specs.validate import parse_spec, spec_from_data
 
 SAMPLE = (Path(__file__).parent / "specs" / "myapp.toml").read_text(encoding="utf-8")
-PASSWORD = "hunter2-Very-Secret"  # noqa: S105
+PASSWORD = "hunter2-Very-Secret"
 V1_INI = (
     "# myapp settings\n"
     "[server]\n"
@@ -139,7 +139,7 @@ def test_a_broken_file_is_a_detection_error_with_its_line(tmp_path: Path) -> Non
 
 def test_a_file_matching_no_version_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "/etc/myapp/myapp.ini", "[server]\nport = 1\n")
-    with pytest.raises(DetectionError, match="match no version.*missing 'server.addr'"):
+    with pytest.raises(DetectionError, match=r"match no version.*missing 'server\.addr'"):
         detect(parse_spec(SAMPLE), DiskView(tmp_path))
 
 
@@ -174,7 +174,7 @@ def test_version_rules(
     write(tmp_path, "/etc/app.json", json.dumps(content))
     spec = one_version(**rules)
     if message is None:  # a missing required key: the version does not match
-        with pytest.raises(DetectionError, match="missing 'a.b'"):
+        with pytest.raises(DetectionError, match=r"missing 'a\.b'"):
             detect(spec, DiskView(tmp_path))
         return
     with pytest.raises(DetectionError) as caught:
@@ -302,8 +302,8 @@ def test_set_key_set_default_rename_key_delete_key(tmp_path: Path) -> None:
     )
     text, _mode = final(run(tmp_path, spec), tmp_path, "/etc/app.json")
     assert (
-        text
-        == '{\n  "a": 1,\n  "bb": 2,\n  "n": {\n    "x": [\n      1,\n      2\n    ]\n  },\n  "c": true\n}\n'
+        text == '{\n  "a": 1,\n  "bb": 2,\n  "n": {\n    "x": [\n      1,\n      2\n    ]\n  },\n'
+        '  "c": true\n}\n'
     )
 
 
@@ -477,7 +477,8 @@ def test_require_input_with_a_verifier(tmp_path: Path) -> None:
         ),
         (
             [{"op": "convert", "to_file": "/etc/app.ini", "to_format": "ini"}],
-            "step 's' ops[0] (convert) on /etc/app.ini: key 'a': an ini file holds keys only inside sections",
+            "step 's' ops[0] (convert) on /etc/app.ini: key 'a': an ini file holds keys only "
+            "inside sections",
         ),
         (
             [
@@ -496,7 +497,8 @@ def test_require_input_with_a_verifier(tmp_path: Path) -> None:
         ),
         (
             [{"op": "replace_text", "file": "/etc/other.json", "pattern": "x", "replacement": "y"}],
-            "step 's' ops[0] (replace_text) on /etc/other.json: replace_text needs a text file, /etc/other.json is json",
+            "step 's' ops[0] (replace_text) on /etc/other.json: replace_text needs a text file, "
+            "/etc/other.json is json",
         ),
         (
             [{"op": "set_key", "key": "b", "value": 1}],
