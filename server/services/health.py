@@ -35,8 +35,8 @@ from server.errors import Unavailable
 from server.storage.db import (
     SQLITE_MIN_FREE_BYTES,
     database_free_bytes,
-    describe_database,
     probe,
+    unwritable,
 )
 from server.storage.faults import DbFault, classify
 
@@ -83,16 +83,7 @@ def unavailable_on_outage(what: str) -> Iterator[None]:
             raise
         fault = classify(exc)
         log.warning("%s: %s", what, describe(fault))
-        raise Unavailable(f"the {describe(fault)}; retry later") from exc
-
-
-_UNWRITABLE_HINTS = {
-    DbFault.DISK_FULL: "free space on its filesystem, then start again",
-    DbFault.READ_ONLY: (
-        "make the database (file and directory) writable by the user the server runs as, or "
-        "mount it read-write, then start again"
-    ),
-}
+        raise Unavailable(f"{describe(fault)}; retry later") from exc
 
 
 async def assert_writable(engine: AsyncEngine, timeout_s: float) -> None:
@@ -103,12 +94,8 @@ async def assert_writable(engine: AsyncEngine, timeout_s: float) -> None:
         await probe(engine, timeout_s)
     except Exception as exc:
         fault = classify(exc)
-        if not fault.unwritable:
-            return
-        raise Unavailable(
-            f"the database cannot be written: {fault} ({describe_database(engine)}); "
-            f"{_UNWRITABLE_HINTS[fault]}"
-        ) from exc
+        if fault.unwritable:
+            raise unwritable(engine.url, fault) from exc
 
 
 class DatabaseHealth:
@@ -136,7 +123,7 @@ class DatabaseHealth:
         """What clients are told while unavailable (no driver details)."""
         if self.fault is None:
             return "the database is unavailable; retry later"
-        return f"the {describe(self.fault)}; retry later"
+        return f"{describe(self.fault)}; retry later"
 
     def report_success(self, *, wrote: bool = True) -> None:
         """The database just did real work: a committed write (``wrote``, a commit or a probe)

@@ -28,6 +28,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 
 from server.config import ServerConfig
 from server.errors import ConfigError, Overloaded, Unavailable
+from server.storage.faults import DbFault, classify
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection
@@ -100,9 +101,56 @@ def _sqlite_problem(path: Path) -> str:
     return ""
 
 
+_UNWRITABLE_HINTS = {
+    DbFault.DISK_FULL: "free space on its filesystem, then start again",
+    DbFault.READ_ONLY: (
+        "make the database (file and directory) writable by the user the server runs as, or "
+        "mount it read-write, then start again"
+    ),
+}
+
+
+def unwritable(database_url: str | URL, fault: DbFault) -> Unavailable:
+    """Unavailable for a database that cannot be written (``fault.unwritable``): the cause, the
+    database (a SQLite file's path, otherwise the URL without its password) and the fix."""
+    try:
+        url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    except Exception:  # sqlalchemy raises ArgumentError for malformed URLs
+        url = None
+    path = sqlite_path(url) if url is not None else None
+    where = str(path) if path is not None else display_url(database_url)
+    hint = _UNWRITABLE_HINTS.get(fault, "make it writable, then start again")
+    return Unavailable(f"the database cannot be written: {fault} ({where}); {hint}")
+
+
+def _sqlite_fault(database_url: str | URL, exc: BaseException) -> DbFault:
+    """``classify(exc)``; for a SQLite file, a vague cause (SQLite says "disk I/O error" when
+    it cannot grow its shared-memory file on a full disk) becomes what its filesystem shows:
+    read-only, or fewer than ``SQLITE_MIN_FREE_BYTES`` free."""
+    fault = classify(exc)
+    if fault not in (DbFault.OTHER, DbFault.UNREACHABLE):
+        return fault
+    try:
+        url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    except Exception:  # sqlalchemy raises ArgumentError for malformed URLs
+        return fault
+    path = sqlite_path(url)
+    if path is None or not path.exists():
+        return fault
+    try:
+        _check_sqlite_space(path, SQLITE_MIN_FREE_BYTES)
+    except OSError as full_or_read_only:
+        return classify(full_or_read_only)
+    return fault
+
+
 def unreachable(database_url: str | URL, exc: BaseException) -> Unavailable:
     """Unavailable for a failure to connect to ``database_url``: the URL without its password,
-    the driver's or the OS's reason, and where the URL is set."""
+    the driver's or the OS's reason, and where the URL is set (``unwritable`` when the cause is
+    a full disk or a read-only database, which SQLite may report on opening the file)."""
+    fault = _sqlite_fault(database_url, exc)
+    if fault.unwritable:
+        return unwritable(database_url, fault)
     if isinstance(exc, DBAPIError):
         reason = (
             str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
@@ -332,9 +380,3 @@ def database_free_bytes(engine: AsyncEngine) -> int | None:
         return free_bytes(path)
     except OSError:
         return None
-
-
-def describe_database(engine: AsyncEngine) -> str:
-    """The database for messages: a SQLite file's path, otherwise the URL without password."""
-    path = sqlite_path(engine.url)
-    return str(path) if path is not None else display_url(engine.url)
