@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +464,93 @@ def test_classify_reads_sqlstates_and_sqlite_codes() -> None:
         conn.close()
     assert caught.value.sqlite_errorcode & 0xFF == 8  # SQLITE_READONLY
     assert classify(caught.value) is DbFault.READ_ONLY
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_read_only_commit_reported_by_ingest_is_not_serving_at_once(
+    server_config: ServerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer's failed commit is the first to see the read-only database (the monitor is
+    idle for a minute): it is an outage named "read-only", not bad data to retry one by one."""
+    caplog.set_level(logging.INFO)
+    name = server_config.database_url.rsplit("/", 1)[1]
+    config = replace(server_config, health_probe_interval_ms=60_000)
+    server = await start_server(config)
+    try:
+        async with agent(server) as (stub, credential):
+            await pg_admin(
+                server_config.database_url,
+                f'ALTER DATABASE "{name}" SET default_transaction_read_only = on',
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+            )
+            request = agent_pb2.CheckInRequest(facts=FACTS, events=[event() for _ in range(3)])
+            for _ in range(3):  # the first may meet a connection cut by the terminate
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.CheckIn(request, metadata=auth(credential), timeout=10)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                if server.app[app_keys.HEALTH].fault is DbFault.READ_ONLY:
+                    break
+            await wait_for(server, 503, "read-only", within=10)
+            assert "read-only" in (caught.value.details() or "")
+            assert await stored(server, [e.event_id for e in request.events]) == []
+            messages = [r.getMessage() for r in caplog.records]
+            assert not any("one by one" in m for m in messages), messages
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR], messages
+    finally:
+        await server.stop()
+
+
+def test_a_read_does_not_clear_a_write_fault_and_each_change_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from server.services.health import DatabaseHealth
+
+    caplog.set_level(logging.INFO, logger=HEALTH_LOGGER)
+    health = DatabaseHealth()
+    full = OSError(errno.ENOSPC, "No space left on device")
+    for _ in range(3):
+        health.report_failure(full)
+    health.report_success(wrote=False)  # a read (SELECT 1) proves nothing about writes
+    assert not health.available and health.fault is DbFault.DISK_FULL
+    health.report_failure(OSError(errno.EROFS, "Read-only file system"))
+    health.report_failure(ValueError("vague"))  # keeps the named cause
+    assert health.fault is DbFault.READ_ONLY
+    health.report_success(wrote=True)
+    assert health.available and health.fault is None
+    health.report_failure(TimeoutError())
+    health.report_success(wrote=False)  # a timeout is cleared by any proof of life
+    assert health.available
+    assert health_lines(caplog) == [
+        "database unwritable: disk full; check-ins refused until it is back",
+        "database unwritable: read-only; check-ins refused until it is back",
+        "database writable again (was: read-only): resuming service",
+        "database unavailable: timeout; check-ins refused until it is back",
+        "database reachable again (was: timeout): resuming service",
+    ]
+
+
+async def test_0006_adds_the_probe_row_and_goes_down_cleanly(empty_any_db_url: str) -> None:
+    from server.storage import schema
+    from server.storage.db import create_engine_for_url, probe
+
+    url = empty_any_db_url
+    await asyncio.to_thread(schema.upgrade, url, "0005")
+    engine = create_engine_for_url(url)
+    try:
+        with pytest.raises(Exception, match="health_probe"):
+            await probe(engine, 5.0, min_free_bytes=0)
+        await asyncio.to_thread(schema.upgrade, url)
+        for _ in range(2):
+            await probe(engine, 5.0, min_free_bytes=0)
+        async with engine.connect() as conn:
+            rows = (await conn.exec_driver_sql("SELECT id, writes FROM health_probe")).all()
+        assert [tuple(row) for row in rows] == [(1, 2)]
+        await asyncio.to_thread(schema.downgrade, url, "0005")
+        assert schema.current_revision(url) == "0005"
+        with pytest.raises(Exception, match="health_probe"):
+            await probe(engine, 5.0, min_free_bytes=0)
+        await asyncio.to_thread(schema.upgrade, url)
+        await probe(engine, 5.0, min_free_bytes=0)
+    finally:
+        await engine.dispose()
