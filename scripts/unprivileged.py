@@ -43,6 +43,16 @@ PROBE_IMPORTS = (
     "google.protobuf",
     "cryptography.hazmat.primitives.asymmetric.ed25519",
 )
+# The same for the server (``prepare_server``).
+SERVER_PROBE_IMPORTS = (
+    "server.cli",
+    "server.app",
+    "flagpost.v1.agent_pb2_grpc",
+    "aiosqlite",
+    "asyncpg",
+    "greenlet",
+    "argon2",
+)
 
 
 class UnprivilegedError(RuntimeError):
@@ -68,7 +78,11 @@ class AgentRuntime:
 
     def command(self, *args: str) -> list[str]:
         """``python -S -m agent ARGS`` as ``user``; run it with ``env()`` and ``cwd=path``."""
-        return [*self.setpriv(), self.python, "-S", "-m", "agent", *args]
+        return self.module("agent", *args)
+
+    def module(self, name: str, *args: str) -> list[str]:
+        """``python -S -m NAME ARGS`` as ``user`` (``server`` in a ``prepare_server`` copy)."""
+        return [*self.setpriv(), self.python, "-S", "-m", name, *args]
 
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
         """``base`` with PYTHONPATH naming the copy (and no PYTHONHOME or venv of ours)."""
@@ -170,11 +184,18 @@ def _interpreters() -> list[str]:
     return sorted(unique, key=lambda c: not reachable_by_others(Path(c)))
 
 
-def _probe(runtime: AgentRuntime) -> str:
-    """Start ``runtime.python`` as the user on the copy; '' when it imports the agent and is
+def server_requirements() -> list[str]:
+    """The server's requirements: the agent's plus the ``server`` extra in pyproject.toml."""
+    with (REPO / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["server"]]
+
+
+def _probe(runtime: AgentRuntime, imports: Iterable[str] = PROBE_IMPORTS) -> str:
+    """Start ``runtime.python`` as the user on the copy; '' when it imports ``imports`` and is
     this Python version, otherwise what went wrong."""
     want = f"{sys.version_info.major} {sys.version_info.minor}"
-    code = f"import sys, {', '.join(PROBE_IMPORTS)}; print(*sys.version_info[:2])"
+    code = f"import sys, {', '.join(imports)}; print(*sys.version_info[:2])"
     command = [*runtime.setpriv(), runtime.python, "-S", "-c", code]
     try:
         proc = subprocess.run(
@@ -201,27 +222,51 @@ def prepare(dest: Path, user: str = "nobody") -> AgentRuntime:
     and find an interpreter ``user`` can run it with. Run as root."""
     dest.mkdir()
     shutil.copytree(REPO / "agent", dest / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    return _finish(dest, user, ("agent", "flagpost"), agent_requirements(), PROBE_IMPORTS)
+
+
+def prepare_server(dest: Path, user: str = "nobody") -> AgentRuntime:
+    """Like ``prepare``, for the server: the ``server`` package with its ``alembic`` and
+    ``web`` directories beside it (where ``server.resources`` finds them in a checkout) and the
+    server's runtime; run it with ``runtime.module("server", ...)``. Run as root."""
+    dest.mkdir()
+    skip = shutil.ignore_patterns("__pycache__")
+    for directory in ("server", "alembic", "web"):
+        shutil.copytree(REPO / directory, dest / directory, ignore=skip)
+    return _finish(dest, user, ("server", "flagpost"), server_requirements(), SERVER_PROBE_IMPORTS)
+
+
+def _finish(
+    dest: Path,
+    user: str,
+    packages: Iterable[str],
+    requirements: Iterable[str],
+    imports: Iterable[str],
+) -> AgentRuntime:
+    """Add the generated ``flagpost`` package and the distributions ``requirements`` need to
+    the copy in ``dest``, make it world-readable and find an interpreter ``user`` can import
+    ``imports`` with."""
     shutil.copytree(
         REPO / "proto" / "flagpost",
         dest / "flagpost",
         ignore=shutil.ignore_patterns("__pycache__", "*.proto"),
     )
-    for package in ("agent", "flagpost"):  # the user cannot write byte-code there itself
+    for package in packages:  # the user cannot write byte-code there itself
         compileall.compile_dir(dest / package, quiet=1)
-    for dist in distributions(agent_requirements()):
+    for dist in distributions(requirements):
         copy_distribution(dist, dest)
     _world_readable(dest)
-    if not reachable_by_others(dest / "agent"):
+    if not reachable_by_others(dest / next(iter(packages))):
         raise UnprivilegedError(f"{dest} is under a directory that other users cannot enter")
     account = pwd.getpwnam(user)
     failures = []
     for python in _interpreters():
         runtime = AgentRuntime(account, python, dest)
-        problem = _probe(runtime)
+        problem = _probe(runtime, imports)
         if not problem:
             return runtime
         failures.append(f"  {python}: {problem}")
     raise UnprivilegedError(
         f"no Python {sys.version_info.major}.{sys.version_info.minor} that {user} can run the "
-        "agent with:\n" + "\n".join(failures)
+        f"{next(iter(packages))} with:\n" + "\n".join(failures)
     )

@@ -4,9 +4,11 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 ``cleanup_ctx`` starts, in order, and stops, in reverse order:
 
 1. the database: engine + sessionmaker into ``app_keys.ENGINE`` / ``app_keys.SESSIONS``, after
-   checking the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``), and the
-   shared ``DatabaseHealth`` state (``app_keys.HEALTH``); then the action-signing key
-   (``<state_dir>/signing-key.pem``, ``app_keys.SIGNER``), checked against the database's registry;
+   checking the schema is at alembic's head (or upgrading it when ``config.auto_upgrade``) and
+   that it takes a write (``services.health.assert_writable``: refuses on a full disk or a
+   read-only database), and the shared ``DatabaseHealth`` state (``app_keys.HEALTH``); then the
+   action-signing key (``<state_dir>/signing-key.pem``, ``app_keys.SIGNER``), checked against
+   the database's registry;
 2. the event bus (``bus_ctx``: ``server.services.bus``, live streams; ``app_keys.BUS``);
 3. the health monitor: probes the database about once a second while idle or failing;
 4. the ingest writer (group commit; wakes the bus after each commit); on stop it drains and
@@ -50,7 +52,7 @@ from server.metrics import ServerMetrics
 from server.services import Services, server_keys
 from server.services.agents import Authenticator
 from server.services.bus import create_bus
-from server.services.health import DatabaseHealth, HealthMonitor
+from server.services.health import DatabaseHealth, HealthMonitor, assert_writable
 from server.services.ingest import IngestWriter
 from server.services.inputs import InputVault
 from server.services.retention import RetentionJob
@@ -98,6 +100,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(config)
     try:
         await schema.assert_schema_current(engine)
+        await assert_writable(engine, config.health_probe_timeout_ms / 1000)
     except BaseException:
         await engine.dispose()
         raise

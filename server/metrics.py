@@ -20,7 +20,9 @@ updated as things happen.
                                                  internal
     flagpost_ingest_queue_events                 events waiting for (or in) a commit
     flagpost_ingest_latency_seconds              histogram: submit -> commit, per check-in
-    flagpost_database_up                         1 when the database is reachable
+    flagpost_database_up                         1 when the database is reachable and writable
+    flagpost_database_fault{cause}               1 for the cause it is not (disk full | read-only |
+                                                 locked | unreachable | timeout | other)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from server.services.health import DatabaseHealth
 from server.services.ingest import IngestWriter
+from server.storage.faults import DbFault
 
 REJECTION_REASONS = (
     "invalid_argument",
@@ -99,9 +102,18 @@ class _IngestCollector(Collector):
         health = self._health()
         yield GaugeMetricFamily(
             "flagpost_database_up",
-            "1 when the database is reachable, 0 while it is not.",
+            "1 when the database is reachable and writable, 0 while it is not.",
             value=1 if health is None or health.available else 0,
         )
+        faults = GaugeMetricFamily(
+            "flagpost_database_fault",
+            "1 for the cause the database is unavailable for (disk full, read-only, ...), else 0.",
+            labels=["cause"],
+        )
+        current = health.fault if health is not None and not health.available else None
+        for fault in DbFault:
+            faults.add_metric([str(fault)], 1 if fault is current else 0)
+        yield faults
 
 
 class ServerMetrics:

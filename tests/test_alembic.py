@@ -22,11 +22,13 @@ from server.storage.models import Base
 TABLES_0001 = {"agents", "enrollment_tokens", "agent_credentials", "update_events"}
 TABLES_0003 = {"web_users", "web_sessions", "server_keys"}
 TABLES_0004 = {"run_inputs"}
+TABLES_0006 = {"health_probe"}
 TABLES = (
     TABLES_0001
     | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
     | TABLES_0003
     | TABLES_0004
+    | TABLES_0006
 )
 
 

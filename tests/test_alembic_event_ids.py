@@ -49,7 +49,8 @@ async def test_0005_keeps_every_row_and_refuses_a_lossy_downgrade(empty_any_db_u
 
     with pytest.raises(RuntimeError, match="1 event ids are stored for more than one agent"):
         await asyncio.to_thread(schema.downgrade, url, "0004")
-    assert schema.current_revision(url) == schema.head_revision()
+    # 0005 refused: nothing below it went down (SQLite may have committed the steps above it)
+    assert schema.current_revision(url) in ("0005", schema.head_revision())
     assert len(await _run(url, ROWS)) == 3
 
     await _run(url, "DELETE FROM update_events WHERE id = 43")

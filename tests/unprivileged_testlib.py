@@ -20,6 +20,7 @@ from unprivileged import (
     distributions,
     installed,
     prepare,
+    prepare_server,
     reachable_by_others,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "distributions",
     "installed",
     "nobody_runtime",
+    "nobody_server_runtime",
     "reachable_by_others",
 ]
 
@@ -40,3 +42,13 @@ def nobody_runtime() -> AgentRuntime:
     base.chmod(0o755)
     atexit.register(shutil.rmtree, base, ignore_errors=True)
     return prepare(base / "runtime")
+
+
+@functools.cache
+def nobody_server_runtime() -> AgentRuntime:
+    """The session's copy of the server (``runtime.module("server", ...)``), like
+    ``nobody_runtime``."""
+    base = Path(tempfile.mkdtemp(prefix="flagpost-nobody-server-", dir="/tmp"))
+    base.chmod(0o755)
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    return prepare_server(base / "runtime")

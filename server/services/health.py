@@ -3,12 +3,20 @@
 ``DatabaseHealth.available`` is what the server acts on: ingest fails check-ins fast with
 UNAVAILABLE while it is False, the gRPC health service answers NOT_SERVING and ``/healthz``
 answers 503 (listeners registered with ``add_listener``). It turns False on a failed probe or at
-once when the ingest writer reports a connection-level failure, and True again on the first
-successful probe: service resumes by itself, no restart.
+once when the ingest writer reports a database failure, and True again on the next successful
+write (a probe's, a committed batch's): service resumes by itself, no restart.
+``DatabaseHealth.fault`` names the cause (``server.storage.faults.DbFault``: disk full,
+read-only, locked, unreachable, timeout, other); one line is logged per change of state or
+cause, never a driver message.
 
 ``HealthMonitor`` probes the database every ``health_probe_interval_ms`` — but only when the
 last proof of health is older than that: while ingest commits keep succeeding they are the
-proof, and a busy SQLite writer is not made to wait for the probe's write lock.
+proof, and a busy SQLite writer is not made to wait for the probe's write lock. The probe is a
+committed write (``server.storage.db.probe``), so a database that answers but cannot store
+(``DbFault.unwritable``) stays unavailable. After a disk-full failure on SQLite the probe
+also wants more free space than there was when it failed (``DISK_FULL_MARGIN_BYTES`` more):
+SQLite reuses its WAL file's space, so the probe's small write may succeed where the writer's
+batch, which had to grow the file, did not.
 """
 
 from __future__ import annotations
@@ -24,11 +32,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.config import ServerConfig
 from server.errors import Unavailable
-from server.storage.db import probe
+from server.storage.db import (
+    SQLITE_MIN_FREE_BYTES,
+    database_free_bytes,
+    probe,
+    unwritable,
+)
+from server.storage.faults import DbFault, classify
 
 log = logging.getLogger(__name__)
 
 HealthListener = Callable[[bool], Awaitable[None]]
+DISK_FULL_MARGIN_BYTES = SQLITE_MIN_FREE_BYTES
+# A disk-full failure with this much free space left was not the filesystem filling up (a
+# quota, say): the probe then wants only SQLITE_MIN_FREE_BYTES.
+DISK_FULL_AT_MOST_BYTES = 64 << 20
 
 # Errors that mean "the database is unreachable or busy" rather than "this data is bad".
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -41,10 +59,17 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def is_outage(exc: BaseException) -> bool:
-    """True when ``exc`` means the database is unreachable (retry later), not bad data."""
+    """True when ``exc`` means the database is unreachable or cannot be written (retry later),
+    not bad data."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, OUTAGE_ERRORS)
+    return isinstance(exc, OUTAGE_ERRORS) or classify(exc).unwritable
+
+
+def describe(fault: DbFault) -> str:
+    """``fault`` for operators: "database unwritable: disk full", "database unavailable:
+    locked"."""
+    return f"database {'unwritable' if fault.unwritable else 'unavailable'}: {fault}"
 
 
 @contextlib.contextmanager
@@ -56,18 +81,33 @@ def unavailable_on_outage(what: str) -> Iterator[None]:
     except Exception as exc:
         if not is_outage(exc):
             raise
-        log.warning("%s: database unavailable (%s)", what, type(exc).__name__)
-        raise Unavailable("the database is unavailable; retry later") from exc
+        fault = classify(exc)
+        log.warning("%s: %s", what, describe(fault))
+        raise Unavailable(f"{describe(fault)}; retry later") from exc
+
+
+async def assert_writable(engine: AsyncEngine, timeout_s: float) -> None:
+    """Start-up check: one probe write. Unavailable naming the cause and the database (a SQLite
+    path, a URL without its password) when the database cannot be written (disk full,
+    read-only); other failures (locked, unreachable) are left to the health monitor."""
+    try:
+        await probe(engine, timeout_s)
+    except Exception as exc:
+        fault = classify(exc)
+        if fault.unwritable:
+            raise unwritable(engine.url, fault) from exc
 
 
 class DatabaseHealth:
-    """Is the database reachable? Read ``available``; report with ``report_*``."""
+    """Is the database reachable and writable? Read ``available`` and ``fault``; report with
+    ``report_*``."""
 
     def __init__(self) -> None:
         self.available = True
-        self.last_error: str | None = None  # exception type name only: never driver details
+        self.fault: DbFault | None = None  # why not available (None while available)
+        self.last_error: str | None = None  # the fault's name: never driver details
         self.last_ok = time.monotonic()
-        self.failures = 0  # probes or commits that found the database unreachable
+        self.failures = 0  # probes or commits that found the database unavailable
         self._published: bool | None = None
         self._listeners: list[HealthListener] = []
         self._changed = asyncio.Event()
@@ -78,25 +118,46 @@ class DatabaseHealth:
         self._published = None
         self._changed.set()
 
-    def report_success(self) -> None:
-        """The database just did real work (a commit, a probe)."""
+    @property
+    def message(self) -> str:
+        """What clients are told while unavailable (no driver details)."""
+        if self.fault is None:
+            return "the database is unavailable; retry later"
+        return f"{describe(self.fault)}; retry later"
+
+    def report_success(self, *, wrote: bool = True) -> None:
+        """The database just did real work: a committed write (``wrote``, a commit or a probe)
+        or only a read. A read does not clear a fault that only a write can (disk full,
+        read-only)."""
+        if not wrote and self.fault is not None and self.fault.unwritable:
+            return
         self.last_ok = time.monotonic()
         if not self.available:
-            log.info("database reachable again: resuming service")
+            log.info("database %s again (was: %s): resuming service", self._ok_word(), self.fault)
             self.available = True
+            self.fault = None
             self.last_error = None
             self._changed.set()
 
-    def report_failure(self, exc: BaseException) -> None:
-        """The database could not be reached or locked (from a probe or a failed commit)."""
+    def _ok_word(self) -> str:
+        return "writable" if self.fault is not None and self.fault.unwritable else "reachable"
+
+    def report_failure(self, exc: BaseException) -> DbFault:
+        """The database could not be reached, locked or written (a probe, a failed commit);
+        returns the cause."""
         self.failures += 1
-        self.last_error = type(exc).__name__
+        fault = classify(exc)
+        if fault is DbFault.OTHER and not self.available and self.fault is not None:
+            fault = self.fault  # a vaguer failure while down keeps the named cause
+        self.last_error = str(fault)
+        if self.available or fault is not self.fault:
+            detail = f" ({type(exc).__name__})" if fault is DbFault.OTHER else ""
+            log.warning("%s%s; check-ins refused until it is back", describe(fault), detail)
+            self.fault = fault
         if self.available:
-            log.warning(
-                "database unavailable (%s): check-ins refused until it is back", type(exc).__name__
-            )
             self.available = False
             self._changed.set()
+        return fault
 
     async def publish(self) -> None:
         """Tell the listeners about a change (the monitor calls this)."""
@@ -130,6 +191,7 @@ class HealthMonitor:
         self.health = health
         self.probes = 0
         self._task: asyncio.Task[None] | None = None
+        self._free_when_full: int | None = None  # SQLite: free bytes when the disk was full
 
     def start(self) -> None:
         """Start probing on the running loop (idempotent)."""
@@ -150,12 +212,24 @@ class HealthMonitor:
         """Probe now, record the outcome, return whether the database is available."""
         self.probes += 1
         try:
-            await probe(self._engine, self._timeout)
-        except Exception as exc:  # any failure to reach or lock the database
+            await probe(self._engine, self._timeout, min_free_bytes=await self._min_free())
+        except Exception as exc:  # any failure to reach, lock or write the database
             self.health.report_failure(exc)
         else:
-            self.health.report_success()
+            self._free_when_full = None
+            self.health.report_success(wrote=True)
         return self.health.available
+
+    async def _min_free(self) -> int:
+        """The free space the SQLite probe wants: ``SQLITE_MIN_FREE_BYTES``, or after a
+        disk-full failure the free space at that moment plus ``DISK_FULL_MARGIN_BYTES``."""
+        if self.health.fault is not DbFault.DISK_FULL:
+            self._free_when_full = None
+        elif self._free_when_full is None:
+            self._free_when_full = await asyncio.to_thread(database_free_bytes, self._engine)
+        if self._free_when_full is None or self._free_when_full >= DISK_FULL_AT_MOST_BYTES:
+            return SQLITE_MIN_FREE_BYTES
+        return max(SQLITE_MIN_FREE_BYTES, self._free_when_full + DISK_FULL_MARGIN_BYTES)
 
     async def _run(self) -> None:
         health = self.health

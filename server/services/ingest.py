@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.config import ServerConfig
 from server.domain import HostFacts, NewEvent, NewLogLine, NewRunUpdate, PendingAction
 from server.errors import FlagpostError, ResourceExhausted, Unavailable
-from server.services.health import DatabaseHealth, is_outage
+from server.services.health import DatabaseHealth, describe, is_outage
 from server.storage import agents as agents_db
 from server.storage import events as events_db
 from server.storage import run_ingest
@@ -198,7 +198,7 @@ class IngestWriter:
             raise Unavailable("the server is shutting down; retry shortly")
         if self._health is not None and not self._health.available:
             self.rejected += 1
-            raise Unavailable("the database is unavailable; retry later")
+            raise Unavailable(self._health.message)
         work = run_ingest.RunWork(agent_id)
         if runs is not None:
             work.updates = runs.updates
@@ -302,11 +302,13 @@ class IngestWriter:
                 log.warning("retrying a failed batch of %d check-ins one by one", len(batch))
                 for item in batch:
                     await self._commit([item])
+            elif self._health is not None and not self._health.available:
+                self._fail(batch, Unavailable(self._health.message))
             else:
                 self._fail(batch)
             return
         if self._health is not None:
-            self._health.report_success()
+            self._health.report_success(wrote=True)
         for update in updates:
             self._written[update.agent_id] = (
                 update.facts if update.facts is not None else self._known_facts(update.agent_id),
@@ -321,13 +323,15 @@ class IngestWriter:
     def _batch_failed(self, batch: list[_Checkin], exc: Exception) -> None:
         self.failed_batches += 1
         if is_outage(exc):
-            log.warning(
-                "ingest batch of %d check-ins failed, database unavailable (%s); nothing stored",
+            known = self._health is not None and not self._health.available
+            fault = self._health.report_failure(exc) if self._health is not None else None
+            # The health state logs the cause once per change; each batch only at DEBUG after.
+            log.log(
+                logging.DEBUG if known else logging.WARNING,
+                "ingest batch of %d check-ins failed (%s); nothing stored",
                 len(batch),
-                type(exc).__name__,
+                describe(fault) if fault is not None else type(exc).__name__,
             )
-            if self._health is not None:
-                self._health.report_failure(exc)
         else:
             log.error(
                 "ingest batch of %d check-ins failed; nothing stored", len(batch), exc_info=exc

@@ -28,6 +28,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 
 from server.config import ServerConfig
 from server.errors import ConfigError, Overloaded, Unavailable
+from server.storage.faults import DbFault, classify
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection
@@ -100,9 +101,56 @@ def _sqlite_problem(path: Path) -> str:
     return ""
 
 
+_UNWRITABLE_HINTS = {
+    DbFault.DISK_FULL: "free space on its filesystem, then start again",
+    DbFault.READ_ONLY: (
+        "make the database (file and directory) writable by the user the server runs as, or "
+        "mount it read-write, then start again"
+    ),
+}
+
+
+def unwritable(database_url: str | URL, fault: DbFault) -> Unavailable:
+    """Unavailable for a database that cannot be written (``fault.unwritable``): the cause, the
+    database (a SQLite file's path, otherwise the URL without its password) and the fix."""
+    try:
+        url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    except Exception:  # sqlalchemy raises ArgumentError for malformed URLs
+        url = None
+    path = sqlite_path(url) if url is not None else None
+    where = str(path) if path is not None else display_url(database_url)
+    hint = _UNWRITABLE_HINTS.get(fault, "make it writable, then start again")
+    return Unavailable(f"the database cannot be written: {fault} ({where}); {hint}")
+
+
+def _sqlite_fault(database_url: str | URL, exc: BaseException) -> DbFault:
+    """``classify(exc)``; for a SQLite file, a vague cause (SQLite says "disk I/O error" when
+    it cannot grow its shared-memory file on a full disk) becomes what its filesystem shows:
+    read-only, or fewer than ``SQLITE_MIN_FREE_BYTES`` free."""
+    fault = classify(exc)
+    if fault not in (DbFault.OTHER, DbFault.UNREACHABLE):
+        return fault
+    try:
+        url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    except Exception:  # sqlalchemy raises ArgumentError for malformed URLs
+        return fault
+    path = sqlite_path(url)
+    if path is None or not path.exists():
+        return fault
+    try:
+        _check_sqlite_space(path, SQLITE_MIN_FREE_BYTES)
+    except OSError as full_or_read_only:
+        return classify(full_or_read_only)
+    return fault
+
+
 def unreachable(database_url: str | URL, exc: BaseException) -> Unavailable:
     """Unavailable for a failure to connect to ``database_url``: the URL without its password,
-    the driver's or the OS's reason, and where the URL is set."""
+    the driver's or the OS's reason, and where the URL is set (``unwritable`` when the cause is
+    a full disk or a read-only database, which SQLite may report on opening the file)."""
+    fault = _sqlite_fault(database_url, exc)
+    if fault.unwritable:
+        return unwritable(database_url, fault)
     if isinstance(exc, DBAPIError):
         reason = (
             str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
@@ -252,28 +300,83 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def _probe_sqlite_file(path: Path, timeout_s: float) -> None:
+SQLITE_MIN_FREE_BYTES = 1 << 20  # less free space than this beside a SQLite file: disk full
+PROBE_UPSERT = (
+    "INSERT INTO health_probe (id, writes) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET writes = health_probe.writes + 1"
+)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes this process may still write on the filesystem of ``path`` (root may use the
+    blocks reserved for it)."""
+    stats = os.statvfs(path)
+    blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    return blocks * stats.f_frsize
+
+
+def _check_sqlite_space(path: Path, min_free_bytes: int) -> None:
+    """OSError EROFS when the filesystem of ``path`` is mounted read-only, ENOSPC when less
+    than ``min_free_bytes`` are free there. A committed write is not proof enough on its own:
+    SQLite reuses its WAL file's space after a checkpoint, so small writes keep succeeding on a
+    full disk while larger ingest batches, which must grow the WAL, fail."""
+    stats = os.statvfs(path)
+    if stats.f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    if free_bytes(path) < min_free_bytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _probe_sqlite_file(path: Path, timeout_s: float, min_free_bytes: int) -> None:
     # A separate, short-lived connection: the engine's pooled connections keep their long busy
     # timeout. BEGIN IMMEDIATE takes the write lock, so a database locked by another process
-    # (which still lets WAL readers through) counts as unavailable for ingest.
-    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s)
+    # (which still lets WAL readers through) counts as unavailable for ingest; the committed
+    # upsert (synchronous=FULL, as the engine's connections) proves the file takes writes.
+    _check_sqlite_space(path, min_free_bytes)
+    conn = sqlite3.connect(
+        f"file:{path}?mode=rw", uri=True, timeout=timeout_s, isolation_level=None
+    )
     try:
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
+        try:
+            conn.execute(PROBE_UPSERT)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
     finally:
         conn.close()
 
 
-async def probe(engine: AsyncEngine, timeout_s: float) -> None:
-    """Check the database can take a write transaction within ``timeout_s``; raise otherwise.
+async def probe(
+    engine: AsyncEngine, timeout_s: float, *, min_free_bytes: int = SQLITE_MIN_FREE_BYTES
+) -> None:
+    """Check the database takes a committed write within ``timeout_s``; raise otherwise
+    (``server.storage.faults.classify`` names the cause).
 
-    SQLite: take and release the write lock on a separate connection. PostgreSQL: a pooled
-    ``SELECT 1`` (the pool's pre-ping replaces dead connections)."""
+    SQLite: the filesystem is writable with at least ``min_free_bytes`` free, then an upsert of
+    the one ``health_probe`` row on a separate connection. PostgreSQL: the same upsert on a
+    pooled connection (the pool's pre-ping replaces dead connections); a read-only database
+    (``default_transaction_read_only``, a standby) fails it with SQLSTATE 25006."""
     url = engine.url
     if url.drivername.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None:
-            await asyncio.to_thread(_probe_sqlite_file, path, timeout_s)
+            await asyncio.to_thread(_probe_sqlite_file, path, timeout_s, min_free_bytes)
         return
-    async with asyncio.timeout(timeout_s), engine.connect() as conn:
-        await conn.exec_driver_sql("SELECT 1")
+    async with asyncio.timeout(timeout_s), engine.begin() as conn:
+        await conn.exec_driver_sql(PROBE_UPSERT)
+
+
+def database_free_bytes(engine: AsyncEngine) -> int | None:
+    """Free bytes beside a SQLite database file (``free_bytes``); None for other databases or
+    when the filesystem cannot be asked."""
+    path = sqlite_path(engine.url)
+    if path is None:
+        return None
+    try:
+        return free_bytes(path)
+    except OSError:
+        return None

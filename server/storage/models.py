@@ -318,3 +318,13 @@ class RunInput(Base):
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     answered_by: Mapped[str] = mapped_column(String(128))
     answered_at: Mapped[datetime]
+
+
+class HealthProbe(Base):
+    """One row (``id`` 1) that the database health probe (``server.storage.db.probe``) upserts:
+    ``writes`` counts its committed writes, the proof that the database takes writes."""
+
+    __tablename__ = "health_probe"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    writes: Mapped[int] = mapped_column(BigInteger)
