@@ -25,12 +25,15 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_testlib import WebAccount, login_http
 from test_grpc_ingest import FACTS, auth, event
 from test_history_live import open_stream
 
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
+from server.config import load_config
+from server.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -354,3 +357,29 @@ async def test_at_the_files_limit_the_web_pauses_quietly_and_resumes(
                 await login_http(http, served.web_url, served.account)
                 refused = "flagpost_web_connections_refused_total"
                 assert await metric(http, served.web_url, refused, reason="out_of_descriptors") >= 1
+
+
+async def test_a_low_files_limit_lowers_the_cap_at_start(
+    sqlite_db_url: str, tmp_path: Path
+) -> None:
+    limit = 320  # leaves 320 - FD_RESERVE (256) = 64 web connections
+    with serve(sqlite_db_url, tmp_path, nofile=limit, web_header_timeout_seconds=120) as served:
+        assert served.log_lines("at most 64 connections, not web_max_connections = 512")
+        with sockets() as held:
+            await asyncio.to_thread(connect, served.port(), held, 64)
+            with sockets() as beyond:
+                await asyncio.to_thread(connect, served.port(), beyond, 1)
+                await wait_closed(beyond, within=30)
+            await asyncio.sleep(1.0)
+            assert not any(is_closed(sock) for sock in held)
+
+
+def test_web_limits_must_be_positive() -> None:
+    for name in (
+        "web_header_timeout_seconds",
+        "web_body_timeout_seconds",
+        "web_keepalive_timeout_seconds",
+        "web_max_connections",
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_config(env={}, overrides={name: 0})

@@ -30,6 +30,7 @@ import socket
 import ssl
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from server.config import ServerConfig
 from server.fdlimit import FD_RESERVE, soft_limit, web_connection_cap
@@ -132,6 +133,17 @@ def bind(host: str, port: int, backlog: int = BACKLOG) -> list[socket.socket]:
     return sockets
 
 
+class _HandOver:
+    """One accepted connection on its way to aiohttp (``loop.connect_accepted_socket``)."""
+
+    def __init__(self) -> None:
+        self.handler: RequestHandler | None = None
+
+    def served(self) -> bool:
+        """True once aiohttp counts it (``web.Server.connections``: at ``connection_made``)."""
+        return self.handler is not None and self.handler.transport is not None
+
+
 class Acceptor(asyncio.AbstractServer):
     """The accept loop of one ``WebListener`` (see the module docstring)."""
 
@@ -169,7 +181,7 @@ class Acceptor(asyncio.AbstractServer):
                 limit,
                 FD_RESERVE,
             )
-        self._handshaking: set[asyncio.Task[None]] = set()
+        self._handing_over: dict[asyncio.Task[None], _HandOver] = {}
         self._resume: asyncio.TimerHandle | None = None
         self._serving = False
         metrics.web_open.set_function(self.open_connections)
@@ -180,7 +192,8 @@ class Acceptor(asyncio.AbstractServer):
 
     def open_connections(self) -> int:
         """Connections aiohttp serves, plus those accepted and not yet handed over."""
-        return len(self._server.connections) + len(self._handshaking)
+        pending = sum(not hand_over.served() for hand_over in self._handing_over.values())
+        return len(self._server.connections) + pending
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -225,14 +238,22 @@ class Acceptor(asyncio.AbstractServer):
                 self._log.event("over_capacity", self.cap)
                 continue
             conn.setblocking(False)
-            task = self._loop.create_task(self._hand_over(conn))
-            self._handshaking.add(task)
-            task.add_done_callback(self._handshaking.discard)
+            hand_over = _HandOver()
+            task = self._loop.create_task(self._hand_over(conn, hand_over))
+            self._handing_over[task] = hand_over
+            task.add_done_callback(self._handed_over)
 
-    async def _hand_over(self, conn: socket.socket) -> None:
+    def _handed_over(self, task: asyncio.Task[None]) -> None:
+        self._handing_over.pop(task, None)
+
+    async def _hand_over(self, conn: socket.socket, hand_over: _HandOver) -> None:
+        def protocol() -> RequestHandler:
+            hand_over.handler = self._timeouts.handler()
+            return hand_over.handler
+
         try:
             await self._loop.connect_accepted_socket(
-                self._timeouts.handler,
+                protocol,
                 conn,
                 ssl=self._ssl,
                 ssl_handshake_timeout=self._header_timeout if self._ssl is not None else None,
@@ -261,13 +282,13 @@ class Acceptor(asyncio.AbstractServer):
         for sock in self._sockets:
             sock.close()
         self._sockets = []
-        for task in list(self._handshaking):
+        for task in list(self._handing_over):
             task.cancel()
         self._log.close()
 
     async def wait_closed(self) -> None:
-        if self._handshaking:
-            await asyncio.gather(*self._handshaking, return_exceptions=True)
+        if self._handing_over:
+            await asyncio.gather(*self._handing_over, return_exceptions=True)
 
     async def serve_forever(self) -> None:
         raise NotImplementedError("served by the web.AppRunner")
