@@ -202,6 +202,9 @@ class Acceptor(asyncio.AbstractServer):
         return self._serving
 
     async def start_serving(self) -> None:
+        self._listen()
+
+    def _listen(self) -> None:
         if self._serving or not self._sockets:
             return
         self._serving = True
@@ -216,7 +219,7 @@ class Acceptor(asyncio.AbstractServer):
 
     def _resume_accepting(self) -> None:
         self._resume = None
-        self._loop.create_task(self.start_serving())
+        self._listen()
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(BACKLOG):
