@@ -63,6 +63,7 @@ from server.storage.batches import make_batch_store
 from server.storage.db import create_engine, make_sessionmaker
 from server.tls import ServerTLS, load_server_tls, warn_if_plaintext, web_ssl_context
 from server.web import setup_web
+from server.web.listener import WebListener
 
 log = logging.getLogger(__name__)
 
@@ -300,14 +301,20 @@ async def start_server(config: ServerConfig) -> RunningServer:
     if tls is None:
         warn_if_plaintext(config)
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=WEB_SHUTDOWN_TIMEOUT_S, access_log=None
+        app,
+        handle_signals=False,
+        shutdown_timeout=WEB_SHUTDOWN_TIMEOUT_S,
+        access_log=None,
+        keepalive_timeout=config.web_keepalive_timeout_seconds,
     )
     try:
         await runner.setup()
-        site = web.TCPSite(
+        site = WebListener(  # connection cap and read timeouts (server.web.listener)
             runner,
             config.web_host,
             config.web_port,
+            config=config,
+            metrics=app[app_keys.METRICS],
             ssl_context=web_ssl_context(tls) if tls is not None else None,
         )
         try:

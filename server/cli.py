@@ -501,7 +501,9 @@ async def _prune(config: ServerConfig) -> int:
 
 async def _serve(config: ServerConfig) -> int:
     from server.app import start_server
+    from server.fdlimit import raise_soft_limit
 
+    raise_soft_limit()  # before the first socket: the web's cap is derived from it
     running = await start_server(config)
     tune_gc()
     tune_gil()

@@ -34,6 +34,15 @@ class ServerConfig:
     grpc_port: int = 50051  # 0 picks a free port (tests)
     web_host: str = "127.0.0.1"
     web_port: int = 8080  # 0 picks a free port (tests)
+    # Web connections (server/web/listener.py): a request head must be complete within the
+    # header timeout of the accept (later ones on a kept-alive connection within the keep-alive
+    # timeout of the previous response), its body within the body timeout of the head. Writing
+    # a response (a live stream) has no limit. Beyond web_max_connections (lowered to the
+    # open-files limit minus a reserve for the database and gRPC) a new connection is closed.
+    web_header_timeout_seconds: float = 10.0
+    web_body_timeout_seconds: float = 30.0
+    web_keepalive_timeout_seconds: float = 15.0
+    web_max_connections: int = 512
     state_dir: Path = Path("flagpost-state")
     # Check-in cadence the server asks agents to keep, and how health is derived from it.
     checkin_interval_seconds: int = 60
@@ -113,6 +122,14 @@ class ServerConfig:
                 f"credential_ttl_days ({ttl}): every new credential would be due for rotation "
                 "at once, so agents would get a new one at every check-in"
             )
+        for name in (
+            "web_header_timeout_seconds",
+            "web_body_timeout_seconds",
+            "web_keepalive_timeout_seconds",
+            "web_max_connections",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config {name} must be greater than 0")
 
     @property
     def is_sqlite(self) -> bool:

@@ -23,6 +23,9 @@ updated as things happen.
     flagpost_database_up                         1 when the database is reachable and writable
     flagpost_database_fault{cause}               1 for the cause it is not (disk full | read-only |
                                                  locked | unreachable | timeout | other)
+    flagpost_web_connections_open                web connections open (server.web.listener)
+    flagpost_web_connections_refused_total{reason}  over_capacity | out_of_descriptors
+    flagpost_web_connections_timed_out_total{phase} header | body
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -52,6 +56,8 @@ REJECTION_REASONS = (
     "internal",
 )
 CHECKIN_METHOD = "/flagpost.v1.AgentService/CheckIn"
+WEB_REFUSAL_REASONS = ("over_capacity", "out_of_descriptors")
+WEB_TIMEOUT_PHASES = ("header", "body")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -135,6 +141,25 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.web_open = Gauge(
+            "flagpost_web_connections_open", "Web connections open.", registry=self.registry
+        )
+        self.web_refused = Counter(
+            "flagpost_web_connections_refused",
+            "Web connections closed at once, unread, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in WEB_REFUSAL_REASONS:
+            self.web_refused.labels(reason)
+        self.web_timed_out = Counter(
+            "flagpost_web_connections_timed_out",
+            "Web connections closed because a request head or body was too slow to arrive.",
+            ["phase"],
+            registry=self.registry,
+        )
+        for phase in WEB_TIMEOUT_PHASES:
+            self.web_timed_out.labels(phase)
         self.writer: IngestWriter | None = None
         self.health: DatabaseHealth | None = None
         self.registry.register(_IngestCollector(lambda: self.writer, lambda: self.health))

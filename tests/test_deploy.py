@@ -38,6 +38,7 @@ from agent.migrations import chain
 from server.app import WEB_SHUTDOWN_TIMEOUT_S
 from server.config import ServerConfig, load_config
 from server.errors import ConfigError
+from server.fdlimit import FD_RESERVE, web_connection_cap
 from server.metrics import REJECTION_REASONS, ServerMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +246,14 @@ def test_stop_timeouts_cover_the_graceful_shutdowns() -> None:
     # agent/daemon.py waits rpc_timeout + 5 s for the check-in thread, after the current step
     needed = agent_example().rpc_timeout.total_seconds() + 5 + 5
     assert seconds(one(agent, "TimeoutStopSec")) >= needed
+
+
+def test_open_files_limit_leaves_the_web_its_cap_and_the_database_its_reserve() -> None:
+    limit = int(one(SERVER_UNIT.read_text(encoding="utf-8"), "LimitNOFILE"))
+    cap = server_example().web_max_connections
+    assert web_connection_cap(cap, limit) == cap  # not lowered at start-up
+    assert limit - cap >= 10 * FD_RESERVE  # and room for thousands of agents' gRPC connections
+    assert web_connection_cap(cap, 1_024) <= 1_024 - FD_RESERVE  # systemd's default soft limit
 
 
 def writable(text: str) -> set[Path]:
