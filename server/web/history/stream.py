@@ -41,6 +41,7 @@ from server.services import inputs as inputs_service
 from server.web.api.shapes import event_json
 from server.web.history.views import EventRow, event_row
 from server.web.request import parse_event_filter
+from server.web.sessions import web_sessions
 from server.web.sse import client_gone, cursor_frame, frame, heartbeat, open_stream, stream_cursor
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
     if bus is None:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(STREAM_SETTINGS) or StreamSettings()
-    sessions = app[app_keys.SESSIONS]
+    sessions = web_sessions(app)
     render_row: RowRenderer = getattr(
         aiohttp_jinja2.get_env(app).get_template(ROW_TEMPLATE).module, ROW_MACRO
     )

@@ -46,6 +46,7 @@ from server.web.runs.views import (
     log_line_row,
     run_json,
 )
+from server.web.sessions import web_sessions
 from server.web.sse import client_gone, cursor_frame, frame, heartbeat, open_stream, stream_cursor
 from server.web.templates import template_macro
 
@@ -227,5 +228,5 @@ async def _lines_after(
     app: web.Application, run_id: str, after_seq: int, limit: int
 ) -> list[LogLineRow]:
     """Every stored line of the run with ``seq > after_seq``, ascending, at most ``limit``."""
-    records = await logs_service.lines_after(app[app_keys.SESSIONS], run_id, after_seq, limit)
+    records = await logs_service.lines_after(web_sessions(app), run_id, after_seq, limit)
     return [log_line_row(r) for r in records]
