@@ -89,8 +89,10 @@ def cursor_frame(event_id: int) -> str:
 
 class Outbox:
     """One stream's bounded outgoing buffer, filled by its shared reader and drained by the
-    stream's handler. ``put`` beyond ``limit_bytes`` not yet written overflows it: the buffer
-    is dropped and ``on_overflow`` called once (the handler ends the stream)."""
+    stream's handler. A ``put`` while the handler has not yet taken what was put before, and
+    that would make it more than ``limit_bytes``, overflows it: the buffer is dropped and
+    ``on_overflow`` called once (the handler ends the stream). So a stream holds at most
+    ``limit_bytes`` plus one batch."""
 
     __slots__ = ("_on_overflow", "_parts", "_size", "_wake", "limit_bytes", "overflowed")
 
@@ -108,7 +110,7 @@ class Outbox:
         """Queue ``data`` and wake the handler; False (and nothing queued) once overflowed."""
         if self.overflowed:
             return False
-        if self._size + len(data) > self.limit_bytes:
+        if self._size and self._size + len(data) > self.limit_bytes:
             self.overflowed = True
             pending = self._size + len(data)
             self._parts.clear()
