@@ -4,6 +4,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -29,6 +36,39 @@ class LiveStreams:
 
 
 LIVE = web.AppKey("live_streams", LiveStreams)
+
+log = logging.getLogger(__name__)
+
+# After the last stream closed, give freed memory back to the OS this much later (once).
+RELEASE_DELAY_SECONDS = 1.0
+
+
+@contextmanager
+def stream_slot(request: web.Request) -> Iterator[None]:
+    """One open stream for ``request``'s session, within the limits (TooManyStreams beyond
+    them). When the last open stream ends, freed memory is handed back to the OS."""
+    limits = request.app[LIVE].limits
+    with limits.hold(session_key(request)):
+        yield
+    if limits.total == 0:
+        asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, _release_memory, limits)
+
+
+def _release_memory(limits: StreamLimits) -> None:
+    """Collect, then ask glibc to return free heap pages (many streams' buffers come and go
+    together; without this the process keeps its peak RSS). A no-op without glibc."""
+    if limits.total:
+        return
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+    log.debug("live streams: all closed; freed memory returned")
 
 
 def session_key(request: web.Request) -> str:

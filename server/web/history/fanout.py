@@ -2,7 +2,8 @@
 every open ``/history/stream``.
 
 One :class:`HistoryFanout` per app. While at least one stream is subscribed, its reader task
-sleeps on the event bus (a ``reader`` subscription: one per app, not one per stream); each
+sleeps on the event bus (a ``reader`` subscription: one per app, not one per stream), at most
+one read per ``min_interval_seconds`` (busy ingest is coalesced into fewer, larger writes); each
 wake-up reads the rows above its :attr:`HistoryFanout.position` (unfiltered, ascending, in
 batches of ``batch_size``; through the web's pool, the connection released between batches),
 asks once per batch which of their runs wait for input, and hands the batch to every
@@ -93,6 +94,7 @@ class HistoryFanout:
     batch_size: int
     ascii_case: bool  # the database folds case as SQLite does
     render: RowRenderer
+    min_interval_seconds: float  # at most one read (and one write per stream) per interval
     subscribers: set[HistorySubscriber] = field(default_factory=set)
     position: int | None = None  # rows up to here were handed out (None: no subscriber)
     batches_read: int = 0  # shared reads (for tests and the benchmark)
@@ -129,10 +131,17 @@ class HistoryFanout:
         bus = self.app[app_keys.BUS]
         wake = bus.subscribe(reader=True)
         try:
+            loop = asyncio.get_running_loop()
+            next_read = 0.0
             must_read = True  # a first read: rows may have landed before anyone subscribed
             while self.subscribers and not wake.closed:
-                if must_read and not await self._read_all():
-                    continue
+                now = loop.time()
+                if must_read and now < next_read:  # the rate cap: coalesce commits
+                    await asyncio.sleep(next_read - now)
+                if must_read:
+                    if not await self._read_all():
+                        continue
+                    next_read = loop.time() + self.min_interval_seconds
                 await wake.wait(1.0)
                 if wake.closed:
                     break

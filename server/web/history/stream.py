@@ -51,7 +51,7 @@ from server.web.history.fanout import (
     event_frame,
 )
 from server.web.history.views import event_row
-from server.web.live import LIVE, session_key
+from server.web.live import LIVE, stream_slot
 from server.web.request import parse_event_filter
 from server.web.sessions import web_sessions
 from server.web.sse import (
@@ -79,6 +79,7 @@ class StreamSettings:
     retry_ms: int = 2_000  # the reconnect delay suggested to EventSource
     disconnect_check_seconds: float = 1.0  # how soon a vanished client is noticed
     outbox_bytes: int = 1 << 20  # frames waiting for a client that does not read: then it ends
+    min_interval_seconds: float = 0.1  # live rate cap: at most one shared read per interval
 
 
 STREAM_SETTINGS = web.AppKey("history_stream_settings", StreamSettings)
@@ -91,7 +92,11 @@ def _fanout(app: web.Application, settings: StreamSettings) -> HistoryFanout:
             aiohttp_jinja2.get_env(app).get_template(ROW_TEMPLATE).module, ROW_MACRO
         )
         live.history = HistoryFanout(
-            app, settings.batch_size, app[app_keys.CONFIG].is_sqlite, render
+            app,
+            settings.batch_size,
+            app[app_keys.CONFIG].is_sqlite,
+            render,
+            settings.min_interval_seconds,
         )
     return live.history
 
@@ -109,7 +114,7 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(STREAM_SETTINGS) or StreamSettings()
     fanout = _fanout(app, settings)
-    with app[LIVE].limits.hold(session_key(request)), bus.register_stream() as lifecycle:
+    with stream_slot(request), bus.register_stream() as lifecycle:
         sessions = web_sessions(app)
         resuming = cursor is not None
         if cursor is None:

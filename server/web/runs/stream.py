@@ -40,7 +40,7 @@ from aiohttp import web
 from server import app_keys
 from server.errors import Unavailable
 from server.services.bus import Subscription
-from server.web.live import LIVE, session_key
+from server.web.live import LIVE, stream_slot
 from server.web.request import LogFilter, parse_log_filter, path_id
 from server.web.runs.fanout import (
     RunFanouts,
@@ -86,7 +86,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(RUN_STREAM_SETTINGS) or RunStreamSettings()
     fanouts = _fanouts(app, settings)
-    with app[LIVE].limits.hold(session_key(request)), bus.register_stream() as lifecycle:
+    with stream_slot(request), bus.register_stream() as lifecycle:
         first = await run_status(app, run_id)  # NotFound: a 404 before any byte
         response = await open_stream(request, settings.retry_ms, cursor)
         status_frame = fanouts.renderer.run_frame(first)
