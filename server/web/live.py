@@ -11,11 +11,11 @@ import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from server.web.auth import SESSION_TOKEN
+from server.web.auth import SESSION_TOKEN, session_still_valid
 from server.web.history.fanout import HistoryFanout
 from server.web.runs.fanout import RunFanouts
 from server.web.stream_limits import StreamLimits
@@ -28,6 +28,8 @@ class LiveStreams:
     limits: StreamLimits
     history: HistoryFanout | None = None
     runs: RunFanouts | None = None
+    # session token -> (loop time the answer expires, is the session still valid)
+    session_checks: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     def subscribers(self) -> int:
         """Streams registered with a shared reader (0 once every stream has ended)."""
@@ -41,6 +43,28 @@ log = logging.getLogger(__name__)
 
 # After the last stream closed, give freed memory back to the OS this much later (once).
 RELEASE_DELAY_SECONDS = 1.0
+
+
+# Streams of one session share their heartbeat's session check for this long.
+SESSION_CHECK_SECONDS = 2.0
+
+
+async def session_valid(request: web.Request) -> bool:
+    """:func:`server.web.auth.session_still_valid`, asked at most once per
+    ``SESSION_CHECK_SECONDS`` per session however many streams it has open."""
+    token = request.get(SESSION_TOKEN)
+    if token is None:
+        return await session_still_valid(request)
+    checks = request.app[LIVE].session_checks
+    now = asyncio.get_running_loop().time()
+    cached = checks.get(token)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    valid = await session_still_valid(request)
+    for stale in [t for t, (until, _) in checks.items() if until <= now]:
+        del checks[stale]
+    checks[token] = (now + SESSION_CHECK_SECONDS, valid)
+    return valid
 
 
 @contextmanager

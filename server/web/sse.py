@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -152,11 +152,16 @@ def client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def heartbeat(request: web.Request, response: web.StreamResponse, name: str) -> bool:
+async def heartbeat(
+    request: web.Request,
+    response: web.StreamResponse,
+    name: str,
+    still_valid: Callable[[web.Request], Awaitable[bool]] = session_still_valid,
+) -> bool:
     """A live stream's heartbeat: False (end the stream) when the session that opened it has
-    ended (logged out, expired, its user deleted or disabled); otherwise the keepalive comment
-    is written and True returned."""
-    if not await session_still_valid(request):
+    ended (logged out, expired, its user deleted or disabled; asked through ``still_valid``);
+    otherwise the keepalive comment is written and True returned."""
+    if not await still_valid(request):
         log.info("%s stream: the session ended; closing the stream", name)
         return False
     await response.write(b": keepalive\n\n")

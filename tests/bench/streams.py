@@ -142,6 +142,8 @@ class Phase:
     rows: int
     rss_mib: float
     refused: dict[int, int]
+    server_cpu: float  # percent of one core
+    client_cpu: float  # this process (the streams' clients), percent of one core
 
 
 def rss_mib(proc: psutil.Process) -> float:
@@ -152,6 +154,7 @@ async def run_phases(
     web: str, accounts: list[WebAccount], proc: psutil.Process, seconds: float, streams: int
 ) -> tuple[list[Phase], float, float]:
     phases: list[Phase] = []
+    me = psutil.Process()
     jar_sessions = []
     for account in accounts:
         http = aiohttp.ClientSession(
@@ -172,7 +175,9 @@ async def run_phases(
                 await opened.open(http, count)
         await asyncio.sleep(1.0)  # let the openings' own work pass
         rows_before, started = opened.rows, time.time()
+        server_before, client_before = cpu_seconds(proc), cpu_seconds(me)
         await asyncio.sleep(seconds)
+        elapsed = time.time() - started
         phases.append(
             Phase(
                 name,
@@ -181,6 +186,8 @@ async def run_phases(
                 opened.rows - rows_before,
                 rss_mib(proc),
                 dict(opened.refused),
+                (cpu_seconds(proc) - server_before) / elapsed * 100,
+                (cpu_seconds(me) - client_before) / elapsed * 100,
             )
         )
         await opened.close()
@@ -197,6 +204,11 @@ async def run_phases(
         await http.close()
     del one
     return phases, rss_before, rss_after
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -276,7 +288,8 @@ def main() -> int:
         f"{args.interval}s each; {args.seconds:.0f}s measured per phase"
     )
     print(f"{'phase':<26} {'p50 ms':>8} {'p99 ms':>8} {'check-ins':>9} {'failed':>6} "
-          f"{'rows streamed':>13} {'server RSS':>10}  refused")  # fmt: skip
+          f"{'rows streamed':>13} {'server RSS':>10} {'srv CPU':>7} {'cli CPU':>7}  "
+          "refused")  # fmt: skip
     print(f"{'before (no streams)':<26} {'':>8} {'':>8} {'':>9} {'':>6} {'':>13} "
           f"{rss_before:>7.0f}MiB")  # fmt: skip
     for phase in phases:
@@ -286,7 +299,8 @@ def main() -> int:
         p50 = statistics.median(ok) if ok else float("nan")
         print(
             f"{phase.name:<26} {p50:>8.1f} {percentile(ok, 0.99):>8.1f} {len(ok):>9} "
-            f"{failed:>6} {phase.rows:>13,} {phase.rss_mib:>7.0f}MiB  {phase.refused or '-'}"
+            f"{failed:>6} {phase.rows:>13,} {phase.rss_mib:>7.0f}MiB {phase.server_cpu:>6.0f}% "
+            f"{phase.client_cpu:>6.0f}%  {phase.refused or '-'}"
         )
     print(f"{'after (streams closed)':<26} {'':>8} {'':>8} {'':>9} {'':>6} {'':>13} "
           f"{rss_after:>7.0f}MiB")  # fmt: skip

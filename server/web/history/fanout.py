@@ -43,6 +43,7 @@ from server.web.sse import Outbox, cursor_frame, frame
 log = logging.getLogger(__name__)
 
 EVERYTHING = EventFilter()  # the reader's filter: every row
+DELIVERY_CHUNK = 50  # streams served between two turns of the event loop
 RowRenderer = Callable[[EventRow], Any]  # the Jinja macro: returns Markup
 
 
@@ -175,31 +176,49 @@ class HistoryFanout:
             self.batches_read += 1
             if epoch != self._epoch:  # every stream left during the read: start again
                 continue
-            self._deliver(batch, waiting)
-            if self.position is None:  # the last stream was dropped
+            await self._deliver(batch, waiting)
+            if self.position is None:  # the last stream left or was dropped
                 return True
-            self.position = max(self.position, batch.cursor)
             if not batch.more:
                 return True
         return True
 
-    def _deliver(self, batch: history_service.StreamBatch, waiting: Set[str]) -> None:
+    async def _deliver(self, batch: history_service.StreamBatch, waiting: Set[str]) -> None:
+        """Hand ``batch`` to every subscriber: streams with the same filters at the same cursor
+        (most of them, usually) share one matching pass and one bytes object. The position
+        moves first, so a stream joining meanwhile catches up by itself; every
+        ``DELIVERY_CHUNK`` streams the loop gets a turn (check-ins never wait behind a whole
+        delivery)."""
         now = datetime.now(UTC)
         rows = [SharedRow(e, now, waiting) for e in batch.events]
-        for sub in list(self.subscribers):
-            parts: list[bytes] = []
-            last = sub.cursor
-            for row in rows:
-                if row.event.id > sub.cursor and event_matches(
-                    sub.filter, row.event, ascii_case=self.ascii_case
-                ):
-                    parts.append(row.frame(self.render))
-                    last = row.event.id
-            if batch.cursor > last and batch.cursor > sub.cursor:
-                parts.append(cursor_frame(batch.cursor).encode())
+        targets = list(self.subscribers)
+        if self.position is not None:
+            self.position = max(self.position, batch.cursor)
+        shared: dict[tuple[EventFilter, int], bytes] = {}
+        for index, sub in enumerate(targets):
+            if index and index % DELIVERY_CHUNK == 0:
+                await asyncio.sleep(0)
+            if sub not in self.subscribers:
+                continue
+            key = (sub.filter, sub.cursor)
+            data = shared.get(key)
+            if data is None:
+                data = shared[key] = self._frames(sub.filter, sub.cursor, rows, batch.cursor)
             sub.cursor = max(sub.cursor, batch.cursor)
-            if parts and not sub.outbox.put(b"".join(parts)):
+            if data and not sub.outbox.put(data):
                 self.leave(sub)
+
+    def _frames(self, f: EventFilter, cursor: int, rows: list[SharedRow], examined: int) -> bytes:
+        """What a stream with filters ``f`` at ``cursor`` gets of ``rows``."""
+        parts: list[bytes] = []
+        last = cursor
+        for row in rows:
+            if row.event.id > cursor and event_matches(f, row.event, ascii_case=self.ascii_case):
+                parts.append(row.frame(self.render))
+                last = row.event.id
+        if examined > last and examined > cursor:
+            parts.append(cursor_frame(examined).encode())
+        return b"".join(parts)
 
     def _end_all(self, reason: str) -> None:
         for sub in list(self.subscribers):

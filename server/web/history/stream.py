@@ -51,7 +51,7 @@ from server.web.history.fanout import (
     event_frame,
 )
 from server.web.history.views import event_row
-from server.web.live import LIVE, stream_slot
+from server.web.live import LIVE, session_valid, stream_slot
 from server.web.request import parse_event_filter
 from server.web.sessions import web_sessions
 from server.web.sse import (
@@ -79,7 +79,7 @@ class StreamSettings:
     retry_ms: int = 2_000  # the reconnect delay suggested to EventSource
     disconnect_check_seconds: float = 1.0  # how soon a vanished client is noticed
     outbox_bytes: int = 1 << 20  # frames waiting for a client that does not read: then it ends
-    min_interval_seconds: float = 0.1  # live rate cap: at most one shared read per interval
+    min_interval_seconds: float = 0.25  # live rate cap: at most one shared read per interval
 
 
 STREAM_SETTINGS = web.AppKey("history_stream_settings", StreamSettings)
@@ -181,7 +181,7 @@ async def _follow(
             return
         silent = loop.time() - last_write
         if silent >= settings.heartbeat_seconds:
-            if not await heartbeat(request, response, "history"):
+            if not await heartbeat(request, response, "history", session_valid):
                 return
             last_write = loop.time()
             continue

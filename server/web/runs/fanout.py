@@ -220,21 +220,31 @@ class RunReader:
         return True
 
     def _deliver(self, shared: list[_SharedLine], examined: int) -> None:
+        """Hand the status and ``shared`` to every subscriber; streams with the same filter,
+        cursor and last status share one bytes object."""
+        done: dict[tuple[LogFilter, int, bool], bytes] = {}
         for sub in list(self.subscribers):
-            parts: list[bytes] = []
-            if self.status_frame != sub.last_status:
-                parts.append(self.status_frame.encode())
-                sub.last_status = self.status_frame
-            last = sub.cursor
-            for item in shared:
-                if item.line.seq > sub.cursor and sub.log_filter.matches(item.line):
-                    parts.append(item.frame(self.renderer))
-                    last = item.line.seq
-            if examined > last and examined > sub.cursor:
-                parts.append(cursor_frame(examined).encode())  # read past non-matching lines
+            key = (sub.log_filter, sub.cursor, sub.last_status == self.status_frame)
+            data = done.get(key)
+            if data is None:
+                data = done[key] = self._frames(sub, shared, examined)
+            sub.last_status = self.status_frame
             sub.cursor = max(sub.cursor, examined)
-            if parts and not sub.outbox.put(b"".join(parts)):
+            if data and not sub.outbox.put(data):
                 self.leave(sub)
+
+    def _frames(self, sub: RunSubscriber, shared: list[_SharedLine], examined: int) -> bytes:
+        parts: list[bytes] = []
+        if self.status_frame != sub.last_status:
+            parts.append(self.status_frame.encode())
+        last = sub.cursor
+        for item in shared:
+            if item.line.seq > sub.cursor and sub.log_filter.matches(item.line):
+                parts.append(item.frame(self.renderer))
+                last = item.line.seq
+        if examined > last and examined > sub.cursor:
+            parts.append(cursor_frame(examined).encode())  # read past non-matching lines
+        return b"".join(parts)
 
     def _end_all(self, reason: str) -> None:
         for sub in list(self.subscribers):

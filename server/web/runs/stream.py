@@ -40,7 +40,7 @@ from aiohttp import web
 from server import app_keys
 from server.errors import Unavailable
 from server.services.bus import Subscription
-from server.web.live import LIVE, stream_slot
+from server.web.live import LIVE, session_valid, stream_slot
 from server.web.request import LogFilter, parse_log_filter, path_id
 from server.web.runs.fanout import (
     RunFanouts,
@@ -180,7 +180,7 @@ async def _follow(
             return
         silent = loop.time() - last_write
         if silent >= settings.heartbeat_seconds:
-            if not await heartbeat(request, response, "run"):
+            if not await heartbeat(request, response, "run", session_valid):
                 return
             last_write = loop.time()
             continue
