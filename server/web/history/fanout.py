@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 EVERYTHING = EventFilter()  # the reader's filter: every row
 DELIVERY_CHUNK = 50  # streams served between two turns of the event loop
+# The pause between chunks: the loop idles a moment, so the ingest writer's thread gets the GIL
+# (with 0 it waits for the interpreter's switch interval at every handover).
+DELIVERY_PAUSE_SECONDS = 0.002
 RowRenderer = Callable[[EventRow], Any]  # the Jinja macro: returns Markup
 
 
@@ -197,7 +200,7 @@ class HistoryFanout:
         shared: dict[tuple[EventFilter, int], bytes] = {}
         for index, sub in enumerate(targets):
             if index and index % DELIVERY_CHUNK == 0:
-                await asyncio.sleep(0)
+                await asyncio.sleep(DELIVERY_PAUSE_SECONDS)
             if sub not in self.subscribers:
                 continue
             key = (sub.filter, sub.cursor)
