@@ -60,7 +60,7 @@ from server.signing import KEY_FILE_NAME as SIGNING_KEY_FILE
 from server.signing import load_or_create
 from server.storage import schema
 from server.storage.batches import make_batch_store
-from server.storage.db import create_engine, make_sessionmaker
+from server.storage.db import create_engine, create_web_engine, make_sessionmaker
 from server.tls import ServerTLS, load_server_tls, warn_if_plaintext, web_ssl_context
 from server.web import setup_web
 from server.web.listener import WebListener
@@ -107,12 +107,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         raise
     app[app_keys.ENGINE] = engine
     app[app_keys.SESSIONS] = make_sessionmaker(engine)
+    web_engine = create_web_engine(config, engine)  # the web's own pool (or engine in memory)
+    app[app_keys.WEB_ENGINE] = web_engine
+    app[app_keys.WEB_SESSIONS] = make_sessionmaker(web_engine)
     health = DatabaseHealth()
     app[app_keys.HEALTH] = health
     app[app_keys.METRICS].health = health
     try:
         yield
     finally:
+        if web_engine is not engine:
+            await web_engine.dispose()
         await engine.dispose()
 
 

@@ -27,6 +27,10 @@ class BoundPorts:
 CONFIG = web.AppKey("config", ServerConfig)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+# The web's own engine and sessions (server.storage.db.create_web_engine): web handlers use
+# these, gRPC and ingest the two above.
+WEB_ENGINE = web.AppKey("web_engine", AsyncEngine)
+WEB_SESSIONS = web.AppKey("web_sessions", async_sessionmaker[AsyncSession])
 PORTS = web.AppKey("ports", BoundPorts)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", ServerMetrics)  # per app: tests run several servers at once

@@ -30,6 +30,9 @@ class ServerConfig:
     # request waits for a free one before it is shed (RESOURCE_EXHAUSTED / 503 + retry hint).
     database_pool_size: int = 10
     database_pool_timeout_seconds: float = 10.0
+    # The web's own pool (pages, API, live streams), so agents never wait behind web work.
+    web_database_pool_size: int = 5
+    web_database_pool_timeout_seconds: float = 3.0
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051  # 0 picks a free port (tests)
     web_host: str = "127.0.0.1"
@@ -80,6 +83,10 @@ class ServerConfig:
     retention_interval_minutes: int = 60
     # Web
     history_page_size: int = 50
+    # Live streams (History and run streams together) open at once per web session and in all;
+    # beyond them a new stream gets 429 with Retry-After.
+    max_streams_per_session: int = 8
+    max_streams_total: int = 1_000
     # TLS (server/tls.py): PEM files; both transports serve TLS when cert and key are set (""
     # = plain text, with a loud warning on a non-loopback address). A client CA makes gRPC
     # require agent client certificates that chain to it (mutual TLS); the web never asks.

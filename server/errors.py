@@ -81,6 +81,14 @@ class RateLimited(ResourceExhausted):
     reason = "rate_limited"
 
 
+class TooManyStreams(ResourceExhausted):
+    """A web session (``max_streams_per_session``) or the server (``max_streams_total``) has as
+    many live streams open as allowed: 429 on the web, retry after one closes."""
+
+    http_status = 429
+    reason = "too_many_streams"
+
+
 class Unavailable(FlagpostError):
     """A dependency (the database) is unreachable; the operation is safe to retry."""
 

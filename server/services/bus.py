@@ -6,8 +6,12 @@ on the run topic, "run R changed or has new log lines"); every stream then reads
 themselves from the database (``id > its cursor``, ``seq > its cursor``), so a stream shows only
 what is saved and a wake-up that is lost or repeated costs nothing but a query.
 
-- :class:`EventBus` fans wake-ups out in-process: each stream holds a :class:`Subscription`,
-  a coalescing flag (a slow stream never queues anything up).
+- :class:`EventBus` fans wake-ups out in-process to :class:`Subscription` s, coalescing flags
+  (a slow subscriber never queues anything up). The web's shared readers
+  (``server.web.history.fanout``, ``server.web.runs.fanout``) subscribe with ``reader=True``:
+  woken, but not counted as streams; each open stream holds a passive subscription
+  (:meth:`EventBus.register_stream`), counted in :attr:`EventBus.subscribers` and ended on
+  shutdown, but never woken by commits (its reader wakes it).
 - Run streams subscribe to one run (:meth:`EventBus.subscribe_run`) and are woken by
   :meth:`EventBus.publish_runs`.
 - :class:`PostgresEventBus` adds a ``LISTEN`` connection (:class:`server.storage.notify.
@@ -41,13 +45,19 @@ class Subscription:
     """One stream's wake-up flag. Create with :meth:`EventBus.subscribe`; use as a context
     manager (or call :meth:`close`) so the bus forgets it."""
 
-    def __init__(self, bus: EventBus, run_id: str | None = None) -> None:
+    def __init__(self, bus: EventBus, run_id: str | None = None, *, counted: bool = True) -> None:
         self._bus = bus
         self.run_id = run_id  # None: the History topic
+        self.counted = counted  # a stream (True) or a shared reader (False)
+        self.passive = False  # see EventBus.register_stream
         self._flag = asyncio.Event()
         self._hint: int | None = None
         self._look = False  # a wake-up without an id: the stream must query
         self.closed = False
+
+    def wake(self) -> None:
+        """Wake the waiter without an id (a shared reader handing a stream its frames)."""
+        self._wake(None)
 
     def _wake(self, max_id: int | None) -> None:
         if max_id is None:
@@ -104,6 +114,7 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
         self._run_subscribers: dict[str, set[Subscription]] = {}
+        self._streams: set[Subscription] = set()  # passive: woken by their reader, not by us
         self._ending = False
         self.published = 0  # wake-ups received (local publishes plus notifications)
         self.run_wakeups = 0  # run-topic wake-ups received
@@ -111,27 +122,44 @@ class EventBus:
     @property
     def subscribers(self) -> int:
         """Open subscriptions, History and run streams together."""
-        return len(self._subscribers) + sum(len(s) for s in self._run_subscribers.values())
+        woken = sum(s.counted for s in self._subscribers)
+        woken += sum(s.counted for subs in self._run_subscribers.values() for s in subs)
+        return len(self._streams) + woken
 
-    def subscribe(self) -> Subscription:
-        """A new History subscription; already ended when the bus is shutting down."""
-        sub = Subscription(self)
+    def subscribe(self, *, reader: bool = False) -> Subscription:
+        """A new History subscription; already ended when the bus is shutting down.
+        ``reader``: a shared reader's, not counted in :attr:`subscribers`."""
+        sub = Subscription(self, counted=not reader)
         if self._ending:
             sub._end()
         else:
             self._subscribers.add(sub)
         return sub
 
-    def subscribe_run(self, run_id: str) -> Subscription:
+    def subscribe_run(self, run_id: str, *, reader: bool = False) -> Subscription:
         """A new subscription to one run's changes (state, steps, log lines)."""
-        sub = Subscription(self, run_id)
+        sub = Subscription(self, run_id, counted=not reader)
         if self._ending:
             sub._end()
         else:
             self._run_subscribers.setdefault(run_id, set()).add(sub)
         return sub
 
+    def register_stream(self) -> Subscription:
+        """A passive subscription for one open stream: counted, ended on shutdown, woken only
+        through :meth:`Subscription.wake` (by the shared reader feeding it)."""
+        sub = Subscription(self)
+        sub.passive = True
+        if self._ending:
+            sub._end()
+        else:
+            self._streams.add(sub)
+        return sub
+
     def _forget(self, sub: Subscription) -> None:
+        if sub.passive:
+            self._streams.discard(sub)
+            return
         if sub.run_id is None:
             self._subscribers.discard(sub)
             return
@@ -176,6 +204,9 @@ class EventBus:
         for subs in list(self._run_subscribers.values()):
             for sub in list(subs):
                 sub._end()
+        for sub in list(self._streams):
+            sub._end()
+        self._streams.clear()
         self._subscribers.clear()
         self._run_subscribers.clear()
 

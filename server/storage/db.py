@@ -294,6 +294,24 @@ def create_engine(config: ServerConfig) -> AsyncEngine:
     )
 
 
+def create_web_engine(config: ServerConfig, main: AsyncEngine) -> AsyncEngine:
+    """The web's own engine (pages, API, live streams) on the same database: a pool of
+    ``web_database_pool_size`` apart from ``main``'s, so agent authentication and ingest never
+    wait behind web requests; its exhaustion is ``Overloaded`` (503 + Retry-After) like the
+    main pool's. An in-memory SQLite database cannot be opened twice: ``main`` is returned."""
+    url = async_url(config.database_url)
+    if url.drivername.startswith("sqlite") and sqlite_path(url) is None:
+        return main
+    return create_engine_for_url(
+        config.database_url,
+        echo=config.log_sql,
+        busy_timeout_ms=config.sqlite_busy_timeout_ms,
+        pool_size=config.web_database_pool_size,
+        pool_timeout_s=config.web_database_pool_timeout_seconds,
+        retry_after_ms=config.retry_after_ms,
+    )
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded values after commit (services return them after the
     transaction ends)."""

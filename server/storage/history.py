@@ -79,6 +79,59 @@ def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
     return where
 
 
+def _fold(text: str, ascii_only: bool) -> str:
+    """Lower-case as the database's ``icontains`` does: SQLite's ``lower()`` folds ASCII only,
+    PostgreSQL's ``ILIKE`` folds every letter."""
+    if not ascii_only:
+        return text.lower()
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def event_matches(f: EventFilter, event: StoredEvent, *, ascii_case: bool) -> bool:
+    """Whether ``event`` is among the rows :func:`_conditions` selects for ``f`` (the live
+    streams' shared reader filters in Python what it read unfiltered; ``f.before_id`` /
+    ``f.after_id`` / ``f.limit`` are ignored, as by :func:`query_events_after`).
+    ``ascii_case``: fold case as SQLite does (True) or as PostgreSQL does (False)."""
+    if f.migration_only and event.category != "migration":
+        return False
+    if f.severities and event.severity not in {str(s) for s in f.severities}:
+        return False
+    if f.event_types and not _type_matches(f.event_types, event):
+        return False
+    if f.agent_id is not None and event.agent_id != f.agent_id:
+        return False
+    if f.since is not None and event.occurred_at < f.since:
+        return False
+    if f.until is not None and event.occurred_at > f.until:
+        return False
+    if f.text:
+        needle = _fold(f.text, ascii_case)
+        fields = (
+            event.message,
+            event.error_message,
+            event.hostname,
+            event.event_id,
+            event.run_id or "",
+        )
+        if not any(needle in _fold(value, ascii_case) for value in fields):
+            return False
+    return True
+
+
+def _type_matches(values: tuple[str, ...], event: StoredEvent) -> bool:
+    """The Python side of :func:`_event_type_condition`."""
+    for value in values:
+        outcome = _OUTCOMES.get(value)
+        if outcome is None and event.event_type == value:
+            return True
+        if outcome is not None and (event.event_type, event.status) == outcome:
+            return True
+    return False
+
+
 def _select_events() -> Select[*tuple[Any, ...]]:
     """Every column a :class:`StoredEvent` needs, with the agent's hostname."""
     return select(

@@ -22,12 +22,15 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from server import app_keys
 from server.resources import STATIC_DIR, TEMPLATES_DIR
 from server.web.auth import setup_auth
+from server.web.live import LIVE, LiveStreams, stop_readers
 from server.web.login import setup_login
 from server.web.middleware import error_middleware, security_headers
 from server.web.routes import PUBLIC_ROUTES, add_routes
 from server.web.sse import end_streams_on_shutdown
+from server.web.stream_limits import StreamLimits
 
 
 def setup_web(app: web.Application) -> None:
@@ -47,6 +50,8 @@ def setup_web(app: web.Application) -> None:
     app.middlewares.append(error_middleware)
     setup_auth(app, PUBLIC_ROUTES)  # after the error middleware: its 401/403s are mapped there
     app.on_shutdown.append(end_streams_on_shutdown)
+    app[LIVE] = LiveStreams(StreamLimits.from_config(app[app_keys.CONFIG]))
+    app.on_cleanup.append(stop_readers)
     app.on_response_prepare.append(security_headers)
     setup_login(app)
     add_routes(app)

@@ -44,6 +44,7 @@ from server.config import ServerConfig
 from server.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
 from server.services import users as users_service
 from server.services.users import WebUser
+from server.web.sessions import web_sessions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -250,7 +251,7 @@ async def _session_user(request: web.Request, token: str | None, *, public: bool
     if not token:
         return None
     try:
-        return await users_service.resolve_session(request.app[app_keys.SESSIONS], token)
+        return await users_service.resolve_session(web_sessions(request.app), token)
     except Unavailable:
         if public:
             return None
@@ -336,7 +337,7 @@ async def session_still_valid(request: web.Request) -> bool:
     token = request.get(SESSION_TOKEN)
     if token is None:
         return True
-    return await users_service.resolve_session(request.app[app_keys.SESSIONS], token) is not None
+    return await users_service.resolve_session(web_sessions(request.app), token) is not None
 
 
 def actor_name(request: web.Request) -> str:

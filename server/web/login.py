@@ -34,6 +34,7 @@ from server.web.auth import (
     safe_next,
 )
 from server.web.middleware import error_headers
+from server.web.sessions import web_sessions
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         limits.per_user.hit(f"{address}\n{name}")
         try:
             login = await users_service.login(
-                request.app[app_keys.SESSIONS],
+                web_sessions(request.app),
                 name,
                 password,
                 timedelta(hours=request.app[app_keys.CONFIG].session_ttl_hours),
@@ -156,7 +157,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     ``/login``."""
     token = request.get(SESSION_TOKEN)
     if token:
-        await users_service.logout(request.app[app_keys.SESSIONS], token)
+        await users_service.logout(web_sessions(request.app), token)
     user = current_user(request)
     log.info("logout: %s", user.name if user else "?")
     response = web.HTTPSeeOther("/login")

@@ -6,6 +6,12 @@ the stream's own default. Rows are always read from the database ascending from 
 a client that reconnects gets exactly what it missed; an ``id:``-only frame moves the client's
 cursor past rows that were read but did not match its filters.
 
+Live streams do no database work of their own once caught up: one shared reader per topic
+(``server.web.history.fanout``, ``server.web.runs.fanout``) reads new rows once per wake-up,
+renders each once and hands the frames to every open stream's :class:`Outbox`, a bounded
+buffer. A stream whose client does not drain it (the buffer overflows) is ended at once: its
+client reconnects with ``Last-Event-ID`` and reads what it missed from the database.
+
 Why not ``aiohttp-sse``: its ``EventSourceResponse`` sends one event per ``send()`` and pings on
 its own timer. Our streams coalesce a batch of frames into one write, write ``id:``-only frames,
 and make the heartbeat the moment to re-check the session (:func:`heartbeat`): a library would
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -80,17 +87,81 @@ def cursor_frame(event_id: int) -> str:
     return f"id: {event_id}\n\n"
 
 
+class Outbox:
+    """One stream's bounded outgoing buffer, filled by its shared reader and drained by the
+    stream's handler. A ``put`` while the handler has not yet taken what was put before, and
+    that would make it more than ``limit_bytes``, overflows it: the buffer is dropped and
+    ``on_overflow`` called once (the handler ends the stream). So a stream holds at most
+    ``limit_bytes`` plus one batch."""
+
+    __slots__ = ("_on_overflow", "_parts", "_size", "_wake", "limit_bytes", "overflowed")
+
+    def __init__(
+        self, limit_bytes: int, wake: Callable[[], None], on_overflow: Callable[[int], None]
+    ) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.limit_bytes = limit_bytes
+        self.overflowed = False
+        self._wake = wake
+        self._on_overflow = on_overflow
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data`` and wake the handler; False (and nothing queued) once overflowed."""
+        if self.overflowed:
+            return False
+        if self._size and self._size + len(data) > self.limit_bytes:
+            self.overflowed = True
+            pending = self._size + len(data)
+            self._parts.clear()
+            self._size = 0
+            self._on_overflow(pending)
+            self._wake()
+            return False
+        self._parts.append(data)
+        self._size += len(data)
+        self._wake()
+        return True
+
+    def take(self) -> bytes:
+        """Everything queued, as one write (empty when nothing is)."""
+        if not self._parts:
+            return b""
+        data = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        return data
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._size
+
+
+def drop_slow_client(request: web.Request) -> None:
+    """End a stream whose client stopped reading: abort the connection (a graceful close would
+    wait for the client to read what the kernel still holds); its handler's pending write then
+    fails with ``ConnectionResetError``."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
 def client_gone(request: web.Request) -> bool:
     """The stream's client disconnected."""
     transport = request.transport
     return transport is None or transport.is_closing()
 
 
-async def heartbeat(request: web.Request, response: web.StreamResponse, name: str) -> bool:
+async def heartbeat(
+    request: web.Request,
+    response: web.StreamResponse,
+    name: str,
+    still_valid: Callable[[web.Request], Awaitable[bool]] = session_still_valid,
+) -> bool:
     """A live stream's heartbeat: False (end the stream) when the session that opened it has
-    ended (logged out, expired, its user deleted or disabled); otherwise the keepalive comment
-    is written and True returned."""
-    if not await session_still_valid(request):
+    ended (logged out, expired, its user deleted or disabled; asked through ``still_valid``);
+    otherwise the keepalive comment is written and True returned."""
+    if not await still_valid(request):
         log.info("%s stream: the session ended; closing the stream", name)
         return False
     await response.write(b": keepalive\n\n")

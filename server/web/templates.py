@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from server import app_keys
 from server.services import inputs as inputs_service
+from server.web.sessions import web_sessions
 
 
 async def render_page(
@@ -19,7 +19,7 @@ async def render_page(
 ) -> web.Response:
     """``aiohttp_jinja2.render_template`` with ``waiting_runs`` (runs in AWAITING_INPUT) added:
     the header's count and the History's banner."""
-    waiting = await inputs_service.count_awaiting(request.app[app_keys.SESSIONS])
+    waiting = await inputs_service.count_awaiting(web_sessions(request.app))
     return aiohttp_jinja2.render_template(template, request, {**context, "waiting_runs": waiting})
 
 

@@ -23,6 +23,7 @@ from server.web.api.shapes import (
 )
 from server.web.auth import actor_name
 from server.web.request import json_body, path_id
+from server.web.sessions import web_sessions
 
 
 async def request_agent_run(request: web.Request) -> web.StreamResponse:
@@ -34,7 +35,7 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("must be a string", field="migration_id")
     app = request.app
     action = await runs_service.request_run(
-        app[app_keys.SESSIONS],
+        web_sessions(app),
         app[app_keys.CONFIG],
         agent_id,
         actor_name(request),
@@ -46,14 +47,14 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
 async def list_agents(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/agents``: every agent with its derived health, by hostname."""
     app = request.app
-    agents = await agents_service.list_agents(app[app_keys.SESSIONS], app[app_keys.CONFIG])
+    agents = await agents_service.list_agents(web_sessions(app), app[app_keys.CONFIG])
     return web.json_response(AgentList(agents=[agent_json(a) for a in agents]))
 
 
 async def get_agent(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/agents/{agent_id}``: facts, health, recent runs, pending actions."""
     app = request.app
-    sessions = app[app_keys.SESSIONS]
+    sessions = web_sessions(app)
     agent_id = path_id(request, "agent_id")
     now = datetime.now(UTC)
     detail = await fleet_service.agent_detail(sessions, app[app_keys.CONFIG], agent_id, now)

@@ -26,19 +26,18 @@ from server.web.api.shapes import (
 )
 from server.web.auth import actor_name
 from server.web.request import json_body, parse_log_query, parse_run_filter, path_id
+from server.web.sessions import web_sessions
 
 
 async def list_runs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs``."""
-    page = await runs_service.list_runs(
-        request.app[app_keys.SESSIONS], parse_run_filter(request.query)
-    )
+    page = await runs_service.list_runs(web_sessions(request.app), parse_run_filter(request.query))
     return web.json_response(run_page_json(page, datetime.now(UTC)))
 
 
 async def get_run(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}``."""
-    detail = await runs_service.get_run(request.app[app_keys.SESSIONS], path_id(request, "run_id"))
+    detail = await runs_service.get_run(web_sessions(request.app), path_id(request, "run_id"))
     return web.json_response(run_detail_json(detail, datetime.now(UTC)))
 
 
@@ -46,22 +45,20 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs``."""
     run_id = path_id(request, "run_id")
     page = await logs_service.query_logs(
-        request.app[app_keys.SESSIONS], run_id, parse_log_query(request.query)
+        web_sessions(request.app), run_id, parse_log_query(request.query)
     )
     return web.json_response(log_page_json(page))
 
 
 async def run_log_stats(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs/stats``."""
-    stats = await logs_service.log_stats(request.app[app_keys.SESSIONS], path_id(request, "run_id"))
+    stats = await logs_service.log_stats(web_sessions(request.app), path_id(request, "run_id"))
     return web.json_response(log_stats_json(stats))
 
 
 async def run_log_sources(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/logs/sources``."""
-    sources = await logs_service.log_sources(
-        request.app[app_keys.SESSIONS], path_id(request, "run_id")
-    )
+    sources = await logs_service.log_sources(web_sessions(request.app), path_id(request, "run_id"))
     return web.json_response(LogSources(sources=sources))
 
 
@@ -71,7 +68,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     await json_body(request)
     app = request.app
     action = await runs_service.request_cancel(
-        app[app_keys.SESSIONS],
+        web_sessions(app),
         app[app_keys.CONFIG],
         run_id,
         actor_name(request),

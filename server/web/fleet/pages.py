@@ -20,6 +20,7 @@ from server.web.auth import actor_name
 from server.web.fleet.views import agent_page, overview_page, pending_action_note
 from server.web.request import path_id
 from server.web.runs.views import run_row
+from server.web.sessions import web_sessions
 from server.web.templates import render_page
 
 AGENT_PAGE_RUNS = 10
@@ -30,7 +31,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     for input, events per hour over the last day."""
     app = request.app
     now = datetime.now(UTC)
-    sessions = app[app_keys.SESSIONS]
+    sessions = web_sessions(app)
     fleet = await fleet_service.fleet_overview(sessions, app[app_keys.CONFIG], now)
     by_state = await runs_service.count_runs_by_state(sessions)
     latest = await runs_service.latest_runs(sessions, [a.record.id for a in fleet.agents])
@@ -48,7 +49,7 @@ async def agent(request: web.Request) -> web.StreamResponse:
     app = request.app
     agent_id = path_id(request, "agent_id")
     now = datetime.now(UTC)
-    sessions = app[app_keys.SESSIONS]
+    sessions = web_sessions(app)
     detail = await fleet_service.agent_detail(sessions, app[app_keys.CONFIG], agent_id, now)
     runs = await runs_service.list_runs(
         sessions, RunFilter(agent_id=agent_id, limit=AGENT_PAGE_RUNS)
@@ -72,7 +73,7 @@ async def request_agent_run(request: web.Request) -> web.StreamResponse:
     app = request.app
     agent_id = path_id(request, "agent_id")
     action = await runs_service.request_run(
-        app[app_keys.SESSIONS], app[app_keys.CONFIG], agent_id, actor_name(request)
+        web_sessions(app), app[app_keys.CONFIG], agent_id, actor_name(request)
     )
     query = urlencode([("requested", action.action_id)])
     raise web.HTTPSeeOther(f"/agents/{agent_id}?{query}")

@@ -11,6 +11,7 @@ from server.services import history as history_service
 from server.services import inputs as inputs_service
 from server.web.history.views import history_page
 from server.web.request import parse_event_filter
+from server.web.sessions import web_sessions
 from server.web.templates import render_page
 
 
@@ -18,7 +19,7 @@ async def history(request: web.Request) -> web.StreamResponse:
     """``GET /history``: the filterable, keyset-paginated History page; its first page
     carries the URL and cursor of its live stream (``/history/stream``) when a bus runs."""
     config = request.app[app_keys.CONFIG]
-    sessions = request.app[app_keys.SESSIONS]
+    sessions = web_sessions(request.app)
     f = parse_event_filter(request.query, config.history_page_size)
     live_after: int | None = None
     if f.before_id is None and app_keys.BUS in request.app:

@@ -16,8 +16,14 @@ Frames::
 
     : keepalive                  heartbeat comment, every ``heartbeat_seconds`` of silence
 
-The handler sleeps on the event bus (:mod:`server.services.bus`) between reads; a wake-up only
-means "something was committed", never what.
+Once caught up, a stream does no database work: the app's shared reader
+(:mod:`server.web.history.fanout`) reads each new row once per event-bus wake-up, renders it
+once and hands it to every stream, which only filters and writes. A stream whose cursor is
+behind the reader catches up with its own reads (``batch_size`` rows each) first. A stream
+whose client does not read is ended once ``outbox_bytes`` are waiting for it (logged at info
+with its cursor); the client reconnects with ``Last-Event-ID``. At most
+``max_streams_per_session`` / ``max_streams_total`` streams are open (429 beyond,
+:mod:`server.web.stream_limits`).
 """
 
 from __future__ import annotations
@@ -27,27 +33,41 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server import app_keys
-from server.domain import EventFilter, StoredEvent
+from server.domain import EventFilter
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
 from server.services import inputs as inputs_service
-from server.web.api.shapes import event_json
-from server.web.history.views import EventRow, event_row
+from server.services.bus import Subscription
+from server.web.history.fanout import (
+    HistoryFanout,
+    HistorySubscriber,
+    RowRenderer,
+    event_frame,
+)
+from server.web.history.views import event_row
+from server.web.live import LIVE, session_valid, stream_slot
 from server.web.request import parse_event_filter
-from server.web.sse import client_gone, cursor_frame, frame, heartbeat, open_stream, stream_cursor
+from server.web.sessions import web_sessions
+from server.web.sse import (
+    Outbox,
+    client_gone,
+    cursor_frame,
+    drop_slow_client,
+    heartbeat,
+    open_stream,
+    stream_cursor,
+)
 
 log = logging.getLogger(__name__)
 
 ROW_TEMPLATE = "_event_row.html"
 ROW_MACRO = "event_row"
-RowRenderer = Callable[[EventRow], Any]  # the Jinja macro: returns Markup
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +78,27 @@ class StreamSettings:
     batch_size: int = 100  # rows per database read
     retry_ms: int = 2_000  # the reconnect delay suggested to EventSource
     disconnect_check_seconds: float = 1.0  # how soon a vanished client is noticed
+    outbox_bytes: int = 1 << 20  # frames waiting for a client that does not read: then it ends
+    min_interval_seconds: float = 0.25  # live rate cap: at most one shared read per interval
 
 
 STREAM_SETTINGS = web.AppKey("history_stream_settings", StreamSettings)
 
 
-def _frame(event: StoredEvent, html: str) -> str:
-    return frame("event", {"event": event_json(event), "html": html}, event.id)
+def _fanout(app: web.Application, settings: StreamSettings) -> HistoryFanout:
+    live = app[LIVE]
+    if live.history is None:
+        render: RowRenderer = getattr(
+            aiohttp_jinja2.get_env(app).get_template(ROW_TEMPLATE).module, ROW_MACRO
+        )
+        live.history = HistoryFanout(
+            app,
+            settings.batch_size,
+            app[app_keys.CONFIG].is_sqlite,
+            render,
+            settings.min_interval_seconds,
+        )
+    return live.history
 
 
 async def history_stream(request: web.Request) -> web.StreamResponse:
@@ -79,44 +113,83 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
     if bus is None:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(STREAM_SETTINGS) or StreamSettings()
-    sessions = app[app_keys.SESSIONS]
-    render_row: RowRenderer = getattr(
-        aiohttp_jinja2.get_env(app).get_template(ROW_TEMPLATE).module, ROW_MACRO
-    )
-    loop = asyncio.get_running_loop()
-
-    # Subscribe before reading anything: a commit after our first read always wakes us.
-    with bus.subscribe() as sub:
+    fanout = _fanout(app, settings)
+    with stream_slot(request), bus.register_stream() as lifecycle:
+        sessions = web_sessions(app)
+        resuming = cursor is not None
         if cursor is None:
             cursor = await history_service.latest_event_id(sessions)
         response = await open_stream(request, settings.retry_ms, cursor)
+        sub: HistorySubscriber | None = None
         try:
-            last_write = loop.time()
-            must_read = True
-            while not sub.closed:
-                if must_read:
-                    cursor, wrote = await _send_new_rows(
-                        response, sessions, f, cursor, settings.batch_size, render_row
-                    )
-                    if wrote:
-                        last_write = loop.time()
-                silent = loop.time() - last_write
-                if silent >= settings.heartbeat_seconds:
-                    if not await heartbeat(request, response, "history"):
-                        break
-                    last_write = loop.time()
-                    must_read = False
-                    continue
-                if client_gone(request):
-                    break
-                wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
-                woke = await sub.wait(wait)
-                must_read = woke and not sub.closed and sub.take(cursor)
+            # A resumed stream reads its backlog itself (to the newest row), as does one behind
+            # the shared reader; then it joins the reader.
+            more = resuming
+            while (more or fanout.behind(cursor)) and not lifecycle.closed:
+                cursor, more = await _send_new_rows(
+                    response, sessions, f, cursor, settings.batch_size, fanout.render
+                )
+            sub = HistorySubscriber(f, cursor, lifecycle.wake)
+            sub.written = cursor
+            sub.outbox = Outbox(settings.outbox_bytes, lifecycle.wake, _on_overflow(request, sub))
+            fanout.join(sub)
+            await _follow(request, response, sub, lifecycle, settings)
         except ConnectionResetError:  # the client went away mid-write
             log.debug("history stream: client disconnected")
         except Unavailable:
             log.warning("history stream: database unavailable; ending the stream")
+        finally:
+            if sub is not None:
+                fanout.leave(sub)
     return response
+
+
+def _on_overflow(request: web.Request, sub: HistorySubscriber) -> Callable[[int], None]:
+    def overflow(pending: int) -> None:
+        log.info(
+            "history stream: the client is not reading (%d bytes waiting); ending the stream "
+            "after id %d (it resumes from its Last-Event-ID)",
+            pending,
+            sub.written,
+        )
+        sub.end("slow client")
+        drop_slow_client(request)
+
+    return overflow
+
+
+async def _follow(
+    request: web.Request,
+    response: web.StreamResponse,
+    sub: HistorySubscriber,
+    lifecycle: Subscription,
+    settings: StreamSettings,
+) -> None:
+    """Write what the shared reader hands over, heartbeat in silence, until the stream ends."""
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    while True:
+        data = sub.outbox.take()
+        if data and not sub.ended:
+            written = sub.cursor
+            await response.write(data)
+            sub.written = written
+            last_write = loop.time()
+        if sub.ended or lifecycle.closed:
+            if sub.reason == "database unavailable":
+                log.warning("history stream: database unavailable; ending the stream")
+            return
+        silent = loop.time() - last_write
+        if silent >= settings.heartbeat_seconds:
+            if not await heartbeat(request, response, "history", session_valid):
+                return
+            last_write = loop.time()
+            continue
+        if client_gone(request):
+            return
+        wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
+        if await lifecycle.wait(wait):
+            lifecycle.take(0)
 
 
 async def _send_new_rows(
@@ -127,22 +200,17 @@ async def _send_new_rows(
     batch_size: int,
     render_row: RowRenderer,
 ) -> tuple[int, bool]:
-    """Read and send every row after ``cursor``; returns the new cursor and whether anything
-    was written."""
-    wrote = False
+    """Catch-up: read (with the stream's own filter) and send the rows after ``cursor``, one
+    batch; returns the new cursor and whether the batch was full."""
     now = datetime.now(UTC)
-    while True:
-        batch = await history_service.read_new_events(sessions, f, cursor, batch_size)
-        waiting = await inputs_service.awaiting_among(
-            sessions, sorted({e.run_id for e in batch.events if e.run_id})
-        )
-        parts = [_frame(e, str(render_row(event_row(e, now, waiting)))) for e in batch.events]
-        last_sent = batch.events[-1].id if batch.events else cursor
-        if batch.cursor > last_sent:
-            parts.append(cursor_frame(batch.cursor))
-        cursor = batch.cursor
-        if parts:
-            await response.write("".join(parts).encode())
-            wrote = True
-        if not batch.more:
-            return cursor, wrote
+    batch = await history_service.read_new_events(sessions, f, cursor, batch_size)
+    waiting = await inputs_service.awaiting_among(
+        sessions, sorted({e.run_id for e in batch.events if e.run_id})
+    )
+    parts = [event_frame(e, str(render_row(event_row(e, now, waiting)))) for e in batch.events]
+    last_sent = batch.events[-1].id if batch.events else cursor
+    if batch.cursor > last_sent:
+        parts.append(cursor_frame(batch.cursor))
+    if parts:
+        await response.write("".join(parts).encode())
+    return batch.cursor, batch.more

@@ -29,6 +29,7 @@ from server.web.api.shapes import accepted_json, run_inputs_json
 from server.web.auth import actor_name
 from server.web.request import json_body, path_id
 from server.web.runs.styles import run_url
+from server.web.sessions import web_sessions
 
 INPUT_FIELD_PREFIX = "input."
 MAX_FIELDS = 64  # far above the 16 a request may ask; bounds the work on a hostile body
@@ -93,5 +94,5 @@ async def submit_json(request: web.Request) -> web.StreamResponse:
 
 async def get_inputs(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/runs/{run_id}/inputs``: the run's input request (never an answer)."""
-    detail = await runs_service.get_run(request.app[app_keys.SESSIONS], path_id(request, "run_id"))
+    detail = await runs_service.get_run(web_sessions(request.app), path_id(request, "run_id"))
     return web.json_response(run_inputs_json(detail.run))

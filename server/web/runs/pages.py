@@ -42,6 +42,7 @@ from server.web.runs.views import (
     run_row,
 )
 from server.web.runs.views import RunPage as RunPageView
+from server.web.sessions import web_sessions
 from server.web.templates import render_page, template_macro
 
 LOG_PAGE_LINES = 1000
@@ -53,14 +54,14 @@ MAX_SEQ = 2**63 - 1
 
 async def _runs_page(request: web.Request) -> tuple[RunFilter, RunPage]:
     f = parse_run_filter(request.query)
-    return f, await runs_service.list_runs(request.app[app_keys.SESSIONS], f)
+    return f, await runs_service.list_runs(web_sessions(request.app), f)
 
 
 async def runs(request: web.Request) -> web.StreamResponse:
     """``GET /runs``: recent runs, newest first; state and agent filters; keyset pages."""
     f, page = await _runs_page(request)
     now = datetime.now(UTC)
-    agents = await history_service.list_agent_choices(request.app[app_keys.SESSIONS])
+    agents = await history_service.list_agent_choices(web_sessions(request.app))
     chosen = set(f.states)
     view = RunsPage(
         runs=tuple(run_row(r, now) for r in page.runs),
@@ -106,7 +107,7 @@ async def runs_rows(request: web.Request) -> web.StreamResponse:
 async def run_status(app: web.Application, run_id: str) -> RunDetailView:
     """The run's status block (state, progress, ETA, steps, log counts), for the run page and
     its stream. Raises NotFound."""
-    sessions = app[app_keys.SESSIONS]
+    sessions = web_sessions(app)
     now = datetime.now(UTC)
     detail = await runs_service.get_run(sessions, run_id, now)
     stats = await logs_service.log_stats(sessions, run_id)
@@ -118,7 +119,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
     filters, counts), live tail and cancel. ``from_seq`` pages back through a long log;
     without it the page shows the newest ``LOG_PAGE_LINES`` lines."""
     app = request.app
-    sessions = app[app_keys.SESSIONS]
+    sessions = web_sessions(app)
     run_id = path_id(request, "run_id")
     log_filter = parse_log_filter(request.query)
     from_raw = single(request.query, "from_seq", 20)
@@ -185,7 +186,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     app = request.app
     run_id = path_id(request, "run_id")
     await runs_service.request_cancel(
-        app[app_keys.SESSIONS],
+        web_sessions(app),
         app[app_keys.CONFIG],
         run_id,
         actor_name(request),

@@ -19,82 +19,60 @@ cursor, so a client that reconnects gets exactly what it missed. Frames::
     : keepalive                  heartbeat comment after ``heartbeat_seconds`` of silence
 
 A gap in the seqs (line 12 visible before line 11) holds the cursor back for up to
-``gap_grace_seconds`` so a late line is not skipped; after that the stream moves on. The handler
-sleeps on the event bus between reads (a wake-up only means "something was committed"), with a
-slow poll as a safety net. Reads are at most one per ``min_interval_seconds`` per stream: a
-busy run's lines are coalesced into fewer, larger writes (everything is still stored and sent).
+``gap_grace_seconds`` so a late line is not skipped; after that the stream moves on. Once caught
+up, a stream does no database work: its run's shared reader (:mod:`server.web.runs.fanout`)
+sleeps on the event bus (a wake-up only means "something was committed"), with a slow poll as
+a safety net, reads at most once per ``min_interval_seconds`` for all the run's streams (a busy
+run's lines are coalesced into fewer, larger writes; everything is still stored and sent) and
+renders each line once. A stream behind the reader catches up with its own reads first. A
+client that does not read is dropped once ``outbox_bytes`` wait for it; it reconnects with
+``Last-Event-ID``. Run and History streams share the limits of :mod:`server.web.stream_limits`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from aiohttp import web
 
 from server import app_keys
 from server.errors import Unavailable
-from server.services import logs as logs_service
+from server.services.bus import Subscription
+from server.web.live import LIVE, session_valid, stream_slot
 from server.web.request import LogFilter, parse_log_filter, path_id
-from server.web.runs.pages import run_status
-from server.web.runs.views import (
-    RUNS_TEMPLATE,
-    LogLineRow,
-    RunDetailView,
-    log_line_json,
-    log_line_row,
-    run_json,
+from server.web.runs.fanout import (
+    RunFanouts,
+    RunReader,
+    RunRenderer,
+    RunStreamSettings,
+    RunSubscriber,
+    lines_after,
 )
-from server.web.sse import client_gone, cursor_frame, frame, heartbeat, open_stream, stream_cursor
-from server.web.templates import template_macro
+from server.web.runs.pages import run_status
+from server.web.sse import (
+    Outbox,
+    client_gone,
+    cursor_frame,
+    drop_slow_client,
+    heartbeat,
+    open_stream,
+    stream_cursor,
+)
+
+__all__ = ["RUN_STREAM_SETTINGS", "RunStreamSettings", "run_stream"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RunStreamSettings:
-    """Tunables of the run stream (an app may override them with :data:`RUN_STREAM_SETTINGS`)."""
-
-    heartbeat_seconds: float = 15.0
-    batch_size: int = 500  # lines per database read
-    retry_ms: int = 2_000  # the reconnect delay suggested to EventSource
-    disconnect_check_seconds: float = 1.0
-    min_interval_seconds: float = 0.1  # live rate cap: at most one read (and write) per interval
-    poll_seconds: float = 5.0  # safety net: re-read an active run even without a wake-up
-    gap_grace_seconds: float = 2.0  # how long a missing seq holds the cursor back
-
 
 RUN_STREAM_SETTINGS = web.AppKey("run_stream_settings", RunStreamSettings)
 
 
-class _Renderer:
-    """The page's own Jinja macros, so streamed HTML is escaped exactly like the page."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._log_line = template_macro(app, "log_line", RUNS_TEMPLATE)
-        self._status = template_macro(app, "run_status", RUNS_TEMPLATE)
-        self._counts = template_macro(app, "log_counts", RUNS_TEMPLATE)
-
-    def log_frame(self, line: LogLineRow) -> str:
-        data = {"line": log_line_json(line), "html": str(self._log_line(line))}
-        return frame("log", data, line.seq)
-
-    def run_frame(self, run: RunDetailView) -> str:
-        data = {
-            "run": run_json(run),
-            "status_html": str(self._status(run)),
-            "counts_html": str(self._counts(run.stats)),
-        }
-        return frame("run", data)
-
-
-@dataclass
-class _StreamState:
-    cursor: int
-    last_status: str = ""  # the last run frame sent (to send only changes)
-    gap_since: float | None = None  # loop time a gap was first seen
-    terminal: bool = False
+def _fanouts(app: web.Application, settings: RunStreamSettings) -> RunFanouts:
+    live = app[LIVE]
+    if live.runs is None:
+        live.runs = RunFanouts(app, settings, RunRenderer(app))
+    return live.runs
 
 
 async def run_stream(request: web.Request) -> web.StreamResponse:
@@ -107,125 +85,107 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
     if bus is None:
         raise Unavailable("live updates are not enabled on this server")
     settings = app.get(RUN_STREAM_SETTINGS) or RunStreamSettings()
-    renderer = _Renderer(app)
-    loop = asyncio.get_running_loop()
-
-    # Subscribe before the first read: a commit after it always wakes us.
-    with bus.subscribe_run(run_id) as sub:
+    fanouts = _fanouts(app, settings)
+    with stream_slot(request), bus.register_stream() as lifecycle:
         first = await run_status(app, run_id)  # NotFound: a 404 before any byte
         response = await open_stream(request, settings.retry_ms, cursor)
-        state = _StreamState(cursor=cursor)
+        status_frame = fanouts.renderer.run_frame(first)
+        sub: RunSubscriber | None = None
         try:
-            last_write = loop.time()
-            next_read = 0.0
-            must_read = True
-            status: RunDetailView | None = first
-            while not sub.closed:
-                now = loop.time()
-                if must_read and now < next_read:  # the rate cap: coalesce wake-ups
-                    await asyncio.sleep(next_read - now)
-                if must_read:
-                    wrote = await _send_updates(
-                        response, app, run_id, log_filter, state, settings, renderer, status
-                    )
-                    status = None
-                    next_read = loop.time() + settings.min_interval_seconds
-                    if wrote:
-                        last_write = loop.time()
-                silent = loop.time() - last_write
-                if silent >= settings.heartbeat_seconds:
-                    if not await heartbeat(request, response, "run"):
-                        break
-                    last_write = loop.time()
-                    silent = 0.0
-                if client_gone(request):
-                    break
-                wait = min(
-                    settings.heartbeat_seconds - silent,
-                    settings.disconnect_check_seconds,
-                    _poll_wait(state, settings, loop.time()),
-                )
-                woke = await sub.wait(max(wait, 0.0))
-                if sub.closed:
-                    break
-                if woke:
-                    sub.take(-1)  # run wake-ups carry no cursor: always read
-                must_read = woke or _poll_due(state, settings, loop.time(), next_read)
+            await response.write(status_frame.encode())
+            cursor = await _catch_up(response, app, run_id, log_filter, cursor, fanouts)
+            sub = RunSubscriber(log_filter, cursor, status_frame, lifecycle.wake)
+            sub.written = cursor
+            sub.outbox = Outbox(settings.outbox_bytes, lifecycle.wake, _on_overflow(request, sub))
+            fanouts.join(run_id, sub)
+            await _follow(request, response, sub, lifecycle, settings)
         except ConnectionResetError:
             log.debug("run stream: client disconnected")
         except Unavailable:
             log.warning("run stream: database unavailable; ending the stream")
+        finally:
+            if sub is not None:
+                fanouts.leave(run_id, sub)
     return response
 
 
-def _poll_wait(state: _StreamState, settings: RunStreamSettings, now: float) -> float:
-    if state.gap_since is not None:
-        return max(0.05, settings.gap_grace_seconds / 4)
-    return settings.poll_seconds if not state.terminal else settings.heartbeat_seconds
-
-
-def _poll_due(
-    state: _StreamState, settings: RunStreamSettings, now: float, last_read: float
-) -> bool:
-    """Re-read without a wake-up: while a gap is pending, or (slowly) while the run is active."""
-    if state.gap_since is not None:
-        return True
-    return not state.terminal and now - last_read >= settings.poll_seconds
-
-
-async def _send_updates(
+async def _catch_up(
     response: web.StreamResponse,
     app: web.Application,
     run_id: str,
     log_filter: LogFilter,
-    state: _StreamState,
-    settings: RunStreamSettings,
-    renderer: _Renderer,
-    status: RunDetailView | None,
-) -> bool:
-    """Send the run's status if it changed, then every new line (in batches); True when
-    anything was written."""
-    loop = asyncio.get_running_loop()
-    parts: list[str] = []
-    if status is None:
-        status = await run_status(app, run_id)
-    status_frame = renderer.run_frame(status)
-    if status_frame != state.last_status:
-        parts.append(status_frame)
-        state.last_status = status_frame
-    state.terminal = status.terminal
+    cursor: int,
+    fanouts: RunFanouts,
+) -> int:
+    """Send the lines after ``cursor`` with the stream's own reads, up to the end of the log
+    or to a gap the run's reader has not passed yet; returns the new cursor."""
+    batch_size = fanouts.settings.batch_size
     while True:
-        lines = await _lines_after(app, run_id, state.cursor, settings.batch_size)
-        examined = state.cursor
-        held = False
+        lines = await lines_after(app, run_id, cursor, batch_size)
+        if not lines:
+            return cursor
+        reader: RunReader | None = fanouts.get(run_id)
+        passed = reader.position if reader is not None else 0
+        parts: list[str] = []
+        examined = cursor
         for line in lines:
-            if line.seq != examined + 1:
-                # A gap: hold the cursor until the missing line shows up or the grace ends.
-                now = loop.time()
-                if state.gap_since is None:
-                    state.gap_since = now
-                if now - state.gap_since < settings.gap_grace_seconds:
-                    held = True
-                    break
-                log.info("run %s: log seq %d never arrived; moving on", run_id, examined + 1)
-            state.gap_since = None
+            if line.seq != examined + 1 and examined >= passed:
+                break  # a gap the reader will hold for its grace period
             examined = line.seq
             if log_filter.matches(line):
-                parts.append(renderer.log_frame(line))
-        if examined > state.cursor and not (parts and parts[-1].startswith(f"id: {examined}\n")):
-            parts.append(cursor_frame(examined))  # read past lines that did not match
-        state.cursor = examined
-        if held or len(lines) < settings.batch_size:
-            break
-    if parts:
-        await response.write("".join(parts).encode())
-        return True
-    return False
+                parts.append(fanouts.renderer.log_frame(line))
+        if examined > cursor and not (parts and parts[-1].startswith(f"id: {examined}\n")):
+            parts.append(cursor_frame(examined))
+        if parts:
+            await response.write("".join(parts).encode())
+        done = examined == cursor or len(lines) < batch_size
+        cursor = examined
+        reader = fanouts.get(run_id)
+        if done and (reader is None or cursor >= reader.position):
+            return cursor
 
 
-async def _lines_after(
-    app: web.Application, run_id: str, after_seq: int, limit: int
-) -> list[LogLineRow]:
-    """Every stored line of the run with ``seq > after_seq``, ascending, at most ``limit``."""
-    records = await logs_service.lines_after(app[app_keys.SESSIONS], run_id, after_seq, limit)
-    return [log_line_row(r) for r in records]
+def _on_overflow(request: web.Request, sub: RunSubscriber) -> Callable[[int], None]:
+    def overflow(pending: int) -> None:
+        log.info(
+            "run stream: the client is not reading (%d bytes waiting); ending the stream after "
+            "seq %d (it resumes from its Last-Event-ID)",
+            pending,
+            sub.written,
+        )
+        sub.end("slow client")
+        drop_slow_client(request)
+
+    return overflow
+
+
+async def _follow(
+    request: web.Request,
+    response: web.StreamResponse,
+    sub: RunSubscriber,
+    lifecycle: Subscription,
+    settings: RunStreamSettings,
+) -> None:
+    """Write what the run's reader hands over, heartbeat in silence, until the stream ends."""
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    while True:
+        data = sub.outbox.take()
+        if data and not sub.ended:
+            written = sub.cursor
+            await response.write(data)
+            sub.written = written
+            last_write = loop.time()
+        if sub.ended or lifecycle.closed:
+            return
+        silent = loop.time() - last_write
+        if silent >= settings.heartbeat_seconds:
+            if not await heartbeat(request, response, "run", session_valid):
+                return
+            last_write = loop.time()
+            continue
+        if client_gone(request):
+            return
+        wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
+        if await lifecycle.wait(wait):
+            lifecycle.take(0)
