@@ -27,7 +27,7 @@ TOML keys (all optional)::
     server_fingerprint = "sha256:ab12..."  # TLS: or pin the server certificate's sha256
     client_cert_file = ""             # mutual TLS: this agent's certificate and key (PEM)
     client_key_file = ""
-    allowed_paths = ["/etc"]          # migration specs may only touch files under these (under root)
+    allowed_paths = ["/etc"]          # the files a migration spec may touch (under root)
     [retry]
     initial_seconds = 1
     max_seconds = 300
