@@ -654,8 +654,9 @@ def _formats_before(spec: Spec, step: Step) -> dict[str, str]:
         if earlier is step:
             break
         for op in earlier.ops:
-            if isinstance(op, Convert) or (isinstance(op, MoveKeys) and op.to_format):
-                known[op.to_file] = op.to_format
+            to_format = op.to_format if isinstance(op, Convert | MoveKeys) else None
+            if to_format and isinstance(op, Convert | MoveKeys):
+                known[op.to_file] = to_format
     return known
 
 
