@@ -165,7 +165,10 @@ def _spec(config: AgentConfig, args: argparse.Namespace) -> int:
         code, lines = local.revert(config, args.run_id)
         for line in lines[:-1]:
             print(line)
-        print(lines[-1], file=sys.stdout if code == 0 else sys.stderr)
+        if code == 0:
+            print(lines[-1])
+        else:
+            print(f"flagpost-agent: {lines[-1]}", file=sys.stderr)
         return code
     try:
         loaded = local.load_spec_file(args.file)
