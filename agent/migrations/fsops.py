@@ -247,7 +247,10 @@ def restore_backup(manifest: Manifest, backup_dir: Path) -> None:
         path = Path(entry.original_path)
         try:
             if not entry.existed:
-                remove_file(path)
+                # Only if the run made it: unlink fails with EROFS on a read-only mount even
+                # for a name that is not there, and the run may have failed there.
+                if os.path.lexists(path):
+                    remove_file(path)
                 continue
             if _matches(path, entry):
                 continue

@@ -70,7 +70,9 @@ def host(root: Path, ini_mode: int = 0o640) -> Path:
     return path
 
 
-def agent(root: Path, *args: str, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def agent(
+    root: Path, *args: str, wrap: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [*(wrap or []), sys.executable, "-m", "agent", "--root", str(root), *args]
     return subprocess.run(
         command, env=agent_env(), capture_output=True, text=True, timeout=120, cwd=REPO, check=False
@@ -184,7 +186,11 @@ def test_revert_of_an_unknown_run_is_refused(tmp_path: Path) -> None:
 def test_v1_to_v2_edit_keeps_comments(tmp_path: Path) -> None:
     host(tmp_path)
     spec_path = tmp_path / "to2.toml"
-    spec_path.write_text(SAMPLE.replace('target = "3"', 'target = "2"').split("[[steps]]\nname = \"ini")[0])
+    v3 = SAMPLE.index('[[versions]]\nversion = "3"')
+    v2 = SAMPLE.index('[[versions]]\nversion = "2"')
+    text = SAMPLE[:v3] + SAMPLE[v2:]
+    text = text.replace('target = "3"', 'target = "2"').split('[[steps]]\nname = "ini')[0]
+    spec_path.write_text(text)
     result = agent(tmp_path, "spec", "run", str(spec_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Config migrated 1 -> 2" in result.stdout
@@ -232,7 +238,7 @@ def test_read_only_target_dir_mid_step_rolls_back(tmp_path: Path) -> None:
     assert tree(tmp_path / "etc") == before
     assert not (state(tmp_path) / "migration-journal.json").exists()
     with Outbox(state(tmp_path) / "outbox.db") as outbox:
-        failed = [e for e in outbox.pending() if e.error_detail.failing_step]
+        failed = [e for e in outbox.events() if e.error_detail.failing_step]
     assert len(failed) == 1
     detail = failed[0].error_detail
     assert detail.failing_step == "ini_to_toml_split_password"
@@ -360,7 +366,7 @@ def test_events_of_a_spec_run_are_in_the_outbox(tmp_path: Path) -> None:
     host(tmp_path)
     run_id = run_id_of(agent(tmp_path, "spec", "run", str(SAMPLE_PATH)))
     with Outbox(state(tmp_path) / "outbox.db") as outbox:
-        pending = outbox.pending()
+        pending = outbox.events()
         updates = outbox.runs.updates()
     assert {e.run_id for e in pending} == {run_id}
     assert [e.message for e in pending] == [
