@@ -282,6 +282,7 @@ def escape(tmp_path: Path) -> tuple[Path, Path]:
 def test_symlink_escape_refused_before_anything_is_read(tmp_path: Path) -> None:
     root, outside = escape(tmp_path)
     before = tree(tmp_path)
+    assert (outside / "myapp.ini").read_text() == V1_INI
     view = CountingView(root)
     with pytest.raises(PathRefused) as caught:
         plan_spec(parse_spec(SAMPLE), view)
