@@ -1,4 +1,5 @@
-"""``flagpost-agent``: enroll | once | run | migrate [--dry-run] | status.
+"""``flagpost-agent``: enroll | once | run | migrate [--dry-run] | status |
+spec preview FILE | spec run FILE | spec revert RUN_ID.
 
 Global options (before or after the subcommand): ``--root DIR``, ``--config FILE``,
 ``--server HOST:PORT``, ``--log-level LEVEL``, ``--debug``. Exit codes: 0 ok; 1 the operation
@@ -129,7 +130,61 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.add_argument(
         "--json", action="store_true", help="machine-readable output (default: text)"
     )
+    spec_cmd = _command(
+        commands,
+        "spec",
+        "a migration spec (TOML, or JSON for a .json file) on this host, locally: preview, run, "
+        "revert",
+    )
+    spec_actions = spec_cmd.add_subparsers(dest="spec_command", required=True, metavar="ACTION")
+    preview_cmd = _command(
+        spec_actions, "preview", "print the diffs and operations a run would do; change nothing"
+    )
+    preview_cmd.add_argument("file", type=Path, metavar="FILE", help="the spec")
+    spec_run_cmd = _command(
+        spec_actions,
+        "run",
+        "run the spec (backup, journal, rollback on failure); prints its run id",
+    )
+    spec_run_cmd.add_argument("file", type=Path, metavar="FILE", help="the spec")
+    revert_cmd = _command(
+        spec_actions,
+        "revert",
+        "restore the backup of a finished spec run, if its files are still what it wrote",
+    )
+    revert_cmd.add_argument("run_id", metavar="RUN_ID", help="the run id `spec run` printed")
     return parser
+
+
+def _spec(config: AgentConfig, args: argparse.Namespace) -> int:
+    """``spec preview|run|revert`` (agent/specs/local.py; imported only for these)."""
+    from agent.specs import local
+    from agent.specs.errors import SpecError
+
+    if args.spec_command == "revert":
+        code, lines = local.revert(config, args.run_id)
+        for line in lines[:-1]:
+            print(line)
+        if code == 0:
+            print(lines[-1])
+        else:
+            print(f"flagpost-agent: {lines[-1]}", file=sys.stderr)
+        return code
+    try:
+        loaded = local.load_spec_file(args.file)
+    except SpecError as exc:
+        print(f"flagpost-agent: {args.file}: invalid spec:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return exc.exit_code
+    if args.spec_command == "preview":
+        for line in local.preview_lines(local.preview(config, loaded.spec)):
+            print(line)
+        return 0
+    result = local.run(config, loaded)
+    for line in local.run_lines(result):
+        print(line)
+    return 1 if result.failed else 0
 
 
 def _setup_logging(level: str) -> None:
@@ -289,6 +344,8 @@ def _dispatch(config: AgentConfig, args: argparse.Namespace) -> int:
         return _dry_run(config) if args.dry_run else _migrate(config)
     if args.command == "status":
         return _status(config, args.json)
+    if args.command == "spec":
+        return _spec(config, args)
     with Agent(config) as agent:
         agent.install_signal_handlers()
         if args.command == "once":

@@ -27,6 +27,7 @@ TOML keys (all optional)::
     server_fingerprint = "sha256:ab12..."  # TLS: or pin the server certificate's sha256
     client_cert_file = ""             # mutual TLS: this agent's certificate and key (PEM)
     client_key_file = ""
+    allowed_paths = ["/etc"]          # the files a migration spec may touch (under root)
     [retry]
     initial_seconds = 1
     max_seconds = 300
@@ -34,7 +35,8 @@ TOML keys (all optional)::
     once_attempts = 3
 
 Environment: ``FLAGPOST_AGENT_`` + upper-cased key (``FLAGPOST_AGENT_CHECKIN_INTERVAL_SECONDS``);
-retry keys are ``FLAGPOST_AGENT_RETRY_INITIAL_SECONDS`` and so on.
+retry keys are ``FLAGPOST_AGENT_RETRY_INITIAL_SECONDS`` and so on. ``allowed_paths`` from the
+environment (or the command line) is a comma-separated list.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ class AgentConfig:
     server_fingerprint: str = ""
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
+    # Migration specs (agent/specs/): every file a spec names must resolve (after ``..`` and
+    # symlinks) under one of these absolute directories, each taken under ``root`` like every
+    # other path (agent/specs/paths.py).
+    allowed_paths: tuple[str, ...] = ("/etc",)
 
     @property
     def state_dir(self) -> Path:
@@ -189,6 +195,7 @@ _TOP_KEYS = (
     "server_fingerprint",
     "client_cert_file",
     "client_key_file",
+    "allowed_paths",
 )
 
 
@@ -239,6 +246,8 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
             changes[key] = Path(str(value)) if str(value) else None
         elif key == "server_fingerprint":
             changes[key] = _fingerprint(name, value)
+        elif key == "allowed_paths":
+            changes[key] = _allowed_paths(name, value)
         elif key == "retry_initial_seconds":
             retry_changes["initial"] = _seconds(name, value)
         elif key == "retry_max_seconds":
@@ -277,6 +286,26 @@ def _fingerprint(name: str, value: Any) -> str:
     if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
         raise AgentConfigError(f"{name}: expected a sha256 fingerprint (64 hex digits)")
     return text
+
+
+def _allowed_paths(name: str, value: Any) -> tuple[str, ...]:
+    """A list of absolute directories (a comma-separated string from the environment or the
+    command line), each normalised; ``..`` components and relative paths are refused."""
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise AgentConfigError(f"{name}: expected a list of absolute directories")
+    paths: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.startswith("/"):
+            raise AgentConfigError(f"{name}: {item!r} is not an absolute path")
+        if "\0" in item or ".." in item.split("/"):
+            raise AgentConfigError(f"{name}: {item!r} must not contain '..'")
+        normalised = os.path.normpath(item)
+        paths.append("/" + normalised.lstrip("/"))
+    return tuple(dict.fromkeys(paths))
 
 
 def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from agent.faults import FaultInjector
 from agent.inputs import PROVIDE_INPUT, InputBroker, ProvideInputHandler
 from agent.migrations.chain import MIGRATION_ID, json_conf
 from agent.migrations.engine import MigrationEngine
+from agent.migrations.model import Migration
 from agent.migrations.registry import MigrationRegistry, default_registry
 from agent.migrations.result import RunResult
 from agent.outbox import Outbox
@@ -249,6 +250,17 @@ class Agent:
                 )
             )
         return results
+
+    def run_migration(self, migration: Migration) -> RunResult:
+        """One attempt at ``migration``, which need not be registered (``flagpost-agent spec
+        run``): detected, executed if needed, always recorded; a run that needs inputs is left
+        waiting (AWAITING_INPUT) like those of ``once`` and ``migrate``."""
+        return self._engine.run(migration, wait_for_input=self._wait_for_input)
+
+    @property
+    def engine(self) -> MigrationEngine:
+        """The migration engine of this agent (journal, backups and outbox in its state dir)."""
+        return self._engine
 
     def _cancel_waiting(self, run_id: str, reason: str) -> str | None:
         return self._engine.cancel_waiting(run_id, reason)

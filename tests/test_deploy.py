@@ -567,6 +567,7 @@ AGENT_FIELD_KEYS: dict[str, str | None] = {
     "server_fingerprint": "server_fingerprint",
     "client_cert_file": "client_cert_file",
     "client_key_file": "client_key_file",
+    "allowed_paths": "allowed_paths",
 }
 RETRY_FIELD_KEYS = {
     "initial": "retry.initial_seconds",

@@ -150,6 +150,15 @@ class Executor:
             with runlog.bound(run_log, "executor"):
                 self._verify(migration)
             executor.info(f"Verified: the config is a valid version {target}")
+            # What the run leaves, checksummed, for a later revert (agent/specs/revert.py).
+            fsops.record_after(
+                backup_dir,
+                touched,
+                run_id=run_id,
+                migration_id=migration.id,
+                from_version=source,
+                to_version=target,
+            )
         except Exception as exc:
             cause: BaseException = exc
             if isinstance(exc, _StepFailure):

@@ -25,6 +25,9 @@ from agent.errors import AgentError
 
 TEMP_MARK = ".flagpost-tmp"
 MANIFEST_NAME = "manifest.json"
+# Beside the manifest once a run committed: what the run left in each file it may touch (see
+# :func:`record_after`), so a later revert can tell whether a file changed since.
+AFTER_NAME = "after.json"
 
 
 class BackupError(AgentError):
@@ -244,7 +247,10 @@ def restore_backup(manifest: Manifest, backup_dir: Path) -> None:
         path = Path(entry.original_path)
         try:
             if not entry.existed:
-                remove_file(path)
+                # Only if the run made it: unlink fails with EROFS on a read-only mount even
+                # for a name that is not there, and the run may have failed there.
+                if os.path.lexists(path):
+                    remove_file(path)
                 continue
             if _matches(path, entry):
                 continue
@@ -267,3 +273,78 @@ def restore_backup(manifest: Manifest, backup_dir: Path) -> None:
             failures.append(f"{directory}: {exc}")
     if failures:
         raise RollbackError("; ".join(failures))
+
+
+@dataclass(frozen=True, slots=True)
+class AfterEntry:
+    """One file as a finished run left it: ``exists`` False means the run left it absent."""
+
+    path: str
+    exists: bool
+    sha256: str = ""
+    mode: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AfterState:
+    """``backup_dir/after.json``: the migration, its versions and each touched file's state."""
+
+    run_id: str
+    migration_id: str
+    from_version: str
+    to_version: str
+    entries: tuple[AfterEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "migration_id": self.migration_id,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "files": [asdict(entry) for entry in self.entries],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AfterState:
+        return cls(
+            run_id=str(data["run_id"]),
+            migration_id=str(data["migration_id"]),
+            from_version=str(data["from_version"]),
+            to_version=str(data["to_version"]),
+            entries=tuple(AfterEntry(**entry) for entry in data["files"]),
+        )
+
+
+def file_state(path: Path) -> AfterEntry:
+    """``path`` as it is now (content checksum and permission bits, or absent)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return AfterEntry(str(path), exists=False)
+    return AfterEntry(str(path), True, sha256_file(path), stat.S_IMODE(info.st_mode))
+
+
+def record_after(
+    backup_dir: Path,
+    paths: Iterable[Path],
+    *,
+    run_id: str,
+    migration_id: str,
+    from_version: str,
+    to_version: str,
+) -> AfterState:
+    """Write ``backup_dir/after.json`` (0600): the state of each of ``paths`` now."""
+    after = AfterState(
+        run_id, migration_id, from_version, to_version, tuple(file_state(p) for p in paths)
+    )
+    atomic_write(
+        backup_dir / AFTER_NAME,
+        (json.dumps(after.to_json(), indent=2) + "\n").encode("utf-8"),
+        0o600,
+    )
+    return after
+
+
+def load_after(backup_dir: Path) -> AfterState:
+    """Read ``backup_dir/after.json`` (OSError if there is none: the run did not commit)."""
+    return AfterState.from_json(json.loads((backup_dir / AFTER_NAME).read_text("utf-8")))

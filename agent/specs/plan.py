@@ -633,3 +633,57 @@ def _changes(
                 FileChange(file, path, "delete", None, state.secrets.redact(diff), tuple(notes))
             )
     return tuple(changes)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """One step planned on its own (the engine plans step by step, see
+    :mod:`agent.specs.migration`): its ops, the inputs it asks for, which are missing and why a
+    given value is wrong."""
+
+    planned: PlannedStep
+    inputs: tuple[RequiredInput, ...] = ()
+    missing: tuple[str, ...] = ()
+    input_errors: Mapping[str, str] = field(default_factory=dict)
+
+
+def _formats_before(spec: Spec, step: Step) -> dict[str, str]:
+    """The formats the ops of the steps listed before ``step`` give the files they create."""
+    known: dict[str, str] = {}
+    for earlier in spec.steps:
+        if earlier is step:
+            break
+        for op in earlier.ops:
+            to_format = op.to_format if isinstance(op, Convert | MoveKeys) else None
+            if to_format and isinstance(op, Convert | MoveKeys):
+                known[op.to_file] = to_format
+    return known
+
+
+def plan_one_step(
+    spec: Spec,
+    view: FileView,
+    step: Step,
+    paths: Mapping[str, Path],
+    *,
+    inputs: Mapping[str, str] | None = None,
+    verify: bool = False,
+) -> StepOutcome:
+    """Plan ``step`` alone on ``view`` (which already holds the earlier steps' ops);
+    ``paths`` from :func:`~agent.specs.paths.confine`. With ``verify`` (the last step) the
+    planned result must detect as ``spec.target`` (PlanError naming the step otherwise)."""
+    state = _State(
+        spec=spec,
+        view=PlannedView(view),
+        paths=dict(paths),
+        inputs=dict(inputs or {}),
+        secrets=Secrets(),
+        secret_keys=secret_keys(spec),
+        known_formats=_formats_before(spec, step),
+    )
+    planned = plan_step(state, step)
+    if verify and not state.missing:
+        _verify(spec, state, step.name)
+    return StepOutcome(
+        planned, tuple(state.required), tuple(state.missing), dict(state.input_errors)
+    )
