@@ -10,7 +10,7 @@ cannot tell from its own cancellation. So the server drains first (``Drain``):
    handler carry on (a check-in waiting for its batch is committed and answered). The health
    service turns NOT_SERVING (the ``on_begin`` callbacks), so load balancers move away.
 2. ``settle()``: wait until no call has arrived for ``QUIET_SECONDS`` (the backlog has been
-   handed out and answered), at most the given limit.
+   handed out and answered), at most the given limit; at once when none arrived that recently.
 3. Only then ``server.stop(grace)``: what is still in a handler gets the rest of the grace.
 """
 
@@ -59,7 +59,6 @@ class Drain:
         if self.draining:
             return
         self.draining = True
-        self._last_arrival = time.monotonic()
         for callback in self._on_begin:
             try:
                 await callback()

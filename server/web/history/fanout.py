@@ -43,10 +43,14 @@ from server.web.sse import Outbox, cursor_frame, frame
 log = logging.getLogger(__name__)
 
 EVERYTHING = EventFilter()  # the reader's filter: every row
-DELIVERY_CHUNK = 50  # streams served between two turns of the event loop
-# The pause between chunks: the loop idles a moment, so the ingest writer's thread gets the GIL
-# (with 0 it waits for the interpreter's switch interval at every handover).
+DELIVERY_CHUNK = 25  # streams served between two turns of the event loop
+# The shortest pause between chunks: the loop idles a moment, so the ingest writer's thread gets
+# the GIL (with 0 it waits for the interpreter's switch interval at every handover).
 DELIVERY_PAUSE_SECONDS = 0.002
+# A delivery that leaves nothing more to read is spread over this share of the read interval:
+# each chunk of streams (their writes included) is then a short stretch of the loop's time, so
+# a check-in never waits behind the whole fan-out (measured: tests/bench/streams.py).
+DELIVERY_SPREAD = 0.8
 RowRenderer = Callable[[EventRow], Any]  # the Jinja macro: returns Markup
 
 
@@ -143,9 +147,10 @@ class HistoryFanout:
                 if must_read and now < next_read:  # the rate cap: coalesce commits
                     await asyncio.sleep(next_read - now)
                 if must_read:
+                    started = loop.time()
                     if not await self._read_all():
                         continue
-                    next_read = loop.time() + self.min_interval_seconds
+                    next_read = started + self.min_interval_seconds
                 await wake.wait(1.0)
                 if wake.closed:
                     break
@@ -179,28 +184,35 @@ class HistoryFanout:
             self.batches_read += 1
             if epoch != self._epoch:  # every stream left during the read: start again
                 continue
-            await self._deliver(batch, waiting)
+            await self._deliver(batch, waiting, spread=not batch.more)
             if self.position is None:  # the last stream left or was dropped
                 return True
             if not batch.more:
                 return True
         return True
 
-    async def _deliver(self, batch: history_service.StreamBatch, waiting: Set[str]) -> None:
+    async def _deliver(
+        self, batch: history_service.StreamBatch, waiting: Set[str], *, spread: bool
+    ) -> None:
         """Hand ``batch`` to every subscriber: streams with the same filters at the same cursor
         (most of them, usually) share one matching pass and one bytes object. The position
         moves first, so a stream joining meanwhile catches up by itself; every
         ``DELIVERY_CHUNK`` streams the loop gets a turn (check-ins never wait behind a whole
-        delivery)."""
+        delivery). With ``spread`` (nothing more to read) the chunks are spaced over
+        ``DELIVERY_SPREAD`` of the read interval; a backlog is delivered without the spacing."""
         now = datetime.now(UTC)
         rows = [SharedRow(e, now, waiting) for e in batch.events]
         targets = list(self.subscribers)
         if self.position is not None:
             self.position = max(self.position, batch.cursor)
+        pause = DELIVERY_PAUSE_SECONDS
+        chunks = -(-len(targets) // DELIVERY_CHUNK)
+        if spread and chunks > 1:
+            pause = max(pause, DELIVERY_SPREAD * self.min_interval_seconds / chunks)
         shared: dict[tuple[EventFilter, int], bytes] = {}
         for index, sub in enumerate(targets):
             if index and index % DELIVERY_CHUNK == 0:
-                await asyncio.sleep(DELIVERY_PAUSE_SECONDS)
+                await asyncio.sleep(pause)
             if sub not in self.subscribers:
                 continue
             key = (sub.filter, sub.cursor)
