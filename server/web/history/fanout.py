@@ -43,7 +43,7 @@ from server.web.sse import Outbox, cursor_frame, frame
 log = logging.getLogger(__name__)
 
 EVERYTHING = EventFilter()  # the reader's filter: every row
-DELIVERY_CHUNK = 25  # streams served between two turns of the event loop
+DELIVERY_CHUNK = 10  # streams served between two turns of the event loop
 # The shortest pause between chunks: the loop idles a moment, so the ingest writer's thread gets
 # the GIL (with 0 it waits for the interpreter's switch interval at every handover).
 DELIVERY_PAUSE_SECONDS = 0.002
