@@ -71,7 +71,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_resumes_without_loss(
 ) -> None:
     config = replace(server_config, max_streams_per_session=4)
     server = await start_streams_server(config, history=replace(FAST, outbox_bytes=OUTBOX))
-    caplog.set_level(logging.INFO, logger="server.web.history.stream")
+    caplog.set_level(logging.INFO, logger="server.web.sse")
     try:
         async with logged_in_http(server, "viewer") as http, agents(server, 2) as fleet:
             jar = http.cookie_jar.filter_cookies(URL(server.web_url))

@@ -20,16 +20,18 @@ leave only the header block below, at the price of a dependency.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from server import app_keys
 from server.errors import InvalidArgument
+from server.services.bus import Subscription
 from server.web.auth import session_still_valid
 from server.web.request import MAX_CURSOR
 
@@ -173,3 +175,75 @@ async def end_streams_on_shutdown(app: web.Application) -> None:
     bus = app.get(app_keys.BUS)
     if bus is not None:
         bus.end_streams()
+
+
+class Follower(Protocol):
+    """A stream as its shared reader feeds it (``HistorySubscriber``, ``RunSubscriber``)."""
+
+    cursor: int  # handed to the outbox up to here
+    written: int  # written to the response up to here
+    ended: bool
+    reason: str
+    outbox: Outbox
+
+    def end(self, reason: str) -> None: ...
+
+
+def overflow_handler(
+    request: web.Request, sub: Follower, name: str, unit: str
+) -> Callable[[int], None]:
+    """The outbox's overflow callback: log once with the stream's cursor, end it, drop the
+    client (it resumes from its ``Last-Event-ID``)."""
+
+    def overflow(pending: int) -> None:
+        log.info(
+            "%s stream: the client is not reading (%d bytes waiting); ending the stream after "
+            "%s %d (it resumes from its Last-Event-ID)",
+            name,
+            pending,
+            unit,
+            sub.written,
+        )
+        sub.end("slow client")
+        drop_slow_client(request)
+
+    return overflow
+
+
+async def follow(
+    request: web.Request,
+    response: web.StreamResponse,
+    sub: Follower,
+    lifecycle: Subscription,
+    *,
+    name: str,
+    heartbeat_seconds: float,
+    disconnect_check_seconds: float,
+    session_valid: Callable[[web.Request], Awaitable[bool]],
+) -> None:
+    """Write what the shared reader hands over, heartbeat in silence, until the stream ends
+    (its reader ended it, the app shuts down, the client left or its session ended)."""
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    while True:
+        data = sub.outbox.take()
+        if data and not sub.ended:
+            written = sub.cursor
+            await response.write(data)
+            sub.written = written
+            last_write = loop.time()
+        if sub.ended or lifecycle.closed:
+            if sub.reason == "database unavailable":
+                log.warning("%s stream: database unavailable; ending the stream", name)
+            return
+        silent = loop.time() - last_write
+        if silent >= heartbeat_seconds:
+            if not await heartbeat(request, response, name, session_valid):
+                return
+            last_write = loop.time()
+            continue
+        if client_gone(request):
+            return
+        wait = min(heartbeat_seconds - silent, disconnect_check_seconds)
+        if await lifecycle.wait(wait):
+            lifecycle.take(0)

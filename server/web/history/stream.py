@@ -28,9 +28,7 @@ with its cursor); the client reconnects with ``Last-Event-ID``. At most
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,7 +41,6 @@ from server.domain import EventFilter
 from server.errors import InvalidArgument, Unavailable
 from server.services import history as history_service
 from server.services import inputs as inputs_service
-from server.services.bus import Subscription
 from server.web.history.fanout import (
     HistoryFanout,
     HistorySubscriber,
@@ -56,11 +53,10 @@ from server.web.request import parse_event_filter
 from server.web.sessions import web_sessions
 from server.web.sse import (
     Outbox,
-    client_gone,
     cursor_frame,
-    drop_slow_client,
-    heartbeat,
+    follow,
     open_stream,
+    overflow_handler,
     stream_cursor,
 )
 
@@ -131,9 +127,22 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
                 )
             sub = HistorySubscriber(f, cursor, lifecycle.wake)
             sub.written = cursor
-            sub.outbox = Outbox(settings.outbox_bytes, lifecycle.wake, _on_overflow(request, sub))
+            sub.outbox = Outbox(
+                settings.outbox_bytes,
+                lifecycle.wake,
+                overflow_handler(request, sub, "history", "id"),
+            )
             fanout.join(sub)
-            await _follow(request, response, sub, lifecycle, settings)
+            await follow(
+                request,
+                response,
+                sub,
+                lifecycle,
+                name="history",
+                heartbeat_seconds=settings.heartbeat_seconds,
+                disconnect_check_seconds=settings.disconnect_check_seconds,
+                session_valid=session_valid,
+            )
         except ConnectionResetError:  # the client went away mid-write
             log.debug("history stream: client disconnected")
         except Unavailable:
@@ -142,54 +151,6 @@ async def history_stream(request: web.Request) -> web.StreamResponse:
             if sub is not None:
                 fanout.leave(sub)
     return response
-
-
-def _on_overflow(request: web.Request, sub: HistorySubscriber) -> Callable[[int], None]:
-    def overflow(pending: int) -> None:
-        log.info(
-            "history stream: the client is not reading (%d bytes waiting); ending the stream "
-            "after id %d (it resumes from its Last-Event-ID)",
-            pending,
-            sub.written,
-        )
-        sub.end("slow client")
-        drop_slow_client(request)
-
-    return overflow
-
-
-async def _follow(
-    request: web.Request,
-    response: web.StreamResponse,
-    sub: HistorySubscriber,
-    lifecycle: Subscription,
-    settings: StreamSettings,
-) -> None:
-    """Write what the shared reader hands over, heartbeat in silence, until the stream ends."""
-    loop = asyncio.get_running_loop()
-    last_write = loop.time()
-    while True:
-        data = sub.outbox.take()
-        if data and not sub.ended:
-            written = sub.cursor
-            await response.write(data)
-            sub.written = written
-            last_write = loop.time()
-        if sub.ended or lifecycle.closed:
-            if sub.reason == "database unavailable":
-                log.warning("history stream: database unavailable; ending the stream")
-            return
-        silent = loop.time() - last_write
-        if silent >= settings.heartbeat_seconds:
-            if not await heartbeat(request, response, "history", session_valid):
-                return
-            last_write = loop.time()
-            continue
-        if client_gone(request):
-            return
-        wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
-        if await lifecycle.wait(wait):
-            lifecycle.take(0)
 
 
 async def _send_new_rows(

@@ -31,15 +31,12 @@ client that does not read is dropped once ``outbox_bytes`` wait for it; it recon
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 
 from aiohttp import web
 
 from server import app_keys
 from server.errors import Unavailable
-from server.services.bus import Subscription
 from server.web.live import LIVE, session_valid, stream_slot
 from server.web.request import LogFilter, parse_log_filter, path_id
 from server.web.runs.fanout import (
@@ -53,11 +50,10 @@ from server.web.runs.fanout import (
 from server.web.runs.pages import run_status
 from server.web.sse import (
     Outbox,
-    client_gone,
     cursor_frame,
-    drop_slow_client,
-    heartbeat,
+    follow,
     open_stream,
+    overflow_handler,
     stream_cursor,
 )
 
@@ -96,9 +92,20 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
             cursor = await _catch_up(response, app, run_id, log_filter, cursor, fanouts)
             sub = RunSubscriber(log_filter, cursor, status_frame, lifecycle.wake)
             sub.written = cursor
-            sub.outbox = Outbox(settings.outbox_bytes, lifecycle.wake, _on_overflow(request, sub))
+            sub.outbox = Outbox(
+                settings.outbox_bytes, lifecycle.wake, overflow_handler(request, sub, "run", "seq")
+            )
             fanouts.join(run_id, sub)
-            await _follow(request, response, sub, lifecycle, settings)
+            await follow(
+                request,
+                response,
+                sub,
+                lifecycle,
+                name="run",
+                heartbeat_seconds=settings.heartbeat_seconds,
+                disconnect_check_seconds=settings.disconnect_check_seconds,
+                session_valid=session_valid,
+            )
         except ConnectionResetError:
             log.debug("run stream: client disconnected")
         except Unavailable:
@@ -143,49 +150,3 @@ async def _catch_up(
         reader = fanouts.get(run_id)
         if done and (reader is None or cursor >= reader.position):
             return cursor
-
-
-def _on_overflow(request: web.Request, sub: RunSubscriber) -> Callable[[int], None]:
-    def overflow(pending: int) -> None:
-        log.info(
-            "run stream: the client is not reading (%d bytes waiting); ending the stream after "
-            "seq %d (it resumes from its Last-Event-ID)",
-            pending,
-            sub.written,
-        )
-        sub.end("slow client")
-        drop_slow_client(request)
-
-    return overflow
-
-
-async def _follow(
-    request: web.Request,
-    response: web.StreamResponse,
-    sub: RunSubscriber,
-    lifecycle: Subscription,
-    settings: RunStreamSettings,
-) -> None:
-    """Write what the run's reader hands over, heartbeat in silence, until the stream ends."""
-    loop = asyncio.get_running_loop()
-    last_write = loop.time()
-    while True:
-        data = sub.outbox.take()
-        if data and not sub.ended:
-            written = sub.cursor
-            await response.write(data)
-            sub.written = written
-            last_write = loop.time()
-        if sub.ended or lifecycle.closed:
-            return
-        silent = loop.time() - last_write
-        if silent >= settings.heartbeat_seconds:
-            if not await heartbeat(request, response, "run", session_valid):
-                return
-            last_write = loop.time()
-            continue
-        if client_gone(request):
-            return
-        wait = min(settings.heartbeat_seconds - silent, settings.disconnect_check_seconds)
-        if await lifecycle.wait(wait):
-            lifecycle.take(0)
