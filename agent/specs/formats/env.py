@@ -8,8 +8,7 @@ import re
 from typing import Any
 
 from agent.specs.errors import FormatError
-from agent.specs.formats.lines import Line, LinesDocument, Syntax
-from agent.specs.values import flatten
+from agent.specs.formats.lines import Line, LinesDocument, Syntax, from_flat
 
 _ENTRY = re.compile(r"(?P<lead>\s*(?:export\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)")
 _BARE_SAFE = re.compile(r"[A-Za-z0-9_./:@%+,=-]*")
@@ -96,8 +95,4 @@ def parse(text: str) -> LinesDocument:
 
 def from_data(data: dict[str, Any]) -> LinesDocument:
     """A new env file; every key must already be a valid variable name (rename first)."""
-    document = parse("")
-    for key, value in flatten(data):
-        if not isinstance(value, dict):
-            document.set(key, value)
-    return document
+    return from_flat(SYNTAX, data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.specs.errors import FormatError
-from agent.specs.formats.lines import IniLikeSyntax, LinesDocument
+from agent.specs.formats.lines import IniLikeSyntax, LinesDocument, from_flat
 from agent.specs.values import flatten
 
 SYNTAX = IniLikeSyntax("ini", sections=True, colon=True, marks=("#", ";"))
@@ -20,11 +20,7 @@ def parse(text: str) -> LinesDocument:
 def from_data(data: dict[str, Any]) -> LinesDocument:
     """A new INI file holding ``data``: top-level tables become sections (nested ones dotted
     sections), values text."""
-    document = parse("")
     for key, value in flatten(data):
-        if isinstance(value, dict):
-            continue  # an empty table holds no values
-        if "." not in key:
+        if not isinstance(value, dict) and "." not in key:
             raise FormatError(f"key {key!r}: an ini file holds keys only inside sections")
-        document.set(key, value)
-    return document
+    return from_flat(SYNTAX, data)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.specs.formats.lines import IniLikeSyntax, LinesDocument
-from agent.specs.values import flatten
+from agent.specs.formats.lines import IniLikeSyntax, LinesDocument, from_flat
 
 SYNTAX = IniLikeSyntax("kv", sections=False, colon=False, marks=("#",))
 
@@ -18,8 +17,4 @@ def parse(text: str) -> LinesDocument:
 
 def from_data(data: dict[str, Any]) -> LinesDocument:
     """A new kv file: nested tables become dotted keys."""
-    document = parse("")
-    for key, value in flatten(data):
-        if not isinstance(value, dict):
-            document.set(key, value)
-    return document
+    return from_flat(SYNTAX, data)

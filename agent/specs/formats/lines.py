@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.specs.errors import FormatError
 from agent.specs.formats.base import Comment, Document
-from agent.specs.values import nest, to_text
+from agent.specs.values import flatten, nest, to_text
 
 
 @dataclass(slots=True)
@@ -276,3 +276,13 @@ class IniLikeSyntax(Syntax):
         match = self._entry.fullmatch(line.raw)
         assert match is not None
         return line.raw[: match.start("key")] + key + line.raw[match.end("key") :]
+
+
+def from_flat(syntax: Syntax, data: dict[str, Any]) -> LinesDocument:
+    """A new line-based file holding ``data`` (nested tables as dotted keys; an empty table
+    holds no value), every value set through ``syntax``."""
+    document = LinesDocument(syntax, "")
+    for key, value in flatten(data):
+        if not isinstance(value, dict):
+            document.set(key, value)
+    return document
