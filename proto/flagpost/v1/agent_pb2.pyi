@@ -16,6 +16,8 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_MIGRATION_DETECTION: _ClassVar[EventType]
     EVENT_TYPE_MIGRATION_EXECUTION: _ClassVar[EventType]
     EVENT_TYPE_AGENT_NOTICE: _ClassVar[EventType]
+    EVENT_TYPE_MIGRATION_REVERT: _ClassVar[EventType]
+    EVENT_TYPE_MIGRATION_PREVIEW: _ClassVar[EventType]
 
 class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +42,8 @@ EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_MIGRATION_DETECTION: EventType
 EVENT_TYPE_MIGRATION_EXECUTION: EventType
 EVENT_TYPE_AGENT_NOTICE: EventType
+EVENT_TYPE_MIGRATION_REVERT: EventType
+EVENT_TYPE_MIGRATION_PREVIEW: EventType
 EVENT_STATUS_UNSPECIFIED: EventStatus
 EVENT_STATUS_SUCCESS: EventStatus
 EVENT_STATUS_FAILED: EventStatus
@@ -56,7 +60,7 @@ RUN_STATE_PARTIAL: RunState
 RUN_STATE_CANCELLED: RunState
 
 class HostFacts(_message.Message):
-    __slots__ = ("hostname", "os", "kernel", "agent_version", "config_version", "disk_free_bytes", "machine_id")
+    __slots__ = ("hostname", "os", "kernel", "agent_version", "config_version", "disk_free_bytes", "machine_id", "specs")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +68,7 @@ class HostFacts(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     kernel: str
@@ -71,7 +76,20 @@ class HostFacts(_message.Message):
     config_version: str
     disk_free_bytes: int
     machine_id: str
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., agent_version: _Optional[str] = ..., config_version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., machine_id: _Optional[str] = ...) -> None: ...
+    specs: _containers.RepeatedCompositeFieldContainer[SpecVersion]
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., agent_version: _Optional[str] = ..., config_version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., machine_id: _Optional[str] = ..., specs: _Optional[_Iterable[_Union[SpecVersion, _Mapping]]] = ...) -> None: ...
+
+class SpecVersion(_message.Message):
+    __slots__ = ("spec_id", "revision", "version", "error")
+    SPEC_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    spec_id: str
+    revision: int
+    version: str
+    error: str
+    def __init__(self, spec_id: _Optional[str] = ..., revision: _Optional[int] = ..., version: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
     __slots__ = ("token", "facts")
@@ -118,7 +136,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, failing_step: _Optional[str] = ..., file_path: _Optional[str] = ..., errno: _Optional[int] = ..., errno_name: _Optional[str] = ..., exception_type: _Optional[str] = ..., line: _Optional[int] = ..., rollback: _Optional[str] = ..., rollback_error: _Optional[str] = ..., backup_path: _Optional[str] = ...) -> None: ...
 
 class MigrationEvent(_message.Message):
-    __slots__ = ("event_id", "event_type", "status", "error_message", "error_detail", "migration_from", "migration_to", "occurred_at", "system_info", "run_id", "message")
+    __slots__ = ("event_id", "event_type", "status", "error_message", "error_detail", "migration_from", "migration_to", "occurred_at", "system_info", "run_id", "message", "spec_id", "spec_revision", "diffs", "action_id")
     class SystemInfoEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +155,10 @@ class MigrationEvent(_message.Message):
     SYSTEM_INFO_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DIFFS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_type: EventType
     status: EventStatus
@@ -148,7 +170,23 @@ class MigrationEvent(_message.Message):
     system_info: _containers.ScalarMap[str, str]
     run_id: str
     message: str
-    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., status: _Optional[_Union[EventStatus, str]] = ..., error_message: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., system_info: _Optional[_Mapping[str, str]] = ..., run_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    spec_id: str
+    spec_revision: int
+    diffs: _containers.RepeatedCompositeFieldContainer[FileDiff]
+    action_id: str
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., status: _Optional[_Union[EventStatus, str]] = ..., error_message: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., system_info: _Optional[_Mapping[str, str]] = ..., run_id: _Optional[str] = ..., message: _Optional[str] = ..., spec_id: _Optional[str] = ..., spec_revision: _Optional[int] = ..., diffs: _Optional[_Iterable[_Union[FileDiff, _Mapping]]] = ..., action_id: _Optional[str] = ...) -> None: ...
+
+class FileDiff(_message.Message):
+    __slots__ = ("path", "diff", "operations", "note")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    diff: str
+    operations: _containers.RepeatedScalarFieldContainer[str]
+    note: str
+    def __init__(self, path: _Optional[str] = ..., diff: _Optional[str] = ..., operations: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
     __slots__ = ("agent_id", "facts", "events", "run_updates", "log_lines", "acknowledged_action_ids")
@@ -181,7 +219,7 @@ class StepResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
 
 class RunUpdate(_message.Message):
-    __slots__ = ("update_id", "run_id", "state", "steps_done", "steps_total", "steps", "started_at", "finished_at", "migration_id", "migration_from", "migration_to", "error_message", "requested_by_action_id", "occurred_at", "input_request")
+    __slots__ = ("update_id", "run_id", "state", "steps_done", "steps_total", "steps", "started_at", "finished_at", "migration_id", "migration_from", "migration_to", "error_message", "requested_by_action_id", "occurred_at", "input_request", "spec_revision", "reverts_run_id")
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +235,8 @@ class RunUpdate(_message.Message):
     REQUESTED_BY_ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     INPUT_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REVERTS_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     run_id: str
     state: RunState
@@ -212,7 +252,9 @@ class RunUpdate(_message.Message):
     requested_by_action_id: str
     occurred_at: _timestamp_pb2.Timestamp
     input_request: InputRequest
-    def __init__(self, update_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_id: _Optional[str] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., error_message: _Optional[str] = ..., requested_by_action_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_request: _Optional[_Union[InputRequest, _Mapping]] = ...) -> None: ...
+    spec_revision: int
+    reverts_run_id: str
+    def __init__(self, update_id: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_id: _Optional[str] = ..., migration_from: _Optional[str] = ..., migration_to: _Optional[str] = ..., error_message: _Optional[str] = ..., requested_by_action_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_request: _Optional[_Union[InputRequest, _Mapping]] = ..., spec_revision: _Optional[int] = ..., reverts_run_id: _Optional[str] = ...) -> None: ...
 
 class InputField(_message.Message):
     __slots__ = ("name", "label", "secret", "error")
