@@ -27,6 +27,7 @@ the same error, and a new backup, forever).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -39,9 +40,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.actions import ActionHandler, RunRequest, Trust
+from agent.action_verify import VerifiedAction
+from agent.actions import (
+    PREVIEW_MIGRATION,
+    REVERT_RUN,
+    RUN_MIGRATION,
+    ActionHandler,
+    RunRequest,
+    Trust,
+)
 from agent.checkin import CheckInClient, CheckInResult
 from agent.checkin_loop import CheckInLoop
 from agent.config import AgentConfig
@@ -60,6 +69,9 @@ from agent.schedule import CheckInSchedule
 from agent.sysinfo import host_facts
 from agent.tls import ChannelSecurity
 from flagpost.v1 import agent_pb2
+
+if TYPE_CHECKING:
+    from agent.specs.actions import SpecActions
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +160,14 @@ class Agent:
             inputs=self._inputs,
             input_timeout=config.input_timeout,
         )
+        # Server-defined specs (agent/specs/actions.py): loaded on first use, so an agent with
+        # none installed never imports the spec modules (idle RSS, tests/bench/agent_rss.py).
+        self._specs: SpecActions | None = None
+        self._specs_lock = threading.Lock()
+        self._builtin_run = self._actions.kind_handler(RUN_MIGRATION)
+        self._actions.register(RUN_MIGRATION, self._on_run_migration)
+        for kind in (PREVIEW_MIGRATION, REVERT_RUN):
+            self._actions.register(kind, functools.partial(self._spec_action, kind))
         self._schedule = CheckInSchedule(
             config.checkin_interval,
             config.retry,
@@ -251,16 +271,53 @@ class Agent:
             )
         return results
 
-    def run_migration(self, migration: Migration) -> RunResult:
+    def run_migration(self, migration: Migration, *, requested_by: str = "") -> RunResult:
         """One attempt at ``migration``, which need not be registered (``flagpost-agent spec
-        run``): detected, executed if needed, always recorded; a run that needs inputs is left
-        waiting (AWAITING_INPUT) like those of ``once`` and ``migrate``."""
-        return self._engine.run(migration, wait_for_input=self._wait_for_input)
+        run``, an installed spec): detected, executed if needed, always recorded; a run that
+        needs inputs waits like those of the registered migrations (the daemon waits, ``once``
+        and ``migrate`` leave it waiting). ``requested_by``: the server action asking."""
+        return self._engine.run(
+            migration, requested_by=requested_by, wait_for_input=self._wait_for_input
+        )
 
     @property
     def engine(self) -> MigrationEngine:
         """The migration engine of this agent (journal, backups and outbox in its state dir)."""
         return self._engine
+
+    @property
+    def specs(self) -> SpecActions:
+        """The installed server-defined specs and their actions (loaded on first use)."""
+        with self._specs_lock:
+            if self._specs is None:
+                from agent.specs.actions import SpecActions
+
+                self._specs = SpecActions(
+                    self._config,
+                    self._engine,
+                    self._outbox,
+                    lambda migration, action_id: self.run_migration(
+                        migration, requested_by=action_id
+                    ),
+                    self._submit,
+                    self._builtin_run,
+                )
+            return self._specs
+
+    def _has_specs(self) -> bool:
+        return self._specs is not None or self._config.specs_dir.is_dir()
+
+    def _on_run_migration(self, action: VerifiedAction, outbox: Outbox) -> str:
+        if "spec" in action.params or self._has_specs():
+            return self.specs.handle(RUN_MIGRATION, action, outbox)
+        assert self._builtin_run is not None
+        return self._builtin_run(action, outbox)
+
+    def _spec_action(self, kind: str, action: VerifiedAction, outbox: Outbox) -> str:
+        return self.specs.handle(kind, action, outbox)
+
+    def _spec_facts(self) -> list[agent_pb2.SpecVersion]:
+        return self.specs.facts() if self._has_specs() else []
 
     def _cancel_waiting(self, run_id: str, reason: str) -> str | None:
         return self._engine.cancel_waiting(run_id, reason)
@@ -289,11 +346,14 @@ class Agent:
             if request.expired():
                 ActionHandler.notice(
                     self._outbox,
-                    f"Action {request.action_id} (run_migration) expired while queued behind "
+                    f"Action {request.action_id} ({request.kind}) expired while queued behind "
                     "another run; ignored",
                 )
                 continue
-            self.migrate(request=request)
+            if request.job is not None:
+                request.job()
+            else:
+                self.migrate(request=request)
             count += 1
         return count
 
@@ -315,9 +375,11 @@ class Agent:
     def facts(self, outbox: Outbox | None = None) -> agent_pb2.HostFacts:
         """Host facts for the next check-in."""
         version = (outbox or self._outbox).get_state(f"config_version:{MIGRATION_ID}")
-        return host_facts(
+        facts = host_facts(
             self._config.root, self._config.state_dir, json_conf(self._config.root), version
         )
+        facts.specs.extend(self._spec_facts())
+        return facts
 
     def _client_for(self, credentials: Credentials) -> CheckInClient:
         """The check-in client, using ``credentials`` (the stored ones, read for this cycle: a
