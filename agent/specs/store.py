@@ -75,12 +75,17 @@ def _revision(text: str) -> int:
 
 
 def _outside(refused: PathRefused, allowed_paths: Sequence[str]) -> str:
+    """``/opt/x is outside allowed_paths (/etc)``, the paths grouped by why."""
     shown = ", ".join(allowed_paths) or "none"
-    parts = []
+    groups: dict[str, list[str]] = {}
     for path, why in refused.refused:
         extra = "" if why.startswith("resolves there") else f" ({why.split(',')[0]})"
-        parts.append(f"{path} is outside allowed_paths ({shown}){extra}")
-    return "; ".join(parts)
+        groups.setdefault(extra, []).append(path)
+    return "; ".join(
+        f"{', '.join(paths)} {'is' if len(paths) == 1 else 'are'} outside allowed_paths "
+        f"({shown}){extra}"
+        for extra, paths in groups.items()
+    )
 
 
 def accept(params: Mapping[str, str], root: Path, allowed_paths: Sequence[str]) -> InstalledSpec:
