@@ -251,7 +251,11 @@ class Agent:
         self, *, report_unchanged: bool = True, request: RunRequest | None = None
     ) -> list[RunResult]:
         """Detect (and execute where needed) every registered migration, or the one ``request``
-        names (a run the server asked for: always recorded, always a run)."""
+        names (a run the server asked for: always recorded, always a run). Installed specs are
+        detected too (their versions go into the next check-in's facts) but never executed
+        here: only a ``run_migration`` action runs one."""
+        if request is None and self._has_specs():
+            self.specs.facts()
         results = []
         for migration in self._registry:
             if self._stop.is_set():

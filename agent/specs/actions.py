@@ -17,6 +17,8 @@ the state dir; the work itself is queued for the migration worker (one run at a 
   reverted, FAILED when refused (naming the changed file) or failed.
 
 A refusal is an ``agent_notice`` naming the action and the reason; nothing is installed or run.
+The planner, preview and revert modules are imported by the jobs that need them: an idle agent
+with specs installed only detects (:mod:`agent.specs.versions`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import events, runs
 from agent.action_verify import VerifiedAction
@@ -44,14 +47,14 @@ from agent.migrations.result import RunResult
 from agent.outbox import Outbox
 from agent.runs import RunTracker
 from agent.specs.errors import PathRefused
-from agent.specs.migration import spec_migration
-from agent.specs.preview import preview_event
-from agent.specs.revert import REVERTED, RevertResult, record_spec, recorded_revision, revert_run
 from agent.specs.store import InstalledSpec, SpecRefused, SpecStore, accept
 from agent.specs.versions import SpecVersions
 from agent.sysinfo import agent_info
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2
+
+if TYPE_CHECKING:
+    from agent.specs.revert import RevertResult
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ RunMigration = Callable[[Migration, str], RunResult]
 
 def spec_run_migration(installed: InstalledSpec, config: AgentConfig) -> Migration:
     """The engine migration of an installed spec, labelled with its id and revision."""
+    from agent.specs.migration import spec_migration
+
     migration = spec_migration(installed.spec, config.root, config.allowed_paths)
     labels = events.RunLabels(installed.spec_id, installed.revision)
     return Migration(
@@ -172,6 +177,8 @@ class SpecActions:
 
     def run(self, installed: InstalledSpec, action_id: str) -> RunResult:
         """Run ``installed`` through the engine; keep it beside the run's backup."""
+        from agent.specs.revert import record_spec
+
         migration = spec_run_migration(installed, self._config)
         result = self._run_migration(migration, action_id)
         if result.backup_dir is not None and result.execution is not None and not result.failed:
@@ -182,6 +189,8 @@ class SpecActions:
 
     def preview(self, installed: InstalledSpec, action_id: str) -> agent_pb2.MigrationEvent:
         """Plan ``installed`` without writing and record the preview event."""
+        from agent.specs.preview import preview_event
+
         config = self._config
         event = preview_event(installed, config.root, config.allowed_paths, agent_info(), action_id)
         self._outbox.add(event)
@@ -190,6 +199,8 @@ class SpecActions:
 
     def revert(self, run_id: str, action_id: str) -> RevertResult:
         """Revert the spec run ``run_id`` and report it (see the module docstring)."""
+        from agent.specs.revert import REVERTED, RevertResult, revert_run
+
         config = self._config
         try:
             result = revert_run(
@@ -249,6 +260,8 @@ def _reported(result: RevertResult) -> bool:
 
 def _spec_of(backup_dir: Path) -> tuple[str, int]:
     """(spec id, revision) of the run whose backup is ``backup_dir``; ("", 0) if unknown."""
+    from agent.specs.revert import recorded_revision
+
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return fsops.load_after(backup_dir).migration_id, recorded_revision(backup_dir)
     return "", 0

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from agent.events import short
 from agent.migrations.model import DetectionError, DiskView
-from agent.specs.migration import spec_detector
-from agent.specs.paths import host_path
+from agent.specs.detect import detect
+from agent.specs.errors import PathRefused
+from agent.specs.paths import confine, host_path
 from agent.specs.store import InstalledSpec, SpecStore
 from flagpost.v1 import agent_pb2
 
@@ -44,10 +45,12 @@ def detect_version(
     installed: InstalledSpec, root: Path, allowed_paths: Sequence[str]
 ) -> tuple[str, str]:
     """(detected version, error) of ``installed`` on the host: ("", "") when no file of any
-    version exists."""
-    detect = spec_detector(installed.spec, allowed_paths)
+    version exists. Confined first, like every detection (the planner is not loaded)."""
     try:
-        found = detect(DiskView(root))
+        paths = confine(installed.spec, root, allowed_paths)
+        found = detect(installed.spec, DiskView(root), paths)
+    except PathRefused as exc:
+        return "", short(str(exc), MAX_ERROR_CHARS)
     except DetectionError as exc:
         return "", short(exc.message, MAX_ERROR_CHARS)
     except OSError as exc:
