@@ -19,22 +19,23 @@ from pathlib import Path
 
 import pytest
 from agent_testlib import (
-    AGENT_ID,
-    CREDENTIAL,
     REPO,
-    SERVER_PUBLIC_KEY,
     FakeServer,
     agent_env,
+    daemon,
+    enrolled_config,
+    enrolled_fast,
     signed_action,
+    wait_for,
 )
 from spec_testlib import INI, PASSWORD, SAMPLE, V1_INI, can_unshare, host, read_only, tree
 
 from agent import events, runs
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig
 from agent.daemon import Agent
-from agent.enroll import Credentials, save_credentials
 from agent.migrations.model import DiskView
 from agent.specs.preview import MAX_DIFF_BYTES, cap
+from agent.specs.store import SpecStore, accept
 from flagpost.v1 import agent_pb2
 
 MYAPP_FILES = ("myapp.ini", "config.toml", "secrets.toml")
@@ -60,12 +61,7 @@ def spec_params(
 
 
 def enrolled(root: Path, server: FakeServer) -> AgentConfig:
-    config = load_config({"root": str(root)}, env={"FLAGPOST_AGENT_STARTUP_JITTER_SECONDS": "0"})
-    save_credentials(
-        config.credentials_path,
-        Credentials(AGENT_ID, CREDENTIAL, server.address, 30, server_signing_key=SERVER_PUBLIC_KEY),
-    )
-    return config
+    return enrolled_config(root, server, FLAGPOST_AGENT_STARTUP_JITTER_SECONDS="0")
 
 
 def act(agent: Agent, *actions: agent_pb2.Action) -> int:
@@ -414,3 +410,80 @@ def test_read_only_target_dir_mid_step_rolls_back_and_reports(
     final = max(updates, key=lambda u: u.update_id)
     assert final.state == runs.FAILED and final.spec_revision == 1
     assert final.requested_by_action_id == "a-ro"
+
+
+# ------------------------------------------------------------ the daemon, and its idle cost
+
+
+def test_the_daemon_previews_and_runs_specs_it_receives(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    host(tmp_path)
+    fake_server.next_checkin_seconds = 1
+    config = enrolled_fast(tmp_path, fake_server)
+    fake_server.actions = [
+        signed_action("a-preview", "preview_migration", spec_params()),
+        signed_action("a-run", "run_migration", spec_params()),
+    ]
+
+    def stored(event_type: int) -> list[agent_pb2.MigrationEvent]:
+        with fake_server.lock:
+            found = fake_server.stored.values()
+            return [e for e in found if e.spec_id == "myapp" and e.event_type == event_type]
+
+    def reported_version() -> str:
+        with fake_server.lock:
+            specs = [s for c in fake_server.checkins[-1:] for s in c.facts.specs]
+        return specs[0].version if specs else ""
+
+    with daemon(config):
+        wait_for(lambda: stored(events.EXECUTION) and reported_version() == "3")
+    [preview] = stored(events.PREVIEW)
+    [execution] = stored(events.EXECUTION)
+    # In order of arrival: the preview saw version 1, then the run took it to 3.
+    assert preview.migration_from == "1" and preview.status == events.SUCCESS
+    assert execution.status == events.SUCCESS and execution.action_id == "a-run"
+    with fake_server.lock:
+        updates = [u for u in fake_server.stored_updates.values() if u.migration_id == "myapp"]
+    assert max(updates, key=lambda u: u.update_id).state == runs.SUCCEEDED
+    assert {"a-preview", "a-run"} <= set(fake_server.action_acks)
+
+
+LOADED = (
+    "import sys; from pathlib import Path; from agent.config import load_config;"
+    "from agent.daemon import Agent;"
+    "agent = Agent(load_config({'root': sys.argv[1]}, env={}));"
+    "print([s.version for s in agent.facts().specs]);"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in {'tomlkit', 'ruamel', 'difflib'}"
+    " or m.startswith(('agent.specs.plan', 'agent.specs.preview', 'agent.specs.revert',"
+    " 'agent.specs.migration', 'agent.specs'))))"
+)
+
+
+def test_an_idle_agent_loads_the_spec_modules_only_for_installed_specs(tmp_path: Path) -> None:
+    """No spec installed: no spec module is loaded; specs installed (INI host): only what
+    detection needs, never the planner, diffs or a format library the specs do not touch."""
+
+    def loaded(root: Path) -> tuple[str, str]:
+        result = subprocess.run(
+            [sys.executable, "-c", LOADED, str(root)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=agent_env(),
+            check=True,
+        )
+        versions, modules = result.stdout.splitlines()
+        return versions, modules
+
+    assert loaded(tmp_path / "none") == ("[]", "[]")
+    host(tmp_path)
+    config = enrolled(tmp_path, FakeServer(address="127.0.0.1:1"))
+    installed = accept(spec_params(), config.root, config.allowed_paths)
+    SpecStore(config.specs_dir).install(installed)
+    versions, modules = loaded(tmp_path)
+    assert versions == "['1']"
+    assert "agent.specs.versions" in modules and "agent.specs.detect" in modules
+    for heavy in ("agent.specs.plan", "agent.specs.preview", "agent.specs.revert", "difflib"):
+        assert f"'{heavy}'" not in modules
+    assert "tomlkit" not in modules and "ruamel" not in modules
