@@ -305,6 +305,7 @@ class Agent:
                     ),
                     self._submit,
                     self._builtin_run,
+                    [migration.id for migration in self._registry],
                 )
             return self._specs
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,7 +85,8 @@ def spec_run_migration(installed: InstalledSpec, config: AgentConfig) -> Migrati
 class SpecActions:
     """The agent's installed specs and the actions about them. ``engine``, ``outbox`` and
     ``run_migration`` belong to the migration worker (the jobs run there); ``submit`` queues a
-    job for it; ``builtin_run``: the handler of a ``run_migration`` about no spec."""
+    job for it; ``builtin_run``: the handler of a ``run_migration`` about no spec;
+    ``builtin_ids``: the agent's own migrations, which no spec may replace."""
 
     def __init__(
         self,
@@ -95,9 +96,11 @@ class SpecActions:
         run_migration: RunMigration,
         submit: Callable[[RunRequest], None],
         builtin_run: KindHandler | None = None,
+        builtin_ids: Collection[str] = (),
     ) -> None:
         self._config = config
         self._builtin_run = builtin_run
+        self._builtin_ids = frozenset(builtin_ids)
         self._engine = engine
         self._outbox = outbox
         self._run_migration = run_migration
@@ -122,6 +125,11 @@ class SpecActions:
     def _install(self, action: VerifiedAction, outbox: Outbox) -> InstalledSpec | None:
         try:
             installed = accept(action.params, self._config.root, self._config.allowed_paths)
+            if installed.spec_id in self._builtin_ids:
+                raise SpecRefused(
+                    f"spec {installed.spec_id} revision {installed.revision}: "
+                    "that id is a built-in migration of this agent"
+                )
         except SpecRefused as refused:
             ActionHandler.notice(outbox, f"Action {action.action_id} refused: {refused.reason}")
             return None

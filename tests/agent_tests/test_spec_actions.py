@@ -367,7 +367,58 @@ def test_tampered_replayed_and_mismatched_spec_actions_are_refused(
     assert len(messages) == 4
 
 
-# ------------------------------------------------------------ a genuine failure mid-step
+def test_a_spec_may_not_take_a_built_in_migration_id(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    source = canonical(SAMPLE.replace('id = "myapp"', 'id = "agent-config"'))
+    config = enrolled(tmp_path, fake_server)
+    params = spec_params(source, spec_id="agent-config")
+    with Agent(config) as agent:
+        assert act(agent, signed_action("a-own", "preview_migration", params)) == 0
+        assert notices(agent) == [
+            "Action a-own refused: spec agent-config revision 1: that id is a built-in "
+            "migration of this agent"
+        ]
+    assert not config.specs_dir.exists()
+
+
+# ------------------------------------------------------------ crashes and genuine failures
+
+
+def once(root: Path, *prefix: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``flagpost-agent --root ROOT once`` in a subprocess (after ``prefix``)."""
+    command = [*prefix, sys.executable, "-m", "agent", "--root", str(root), "once"]
+    return subprocess.run(
+        command,
+        env=agent_env(FLAGPOST_AGENT_STARTUP_JITTER_SECONDS="0", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_a_spec_run_killed_mid_step_is_rolled_back_at_restart_with_its_labels(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    host(tmp_path)
+    before = host_tree(tmp_path)
+    config = enrolled(tmp_path, fake_server)
+    fake_server.actions = [signed_action("a-run", "run_migration", spec_params())]
+    killed = once(tmp_path, FLAGPOST_AGENT_CRASH_AT="after_write:2")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert config.journal_path.exists() and host_tree(tmp_path) != before
+    with Agent(config) as agent:  # the next start: the installed spec is still there
+        event = agent.recover()
+        assert event is not None
+        [update] = [u for u in agent.outbox.runs.updates() if u.state in runs.TERMINAL]
+        assert [s.version for s in agent.facts().specs] == ["1"]
+    assert host_tree(tmp_path) == before
+    assert event.status == events.FAILED and "interrupted" in event.message
+    assert (event.spec_id, event.spec_revision, event.action_id) == ("myapp", 1, "a-run")
+    assert update.state == runs.FAILED and update.spec_revision == 1
+    assert update.requested_by_action_id == "a-run" and update.migration_id == "myapp"
 
 
 def test_read_only_target_dir_mid_step_rolls_back_and_reports(
@@ -382,16 +433,7 @@ def test_read_only_target_dir_mid_step_rolls_back_and_reports(
     config = enrolled(tmp_path, fake_server)
     before = host_tree(tmp_path)
     fake_server.actions = [signed_action("a-ro", "run_migration", spec_params(source))]
-    command = [*read_only(conf_d), sys.executable, "-m", "agent", "--root", str(tmp_path), "once"]
-    result = subprocess.run(
-        command,
-        env=agent_env(FLAGPOST_AGENT_STARTUP_JITTER_SECONDS="0"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
-    )
+    result = once(tmp_path, *read_only(conf_d))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert host_tree(tmp_path) == before  # step 1 had rewritten myapp.ini: put back
