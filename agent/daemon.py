@@ -16,6 +16,11 @@ reaches the run in progress at once (it stops at the next step boundary). ``once
 thread: it migrates, checks in, executes the runs the server asked for, and checks in again to
 report them (at most :data:`ONCE_ACTION_ROUNDS` times).
 
+Server-defined specs (:mod:`agent.specs.actions`): a ``preview_migration``, ``revert_run`` or
+``run_migration`` about a spec is checked and the spec installed on the check-in thread, then
+queued for the migration worker like any requested run. Installed specs are detected at every
+cycle (``HostFacts.specs``) and executed only when an action asks.
+
 Re-detection in ``run``: every check-in interval each registered migration is detected again. A
 needed migration is executed and reported, except that an execution that failed is not retried
 automatically while its files and their directories are unchanged (it is retried when they
@@ -356,11 +361,24 @@ class Agent:
                 )
                 continue
             if request.job is not None:
-                request.job()
+                self._do_job(request)
             else:
                 self.migrate(request=request)
             count += 1
         return count
+
+    def _do_job(self, request: RunRequest) -> None:
+        """A spec's run, preview or revert (its own module reports the outcome); an error it
+        did not expect is a notice, never the end of the migration worker."""
+        assert request.job is not None
+        try:
+            request.job()
+        except Exception as exc:
+            log.exception("action %s (%s) failed", request.action_id, request.kind)
+            ActionHandler.notice(
+                self._outbox,
+                f"Action {request.action_id} ({request.kind}) failed: {type(exc).__name__}: {exc}",
+            )
 
     def credentials(self) -> Credentials | None:
         """Stored enrollment credentials, None if not enrolled."""

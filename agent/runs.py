@@ -11,7 +11,12 @@ What is a run: one detection + execution attempt of one registered migration, id
 * detection failed and that outcome is reported (a FAILED run with 0 steps; the same failure
   seen again by the periodic re-detection is neither a new event nor a new run);
 * the server asked for it (action ``run_migration``): always a run, even when nothing is needed
-  (SUCCEEDED with 0 steps, its log saying why), so the person who clicked sees an answer.
+  (SUCCEEDED with 0 steps, its log saying why), so the person who clicked sees an answer;
+* the server asked to revert a finished spec run (action ``revert_run``): a run of its own
+  whose snapshots carry ``reverts_run_id`` (FAILED with 0 steps when it was refused).
+
+A run of a server-defined spec has the spec id as ``migration_id`` and its revision as
+``spec_revision`` (:class:`agent.events.RunLabels`).
 
 An automatic ``not_needed`` detection is no run: a healthy fleet would otherwise add a run per
 host per interval.

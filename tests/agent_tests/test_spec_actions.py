@@ -31,6 +31,7 @@ from agent_testlib import (
 from spec_testlib import INI, PASSWORD, SAMPLE, V1_INI, can_unshare, host, read_only, tree
 
 from agent import events, runs
+from agent.actions import RunRequest
 from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.migrations.model import DiskView
@@ -380,6 +381,22 @@ def test_a_spec_may_not_take_a_built_in_migration_id(
             "migration of this agent"
         ]
     assert not config.specs_dir.exists()
+
+
+def test_an_unexpected_error_in_a_spec_job_is_a_notice_not_the_end_of_the_worker(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    def broken() -> None:
+        raise UnicodeError("no such codec")
+
+    config = enrolled(tmp_path, fake_server)
+    with Agent(config) as agent:
+        agent._submit(RunRequest("a-broken", "myapp", kind="preview_migration", job=broken))
+        agent._submit(RunRequest("a-next", "myapp", kind="preview_migration", job=lambda: None))
+        assert agent.run_requested() == 2
+        assert notices(agent) == [
+            "Action a-broken (preview_migration) failed: UnicodeError: no such codec"
+        ]
 
 
 # ------------------------------------------------------------ crashes and genuine failures
