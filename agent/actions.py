@@ -179,8 +179,9 @@ class ActionHandler:
         )
 
     @staticmethod
-    def notice(outbox: Outbox, message: str) -> str:
-        """Log ``message`` and record it as an agent notice (warning); returns "ignored"."""
+    def notice(outbox: Outbox, message: str, labels: events.RunLabels = events.NO_LABELS) -> str:
+        """Log ``message`` and record it as an agent notice (warning; ``labels``: the action
+        and spec it is about); returns "ignored"."""
         log.warning("%s", message)
-        outbox.add(events.agent_notice(message, agent_info()))
+        outbox.add(events.agent_notice(message, agent_info(), labels=labels))
         return "ignored"

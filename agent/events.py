@@ -190,9 +190,11 @@ def agent_notice(
     status: int = WARNING,
     error_message: str = "",
     run_id: str = "",
+    labels: RunLabels = NO_LABELS,
 ) -> agent_pb2.MigrationEvent:
     """A notice about the agent itself (``EVENT_TYPE_AGENT_NOTICE``): an action it ignored, an
-    item it set aside. ``message`` is the History row; ``error_message`` defaults to it."""
+    item it set aside. ``message`` is the History row; ``error_message`` defaults to it;
+    ``labels``: the verified action (and spec) it is about, when there is one."""
     return migration_event(
         event_type=AGENT_NOTICE,
         status=status,
@@ -200,4 +202,5 @@ def agent_notice(
         message=message,
         error_message=error_message or message,
         system_info=system_info,
+        labels=labels,
     )

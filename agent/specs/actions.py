@@ -131,7 +131,11 @@ class SpecActions:
                     "that id is a built-in migration of this agent"
                 )
         except SpecRefused as refused:
-            ActionHandler.notice(outbox, f"Action {action.action_id} refused: {refused.reason}")
+            ActionHandler.notice(
+                outbox,
+                f"Action {action.action_id} refused: {refused.reason}",
+                events.RunLabels(action_id=action.action_id),
+            )
             return None
         if self.store.install(installed):
             log.info(

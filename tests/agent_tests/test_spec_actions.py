@@ -322,6 +322,8 @@ def test_a_spec_outside_allowed_paths_is_refused_and_nothing_is_read(
         messages = notices(agent)
         assert agent.check_in().ok
     assert messages == [f"Action a-x refused: {reason}"]
+    [notice] = [e for e in fake_server.stored.values() if e.event_type == events.AGENT_NOTICE]
+    assert notice.action_id == "a-x" and notice.error_message == messages[0]
     assert reads == []  # no detection, no plan: not one file of the spec was looked at
     assert outside_file.stat().st_atime_ns == atime
     assert not config.specs_dir.exists() and not config.backups_dir.exists()
@@ -329,6 +331,30 @@ def test_a_spec_outside_allowed_paths_is_refused_and_nothing_is_read(
     assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("var")} == {
         k: v for k, v in before.items() if not k.startswith("var")
     }
+
+
+def test_a_symlink_swapped_in_after_acceptance_fails_the_preview_before_reading(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    host(tmp_path)
+    config = enrolled(tmp_path, fake_server)
+    with Agent(config) as agent:
+        # Accepted (the paths were under /etc), then swapped before the worker plans it.
+        agent.handle_actions(
+            [signed_action("a-2", "preview_migration", spec_params())], agent.outbox
+        )
+        outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+        (tmp_path / "etc/myapp").rename(outside)
+        (tmp_path / "etc/myapp").symlink_to(outside)
+        atime = (outside / "myapp.ini").stat().st_atime_ns
+        assert agent.run_requested() == 1
+        [failed] = [e for e in of_spec(agent) if e.action_id == "a-2"]
+        [facts] = agent.facts().specs
+    assert failed.event_type == events.PREVIEW and failed.status == events.FAILED
+    assert failed.error_detail.exception_type == "PathRefused"
+    assert "/etc/myapp/myapp.ini" in failed.error_message and not failed.diffs
+    assert (outside / "myapp.ini").stat().st_atime_ns == atime
+    assert facts.version == "" and "refused" in facts.error
 
 
 def flip(data: bytes, index: int) -> bytes:
