@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
 # (migration, requested_by action id) -> the run (the agent's engine, its wait-for-input rule)
 RunMigration = Callable[[Migration, str], RunResult]
 
@@ -69,17 +67,7 @@ def spec_run_migration(installed: InstalledSpec, config: AgentConfig) -> Migrati
     from agent.specs.migration import spec_migration
 
     migration = spec_migration(installed.spec, config.root, config.allowed_paths)
-    labels = events.RunLabels(installed.spec_id, installed.revision)
-    return Migration(
-        id=migration.id,
-        title=migration.title,
-        current_version=migration.current_version,
-        detect=migration.detect,
-        files=migration.files,
-        steps=migration.steps,
-        verify=migration.verify,
-        labels=labels,
-    )
+    return replace(migration, labels=events.RunLabels(installed.spec_id, installed.revision))
 
 
 class SpecActions:
@@ -176,13 +164,7 @@ class SpecActions:
         )
 
     def on_revert(self, action: VerifiedAction, outbox: Outbox) -> str:
-        run_id = action.params.get("run_id", "")
-        if not _RUN_ID.fullmatch(run_id):
-            return ActionHandler.notice(
-                outbox,
-                f"Action {action.action_id} ({action.kind}) ignored: "
-                f"{run_id[:60] or '(no run_id)'!r} is not a run id",
-            )
+        run_id = action.params.get("run_id", "")[:100]  # checked by revert_run
         return self._queue(action, "", lambda: self.revert(run_id, action.action_id))
 
     # ------------------------------------------------------------ migration worker

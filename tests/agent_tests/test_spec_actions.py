@@ -249,12 +249,16 @@ def test_revert_after_a_hand_edit_is_refused_naming_the_file(
             signed_action("a-nope", "revert_run", {"run_id": UNKNOWN_RUN}),
         )
         nope = [e for e in agent.outbox.events() if e.action_id == "a-nope"]
+        act(agent, signed_action("a-path", "revert_run", {"run_id": "../../etc"}))
+        [path] = [e for e in agent.outbox.events() if e.action_id == "a-path"]
     assert refused.event_type == events.REVERT and refused.status == events.FAILED
     assert str(edited) in refused.message and "changed since the run" in refused.message
     assert refused.error_detail.file_path == str(edited)
     assert updates[-1].state == runs.FAILED and updates[-1].reverts_run_id == run_id
     assert host_tree(tmp_path) == after_edit
     assert [e.status for e in nope] == [events.FAILED] and "no backup" in nope[0].message
+    assert path.event_type == events.REVERT and path.status == events.FAILED
+    assert "'../../etc' is not a run id" in path.message
 
 
 # ------------------------------------------------------------ refusals
