@@ -210,7 +210,11 @@ def test_run_not_needed_and_revert_through_actions(tmp_path: Path, fake_server: 
         assert [e.status for e in again] == [events.NOT_NEEDED]
         assert agent.outbox.runs.updates(again[0].run_id)[-1].state == runs.SUCCEEDED
         assert sorted(os.listdir(config.backups_dir)) == [run_id]  # no new backup
-        # Revert: its own run, a revert event, the host byte-identical.
+    # Revert, after a restart and a newer revision: its own run, a revert event, the host
+    # byte-identical (the spec it runs is the one kept beside the run's backup).
+    with Agent(config) as agent:
+        newer = canonical(SAMPLE.replace('title = "', 'title = "r2: '))
+        act(agent, signed_action("a-r2", "preview_migration", spec_params(newer, revision=2)))
         act(agent, signed_action("a-revert", "revert_run", {"run_id": run_id}))
         reverted = [e for e in of_spec(agent) if e.action_id == "a-revert"]
         assert reverted[-1].event_type == events.REVERT
@@ -223,7 +227,7 @@ def test_run_not_needed_and_revert_through_actions(tmp_path: Path, fake_server: 
             (u.migration_id, u.reverts_run_id, u.requested_by_action_id, u.spec_revision)
             for u in revert_updates
         } == {("myapp", run_id, "a-revert", 1)}
-        assert [s.version for s in agent.facts().specs] == ["1"]
+        assert [(s.revision, s.version) for s in agent.facts().specs] == [(2, "1")]
         assert agent.check_in().ok
     assert host_tree(tmp_path) == before
     assert fake_server.checkins[-1].facts.specs[0].version == "1"
