@@ -258,9 +258,13 @@ class Agent:
         """Detect (and execute where needed) every registered migration, or the one ``request``
         names (a run the server asked for: always recorded, always a run). Installed specs are
         detected too (their versions go into the next check-in's facts) but never executed
-        here: only a ``run_migration`` action runs one."""
+        here unless ``request`` names one: a ``run_migration`` action, or the resumption of
+        its run waiting for input (after a restart, or cancelled while not in progress)."""
         if request is None and self._has_specs():
             self.specs.facts()
+        spec_run = self._spec_request(request) if request is not None else None
+        if spec_run is not None:
+            return spec_run
         results = []
         for migration in self._registry:
             if self._stop.is_set():
@@ -279,6 +283,33 @@ class Agent:
                 )
             )
         return results
+
+    def _spec_request(self, request: RunRequest) -> list[RunResult] | None:
+        """The run of the installed spec ``request`` names (None: it names no such spec)."""
+        spec_id = request.migration_id
+        registered = {migration.id for migration in self._registry}
+        if not spec_id or spec_id in registered or not self._has_specs():
+            return None
+        installed = self.specs.store.get(spec_id)
+        if installed is None:
+            return None
+        resume = request.resume_run_id
+        if resume and self._engine.waiting_run_id(spec_id) != resume:
+            return []  # the cancelled waiting run already ended
+        return [self.specs.run(installed, "" if resume else request.action_id)]
+
+    def resume_waiting_specs(self) -> int:
+        """Resume every installed spec's run left waiting for input (the daemon at start, as
+        it does for the registered migrations); returns how many were resumed."""
+        if not self._has_specs():
+            return 0
+        resumed = 0
+        for installed in self.specs.store.all():
+            run_id = self._engine.waiting_run_id(installed.spec_id)
+            if run_id is not None and not self._stop.is_set():
+                self.migrate(request=RunRequest("", installed.spec_id, resume_run_id=run_id))
+                resumed += 1
+        return resumed
 
     def run_migration(self, migration: Migration, *, requested_by: str = "") -> RunResult:
         """One attempt at ``migration``, which need not be registered (``flagpost-agent spec
@@ -494,7 +525,10 @@ class Agent:
         self._wait_for_input = True  # answers arrive through the check-in thread
         # Before the first check-in: answers sent while the agent was down may arrive before
         # the resumed run asks again (with the same request id).
-        self._engine.reopen_waiting([migration.id for migration in self._registry])
+        waiting = [migration.id for migration in self._registry]
+        if self._has_specs():
+            waiting.extend(installed.spec_id for installed in self.specs.store.all())
+        self._engine.reopen_waiting(waiting)
         try:
             credentials = self.credentials()
         except EnrollmentError:
@@ -513,6 +547,7 @@ class Agent:
         loop.start()
         try:
             self.migrate(report_unchanged=True)
+            self.resume_waiting_specs()
             next_detection = time.monotonic() + self.interval.total_seconds()
             while not self._stop.is_set():
                 self._work.wait(max(0.0, next_detection - time.monotonic()))

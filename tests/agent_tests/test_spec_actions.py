@@ -265,6 +265,58 @@ def test_revert_after_a_hand_edit_is_refused_naming_the_file(
     assert "'../../etc' is not a run id" in path.message
 
 
+ASKS = SAMPLE.replace(
+    '  { op = "delete_key", key = "meta.schema" },',
+    '  { op = "delete_key", key = "meta.schema" },\n'
+    '  { op = "require_input", name = "db_user", prompt = "Database user", key = "db.user",'
+    " secret = false },",
+)
+
+
+def left_waiting(config: AgentConfig) -> str:
+    """A spec run that asks for an input, left waiting (not the daemon: nobody waits)."""
+    assert "require_input" in ASKS
+    with Agent(config) as agent:
+        act(agent, signed_action("a-run", "run_migration", spec_params(canonical(ASKS))))
+        [run_id] = {e.run_id for e in of_spec(agent)}
+        assert agent.outbox.runs.updates(run_id)[-1].state == runs.AWAITING_INPUT
+    return run_id
+
+
+def assert_cancelled(final: agent_pb2.RunUpdate) -> None:
+    assert final.state == runs.CANCELLED
+    assert (final.migration_id, final.spec_revision) == ("myapp", 1)
+    assert final.requested_by_action_id == "a-run"
+
+
+def test_a_waiting_spec_run_cancelled_while_not_in_progress_ends_cancelled(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    host(tmp_path)
+    before = host_tree(tmp_path)
+    config = enrolled(tmp_path, fake_server)
+    run_id = left_waiting(config)
+    with Agent(config) as agent:
+        act(agent, signed_action("a-cancel", "cancel_run", {"run_id": run_id}))
+        assert_cancelled(agent.outbox.runs.updates(run_id)[-1])
+    assert host_tree(tmp_path) == before
+
+
+def test_the_daemon_resumes_a_waiting_spec_run_at_start(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    host(tmp_path)
+    before = host_tree(tmp_path)
+    run_id = left_waiting(enrolled(tmp_path, fake_server))
+    fake_server.next_checkin_seconds = 1
+    with daemon(enrolled_fast(tmp_path, fake_server)):
+        wait_for(lambda: any("Resumed this run" in x.message for x in fake_server.lines_of(run_id)))
+        fake_server.actions = [signed_action("a-cancel", "cancel_run", {"run_id": run_id})]
+        wait_for(lambda: fake_server.updates_of(run_id)[-1].state in runs.TERMINAL)
+    assert_cancelled(fake_server.updates_of(run_id)[-1])
+    assert host_tree(tmp_path) == before
+
+
 # ------------------------------------------------------------ refusals
 
 
