@@ -63,9 +63,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("agent_id", "spec_id", name=op.f("pk_agent_spec_versions")),
     )
-    op.create_index(
-        op.f("ix_agent_spec_versions_spec_id"), "agent_spec_versions", ["spec_id"]
-    )
+    op.create_index(op.f("ix_agent_spec_versions_spec_id"), "agent_spec_versions", ["spec_id"])
     events = "update_events"
     op.add_column(
         events, sa.Column("spec_id", sa.String(length=64), server_default="", nullable=False)
