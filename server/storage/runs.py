@@ -43,6 +43,8 @@ _SUMMARY_COLUMNS = (
     MigrationRun.input_requested_at,
     MigrationRun.input_answered_by,
     MigrationRun.input_answered_at,
+    MigrationRun.spec_revision,
+    MigrationRun.reverts_run_id,
 )
 
 
@@ -71,6 +73,8 @@ def _summary(row: Any) -> RunSummary:
         input_requested_at=row.input_requested_at,
         input_answered_by=row.input_answered_by,
         input_answered_at=row.input_answered_at,
+        spec_revision=int(row.spec_revision or 0),
+        reverts_run_id=row.reverts_run_id or "",
     )
 
 

@@ -57,12 +57,22 @@ OUTCOME_LABELS: dict[str, str] = {
     outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.PARTIAL): "Execution partial",
     outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.WARNING): "Execution: warning",
     outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.NOT_NEEDED): "Execution: nothing to do",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.SUCCESS): "Revert succeeded",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.FAILED): "Revert failed",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.PARTIAL): "Revert partial",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.WARNING): "Revert refused",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.SUCCESS): "Preview: changes planned",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.NOT_NEEDED): "Preview: up to date",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.FAILED): "Preview failed",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.WARNING): "Preview: warning",
 }
 
 EVENT_TYPE_LABELS: dict[str, str] = {
     EventType.MIGRATION_DETECTION: "Detection",
     EventType.MIGRATION_EXECUTION: "Execution",
     EventType.AGENT_NOTICE: "Agent notice",
+    EventType.MIGRATION_REVERT: "Revert",
+    EventType.MIGRATION_PREVIEW: "Preview",
 }
 
 _ROLLBACK_LABELS: dict[str, tuple[str, str]] = {
