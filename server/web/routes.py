@@ -29,6 +29,7 @@ from server.web.auth import Access, Handler, declare
 from server.web.fleet import pages as fleet
 from server.web.history import pages as history
 from server.web.history import stream as history_stream
+from server.web.migrations import pages as migrations
 from server.web.runs import inputs as run_inputs
 from server.web.runs import pages as runs
 from server.web.runs import stream as run_stream
@@ -63,6 +64,15 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/runs/{run_id}/stream",                VIEWER,  run_stream.run_stream, "run_stream"),
     Route("POST", "/runs/{run_id}/cancel",                ADMIN,   runs.cancel_run, "run_cancel"),
     Route("POST", "/runs/{run_id}/inputs",                ADMIN,   run_inputs.submit_form, "run_inputs"),
+    Route("POST", "/runs/{run_id}/revert",                ADMIN,   migrations.request_revert, "run_revert"),
+    # --- migration specs
+    Route("GET",  "/migrations",                          VIEWER,  migrations.migrations, "migrations"),
+    Route("POST", "/migrations",                          ADMIN,   migrations.upload_spec, "migration_upload"),
+    Route("GET",  "/migrations/{spec_id}",                VIEWER,  migrations.spec_detail, "migration"),
+    Route("POST", "/migrations/{spec_id}/previews",       ADMIN,   migrations.request_preview, "migration_preview"),
+    Route("GET",  "/migrations/{spec_id}/previews",       VIEWER,  migrations.previews, "migration_previews"),
+    Route("POST", "/migrations/{spec_id}/runs",           ADMIN,   migrations.request_run, "migration_run"),
+    Route("GET",  "/migrations/{spec_id}/runs/{action_id}", VIEWER, migrations.spec_run, "migration_run_wait"),
     # --- the JSON API
     Route("GET",  "/api/v1/events",                       VIEWER,  api_events.api_events, "api_events"),
     Route("GET",  "/api/v1/runs",                         VIEWER,  api_runs.list_runs, "api_runs"),

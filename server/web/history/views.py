@@ -203,6 +203,9 @@ class EventRow:
     system_items: tuple[tuple[str, str], ...]
     detail_json: str
     awaiting_input: bool = False  # the event's run waits for input now: a badge on the row
+    spec_id: str = ""  # the migration spec the event is about ("" if none)
+    spec_revision: int = 0
+    spec_url: str | None = None
 
 
 def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozenset()) -> EventRow:
@@ -238,7 +241,15 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         system_items=tuple(sorted(event.system_info.items())),
         detail_json=pretty_json(event.error_detail),
         awaiting_input=event.run_id is not None and event.run_id in waiting_runs,
+        spec_id=event.spec_id,
+        spec_revision=event.spec_revision,
+        spec_url=_spec_url(event.spec_id, event.spec_revision) if event.spec_id else None,
     )
+
+
+def _spec_url(spec_id: str, revision: int) -> str:
+    url = f"/migrations/{quote(spec_id, safe='')}"
+    return f"{url}?revision={revision}" if revision > 0 else url
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +260,7 @@ class FilterForm:
     severities: tuple[Option, ...]
     event_types: tuple[Option, ...]
     agents: tuple[Option, ...]
+    specs: tuple[Option, ...]
     since: str
     until: str
     q: str
@@ -270,8 +282,19 @@ class HistoryPage:
     live_after: int | None  # the stream cursor: the highest id when the page was read
 
 
+def spec_options(spec_ids: Iterable[str], selected: str | None) -> tuple[Option, ...]:
+    """The spec select: every spec id, ``selected`` chosen (kept even when unknown)."""
+    options = [Option(spec_id, spec_id, spec_id == selected) for spec_id in spec_ids]
+    if selected and not any(o.selected for o in options):
+        options.append(Option(selected, f"unknown spec {selected}", True))
+    return tuple(options)
+
+
 def _filter_form(
-    f: EventFilter, agents: Iterable[tuple[str, str]], default_limit: int
+    f: EventFilter,
+    agents: Iterable[tuple[str, str]],
+    default_limit: int,
+    spec_ids: Iterable[str] = (),
 ) -> FilterForm:
     chosen_types = set(f.event_types)
     type_choices = [
@@ -293,6 +316,7 @@ def _filter_form(
         ),
         event_types=tuple(type_choices),
         agents=agent_options(agents, f.agent_id),
+        specs=spec_options(spec_ids, f.spec_id),
         since=format_time(f.since) if f.since else "",
         until=format_time(f.until) if f.until else "",
         q=f.text or "",
@@ -309,6 +333,7 @@ def history_page(
     path: str = "/history",
     live_after: int | None = None,
     waiting_runs: Set[str] = frozenset(),
+    spec_ids: Iterable[str] = (),
 ) -> HistoryPage:
     """The History page's view model: rows, the filter form and pagination links. With
     ``live_after`` (and no ``before`` cursor) the page also carries its live stream's URL."""
@@ -316,7 +341,7 @@ def history_page(
     live = live_after is not None and f.before_id is None
     return HistoryPage(
         rows=tuple(event_row(e, now, waiting_runs) for e in page.events),
-        form=_filter_form(f, agents, default_limit),
+        form=_filter_form(f, agents, default_limit, spec_ids),
         filtered=is_filtered(f),
         paged=f.before_id is not None,
         older_url=(

@@ -23,6 +23,7 @@ from server.services import spec_runs as spec_runs_service
 from server.services import specs as specs_service
 from server.services.spec_checks import MAX_SOURCE_BYTES
 from server.web.auth import actor_name
+from server.web.fleet.views import agent_url
 from server.web.forms import Option
 from server.web.migrations.views import (
     PreviewsPage,
@@ -250,7 +251,7 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
         revision=detail.spec.revision,
         action_id=action_id,
         hostname=hosts.get(agent_id, agent_id),
-        agent_url=f"/agents/{agent_id}",
+        agent_url=agent_url(agent_id),
         refresh_seconds=REFRESH_SECONDS,
     )
     return await render_page("migration_run_wait.html", request, {"page": page})

@@ -152,6 +152,11 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         "requested": "Cancellation requested: the agent stops at the next step boundary and "
         "rolls back.",
     }.get(request.query.get("cancel", ""), "")
+    if request.query.get("revert") == "requested":
+        notice = (
+            "Revert requested: the agent puts the files back from the run's backup with its "
+            "next check-in, and reports the revert as a run of its own."
+        )
     if request.query.get("inputs") == "sent":
         notice = "Answers sent, waiting for the agent (delivered with its next check-in)."
     view = RunPageView(
@@ -164,6 +169,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         log_cursor=cursor,
         cancel_action=f"{status.row.url}/cancel",
         notice=notice,
+        revert_action=f"{status.row.url}/revert" if status.revertible else "",
     )
     return await render_page("run.html", request, {"page": view})
 
