@@ -43,6 +43,7 @@ from server.web.runs.styles import run_url
 from server.web.sessions import web_sessions
 from server.web.templates import render_page
 
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
 REFRESH_SECONDS = 2
 MAX_REVISION = 2**31 - 1
 MAX_PREVIEW_ACTIONS = specs_service.MAX_PREVIEW_AGENTS
@@ -70,7 +71,7 @@ async def migrations(request: web.Request) -> web.StreamResponse:
     return await _render_list(request, notice=notice)
 
 
-def _format_of(form: MultiDictProxy[str | bytes | web.FileField], filename: str) -> str:
+def _format_of(form: Form, filename: str) -> str:
     raw = form.get("format")
     chosen = raw.strip().lower() if isinstance(raw, str) else ""
     if filename.lower().endswith(".json"):
@@ -80,7 +81,7 @@ def _format_of(form: MultiDictProxy[str | bytes | web.FileField], filename: str)
     return chosen if chosen in FORMATS else "toml"
 
 
-def _uploaded_text(form: MultiDictProxy[str | bytes | web.FileField]) -> tuple[str, str]:
+def _uploaded_text(form: Form) -> tuple[str, str]:
     """``(source, filename)``: the chosen file's text when a file was sent, else the textarea."""
     upload = form.get("file")
     if isinstance(upload, web.FileField) and upload.filename:
@@ -148,7 +149,7 @@ async def spec_detail(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _revision_field(form: MultiDictProxy[str | bytes | web.FileField]) -> int | None:
+def _revision_field(form: Form) -> int | None:
     raw = form.get("revision")
     if not isinstance(raw, str) or not raw.strip():
         return None
