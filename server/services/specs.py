@@ -27,6 +27,7 @@ from server.domain import (
     PendingAction,
     PreviewResult,
     RunState,
+    RunSummary,
     SpecDetail,
     SpecFormat,
     SpecRevision,
@@ -316,3 +317,12 @@ async def get_preview(sessions: async_sessionmaker[AsyncSession], action_id: str
         diffs=specs_store.row_diffs(row),
         occurred_at=row.occurred_at,
     )
+
+
+async def run_for_action(
+    sessions: async_sessionmaker[AsyncSession], action_id: str
+) -> RunSummary | None:
+    """The run (or revert run) the agent reported for ``action_id``; None until it did."""
+    with unavailable_on_outage("run for action"):
+        async with sessions() as session:
+            return await runs_store.run_for_action(session, action_id.lower())

@@ -227,3 +227,15 @@ async def lock_run(session: AsyncSession, run_id: str) -> RunSummary | None:
         )
     row = (await session.execute(query)).first()
     return None if row is None else _summary(row)
+
+
+async def run_for_action(session: AsyncSession, action_id: str) -> RunSummary | None:
+    """The run an agent reported as asked for by ``action_id`` (newest first), or None."""
+    query = (
+        _select_summaries()
+        .where(MigrationRun.requested_action_id == action_id)
+        .order_by(MigrationRun.created_at.desc())
+        .limit(1)
+    )
+    row = (await session.execute(query)).first()
+    return None if row is None else _summary(row)

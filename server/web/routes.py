@@ -25,6 +25,7 @@ from server.web.api import agents as api_agents
 from server.web.api import document as api_document
 from server.web.api import events as api_events
 from server.web.api import runs as api_runs
+from server.web.api import specs as api_specs
 from server.web.auth import Access, Handler, declare
 from server.web.fleet import pages as fleet
 from server.web.history import pages as history
@@ -86,6 +87,15 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/api/v1/agents",                       VIEWER,  api_agents.list_agents, "api_agents"),
     Route("GET",  "/api/v1/agents/{agent_id}",            VIEWER,  api_agents.get_agent, "api_agent"),
     Route("POST", "/api/v1/agents/{agent_id}/runs",       ADMIN,   api_agents.request_agent_run, "api_request_run"),
+    Route("GET",  "/api/v1/migrations",                   VIEWER,  api_specs.list_specs, "api_migrations"),
+    Route("POST", "/api/v1/migrations",                   ADMIN,   api_specs.add_spec, "api_add_migration"),
+    Route("GET",  "/api/v1/migrations/{spec_id}",         VIEWER,  api_specs.get_spec, "api_migration"),
+    Route("GET",  "/api/v1/migrations/{spec_id}/revisions/{revision}", VIEWER, api_specs.get_revision, "api_migration_revision"),
+    Route("GET",  "/api/v1/migrations/{spec_id}/diff",    VIEWER,  api_specs.diff_revisions, "api_migration_diff"),
+    Route("POST", "/api/v1/migrations/{spec_id}/preview", ADMIN,   api_specs.request_preview, "api_migration_preview"),
+    Route("POST", "/api/v1/migrations/{spec_id}/run",     ADMIN,   api_specs.request_run, "api_migration_run"),
+    Route("GET",  "/api/v1/previews/{action_id}",         VIEWER,  api_specs.get_preview, "api_preview"),
+    Route("POST", "/api/v1/runs/{run_id}/revert",         ADMIN,   api_specs.request_revert, "api_revert_run"),
     Route("GET",  "/api/v1/openapi.json",                 VIEWER,  api_document.openapi, "api_openapi"),
     # --- sessions
     Route("GET",  "/login",                               PUBLIC,  login.login_page, "login"),
