@@ -250,11 +250,32 @@ async def test_preview_run_and_revert_from_the_pages(running_server: RunningServ
         assert 'id="revert-form"' in page and f'action="/runs/{run_id}/revert"' in page
         async with http.post(f"/runs/{run_id}/revert", allow_redirects=False) as reply:
             assert reply.status == 303
-            assert reply.headers["Location"] == f"/runs/{run_id}?revert=requested"
+            location = reply.headers["Location"]
+        assert location.startswith(f"/runs/{run_id}?revert=requested&revert_action=")
         kinds = [action_body(x) for x in (await b.checkin()).actions]
-        assert [(k.kind, k.params["run_id"]) for k in kinds if k.kind == "revert_run"] == [
-            ("revert_run", run_id)
-        ]
+        [revert] = [k for k in kinds if k.kind == "revert_run"]
+        assert revert.params["run_id"] == run_id and revert.action_id in location
+        async with http.get(location) as reply:
+            assert 'id="revert-run-link"' not in await reply.text()  # not reported yet
+        revert_id = str(uuid.uuid4())
+        await b.checkin(
+            run_updates=[
+                run_update(
+                    revert_id,
+                    agent_pb2.RUN_STATE_SUCCEEDED,
+                    requested_by_action_id=revert.action_id,
+                    reverts_run_id=run_id,
+                    **spec_run,
+                )
+            ],
+            acknowledged_action_ids=[revert.action_id],
+        )
+        async with http.get(location) as reply:
+            page = await reply.text()
+        assert f'<a href="/runs/{revert_id}" id="revert-run-link">' in page
+        async with http.get(f"/runs/{revert_id}") as reply:
+            page = await reply.text()
+        assert f'reverts <a href="/runs/{run_id}">' in page and 'id="revert-form"' not in page
         async with http.get("/runs") as reply:
             assert '<span class="tag tag-spec">r1</span>' in await reply.text()
 

@@ -19,7 +19,6 @@ from multidict import MultiDictProxy
 from server import app_keys
 from server.errors import InvalidArgument
 from server.services import history as history_service
-from server.services import spec_runs as spec_runs_service
 from server.services import specs as specs_service
 from server.services.spec_checks import MAX_SOURCE_BYTES
 from server.web.auth import actor_name
@@ -230,18 +229,16 @@ async def request_run(request: web.Request) -> web.StreamResponse:
 
 
 async def spec_run(request: web.Request) -> web.StreamResponse:
-    """``GET /migrations/{spec_id}/runs/{action_id}?agent=…``: the run page of the run the
-    agent started for this action, once it has reported it (303); until then a "waiting for
-    the agent" page that reloads itself."""
+    """``GET /migrations/{spec_id}/runs/{action_id}``: the run page of the run the agent
+    started for this action, once it has reported it (303); until then a "waiting for the
+    agent" page that reloads itself (``agent``: whose hostname it names)."""
     sessions = web_sessions(request.app)
     spec_id = path_id(request, "spec_id")
     action_id = path_id(request, "action_id")
     agent_id = single(request.query, "agent", 64)
-    if not agent_id:
-        raise InvalidArgument("is required", field="agent")
-    run_id = await spec_runs_service.run_for_action(sessions, agent_id, action_id)
-    if run_id is not None:
-        raise web.HTTPSeeOther(run_url(run_id))
+    run = await specs_service.run_for_action(sessions, action_id)
+    if run is not None:
+        raise web.HTTPSeeOther(run_url(run.id))
     revision = _revision_param(request, "revision")
     detail = await specs_service.get_spec(sessions, spec_id, revision)
     hosts = dict(await history_service.list_agent_choices(sessions))
@@ -251,8 +248,8 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
         title=detail.spec.title,
         revision=detail.spec.revision,
         action_id=action_id,
-        hostname=hosts.get(agent_id, agent_id),
-        agent_url=agent_url(agent_id),
+        hostname=hosts.get(agent_id, agent_id) if agent_id else "",
+        agent_url=agent_url(agent_id) if agent_id else "",
         refresh_seconds=REFRESH_SECONDS,
     )
     return await render_page("migration_run_wait.html", request, {"page": page})
@@ -263,7 +260,8 @@ async def request_revert(request: web.Request) -> web.StreamResponse:
     queue a ``revert_run`` action, and go back to the run page."""
     app = request.app
     run_id = path_id(request, "run_id")
-    await specs_service.request_revert(
+    action = await specs_service.request_revert(
         web_sessions(app), app[app_keys.CONFIG], run_id, actor_name(request)
     )
-    raise web.HTTPSeeOther(f"{run_url(run_id)}?revert=requested")
+    query = urlencode([("revert", "requested"), ("revert_action", action.action_id)])
+    raise web.HTTPSeeOther(f"{run_url(run_id)}?{query}")

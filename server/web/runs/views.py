@@ -396,3 +396,4 @@ class RunPage:
     cancel_action: str
     notice: str
     revert_action: str = ""
+    revert_run_url: str = ""  # the revert this page's Revert button asked for, once reported
