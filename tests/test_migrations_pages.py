@@ -55,8 +55,8 @@ async def test_viewer_sees_specs_bars_and_source_but_no_forms(
 ) -> None:
     server = running_server
     sessions = server.app[app_keys.SESSIONS]
-    await specs.add_spec(sessions, HOSTILE, "toml", "alice")
     await specs.add_spec(sessions, SOURCE, "toml", "bob")
+    await specs.add_spec(sessions, HOSTILE, "toml", "alice")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         a = await AgentClient.enroll(server, channel, "web-1")
         b = await AgentClient.enroll(server, channel, XSS)
@@ -71,16 +71,19 @@ async def test_viewer_sees_specs_bars_and_source_but_no_forms(
             page = await reply.text()
         assert 'href="/migrations"' in page and 'aria-current="page">Migrations' in page
         assert 'id="upload-form"' not in page
+        assert XSS not in page and html.escape(XSS, quote=False) in page
         assert '<a href="/migrations/myapp"><code>myapp</code></a>' in page
         assert "1 of 2 at target" in page
         assert 'class="bar-success"' in page and 'class="bar-error"' in page
 
         async with http.get("/migrations/myapp?revision=1") as reply:
             assert reply.status == 200
+            assert "latest is revision 2" in await reply.text()
+        async with http.get("/migrations/myapp") as reply:
+            assert reply.status == 200
             detail = await reply.text()
         assert XSS not in detail and html.escape(XSS, quote=False) in detail
         assert 'id="preview-form"' not in detail and 'id="run-form"' not in detail
-        assert "latest is revision 2" in detail
         assert '<li id="L1"><span class="source-text">id = &#34;myapp&#34;</span></li>' in detail
         rows = re.findall(r'<tr data-agent-id="([^"]+)"', detail)
         assert len(rows) == 2
@@ -89,8 +92,9 @@ async def test_viewer_sees_specs_bars_and_source_but_no_forms(
         async with http.get("/migrations/myapp?diff_from=1&diff_to=2") as reply:
             diff = await reply.text()
         assert '<span class="diff-line diff-hunk">@@' in diff
-        assert '<span class="diff-line diff-del">-title = &#34;&lt;script&gt;' in diff
-        assert '<span class="diff-line diff-add">+title = &#34;myapp: rename keys' in diff
+        assert '<span class="diff-line diff-add">+title = &#34;&lt;script&gt;' in diff
+        assert '<span class="diff-line diff-del">-title = &#34;myapp: rename keys' in diff
+        assert XSS not in diff
 
         async with http.get("/migrations/nope") as reply:
             assert reply.status == 404
