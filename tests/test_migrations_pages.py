@@ -299,3 +299,45 @@ async def test_preview_run_and_revert_from_the_pages(running_server: RunningServ
             assert 'id="revert-form"' not in await reply.text()
         async with http.post(f"/runs/{run_id}/revert", allow_redirects=False) as reply:
             assert reply.status == 403
+
+
+async def test_a_refused_action_ends_the_waiting(running_server: RunningServer) -> None:
+    """An agent that refuses a spec action reports a notice naming it: the preview and the
+    run-waiting pages show it and stop reloading."""
+    server = running_server
+    await specs.add_spec(server.app[app_keys.SESSIONS], SOURCE, "toml", "alice")
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+        logged_in_http(server, "admin", base_url=True) as http,
+    ):
+        a = await AgentClient.enroll(server, channel, "web-1")
+        async with http.post(
+            "/migrations/myapp/previews", data={"agent": a.agent_id}, allow_redirects=False
+        ) as reply:
+            previews_url = reply.headers["Location"]
+        async with http.post(
+            "/migrations/myapp/runs", data={"agent": a.agent_id}, allow_redirects=False
+        ) as reply:
+            wait_url = reply.headers["Location"]
+        actions = [action_body(x) for x in (await a.checkin()).actions]
+        assert {x.kind for x in actions} == {"preview_migration", "run_migration"}
+        why = f"spec myapp revision 1: /etc/myapp is outside the allowed paths {XSS}"
+        notices = [
+            agent_pb2.MigrationEvent(
+                event_id=str(uuid.uuid4()),
+                event_type=agent_pb2.EVENT_TYPE_AGENT_NOTICE,
+                status=agent_pb2.EVENT_STATUS_WARNING,
+                occurred_at=ts(),
+                message=f"Action {x.action_id} refused: {why}",
+                action_id=x.action_id,
+            )
+            for x in actions
+        ]
+        await a.checkin(events=notices, acknowledged_action_ids=[x.action_id for x in actions])
+        for url in (previews_url, wait_url):
+            async with http.get(url, allow_redirects=False) as reply:
+                assert reply.status == 200
+                page = await reply.text()
+            assert "outside the allowed paths" in page and XSS not in page
+            assert '<meta http-equiv="refresh"' not in page
+        assert "Refused by the agent" in page or "did not start the run" in page

@@ -18,6 +18,7 @@ from multidict import MultiDictProxy
 
 from server import app_keys
 from server.errors import InvalidArgument
+from server.services import action_notices
 from server.services import history as history_service
 from server.services import specs as specs_service
 from server.services.spec_checks import MAX_SOURCE_BYTES
@@ -192,7 +193,13 @@ async def previews(request: web.Request) -> web.StreamResponse:
     hosts = dict(await history_service.list_agent_choices(sessions))
     revision = results[0].spec_revision
     detail = await specs_service.get_spec(sessions, spec_id, revision)
-    views = tuple(preview_view(r, hosts.get(r.agent_id, "")) for r in results)
+    built = []
+    for r in results:
+        refused = (
+            await action_notices.refusal(sessions, r.agent_id, r.action_id) if r.pending else None
+        )
+        built.append(preview_view(r, hosts.get(r.agent_id, ""), refused))
+    views = tuple(built)
     page = PreviewsPage(
         spec_id=spec_id,
         spec_url=spec_url(spec_id, revision),
@@ -242,6 +249,7 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
     revision = _revision_param(request, "revision")
     detail = await specs_service.get_spec(sessions, spec_id, revision)
     hosts = dict(await history_service.list_agent_choices(sessions))
+    refused = await action_notices.refusal(sessions, agent_id, action_id) if agent_id else None
     page = SpecRunWaitPage(
         spec_id=spec_id,
         spec_url=spec_url(spec_id, detail.spec.revision),
@@ -251,6 +259,7 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
         hostname=hosts.get(agent_id, agent_id) if agent_id else "",
         agent_url=agent_url(agent_id) if agent_id else "",
         refresh_seconds=REFRESH_SECONDS,
+        refused=refused or "",
     )
     return await render_page("migration_run_wait.html", request, {"page": page})
 

@@ -362,6 +362,7 @@ class PreviewView:
     message: str
     error_message: str
     files: tuple[FileDiffView, ...]
+    refused: str = ""  # the agent's notice when it refused the action (then not pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +388,12 @@ def file_diff_view(diff: FileDiff) -> FileDiffView:
     return FileDiffView(diff.path, diff.operations, diff.note, diff_lines(diff.diff))
 
 
-def preview_view(result: PreviewResult, hostname: str) -> PreviewView:
-    if result.pending:
+def preview_view(result: PreviewResult, hostname: str, refused: str | None = None) -> PreviewView:
+    """One host's preview; ``refused``: the agent's notice if it refused instead of answering."""
+    pending = result.pending and refused is None
+    if refused is not None and result.pending:
+        label = "Refused by the agent"
+    elif pending:
         label = "Waiting for the agent"
     else:
         label = _PREVIEW_LABELS.get(result.status, result.status.replace("_", " ").capitalize())
@@ -400,13 +405,14 @@ def preview_view(result: PreviewResult, hostname: str) -> PreviewView:
         agent_id=result.agent_id,
         hostname=hostname or result.agent_id,
         agent_url=agent_url(result.agent_id),
-        pending=result.pending,
-        status=result.status or "pending",
+        pending=pending,
+        status=result.status or ("refused" if refused is not None else "pending"),
         status_label=label,
         transition=transition,
         message=result.message,
         error_message=result.error_message,
         files=tuple(file_diff_view(d) for d in result.diffs),
+        refused=(refused or "") if result.pending else "",
     )
 
 
@@ -422,3 +428,4 @@ class SpecRunWaitPage:
     hostname: str
     agent_url: str
     refresh_seconds: int
+    refused: str = ""  # the agent's notice when it refused the run (the page stops waiting)
