@@ -250,7 +250,7 @@ def _show(detail: SpecDetail, as_json: bool) -> int:
         print(f"  {r.revision:>3}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.created_by}")
     print(f"hosts per version: {_versions(detail.versions)}")
     for a in detail.agents:
-        state = a.version or f"error: {a.error}" if a.error else a.version or "unknown"
+        state = f"error: {a.error}" if a.error else a.version or "unknown"
         print(f"  {a.hostname:24}  {a.agent_id}  revision {a.revision}  {state}")
     return 0
 
@@ -330,12 +330,29 @@ async def _follow_run(
     deadline = time.monotonic() + args.timeout
     run = await specs.run_for_action(sessions, action.action_id)
     announced = False
+    skipped = False
     while args.wait and (run is None or not run.terminal) and time.monotonic() < deadline:
         if run is not None and not announced and not args.json:
             print(f"run {run.id}")
             announced = True
+        if run is None and await specs.not_needed(sessions, action):
+            skipped = True  # already at the target: the agent reports no run
+            break
         await asyncio.sleep(POLL_SECONDS)
         run = await specs.run_for_action(sessions, action.action_id)
+    if skipped:
+        if args.json:
+            _print_json(
+                {
+                    "action_id": action.action_id,
+                    "agent_id": action.agent_id,
+                    "run": None,
+                    "outcome": "not_needed",
+                }
+            )
+        else:
+            print("not_needed")
+        return 0
     if args.json:
         _print_json(
             {"action_id": action.action_id, "agent_id": action.agent_id, "run": _run_json(run)}

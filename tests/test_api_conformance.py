@@ -312,6 +312,12 @@ async def exercise_specs(
     bad = source.replace(b'op = "rename_key"', b'op = "rename"')
     error = await call(admin, add, 400, raw=bad, content_type=toml)
     assert "line 27: steps[0].ops[0].op: unknown operation 'rename'" in error["message"]
+    [listed] = (await call(viewer, specs_op, 200))["specs"]
+    canonical = (await call(viewer, ("get", "/api/v1/migrations/{spec_id}"), 200, listed))[
+        "canonical"
+    ]
+    again = await call(admin, add, 200, raw=canonical.encode())  # the JSON form: the same spec
+    assert (again["revision"], again["created"]) == (1, False)
     await call(admin, add, 415, raw=source, content_type="text/plain")
     await call(viewer, add, 403, raw=source, content_type=toml)
     [listed] = (await call(viewer, specs_op, 200))["specs"]

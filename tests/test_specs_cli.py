@@ -76,6 +76,8 @@ async def test_add_list_show_diff_preview(db_url: str, tmp_path: Path) -> None:
     agent_id = await _enroll(db_url)
     result = migration(db_url, "preview", "myapp", "--agent", agent_id, "--wait", "--timeout", "1")
     assert result.returncode == 1 and f"no answer within 1 s from: {agent_id}" in result.stderr
+    ran = json.loads(ok(migration(db_url, "run", "myapp", "--agent", agent_id, "--json")))
+    assert ran["agent_id"] == agent_id and ran["run"] is None and len(ran["action_id"]) == 36
     mistake(migration(db_url, "show", "nope"), "no migration spec nope", "migration list")
 
 

@@ -219,3 +219,29 @@ async def test_hosts_per_version_and_signed_actions(running_server: RunningServe
             await specs.request_revert(sessions, config, str(uuid.uuid4()), "alice")
         with pytest.raises(NotFound, match="no agent"):
             await specs.request_run(sessions, config, "myapp", str(uuid.uuid4()), "alice")
+
+
+async def test_spec_versions_write_only_what_changed(db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from server.domain import HostFacts, SpecVersionReport
+    from server.services import enrollment
+    from server.storage.db import create_engine_for_url, make_sessionmaker
+    from server.storage.spec_versions import record_spec_versions
+
+    engine = create_engine_for_url(db_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        token = await enrollment.create_token(sessions)
+        agent_id, _ = await enrollment.enroll(sessions, token, HostFacts(hostname="h"))
+        now = datetime.now(UTC)
+        first = {agent_id: [SpecVersionReport("a", 1, "1"), SpecVersionReport("b", 1, "2")]}
+        same = {agent_id: [SpecVersionReport("a", 1, "1"), SpecVersionReport("b", 1, "2")]}
+        moved = {agent_id: [SpecVersionReport("a", 1, "2")]}
+        written = []
+        for reports in (first, same, moved, moved, {agent_id: []}):
+            async with engine.begin() as conn:
+                written.append(await conn.run_sync(record_spec_versions, reports, now))
+        assert written == [2, 0, 2, 0, 1]  # new; nothing; a changed + b gone; nothing; a gone
+    finally:
+        await engine.dispose()

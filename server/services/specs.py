@@ -24,6 +24,8 @@ from agent.specs.validate import SPEC_ID
 from server.config import ServerConfig
 from server.domain import (
     ActionKind,
+    EventStatus,
+    EventType,
     PendingAction,
     PreviewResult,
     RunState,
@@ -326,3 +328,14 @@ async def run_for_action(
     with unavailable_on_outage("run for action"):
         async with sessions() as session:
             return await runs_store.run_for_action(session, action_id.lower())
+
+
+async def not_needed(sessions: async_sessionmaker[AsyncSession], action: PendingAction) -> bool:
+    """True when the agent answered a ``run_migration`` action with a detection event saying
+    the host is already at the target (then no run is reported)."""
+    with unavailable_on_outage("action outcome"):
+        async with sessions() as session:
+            row = await specs_store.preview_answer(
+                session, action.agent_id, action.action_id, EventType.MIGRATION_DETECTION
+            )
+    return row is not None and row.status == EventStatus.NOT_NEEDED.value

@@ -154,9 +154,14 @@ async def agent_states(session: AsyncSession, spec_id: str) -> list[AgentSpecSta
     ]
 
 
-async def preview_answer(session: AsyncSession, agent_id: str, action_id: str) -> Any | None:
-    """The newest ``migration_preview`` event of ``agent_id`` answering ``action_id`` (a row
-    with status, versions, messages, ``diffs`` and ``occurred_at``), or None."""
+async def preview_answer(
+    session: AsyncSession,
+    agent_id: str,
+    action_id: str,
+    event_type: EventType = EventType.MIGRATION_PREVIEW,
+) -> Any | None:
+    """The newest ``event_type`` event of ``agent_id`` answering ``action_id`` (a row with
+    status, versions, messages, ``diffs`` and ``occurred_at``), or None."""
     result = await session.execute(
         select(
             UpdateEvent.status,
@@ -170,7 +175,7 @@ async def preview_answer(session: AsyncSession, agent_id: str, action_id: str) -
         .where(
             UpdateEvent.agent_id == agent_id,
             UpdateEvent.action_id == action_id,
-            UpdateEvent.event_type == EventType.MIGRATION_PREVIEW.value,
+            UpdateEvent.event_type == event_type.value,
         )
         .order_by(UpdateEvent.id.desc())
         .limit(1)
