@@ -341,3 +341,38 @@ async def test_a_refused_action_ends_the_waiting(running_server: RunningServer) 
             assert "outside the allowed paths" in page and XSS not in page
             assert '<meta http-equiv="refresh"' not in page
         assert "Refused by the agent" in page or "did not start the run" in page
+
+
+async def test_a_host_already_at_the_target_ends_the_run_wait(
+    running_server: RunningServer,
+) -> None:
+    server = running_server
+    await specs.add_spec(server.app[app_keys.SESSIONS], SOURCE, "toml", "alice")
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+        logged_in_http(server, "admin", base_url=True) as http,
+    ):
+        a = await AgentClient.enroll(server, channel, "web-1")
+        async with http.post(
+            "/migrations/myapp/runs", data={"agent": a.agent_id}, allow_redirects=False
+        ) as reply:
+            wait_url = reply.headers["Location"]
+        [action] = [action_body(x) for x in (await a.checkin()).actions]
+        detection = agent_pb2.MigrationEvent(
+            event_id=str(uuid.uuid4()),
+            event_type=agent_pb2.EVENT_TYPE_MIGRATION_DETECTION,
+            status=agent_pb2.EVENT_STATUS_NOT_NEEDED,
+            occurred_at=ts(),
+            migration_from="3",
+            migration_to="3",
+            message="myapp is at version 3 already",
+            spec_id="myapp",
+            spec_revision=1,
+            action_id=action.action_id,
+        )
+        await a.checkin(events=[detection], acknowledged_action_ids=[action.action_id])
+        async with http.get(wait_url, allow_redirects=False) as reply:
+            assert reply.status == 200
+            page = await reply.text()
+        assert 'id="run-not-needed"' in page and "myapp is at version 3 already" in page
+        assert '<meta http-equiv="refresh"' not in page

@@ -1,5 +1,6 @@
-"""Read query of the agent notices that answer an action (an agent refusing a spec action
-reports an ``agent_notice`` event carrying the action id instead of doing it).
+"""Read query of the events that answer a spec action without doing it: an agent refusing the
+action reports an ``agent_notice`` carrying the action id; one whose host is already at the
+target answers ``run_migration`` with a ``migration_detection`` event and reports no run.
 
 Plain values out, never ORM rows.
 """
@@ -12,21 +13,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.domain import EventType
 from server.storage.models import UpdateEvent
 
+_ANSWERS = (EventType.AGENT_NOTICE.value, EventType.MIGRATION_DETECTION.value)
 
-async def notice_for_action(session: AsyncSession, agent_id: str, action_id: str) -> str | None:
-    """The message of the newest ``agent_notice`` event of ``agent_id`` about ``action_id``,
-    or None."""
+
+async def answers_for_action(
+    session: AsyncSession, agent_id: str, action_id: str
+) -> list[tuple[str, str, str]]:
+    """``(event_type, status, message)`` of ``agent_id``'s notices and detection events about
+    ``action_id``, newest first (at most 5)."""
     query = (
-        select(UpdateEvent.message, UpdateEvent.error_message)
+        select(
+            UpdateEvent.event_type,
+            UpdateEvent.status,
+            UpdateEvent.message,
+            UpdateEvent.error_message,
+        )
         .where(
             UpdateEvent.agent_id == agent_id,
             UpdateEvent.action_id == action_id,
-            UpdateEvent.event_type == EventType.AGENT_NOTICE.value,
+            UpdateEvent.event_type.in_(_ANSWERS),
         )
         .order_by(UpdateEvent.id.desc())
-        .limit(1)
+        .limit(5)
     )
-    row = (await session.execute(query)).first()
-    if row is None:
-        return None
-    return str(row.message or row.error_message or "the agent did not take the action")
+    return [
+        (str(row.event_type), str(row.status), str(row.message or row.error_message or ""))
+        for row in await session.execute(query)
+    ]

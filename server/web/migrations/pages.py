@@ -21,6 +21,7 @@ from server.errors import InvalidArgument
 from server.services import action_notices
 from server.services import history as history_service
 from server.services import specs as specs_service
+from server.services.action_notices import Unanswered
 from server.services.spec_checks import MAX_SOURCE_BYTES
 from server.web.auth import actor_name
 from server.web.fleet.views import agent_url
@@ -195,9 +196,12 @@ async def previews(request: web.Request) -> web.StreamResponse:
     detail = await specs_service.get_spec(sessions, spec_id, revision)
     built = []
     for r in results:
-        refused = (
-            await action_notices.refusal(sessions, r.agent_id, r.action_id) if r.pending else None
+        end = (
+            await action_notices.action_end(sessions, r.agent_id, r.action_id)
+            if r.pending
+            else None
         )
+        refused = end.message if end is not None and end.kind == Unanswered.REFUSED else None
         built.append(preview_view(r, hosts.get(r.agent_id, ""), refused))
     views = tuple(built)
     page = PreviewsPage(
@@ -249,7 +253,7 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
     revision = _revision_param(request, "revision")
     detail = await specs_service.get_spec(sessions, spec_id, revision)
     hosts = dict(await history_service.list_agent_choices(sessions))
-    refused = await action_notices.refusal(sessions, agent_id, action_id) if agent_id else None
+    end = await action_notices.action_end(sessions, agent_id, action_id) if agent_id else None
     page = SpecRunWaitPage(
         spec_id=spec_id,
         spec_url=spec_url(spec_id, detail.spec.revision),
@@ -259,7 +263,8 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
         hostname=hosts.get(agent_id, agent_id) if agent_id else "",
         agent_url=agent_url(agent_id) if agent_id else "",
         refresh_seconds=REFRESH_SECONDS,
-        refused=refused or "",
+        refused=end.message if end is not None and end.kind == Unanswered.REFUSED else "",
+        not_needed=end.message if end is not None and end.kind == Unanswered.NOT_NEEDED else "",
     )
     return await render_page("migration_run_wait.html", request, {"page": page})
 

@@ -429,3 +429,8 @@ class SpecRunWaitPage:
     agent_url: str
     refresh_seconds: int
     refused: str = ""  # the agent's notice when it refused the run (the page stops waiting)
+    not_needed: str = ""  # its detection when the host already is at the target (no run)
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.refused or self.not_needed)
