@@ -29,6 +29,7 @@ from server.web.forms import Option
 from server.web.migrations.views import (
     PreviewsPage,
     RevisionDiff,
+    SpecDetailPage,
     SpecRunWaitPage,
     UploadForm,
     diff_lines,
@@ -143,11 +144,12 @@ async def spec_detail(request: web.Request) -> web.StreamResponse:
         "same": f"Unchanged: the upload equals revision {detail.spec.revision}.",
     }.get(request.query.get("saved", ""), "")
     agents = await history_service.list_agent_choices(sessions)
-    view = spec_page(detail, datetime.now(UTC), diff=diff)
-    options = tuple(Option(agent_id, host or agent_id, False) for agent_id, host in agents)
-    return await render_page(
-        "migration.html", request, {"page": {"spec": view, "agents": options, "saved": saved}}
+    view = SpecDetailPage(
+        spec=spec_page(detail, datetime.now(UTC), diff=diff),
+        agents=tuple(Option(agent_id, host or agent_id, False) for agent_id, host in agents),
+        saved=saved,
     )
+    return await render_page("migration.html", request, {"page": view})
 
 
 def _revision_field(form: Form) -> int | None:

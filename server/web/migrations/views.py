@@ -24,6 +24,7 @@ from server.domain import (
 )
 from server.web.fleet.views import agent_url
 from server.web.format import display_time, relative_time
+from server.web.forms import Option
 
 BAR_WIDTH = 300
 BAR_HEIGHT = 14
@@ -257,7 +258,16 @@ class SpecPage:
     agents: tuple[AgentSpecRow, ...]
     preview_action: str
     run_action: str
-    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpecDetailPage:
+    """Everything ``migration.html`` renders: the spec, the agents the admin's forms offer, and
+    the notice after an upload."""
+
+    spec: SpecPage
+    agents: tuple[Option, ...]
+    saved: str
 
 
 def diff_lines(diff: str) -> tuple[DiffLine, ...]:
@@ -313,7 +323,6 @@ def spec_page(
     now: datetime,
     *,
     diff: RevisionDiff | None = None,
-    error: str = "",
 ) -> SpecPage:
     spec = detail.spec
     latest = max((r.revision for r in detail.revisions), default=spec.revision)
@@ -334,7 +343,6 @@ def spec_page(
         agents=tuple(agent_spec_row(a, spec.target, now) for a in detail.agents),
         preview_action=f"{base}/previews",
         run_action=f"{base}/runs",
-        error=error,
     )
 
 
