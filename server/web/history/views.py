@@ -253,6 +253,7 @@ class FilterForm:
     until: str
     q: str
     limit: int | None  # only when it differs from the default page size
+    spec: str = ""  # a migration spec id
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,7 @@ def _filter_form(
         until=format_time(f.until) if f.until else "",
         q=f.text or "",
         limit=f.limit if f.limit != default_limit else None,
+        spec=f.spec_id or "",
     )
 
 
