@@ -286,13 +286,12 @@ async def test_preview_run_and_revert_from_the_pages(running_server: RunningServ
         # The History: filter by spec; rows name the spec and revision.
         async with http.get("/history", params={"spec": "myapp"}) as reply:
             page = await reply.text()
-        assert '<option value="myapp" selected>myapp</option>' in page
+        assert 'name="spec" type="text" value="myapp"' in page
         assert page.count('<li class="event ') == 1
         assert '<span class="tag tag-spec"' in page and "myapp r1" in page
         async with http.get("/history", params={"spec": "other"}) as reply:
             page = await reply.text()
         assert page.count('<li class="event ') == 0
-        assert "unknown spec other" in page
 
     async with logged_in_http(server, "viewer", base_url=True) as http:
         async with http.get(f"/runs/{run_id}") as reply:

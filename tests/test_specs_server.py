@@ -85,15 +85,33 @@ async def test_validation_errors_name_line_and_field(
     assert await specs.list_specs(sessions) == []
 
 
-async def test_too_big_spec_is_refused(running_server: RunningServer) -> None:
-    sessions = running_server.app[app_keys.SESSIONS]
-    big = SOURCE.replace(
-        'target = "3"',
-        'target = "3"\nsecret = [' + ",".join(f'"k{i:05d}.x"' for i in range(7000)) + "]",
-    )
+def with_secret_keys(count: int) -> str:
+    keys = ",".join(f'"k{i:05d}.x"' for i in range(count))
+    return SOURCE.replace('target = "3"', f'target = "3"\nsecret = [{keys}]')
+
+
+async def test_a_64_kib_spec_fits_a_signed_action_and_a_bigger_one_is_refused(
+    running_server: RunningServer,
+) -> None:
+    server = running_server
+    sessions = server.app[app_keys.SESSIONS]
     with pytest.raises(InvalidArgument) as caught:
-        await specs.add_spec(sessions, big, "toml", "alice")
+        await specs.add_spec(sessions, with_secret_keys(6000), "toml", "alice")
     assert caught.value.field == "source" and "signed action" in str(caught.value)
+    await specs.add_spec(sessions, with_secret_keys(5850), "toml", "alice")
+    detail = await specs.get_spec(sessions, "myapp")
+    assert 60 * 1024 < len(detail.spec.canonical.encode()) <= 64 * 1024
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agent = await AgentClient.enroll(server, channel)
+        action = await specs.request_run(
+            sessions, server.app[app_keys.CONFIG], "myapp", agent.agent_id, "alice"
+        )
+        [signed] = (await agent.checkin()).actions
+    pinned = server.app[app_keys.SERVICES].signer.public_key_bytes()
+    assert verify(signed, pinned, agent.agent_id).params["spec"] == detail.spec.canonical
+    assert signed.action_id == action.action_id
+    # 16 such actions waiting (the most an agent gets) still fit the agents' 4 MiB limit
+    assert 16 * signed.ByteSize() < 4 * 1024 * 1024 // 2
 
 
 def report(agent: AgentClient, *versions: tuple[str, int, str, str]) -> None:

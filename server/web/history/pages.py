@@ -9,7 +9,6 @@ from aiohttp import web
 from server import app_keys
 from server.services import history as history_service
 from server.services import inputs as inputs_service
-from server.services import specs as specs_service
 from server.web.history.views import history_page
 from server.web.request import parse_event_filter
 from server.web.sessions import web_sessions
@@ -28,7 +27,6 @@ async def history(request: web.Request) -> web.StreamResponse:
     else:
         page = await history_service.list_events(sessions, f)
     agents = await history_service.list_agent_choices(sessions)
-    specs = await specs_service.list_specs(sessions)
     waiting = await inputs_service.awaiting_among(
         sessions, sorted({e.run_id for e in page.events if e.run_id})
     )
@@ -39,6 +37,5 @@ async def history(request: web.Request) -> web.StreamResponse:
         now=datetime.now(UTC),
         live_after=live_after,
         waiting_runs=waiting,
-        spec_ids=[s.spec_id for s in specs],
     )
     return await render_page("history.html", request, {"page": view})

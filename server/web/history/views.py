@@ -260,11 +260,11 @@ class FilterForm:
     severities: tuple[Option, ...]
     event_types: tuple[Option, ...]
     agents: tuple[Option, ...]
-    specs: tuple[Option, ...]
     since: str
     until: str
     q: str
     limit: int | None  # only when it differs from the default page size
+    spec: str = ""  # a migration spec id
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,19 +282,8 @@ class HistoryPage:
     live_after: int | None  # the stream cursor: the highest id when the page was read
 
 
-def spec_options(spec_ids: Iterable[str], selected: str | None) -> tuple[Option, ...]:
-    """The spec select: every spec id, ``selected`` chosen (kept even when unknown)."""
-    options = [Option(spec_id, spec_id, spec_id == selected) for spec_id in spec_ids]
-    if selected and not any(o.selected for o in options):
-        options.append(Option(selected, f"unknown spec {selected}", True))
-    return tuple(options)
-
-
 def _filter_form(
-    f: EventFilter,
-    agents: Iterable[tuple[str, str]],
-    default_limit: int,
-    spec_ids: Iterable[str] = (),
+    f: EventFilter, agents: Iterable[tuple[str, str]], default_limit: int
 ) -> FilterForm:
     chosen_types = set(f.event_types)
     type_choices = [
@@ -316,11 +305,11 @@ def _filter_form(
         ),
         event_types=tuple(type_choices),
         agents=agent_options(agents, f.agent_id),
-        specs=spec_options(spec_ids, f.spec_id),
         since=format_time(f.since) if f.since else "",
         until=format_time(f.until) if f.until else "",
         q=f.text or "",
         limit=f.limit if f.limit != default_limit else None,
+        spec=f.spec_id or "",
     )
 
 
@@ -333,7 +322,6 @@ def history_page(
     path: str = "/history",
     live_after: int | None = None,
     waiting_runs: Set[str] = frozenset(),
-    spec_ids: Iterable[str] = (),
 ) -> HistoryPage:
     """The History page's view model: rows, the filter form and pagination links. With
     ``live_after`` (and no ``before`` cursor) the page also carries its live stream's URL."""
@@ -341,7 +329,7 @@ def history_page(
     live = live_after is not None and f.before_id is None
     return HistoryPage(
         rows=tuple(event_row(e, now, waiting_runs) for e in page.events),
-        form=_filter_form(f, agents, default_limit, spec_ids),
+        form=_filter_form(f, agents, default_limit),
         filtered=is_filtered(f),
         paged=f.before_id is not None,
         older_url=(
