@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.domain import RunState
 from server.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -262,12 +263,12 @@ async def _preview(
 ) -> int:
     from server.services import specs
 
+    if not args.json:
+        for a in actions:
+            print(f"preview {a.action_id} for agent {a.agent_id}", flush=True)
     if not args.wait:
         if args.json:
             _print_json([{"agent_id": a.agent_id, "action_id": a.action_id} for a in actions])
-        else:
-            for a in actions:
-                print(f"preview {a.action_id} for agent {a.agent_id}")
         return 0
     deadline = time.monotonic() + args.timeout
     results: dict[str, Any] = {}
@@ -326,14 +327,14 @@ async def _follow_run(
     from server.services import specs
 
     if not args.json:
-        print(f"action {action.action_id} for agent {action.agent_id}")
+        print(f"action {action.action_id} for agent {action.agent_id}", flush=True)
     deadline = time.monotonic() + args.timeout
     run = await specs.run_for_action(sessions, action.action_id)
     announced = False
     skipped = False
     while args.wait and (run is None or not run.terminal) and time.monotonic() < deadline:
         if run is not None and not announced and not args.json:
-            print(f"run {run.id}")
+            print(f"run {run.id}", flush=True)
             announced = True
         if run is None and await specs.not_needed(sessions, action):
             skipped = True  # already at the target: the agent reports no run
@@ -371,6 +372,4 @@ async def _follow_run(
             file=sys.stderr,
         )
         return 1
-    from server.domain import RunState
-
     return 0 if run.state == RunState.SUCCEEDED else 1

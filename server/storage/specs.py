@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import (
@@ -173,8 +173,10 @@ async def preview_answer(
             UpdateEvent.occurred_at,
         )
         .where(
-            UpdateEvent.agent_id == agent_id,
+            # literal, so the planner can use the partial index ix_update_events_action_id
+            text("update_events.action_id != ''"),
             UpdateEvent.action_id == action_id,
+            UpdateEvent.agent_id == agent_id,
             UpdateEvent.event_type == event_type.value,
         )
         .order_by(UpdateEvent.id.desc())
