@@ -7,7 +7,7 @@ Plain values out, never ORM rows.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import EventType
@@ -29,8 +29,10 @@ async def answers_for_action(
             UpdateEvent.error_message,
         )
         .where(
-            UpdateEvent.agent_id == agent_id,
+            # literal, so the planner can use the partial index ix_update_events_action_id
+            text("update_events.action_id != ''"),
             UpdateEvent.action_id == action_id,
+            UpdateEvent.agent_id == agent_id,
             UpdateEvent.event_type.in_(_ANSWERS),
         )
         .order_by(UpdateEvent.id.desc())
