@@ -23,7 +23,7 @@ from server.services import history as history_service
 from server.services import specs as specs_service
 from server.services.action_notices import Unanswered
 from server.services.spec_checks import MAX_SOURCE_BYTES
-from server.web.auth import actor_name
+from server.web.auth import actor_name, current_user
 from server.web.fleet.views import agent_url
 from server.web.forms import Option
 from server.web.migrations.views import (
@@ -143,7 +143,9 @@ async def spec_detail(request: web.Request) -> web.StreamResponse:
         "new": f"Saved as revision {detail.spec.revision}.",
         "same": f"Unchanged: the upload equals revision {detail.spec.revision}.",
     }.get(request.query.get("saved", ""), "")
-    agents = await history_service.list_agent_choices(sessions)
+    user = current_user(request)
+    # Only admins get the Preview / Run forms, which offer every agent.
+    agents = await history_service.list_agent_choices(sessions) if user and user.is_admin else []
     view = SpecDetailPage(
         spec=spec_page(detail, datetime.now(UTC), diff=diff),
         agents=tuple(Option(agent_id, host or agent_id, False) for agent_id, host in agents),
