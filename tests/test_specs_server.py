@@ -232,6 +232,24 @@ async def test_hosts_per_version_and_signed_actions(running_server: RunningServe
         [signed] = [x for x in reply.actions if x.action_id == revert.action_id]
         verified = verify(signed, pinned, b.agent_id)
         assert (verified.kind, verified.params) == ("revert_run", {"run_id": run_id})
+        revert_run = str(uuid.uuid4())
+        await b.checkin(
+            run_updates=[
+                run_update(
+                    revert_run,
+                    agent_pb2.RUN_STATE_SUCCEEDED,
+                    migration_id="myapp",
+                    spec_revision=1,
+                    reverts_run_id=run_id,
+                    requested_by_action_id=revert.action_id,
+                )
+            ],
+            acknowledged_action_ids=[revert.action_id],
+        )
+        with pytest.raises(Conflict, match=f"already reverted \\(by run {revert_run}\\)"):
+            await specs.request_revert(sessions, config, run_id, "alice")
+        with pytest.raises(Conflict, match="not a run of a migration spec"):
+            await specs.request_revert(sessions, config, revert_run, "alice")
         assert len(signed.body) < 4 * 1024 * 1024 // 32
         with pytest.raises(NotFound):
             await specs.request_revert(sessions, config, str(uuid.uuid4()), "alice")

@@ -265,8 +265,9 @@ async def request_run(
 async def request_revert(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig, run_id: str, by: str
 ) -> PendingAction:
-    """A signed ``revert_run`` action for the run's agent. NotFound for an unknown run;
-    Conflict unless it is a succeeded run of a spec."""
+    """A signed ``revert_run`` action for the run's agent (asking again while one is pending
+    returns it). NotFound for an unknown run; Conflict unless it is a succeeded run of a spec
+    not reverted yet."""
     by = requester(by)
     now = datetime.now(UTC)
     with unavailable_on_outage("request revert"):
@@ -280,6 +281,9 @@ async def request_revert(
                 raise Conflict(
                     f"run {run.id} is {run.state.value}; only a succeeded run can be reverted"
                 )
+            revert = await runs_store.reverted_by(session, run.id)
+            if revert is not None:
+                raise Conflict(f"run {run.id} was already reverted (by run {revert.id})")
             for action in await actions_store.open_actions(
                 session, run.agent_id, now, ActionKind.REVERT_RUN
             ):
