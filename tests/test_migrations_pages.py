@@ -280,6 +280,13 @@ async def test_preview_run_and_revert_from_the_pages(running_server: RunningServ
         async with http.get(f"/runs/{revert_id}") as reply:
             page = await reply.text()
         assert f'reverts <a href="/runs/{run_id}">' in page and 'id="revert-form"' not in page
+        async with http.get(f"/runs/{run_id}") as reply:  # reverted: no second Revert
+            page = await reply.text()
+        assert 'id="revert-form"' not in page
+        assert (
+            f'id="reverted-note">This run\'s files were put back by <a href="/runs/{revert_id}">'
+            in page
+        )
         async with http.get("/runs") as reply:
             assert '<span class="tag tag-spec">r1</span>' in await reply.text()
 

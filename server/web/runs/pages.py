@@ -17,6 +17,7 @@ from server import app_keys
 from server.domain import LogQuery, RunFilter, RunPage, RunState
 from server.services import history as history_service
 from server.services import logs as logs_service
+from server.services import reverts as reverts_service
 from server.services import runs as runs_service
 from server.services import specs as specs_service
 from server.web.auth import actor_name
@@ -167,6 +168,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
             revert_run_url = run_url(reverting.id)
     if request.query.get("inputs") == "sent":
         notice = "Answers sent, waiting for the agent (delivered with its next check-in)."
+    reverted = await reverts_service.reverted_by(sessions, run_id) if status.revertible else None
     view = RunPageView(
         run=status,
         stats=status.stats,
@@ -177,8 +179,9 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         log_cursor=cursor,
         cancel_action=f"{status.row.url}/cancel",
         notice=notice,
-        revert_action=f"{status.row.url}/revert" if status.revertible else "",
+        revert_action=f"{status.row.url}/revert" if status.revertible and not reverted else "",
         revert_run_url=revert_run_url,
+        reverted_by_url=run_url(reverted.id) if reverted is not None else "",
     )
     return await render_page("run.html", request, {"page": view})
 

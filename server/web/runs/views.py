@@ -397,3 +397,4 @@ class RunPage:
     notice: str
     revert_action: str = ""
     revert_run_url: str = ""  # the revert this page's Revert button asked for, once reported
+    reverted_by_url: str = ""  # the succeeded revert of this run (then no Revert button)
