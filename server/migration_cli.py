@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.domain import RunState
 from server.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def _show(detail: SpecDetail, as_json: bool) -> int:
         print(f"  {r.revision:>3}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.created_by}")
     print(f"hosts per version: {_versions(detail.versions)}")
     for a in detail.agents:
-        state = a.version or f"error: {a.error}" if a.error else a.version or "unknown"
+        state = f"error: {a.error}" if a.error else a.version or "unknown"
         print(f"  {a.hostname:24}  {a.agent_id}  revision {a.revision}  {state}")
     return 0
 
@@ -262,12 +263,12 @@ async def _preview(
 ) -> int:
     from server.services import specs
 
+    if not args.json:
+        for a in actions:
+            print(f"preview {a.action_id} for agent {a.agent_id}", flush=True)
     if not args.wait:
         if args.json:
             _print_json([{"agent_id": a.agent_id, "action_id": a.action_id} for a in actions])
-        else:
-            for a in actions:
-                print(f"preview {a.action_id} for agent {a.agent_id}")
         return 0
     deadline = time.monotonic() + args.timeout
     results: dict[str, Any] = {}
@@ -326,16 +327,33 @@ async def _follow_run(
     from server.services import specs
 
     if not args.json:
-        print(f"action {action.action_id} for agent {action.agent_id}")
+        print(f"action {action.action_id} for agent {action.agent_id}", flush=True)
     deadline = time.monotonic() + args.timeout
     run = await specs.run_for_action(sessions, action.action_id)
     announced = False
+    skipped = False
     while args.wait and (run is None or not run.terminal) and time.monotonic() < deadline:
         if run is not None and not announced and not args.json:
-            print(f"run {run.id}")
+            print(f"run {run.id}", flush=True)
             announced = True
+        if run is None and await specs.not_needed(sessions, action):
+            skipped = True  # already at the target: the agent reports no run
+            break
         await asyncio.sleep(POLL_SECONDS)
         run = await specs.run_for_action(sessions, action.action_id)
+    if skipped:
+        if args.json:
+            _print_json(
+                {
+                    "action_id": action.action_id,
+                    "agent_id": action.agent_id,
+                    "run": None,
+                    "outcome": "not_needed",
+                }
+            )
+        else:
+            print("not_needed")
+        return 0
     if args.json:
         _print_json(
             {"action_id": action.action_id, "agent_id": action.agent_id, "run": _run_json(run)}
@@ -354,6 +372,4 @@ async def _follow_run(
             file=sys.stderr,
         )
         return 1
-    from server.domain import RunState
-
     return 0 if run.state == RunState.SUCCEEDED else 1

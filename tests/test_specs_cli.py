@@ -1,15 +1,26 @@
-"""``flagpost-server migration ...`` as a real subprocess against a real database (SQLite and
-PostgreSQL): add (new revision / unchanged), list, show, diff, --json, preview --wait timing
-out naming the silent agent, and the mistakes (unknown spec, unreadable file, invalid spec)
-ending in a line or two naming the fix, never a traceback."""
+"""``flagpost-server migration ...`` as a real subprocess against a real database: add (new
+revision / unchanged), list, show, diff, --json, preview --wait timing out naming the silent
+agent, and the mistakes (unknown spec, unreadable file, invalid spec) ending in a line or two
+naming the fix, never a traceback, on SQLite; run and revert --wait on PostgreSQL beside a real
+server and agent check-ins. The services under the CLI run on both databases in
+tests/test_specs_server.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import grpc
+import pytest
+from runs_testlib import AgentClient, run_update
+
+from flagpost.v1 import agent_pb2
+from server.app import RunningServer
+from server.config import ServerConfig
 from server.domain import HostFacts
 from server.services import enrollment
 from server.storage.db import create_engine_for_url, make_sessionmaker
@@ -52,7 +63,8 @@ async def _enroll(url: str) -> str:
         await engine.dispose()
 
 
-async def test_add_list_show_diff_preview(db_url: str, tmp_path: Path) -> None:
+async def test_add_list_show_diff_preview(sqlite_db_url: str, tmp_path: Path) -> None:
+    db_url = sqlite_db_url
     assert ok(migration(db_url, "add", str(SAMPLE))) == "myapp revision 1\n"
     assert ok(migration(db_url, "add", str(SAMPLE))) == "myapp revision 1 (unchanged)\n"
     changed = tmp_path / "myapp.toml"
@@ -76,6 +88,9 @@ async def test_add_list_show_diff_preview(db_url: str, tmp_path: Path) -> None:
     agent_id = await _enroll(db_url)
     result = migration(db_url, "preview", "myapp", "--agent", agent_id, "--wait", "--timeout", "1")
     assert result.returncode == 1 and f"no answer within 1 s from: {agent_id}" in result.stderr
+    assert result.stdout.startswith("preview ") and f"for agent {agent_id}\n" in result.stdout
+    ran = json.loads(ok(migration(db_url, "run", "myapp", "--agent", agent_id, "--json")))
+    assert ran["agent_id"] == agent_id and ran["run"] is None and len(ran["action_id"]) == 36
     mistake(migration(db_url, "show", "nope"), "no migration spec nope", "migration list")
 
 
@@ -89,3 +104,57 @@ async def test_mistakes(sqlite_db_url: str, tmp_path: Path) -> None:
     )
     mistake(migration(url, "diff", "myapp", "1", "2"), "no revision 1 of spec myapp")
     mistake(migration(url, "revert", "not-a-run"), "no run not-a-run")
+
+
+async def _cli(url: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "migration",
+        *args,
+        "--database-url",
+        url,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+# PostgreSQL (the tests above use SQLite): a server plus two CLI processes take a while.
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_run_and_revert_wait_for_the_agent(
+    running_server: RunningServer, server_config: ServerConfig
+) -> None:
+    url = server_config.database_url
+    ok(migration(url, "add", str(SAMPLE)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
+        agent = await AgentClient.enroll(running_server, channel)
+        outcomes: dict[str, str] = {}
+        for command in ("run", "revert"):
+            args = (
+                ("run", "myapp", "--agent", agent.agent_id)
+                if command == "run"
+                else ("revert", outcomes["run"])
+            )
+            cli = await _cli(url, *args, "--wait", "--timeout", "20")
+            assert cli.stdout is not None
+            first = (await asyncio.wait_for(cli.stdout.readline(), 20)).decode()
+            action_id = first.split()[1]  # "action <id> for agent <agent id>"
+            run_id = str(uuid.uuid4())
+            fields = {"requested_by_action_id": action_id, "spec_revision": 1}
+            if command == "revert":
+                fields["reverts_run_id"] = outcomes["run"]
+            reply = await agent.checkin(
+                run_updates=[
+                    run_update(
+                        run_id, agent_pb2.RUN_STATE_SUCCEEDED, migration_id="myapp", **fields
+                    )
+                ]
+            )
+            assert action_id in [a.action_id for a in reply.actions]
+            out, err = await asyncio.wait_for(cli.communicate(), 20)
+            assert cli.returncode == 0, (out, err)
+            assert out.decode() == f"run {run_id}\nSUCCEEDED\n"
+            outcomes[command] = run_id

@@ -85,15 +85,33 @@ async def test_validation_errors_name_line_and_field(
     assert await specs.list_specs(sessions) == []
 
 
-async def test_too_big_spec_is_refused(running_server: RunningServer) -> None:
-    sessions = running_server.app[app_keys.SESSIONS]
-    big = SOURCE.replace(
-        'target = "3"',
-        'target = "3"\nsecret = [' + ",".join(f'"k{i:05d}.x"' for i in range(7000)) + "]",
-    )
+def with_secret_keys(count: int) -> str:
+    keys = ",".join(f'"k{i:05d}.x"' for i in range(count))
+    return SOURCE.replace('target = "3"', f'target = "3"\nsecret = [{keys}]')
+
+
+async def test_a_64_kib_spec_fits_a_signed_action_and_a_bigger_one_is_refused(
+    running_server: RunningServer,
+) -> None:
+    server = running_server
+    sessions = server.app[app_keys.SESSIONS]
     with pytest.raises(InvalidArgument) as caught:
-        await specs.add_spec(sessions, big, "toml", "alice")
+        await specs.add_spec(sessions, with_secret_keys(6000), "toml", "alice")
     assert caught.value.field == "source" and "signed action" in str(caught.value)
+    await specs.add_spec(sessions, with_secret_keys(5850), "toml", "alice")
+    detail = await specs.get_spec(sessions, "myapp")
+    assert 60 * 1024 < len(detail.spec.canonical.encode()) <= 64 * 1024
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agent = await AgentClient.enroll(server, channel)
+        action = await specs.request_run(
+            sessions, server.app[app_keys.CONFIG], "myapp", agent.agent_id, "alice"
+        )
+        [signed] = (await agent.checkin()).actions
+    pinned = server.app[app_keys.SERVICES].signer.public_key_bytes()
+    assert verify(signed, pinned, agent.agent_id).params["spec"] == detail.spec.canonical
+    assert signed.action_id == action.action_id
+    # 16 such actions waiting (the most an agent gets) still fit the agents' 4 MiB limit
+    assert 16 * signed.ByteSize() < 4 * 1024 * 1024 // 2
 
 
 def report(agent: AgentClient, *versions: tuple[str, int, str, str]) -> None:
@@ -214,8 +232,52 @@ async def test_hosts_per_version_and_signed_actions(running_server: RunningServe
         [signed] = [x for x in reply.actions if x.action_id == revert.action_id]
         verified = verify(signed, pinned, b.agent_id)
         assert (verified.kind, verified.params) == ("revert_run", {"run_id": run_id})
+        revert_run = str(uuid.uuid4())
+        await b.checkin(
+            run_updates=[
+                run_update(
+                    revert_run,
+                    agent_pb2.RUN_STATE_SUCCEEDED,
+                    migration_id="myapp",
+                    spec_revision=1,
+                    reverts_run_id=run_id,
+                    requested_by_action_id=revert.action_id,
+                )
+            ],
+            acknowledged_action_ids=[revert.action_id],
+        )
+        with pytest.raises(Conflict, match=f"already reverted \\(by run {revert_run}\\)"):
+            await specs.request_revert(sessions, config, run_id, "alice")
+        with pytest.raises(Conflict, match="not a run of a migration spec"):
+            await specs.request_revert(sessions, config, revert_run, "alice")
         assert len(signed.body) < 4 * 1024 * 1024 // 32
         with pytest.raises(NotFound):
             await specs.request_revert(sessions, config, str(uuid.uuid4()), "alice")
         with pytest.raises(NotFound, match="no agent"):
             await specs.request_run(sessions, config, "myapp", str(uuid.uuid4()), "alice")
+
+
+async def test_spec_versions_write_only_what_changed(db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from server.domain import HostFacts, SpecVersionReport
+    from server.services import enrollment
+    from server.storage.db import create_engine_for_url, make_sessionmaker
+    from server.storage.spec_versions import record_spec_versions
+
+    engine = create_engine_for_url(db_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        token = await enrollment.create_token(sessions)
+        agent_id, _ = await enrollment.enroll(sessions, token, HostFacts(hostname="h"))
+        now = datetime.now(UTC)
+        first = {agent_id: [SpecVersionReport("a", 1, "1"), SpecVersionReport("b", 1, "2")]}
+        same = {agent_id: [SpecVersionReport("a", 1, "1"), SpecVersionReport("b", 1, "2")]}
+        moved = {agent_id: [SpecVersionReport("a", 1, "2")]}
+        written = []
+        for reports in (first, same, moved, moved, {agent_id: []}):
+            async with engine.begin() as conn:
+                written.append(await conn.run_sync(record_spec_versions, reports, now))
+        assert written == [2, 0, 2, 0, 1]  # new; nothing; a changed + b gone; nothing; a gone
+    finally:
+        await engine.dispose()

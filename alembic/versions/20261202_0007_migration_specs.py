@@ -76,6 +76,14 @@ def upgrade() -> None:
     )
     op.add_column(events, sa.Column("diffs", sa.Text(), nullable=True))
     op.create_index(op.f("ix_update_events_spec_id_id"), events, ["spec_id", "id"])
+    answered = sa.text("action_id != ''")
+    op.create_index(
+        op.f("ix_update_events_action_id"),
+        events,
+        ["action_id"],
+        sqlite_where=answered,
+        postgresql_where=answered,
+    )
     runs = "migration_runs"
     op.add_column(
         runs, sa.Column("spec_revision", sa.Integer(), server_default="0", nullable=False)
@@ -89,6 +97,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("migration_runs", "reverts_run_id")
     op.drop_column("migration_runs", "spec_revision")
+    op.drop_index(op.f("ix_update_events_action_id"), table_name="update_events")
     op.drop_index(op.f("ix_update_events_spec_id_id"), table_name="update_events")
     for column in ("diffs", "action_id", "spec_revision", "spec_id"):
         op.drop_column("update_events", column)

@@ -24,6 +24,8 @@ from agent.specs.validate import SPEC_ID
 from server.config import ServerConfig
 from server.domain import (
     ActionKind,
+    EventStatus,
+    EventType,
     PendingAction,
     PreviewResult,
     RunState,
@@ -263,8 +265,9 @@ async def request_run(
 async def request_revert(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig, run_id: str, by: str
 ) -> PendingAction:
-    """A signed ``revert_run`` action for the run's agent. NotFound for an unknown run;
-    Conflict unless it is a succeeded run of a spec."""
+    """A signed ``revert_run`` action for the run's agent (asking again while one is pending
+    returns it). NotFound for an unknown run; Conflict unless it is a succeeded run of a spec
+    not reverted yet."""
     by = requester(by)
     now = datetime.now(UTC)
     with unavailable_on_outage("request revert"):
@@ -278,6 +281,9 @@ async def request_revert(
                 raise Conflict(
                     f"run {run.id} is {run.state.value}; only a succeeded run can be reverted"
                 )
+            revert = await runs_store.reverted_by(session, run.id)
+            if revert is not None:
+                raise Conflict(f"run {run.id} was already reverted (by run {revert.id})")
             for action in await actions_store.open_actions(
                 session, run.agent_id, now, ActionKind.REVERT_RUN
             ):
@@ -326,3 +332,14 @@ async def run_for_action(
     with unavailable_on_outage("run for action"):
         async with sessions() as session:
             return await runs_store.run_for_action(session, action_id.lower())
+
+
+async def not_needed(sessions: async_sessionmaker[AsyncSession], action: PendingAction) -> bool:
+    """True when the agent answered a ``run_migration`` action with a detection event saying
+    the host is already at the target (then no run is reported)."""
+    with unavailable_on_outage("action outcome"):
+        async with sessions() as session:
+            row = await specs_store.preview_answer(
+                session, action.agent_id, action.action_id, EventType.MIGRATION_DETECTION
+            )
+    return row is not None and row.status == EventStatus.NOT_NEEDED.value

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -162,6 +163,13 @@ class UpdateEvent(Base):
         Index(None, "occurred_at"),
         Index(None, "run_id"),
         Index(None, "spec_id", "id"),
+        # The few events answering an action (previews): found without scanning the History.
+        Index(
+            None,
+            "action_id",
+            sqlite_where=text("action_id != ''"),
+            postgresql_where=text("action_id != ''"),
+        ),
     )
 
 

@@ -239,3 +239,17 @@ async def run_for_action(session: AsyncSession, action_id: str) -> RunSummary | 
     )
     row = (await session.execute(query)).first()
     return None if row is None else _summary(row)
+
+
+async def reverted_by(session: AsyncSession, run_id: str) -> RunSummary | None:
+    """A succeeded revert run of ``run_id`` (``reverts_run_id``), or None."""
+    query = (
+        _select_summaries()
+        .where(
+            MigrationRun.reverts_run_id == run_id,
+            MigrationRun.state == RunState.SUCCEEDED.value,
+        )
+        .limit(1)
+    )
+    row = (await session.execute(query)).first()
+    return None if row is None else _summary(row)

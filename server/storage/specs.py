@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import (
@@ -154,9 +154,14 @@ async def agent_states(session: AsyncSession, spec_id: str) -> list[AgentSpecSta
     ]
 
 
-async def preview_answer(session: AsyncSession, agent_id: str, action_id: str) -> Any | None:
-    """The newest ``migration_preview`` event of ``agent_id`` answering ``action_id`` (a row
-    with status, versions, messages, ``diffs`` and ``occurred_at``), or None."""
+async def preview_answer(
+    session: AsyncSession,
+    agent_id: str,
+    action_id: str,
+    event_type: EventType = EventType.MIGRATION_PREVIEW,
+) -> Any | None:
+    """The newest ``event_type`` event of ``agent_id`` answering ``action_id`` (a row with
+    status, versions, messages, ``diffs`` and ``occurred_at``), or None."""
     result = await session.execute(
         select(
             UpdateEvent.status,
@@ -168,9 +173,11 @@ async def preview_answer(session: AsyncSession, agent_id: str, action_id: str) -
             UpdateEvent.occurred_at,
         )
         .where(
-            UpdateEvent.agent_id == agent_id,
+            # literal, so the planner can use the partial index ix_update_events_action_id
+            text("update_events.action_id != ''"),
             UpdateEvent.action_id == action_id,
-            UpdateEvent.event_type == EventType.MIGRATION_PREVIEW.value,
+            UpdateEvent.agent_id == agent_id,
+            UpdateEvent.event_type == event_type.value,
         )
         .order_by(UpdateEvent.id.desc())
         .limit(1)
