@@ -343,3 +343,11 @@ async def not_needed(sessions: async_sessionmaker[AsyncSession], action: Pending
                 session, action.agent_id, action.action_id, EventType.MIGRATION_DETECTION
             )
     return row is not None and row.status == EventStatus.NOT_NEEDED.value
+
+
+async def reverted_by(sessions: async_sessionmaker[AsyncSession], run_id: str) -> RunSummary | None:
+    """The succeeded revert run of ``run_id``, or None while it has none (the run page offers
+    Revert only until then)."""
+    with unavailable_on_outage("revert lookup"):
+        async with sessions() as session:
+            return await runs_store.reverted_by(session, run_id.lower())

@@ -17,7 +17,6 @@ from server import app_keys
 from server.domain import LogQuery, RunFilter, RunPage, RunState
 from server.services import history as history_service
 from server.services import logs as logs_service
-from server.services import reverts as reverts_service
 from server.services import runs as runs_service
 from server.services import specs as specs_service
 from server.web.auth import actor_name
@@ -168,7 +167,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
             revert_run_url = run_url(reverting.id)
     if request.query.get("inputs") == "sent":
         notice = "Answers sent, waiting for the agent (delivered with its next check-in)."
-    reverted = await reverts_service.reverted_by(sessions, run_id) if status.revertible else None
+    reverted = await specs_service.reverted_by(sessions, run_id) if status.revertible else None
     view = RunPageView(
         run=status,
         stats=status.stats,
