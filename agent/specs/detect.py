@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.migrations.model import DetectionError, FileView
+from agent.migrations.verifier import VerifierError, parse_verifier
 from agent.specs import formats
 from agent.specs.errors import FormatError
 from agent.specs.formats.base import Document
 from agent.specs.paths import host_path
-from agent.specs.spec import Spec, Version
+from agent.specs.spec import Spec, Version, When
 from agent.specs.values import coerce, has_type, to_text
 
 
@@ -67,10 +68,15 @@ def _same(document: Document, value: Any, expected: Any) -> bool:
 
 def matches_when(version: Version, document: Document) -> bool:
     """Whether ``document`` satisfies the version's ``when`` (True without one)."""
-    when = version.when
-    if when is None:
-        return True
-    present = document.has(when.key)
+    return version.when is None or when_holds(version.when, document)
+
+
+def when_holds(when: When, document: Document) -> bool:
+    """Whether ``document`` satisfies ``when`` (a version's, or an operation's)."""
+    try:
+        present = document.has(when.key)
+    except FormatError:
+        return False
     if when.equals is None:
         return present == when.exists
     return present and _same(document, document.get(when.key), when.equals)
@@ -96,6 +102,20 @@ def check_version(version: Version, document: Document) -> list[str]:
             for key in document.dotted_keys()
             if not _allowed(key, version.allow_only)
         )
+    for prefix, keys in version.require_with.items():
+        if any(key == prefix or key.startswith(prefix + ".") for key in document.dotted_keys()):
+            problems.extend(
+                f"missing required key {key!r} (required with {prefix!r})"
+                for key in keys
+                if not document.has(key)
+            )
+    for key in version.verifiers:
+        if document.has(key):
+            value = document.get(key)
+            try:
+                parse_verifier(value if isinstance(value, str) else "")
+            except VerifierError as exc:
+                problems.append(f"key {key!r}: invalid verifier: {exc}")
     for key, type_name in version.types.items():
         if not document.has(key):
             continue
@@ -122,6 +142,38 @@ def check_version(version: Version, document: Document) -> list[str]:
             if not isinstance(value, str) or re.fullmatch(pattern, value) is None:
                 problems.append(f"key {key!r} does not match the pattern {pattern!r}")
     return problems
+
+
+def check_companions(
+    version: Version, view: FileView, paths: Mapping[str, Path] | None = None
+) -> None:
+    """Every companion file of ``version`` exists, parses, holds its ``require`` keys and has no
+    more permission bits than its ``mode`` (DetectionError naming the file otherwise)."""
+    for companion in version.companions:
+        path = paths[companion.file] if paths is not None else host_path(view.root, companion.file)
+        if not view.exists(path):
+            raise DetectionError(
+                f"{companion.file}: missing (version {version.version} needs it)",
+                path=path,
+                errno=2,
+                exception_type="FileNotFoundError",
+                version=version.version,
+            )
+        document = load(view, path, companion.file, companion.format)
+        problems = [
+            f"missing required key {key!r}" for key in companion.require if not document.has(key)
+        ]
+        mode = view.mode(path)
+        if companion.mode is not None and mode & ~companion.mode & 0o777:
+            problems.append(f"mode {mode:04o} is more open than {companion.mode:04o}")
+        if problems:
+            raise DetectionError(
+                f"{companion.file}: not valid for version {version.version}: "
+                + "; ".join(problems),
+                path=path,
+                exception_type="SpecValidationError",
+                version=version.version,
+            )
 
 
 def detect(
@@ -171,11 +223,13 @@ def detect(
                 exception_type="SpecValidationError",
                 version=version.version,
             )
+        check_companions(version, view, paths)
         return Detection(version.version, version.file, path, document, tuple(skipped))
     if not found_any:
         return Detection(None, skipped=tuple(skipped))
-    if len(errors) == 1 and len(skipped) == 1:
-        raise errors[0]
+    tried = [entry for entry in skipped if not entry.endswith(": no such file")]
+    if len({id(error) for error in errors}) == 1 and len(tried) == len(errors):
+        raise errors[0]  # one file that does not parse, every version of it: its own error
     first = errors[0] if errors else None
     raise DetectionError(
         f"{spec.id}: the files match no version: " + "; ".join(skipped),

@@ -25,9 +25,9 @@ from agent.migrations import (
     WriteFile,
     default_registry,
 )
-from agent.migrations.chain import agent_config_migration, json_conf, secrets_file
 from agent.migrations.fsops import load_manifest
 from agent.outbox import Outbox
+from agent.specs.builtin import agent_config_migration, json_conf, secrets_file
 from flagpost.v1 import agent_pb2
 
 

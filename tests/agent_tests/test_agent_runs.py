@@ -24,9 +24,9 @@ from agent.migrations import (
     Step,
     WriteFile,
 )
-from agent.migrations.chain import agent_config_migration
 from agent.outbox import Outbox
 from agent.runs import RunControl
+from agent.specs.builtin import agent_config_migration
 from flagpost.v1 import agent_pb2
 
 STEPS = ["v1_to_v2_move_location", "v2_to_v3_json_format", "v3_to_v4_split_secrets"]

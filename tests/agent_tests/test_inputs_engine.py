@@ -29,17 +29,17 @@ from agent.inputs import (
     answers_from_params,
 )
 from agent.migrations import MigrationEngine, RunResult, make_plan
-from agent.migrations.chain import (
-    agent_config_migration,
-    legacy_config_with_secrets,
-    secrets_file,
-)
 from agent.migrations.gather import duration_text
 from agent.migrations.model import DetectionError, DiskView, InputSpec, WriteFile
 from agent.migrations.verifier import check_verifier, make_verifier, parse_verifier
 from agent.migrations.waiting import WaitingRun, WaitingRuns
 from agent.outbox import Outbox
 from agent.runs import RunControl
+from agent.specs.builtin import (
+    agent_config_migration,
+    legacy_config_with_secrets,
+    secrets_file,
+)
 from flagpost.v1 import agent_pb2
 
 DB_PASSWORD = "db-pw-Unique-7f3a9c"
