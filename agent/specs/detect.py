@@ -93,29 +93,45 @@ def _allowed(key: str, allow_only: tuple[str, ...]) -> bool:
 
 
 def check_version(version: Version, document: Document) -> list[str]:
-    """Every way ``document`` breaks the rules of ``version`` (empty: it is valid). Messages
-    name keys, never values."""
-    problems = [f"missing required key {key!r}" for key in version.require if not document.has(key)]
+    """Every way ``document`` breaks the rules of ``version`` (empty: it is valid), each with
+    its line where the format knows it (``line 3: unknown key 'x' (not in allow_only)``).
+    Messages name keys, never values."""
+    return [text for _line, text in version_problems(version, document)]
+
+
+def version_problems(version: Version, document: Document) -> list[tuple[int, str]]:
+    """:func:`check_version` as ``(line, message)`` pairs (line 0: unknown), in line order."""
+    problems: list[tuple[int, str]] = []
+
+    def add(key: str, text: str) -> None:
+        line = document.line_of(key)
+        problems.append((line, f"line {line}: {text}" if line else text))
+
+    def rule(key: str, text: str) -> None:
+        """A broken value rule; the version's ``messages`` may say it in its own words."""
+        message = version.messages.get(key)
+        add(key, f"key {key!r}: {message}" if message else text)
+
+    for key in version.require:
+        if not document.has(key):
+            add(key, f"missing required key {key!r}")
     if version.allow_only is not None:
-        problems.extend(
-            f"unknown key {key!r} (not in allow_only)"
-            for key in document.dotted_keys()
-            if not _allowed(key, version.allow_only)
-        )
+        for key in document.dotted_keys():
+            if not _allowed(key, version.allow_only):
+                add(key, f"unknown key {key!r} (not in allow_only)")
     for prefix, keys in version.require_with.items():
-        if any(key == prefix or key.startswith(prefix + ".") for key in document.dotted_keys()):
-            problems.extend(
-                f"missing required key {key!r} (required with {prefix!r})"
-                for key in keys
-                if not document.has(key)
-            )
+        present = [k for k in document.dotted_keys() if k == prefix or k.startswith(prefix + ".")]
+        if present:
+            for key in keys:
+                if not document.has(key):
+                    add(present[0], f"missing required key {key!r} (required with {prefix!r})")
     for key in version.verifiers:
         if document.has(key):
             value = document.get(key)
             try:
                 parse_verifier(value if isinstance(value, str) else "")
             except VerifierError as exc:
-                problems.append(f"key {key!r}: invalid verifier: {exc}")
+                add(key, f"key {key!r}: invalid verifier: {exc}")
     for key, type_name in version.types.items():
         if not document.has(key):
             continue
@@ -129,19 +145,19 @@ def check_version(version: Version, document: Document) -> list[str]:
             except FormatError:
                 ok = False
         if not ok:
-            problems.append(f"key {key!r} must be of type {type_name}")
+            rule(key, f"key {key!r} must be of type {type_name}")
     for key, allowed in version.enum.items():
         if document.has(key):
             value = document.get(key)
             if not any(_same(document, value, option) for option in allowed):
                 shown = ", ".join(repr(option) for option in allowed)
-                problems.append(f"key {key!r} must be one of {shown}")
+                rule(key, f"key {key!r} must be one of {shown}")
     for key, pattern in version.pattern.items():
         if document.has(key):
             value = document.get(key)
             if not isinstance(value, str) or re.fullmatch(pattern, value) is None:
-                problems.append(f"key {key!r} does not match the pattern {pattern!r}")
-    return problems
+                rule(key, f"key {key!r} does not match the pattern {pattern!r}")
+    return sorted(problems, key=lambda problem: (problem[0] == 0, problem[0]))
 
 
 def check_companions(
@@ -215,11 +231,13 @@ def detect(
         if missing:
             skipped.append(f"{label}: missing {', '.join(repr(key) for key in missing)}")
             continue
-        problems = check_version(version, document)
+        problems = version_problems(version, document)
         if problems:
             raise DetectionError(
-                f"{version.file}: not a valid version {version.version}: " + "; ".join(problems),
+                f"{version.file}: not a valid version {version.version}: "
+                + "; ".join(text for _line, text in problems),
                 path=path,
+                line=problems[0][0],
                 exception_type="SpecValidationError",
                 version=version.version,
             )

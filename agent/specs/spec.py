@@ -49,6 +49,7 @@ class Version:
     types: Mapping[str, str] = field(default_factory=dict)
     enum: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     pattern: Mapping[str, str] = field(default_factory=dict)
+    messages: Mapping[str, str] = field(default_factory=dict)
     require_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     verifiers: tuple[str, ...] = ()
     companions: tuple[Companion, ...] = ()

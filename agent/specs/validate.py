@@ -165,6 +165,7 @@ VERSION_FIELDS = {
     "types": _Field("types"),
     "enum": _Field("enum"),
     "pattern": _Field("patterns"),
+    "messages": _Field("messages"),
     "require_with": _Field("require_with"),
     "verifiers": _Field("keys"),
     "companions": _Field("tables"),
@@ -375,6 +376,8 @@ class _Checker:
             return self._key_table(path, value, self._enum)
         if kind == "patterns":
             return self._key_table(path, value, self._regex)
+        if kind == "messages":
+            return self._key_table(path, value, lambda p, v: self.value(p, "prompt", v))
         if kind == "require_with":
             return self._key_table(path, value, self._keys)
         if kind == "regex":
@@ -441,6 +444,7 @@ class _Checker:
                 "types",
                 "enum",
                 "pattern",
+                "messages",
                 "require_with",
                 "verifiers",
             ):
@@ -463,6 +467,7 @@ class _Checker:
             types=fields.get("types", {}),
             enum=fields.get("enum", {}),
             pattern=fields.get("pattern", {}),
+            messages=fields.get("messages", {}),
             require_with=fields.get("require_with", {}),
             verifiers=fields.get("verifiers", ()),
             companions=tuple(companions),
