@@ -192,6 +192,21 @@ def check_companions(
             )
 
 
+def invalid(version: Version, path: Path, document: Document) -> None:
+    """Raise the DetectionError listing how ``document`` breaks ``version``'s rules, if it
+    does."""
+    problems = version_problems(version, document)
+    if problems:
+        raise DetectionError(
+            f"{version.file}: not a valid version {version.version}: "
+            + "; ".join(text for _line, text in problems),
+            path=path,
+            line=problems[0][0],
+            exception_type="SpecValidationError",
+            version=version.version,
+        )
+
+
 def detect(
     spec: Spec,
     view: FileView,
@@ -204,6 +219,7 @@ def detect(
     cache: dict[tuple[str, str], Document | DetectionError] = {}
     skipped: list[str] = []
     errors: list[DetectionError] = []
+    candidates: list[tuple[Version, Path, Document]] = []
     found_any = False
     for version in spec.versions:
         path = paths[version.file] if paths is not None else host_path(view.root, version.file)
@@ -230,22 +246,21 @@ def detect(
         missing = [key for key in version.require if not document.has(key)]
         if missing:
             skipped.append(f"{label}: missing {', '.join(repr(key) for key in missing)}")
+            candidates.append((version, path, document))
             continue
-        problems = version_problems(version, document)
-        if problems:
-            raise DetectionError(
-                f"{version.file}: not a valid version {version.version}: "
-                + "; ".join(text for _line, text in problems),
-                path=path,
-                line=problems[0][0],
-                exception_type="SpecValidationError",
-                version=version.version,
-            )
+        invalid(version, path, document)
         check_companions(version, view, paths)
         return Detection(version.version, version.file, path, document, tuple(skipped))
     if not found_any:
         return Detection(None, skipped=tuple(skipped))
     tried = [entry for entry in skipped if not entry.endswith(": no such file")]
+    if not errors and len(candidates) == 1 == len(
+        [entry for entry in tried if not entry.endswith(": 'when' does not hold")]
+    ):
+        # The one version whose file exists and whose `when` holds lacks a required key: that
+        # is its own validation error, not a failure to match.
+        version, path, document = candidates[0]
+        invalid(version, path, document)
     if len({id(error) for error in errors}) == 1 and len(tried) == len(errors):
         raise errors[0]  # one file that does not parse, every version of it: its own error
     first = errors[0] if errors else None
