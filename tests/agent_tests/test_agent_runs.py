@@ -148,7 +148,8 @@ def test_detection_failure_is_a_failed_run_once(tmp_path: Path, outbox: Outbox) 
     updates = outbox.runs.updates(result.run_id)
     assert [u.state for u in updates] == [runs.RUNNING, runs.FAILED]
     assert updates[-1].steps_total == 0
-    # The legacy file is read as ini by the built-in spec (was "agent.conf:3: expected 'key = value'").
+    # The built-in spec reads the legacy file as ini (the Python chain said
+    # "agent.conf:3: expected 'key = value'").
     assert (
         "/etc/aggregator/agent.conf:3: expected '[section]' or 'key = value'"
         in updates[-1].error_message
