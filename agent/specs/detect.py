@@ -216,6 +216,10 @@ def detect(
     :func:`~agent.specs.paths.confine`; default: under ``view.root``). Raises DetectionError
     for a file that matches a version and breaks its rules, or when files exist but match no
     version."""
+
+    def _path_of(file: str) -> Path:
+        return paths[file] if paths is not None else host_path(view.root, file)
+
     cache: dict[tuple[str, str], Document | DetectionError] = {}
     skipped: list[str] = []
     errors: list[DetectionError] = []
@@ -262,7 +266,13 @@ def detect(
         version, path, document = candidates[0]
         invalid(version, path, document)
     if len({id(error) for error in errors}) == 1 and len(tried) == len(errors):
-        raise errors[0]  # one file that does not parse, every version of it: its own error
+        # One file that does not parse, every version of it: its own error (and its version,
+        # when the file is only one version's).
+        error = errors[0]
+        owners = [v.version for v in spec.versions if error.path == _path_of(v.file)]
+        if not error.version and len(owners) == 1:
+            error.version = owners[0]
+        raise error
     first = errors[0] if errors else None
     raise DetectionError(
         f"{spec.id}: the files match no version: " + "; ".join(skipped),
