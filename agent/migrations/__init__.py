@@ -1,5 +1,5 @@
-"""Config migrations: model, registry (with the built-in agent-config spec), the engine (plan, gather inputs, execute
-with rollback, recover after a crash), durable file ops, journal."""
+"""Config migrations: model, registry (with the built-in agent-config spec), the engine (plan,
+gather inputs, execute with rollback, recover after a crash), durable file ops, journal."""
 
 from agent.migrations.engine import MigrationEngine
 

@@ -82,6 +82,18 @@ def when_holds(when: When, document: Document) -> bool:
     return present and _same(document, document.get(when.key), when.equals)
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a number for ``minimum`` (None when it is none: ``types`` says so)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def _allowed(key: str, allow_only: tuple[str, ...]) -> bool:
     for entry in allow_only:
         if entry.endswith(".*"):
@@ -152,6 +164,11 @@ def version_problems(version: Version, document: Document) -> list[tuple[int, st
             if not any(_same(document, value, option) for option in allowed):
                 shown = ", ".join(repr(option) for option in allowed)
                 rule(key, f"key {key!r} must be one of {shown}")
+    for key, least in version.minimum.items():
+        if document.has(key):
+            number = _number(document.get(key))
+            if number is not None and number < least:
+                rule(key, f"key {key!r} must be at least {least}")
     for key, pattern in version.pattern.items():
         if document.has(key):
             value = document.get(key)

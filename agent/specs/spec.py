@@ -2,7 +2,8 @@
 
 A spec lists where each version of a config lives (``versions``, tried in order by detection)
 and the steps between versions (``steps``), each a list of operations (``ops``). Field names
-are the spec language's own (``from`` becomes ``from_`` only where Python needs it).
+are the spec language's own (``from`` becomes ``from_`` only where Python needs it). Every
+operation may carry ``when``: it runs only when that condition holds on its file.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class Companion:
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """Where one version lives and what a file of it must hold."""
+    """Where one version lives and what a file of it must hold: ``require``d keys (also how
+    detection tells versions apart, with ``when``), ``allow_only``, ``types``, ``enum``,
+    ``pattern``, ``minimum`` (numbers), ``require_with`` (prefix -> keys required when any key
+    under it exists), ``verifiers`` (keys holding scrypt verifiers), ``messages`` (key -> how
+    its broken rule is said) and ``companions`` (files that must exist beside it)."""
 
     version: str
     file: str
@@ -49,6 +54,7 @@ class Version:
     types: Mapping[str, str] = field(default_factory=dict)
     enum: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     pattern: Mapping[str, str] = field(default_factory=dict)
+    minimum: Mapping[str, int | float] = field(default_factory=dict)
     messages: Mapping[str, str] = field(default_factory=dict)
     require_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     verifiers: tuple[str, ...] = ()

@@ -165,6 +165,7 @@ VERSION_FIELDS = {
     "types": _Field("types"),
     "enum": _Field("enum"),
     "pattern": _Field("patterns"),
+    "minimum": _Field("minimum"),
     "messages": _Field("messages"),
     "require_with": _Field("require_with"),
     "verifiers": _Field("keys"),
@@ -290,6 +291,12 @@ class _Checker:
             return None
         return value
 
+    def _number(self, path: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(path, f"must be a number, not {_type_name(value)}")
+            return None
+        return value
+
     def _enum(self, path: str, value: Any) -> Any:
         if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
             self.fail(path, "must be a non-empty array of strings, numbers or booleans")
@@ -376,6 +383,8 @@ class _Checker:
             return self._key_table(path, value, self._enum)
         if kind == "patterns":
             return self._key_table(path, value, self._regex)
+        if kind == "minimum":
+            return self._key_table(path, value, self._number)
         if kind == "messages":
             return self._key_table(path, value, lambda p, v: self.value(p, "prompt", v))
         if kind == "require_with":
@@ -444,6 +453,7 @@ class _Checker:
                 "types",
                 "enum",
                 "pattern",
+                "minimum",
                 "messages",
                 "require_with",
                 "verifiers",
@@ -467,6 +477,7 @@ class _Checker:
             types=fields.get("types", {}),
             enum=fields.get("enum", {}),
             pattern=fields.get("pattern", {}),
+            minimum=fields.get("minimum", {}),
             messages=fields.get("messages", {}),
             require_with=fields.get("require_with", {}),
             verifiers=fields.get("verifiers", ()),

@@ -157,7 +157,15 @@ def test_json_wrong_type_named(tmp_path: Path) -> None:
     message = error_for(tmp_path).message
     assert message == (
         "/etc/flagpost/agent.json: not a valid version 3: key 'checkin.interval_seconds': must "
-        "be an integer number of seconds"
+        "be a positive integer number of seconds"
+    )
+
+
+def test_json_interval_must_be_positive(tmp_path: Path) -> None:
+    write_json(json_conf(tmp_path), V3 | {"checkin": {"interval_seconds": 0}})
+    assert error_for(tmp_path).message == (
+        "/etc/flagpost/agent.json: not a valid version 3: key 'checkin.interval_seconds': must "
+        "be a positive integer number of seconds"
     )
 
 

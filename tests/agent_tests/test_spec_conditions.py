@@ -123,6 +123,24 @@ def test_version_rules_name_their_line(tmp_path: Path, text: str, expected: str,
     assert error.exception_type == "SpecValidationError"
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(0, "key 'n' must be at least 1"), ("0.5", "key 'n' must be at least 1"), (1, None)],
+)
+def test_minimum(tmp_path: Path, value: object, problem: str | None) -> None:
+    spec = parse_spec(
+        'id = "m"\ntitle = "m"\ntarget = "1"\n[[versions]]\nversion = "1"\n'
+        'file = "/etc/m.json"\nformat = "json"\nminimum = { n = 1 }\n'
+    )
+    write(tmp_path, "/etc/m.json", json.dumps({"n": value}))
+    if problem is None:
+        assert detect(spec, DiskView(tmp_path)).version == "1"
+        return
+    with pytest.raises(DetectionError) as info:
+        detect(spec, DiskView(tmp_path))
+    assert info.value.message == f"/etc/m.json: not a valid version 1: {problem}"
+
+
 def test_companions_must_exist_hold_their_keys_and_keep_their_mode(tmp_path: Path) -> None:
     write(tmp_path, "/etc/svc/svc.json", '{"v": 2, "url": "x"}')
     error = error_of(tmp_path)

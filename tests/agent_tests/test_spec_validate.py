@@ -269,6 +269,12 @@ CASES = [
     ),
     pytest.param(
         'require = ["server.addr"]',
+        'require = ["server.addr"]\nminimum = { "server.port" = "1" }',
+        "line 21: versions[2].minimum.server.port: must be a number, not a string",
+        id="minimum-not-a-number",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
         'require = ["server.addr"]\nmessages = { "server.addr" = 3 }',
         "line 21: versions[2].messages.server.addr: must be a string, not a number",
         id="message-not-text",
