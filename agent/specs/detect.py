@@ -132,11 +132,11 @@ def version_problems(version: Version, document: Document) -> list[tuple[int, st
             if not _allowed(key, version.allow_only):
                 add(key, f"unknown key {key!r} (not in allow_only)")
     for prefix, keys in version.require_with.items():
-        present = [k for k in document.dotted_keys() if k == prefix or k.startswith(prefix + ".")]
-        if present:
+        present = _under(document, prefix)
+        if present is not None:
             for key in keys:
                 if not document.has(key):
-                    add(present[0], f"missing required key {key!r} (required with {prefix!r})")
+                    add(present, f"missing required key {key!r} (required with {prefix!r})")
     for key in version.verifiers:
         if document.has(key):
             value = document.get(key)
@@ -177,8 +177,15 @@ def version_problems(version: Version, document: Document) -> list[tuple[int, st
     return sorted(problems, key=lambda problem: (problem[0] == 0, problem[0]))
 
 
+def _under(document: Document, prefix: str) -> str | None:
+    """The first key of ``document`` that is ``prefix`` or under it (None: there is none)."""
+    return next(
+        (k for k in document.dotted_keys() if k == prefix or k.startswith(prefix + ".")), None
+    )
+
+
 def check_companions(
-    version: Version, view: FileView, paths: Mapping[str, Path] | None = None
+    version: Version, main: Document, view: FileView, paths: Mapping[str, Path] | None = None
 ) -> None:
     """Every companion file of ``version`` exists, parses, holds its ``require`` keys and has no
     more permission bits than its ``mode`` (DetectionError naming the file otherwise)."""
@@ -196,6 +203,13 @@ def check_companions(
         problems = [
             f"missing required key {key!r}" for key in companion.require if not document.has(key)
         ]
+        for prefix, keys in companion.require_with.items():
+            if _under(main, prefix) is not None:
+                problems.extend(
+                    f"missing required key {key!r} (required with {prefix!r} in {version.file})"
+                    for key in keys
+                    if not document.has(key)
+                )
         mode = view.mode(path)
         if companion.mode is not None and mode & ~companion.mode & 0o777:
             problems.append(f"mode {mode:04o} is more open than {companion.mode:04o}")
@@ -270,7 +284,7 @@ def detect(
             candidates.append((version, path, document))
             continue
         invalid(version, path, document)
-        check_companions(version, view, paths)
+        check_companions(version, document, view, paths)
         return Detection(version.version, version.file, path, document, tuple(skipped))
     if not found_any:
         return Detection(None, skipped=tuple(skipped))

@@ -29,12 +29,14 @@ class When:
 @dataclass(frozen=True, slots=True)
 class Companion:
     """A file that must exist beside a version's file (e.g. its secrets file), in ``format``,
-    holding every ``require`` key; ``mode``: permission bits it must not exceed."""
+    holding every ``require`` key, and the keys ``require_with`` lists for each prefix the
+    version's own file has a key under; ``mode``: permission bits it must not exceed."""
 
     file: str
     format: str
     require: tuple[str, ...] = ()
     mode: int | None = None
+    require_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,7 @@ COMPANION_FIELDS = {
     "format": _Field("format", True),
     "require": _Field("keys"),
     "mode": _Field("mode"),
+    "require_with": _Field("require_with"),
 }
 STEP_FIELDS = {
     "name": _Field("step_name", True),
@@ -492,7 +493,11 @@ class _Checker:
             self.fail(join(path, "require"), "a text file has no keys")
             return None
         return Companion(
-            fields["file"], fields["format"], fields.get("require", ()), fields.get("mode")
+            fields["file"],
+            fields["format"],
+            fields.get("require", ()),
+            fields.get("mode"),
+            fields.get("require_with", {}),
         )
 
     def op(self, path: str, data: Any) -> Op | None:

@@ -237,3 +237,19 @@ def test_the_spec_is_confined_to_its_own_directories(tmp_path: Path) -> None:
     error = error_for(tmp_path)
     assert error.exception_type == "PathRefused"
     assert "/etc/flagpost/agent.json" in error.message
+
+
+def test_v4_secrets_file_holds_the_secret_of_each_section(tmp_path: Path) -> None:
+    v4 = {k: v for k, v in V3.items() if k != "agent_token"}
+    database = {"url": "postgresql://fleet@db.example/fleet"}
+    write_json(
+        json_conf(tmp_path),
+        v4 | {"config_version": 4, "secrets_file": "secrets.json", "database": database},
+    )
+    write_json(secrets_file(tmp_path), {"agent_token": "t3"}, 0o600)
+    assert error_for(tmp_path).message == (
+        "/etc/flagpost/secrets.json: not valid for version 4: missing required key "
+        "'database_password' (required with 'database' in /etc/flagpost/agent.json)"
+    )
+    write_json(secrets_file(tmp_path), {"agent_token": "t3", "database_password": "p"}, 0o600)
+    assert detect(tmp_path) == ("4", json_conf(tmp_path))

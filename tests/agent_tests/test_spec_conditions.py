@@ -154,6 +154,12 @@ def test_companions_must_exist_hold_their_keys_and_keep_their_mode(tmp_path: Pat
     secrets.write_text('{"token": "t"}')
     secrets.chmod(0o400)
     assert detect(parse_spec(SPEC), DiskView(tmp_path)).version == "2"
+    # A key of the version's own file may require more of the companion.
+    write(tmp_path, "/etc/svc/svc.json", '{"v": 2, "url": "x", "db": {"url": "u"}}')
+    assert error_of(tmp_path).message == (
+        "/etc/svc/secrets.json: not valid for version 2: missing required key 'db_password' "
+        "(required with 'db' in /etc/svc/svc.json)"
+    )
 
 
 def test_one_unparsable_file_shared_by_versions_is_its_own_error(tmp_path: Path) -> None:
