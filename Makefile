@@ -5,6 +5,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.flagpost-installed
 PYTEST_ARGS ?=
+# Test files run in this many processes (pytest-xdist, one file per process at a time: a file's
+# tests share its fixtures); most tests wait on real servers and agents, so 3 suit 2 cores.
+# PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 3
 DEMO_ARGS ?=
 
 .PHONY: run test setup services lint typecheck proto bench chaos clean
@@ -22,7 +26,7 @@ run: setup
 
 ## make test: install everything (venv, chromium, PostgreSQL running), lint, type-check, test.
 test: setup services lint typecheck
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 services:
 	scripts/ensure_services.sh

@@ -25,6 +25,8 @@ Accepted actions are dispatched by kind (:meth:`ActionHandler.register` adds a k
   marked cancelled and resumed at once by the migration worker, which ends it CANCELLED with
   nothing changed (reported the same way). A cancel for a run that is neither (finished, or
   unknown here) is refused with a notice.
+* ``preview_migration``, ``revert_run``, and ``run_migration`` carrying a ``spec``: the
+  server-defined specs (:mod:`agent.specs.actions` registers them).
 * An action of an unknown kind is ignored and reported as an ``agent_notice`` warning event.
 """
 
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 RUN_MIGRATION = "run_migration"
 CANCEL_RUN = "cancel_run"
+PREVIEW_MIGRATION = "preview_migration"  # agent/specs/actions.py
+REVERT_RUN = "revert_run"  # agent/specs/actions.py
 
 # (verified action, outbox) -> what was done ("queued", "cancelled", "ignored", ...)
 KindHandler = Callable[[VerifiedAction, Outbox], str]
@@ -65,12 +69,15 @@ class RunRequest:
     ``expires_at``: the action's expiry; a request still queued then is dropped (with a notice).
     ``resume_run_id``: not a run the server asked for but the resumption of that waiting run
     (cancelled while not in progress, see :meth:`ActionHandler._cancel_run`), skipped if it no
-    longer waits."""
+    longer waits. ``job``: work the migration worker does instead of running ``migration_id``
+    from the registry (a spec's run, preview or revert); ``kind``: the action's kind."""
 
     action_id: str
     migration_id: str = ""
     expires_at: datetime | None = None
     resume_run_id: str = ""
+    kind: str = RUN_MIGRATION
+    job: Callable[[], object] | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
@@ -106,6 +113,10 @@ class ActionHandler:
     def register(self, kind: str, handler: KindHandler) -> None:
         """Handle verified actions of ``kind`` with ``handler`` (replaces an earlier one)."""
         self._kinds[kind] = handler
+
+    def kind_handler(self, kind: str) -> KindHandler | None:
+        """The handler of ``kind`` (None: none registered), e.g. to wrap it."""
+        return self._kinds.get(kind)
 
     def handle(self, action: agent_pb2.Action, outbox: Outbox) -> str:
         """Verify and act on one action; refusals become notices in ``outbox``. Returns what was
@@ -168,8 +179,9 @@ class ActionHandler:
         )
 
     @staticmethod
-    def notice(outbox: Outbox, message: str) -> str:
-        """Log ``message`` and record it as an agent notice (warning); returns "ignored"."""
+    def notice(outbox: Outbox, message: str, labels: events.RunLabels = events.NO_LABELS) -> str:
+        """Log ``message`` and record it as an agent notice (warning; ``labels``: the action
+        and spec it is about); returns "ignored"."""
         log.warning("%s", message)
-        outbox.add(events.agent_notice(message, agent_info()))
+        outbox.add(events.agent_notice(message, agent_info(), labels=labels))
         return "ignored"

@@ -133,6 +133,11 @@ class AgentConfig:
     def backups_dir(self) -> Path:
         return state_backups_dir(self.state_dir)
 
+    @property
+    def specs_dir(self) -> Path:
+        """The installed server-defined specs (agent/specs/store.py)."""
+        return self.state_dir / "specs"
+
 
 def state_journal_path(state_dir: Path) -> Path:
     """The migration journal in the agent's state directory (present while a run is in flight)."""

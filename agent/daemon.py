@@ -16,6 +16,11 @@ reaches the run in progress at once (it stops at the next step boundary). ``once
 thread: it migrates, checks in, executes the runs the server asked for, and checks in again to
 report them (at most :data:`ONCE_ACTION_ROUNDS` times).
 
+Server-defined specs (:mod:`agent.specs.actions`): a ``preview_migration``, ``revert_run`` or
+``run_migration`` about a spec is checked and the spec installed on the check-in thread, then
+queued for the migration worker like any requested run. Installed specs are detected at every
+cycle (``HostFacts.specs``) and executed only when an action asks.
+
 Re-detection in ``run``: every check-in interval each registered migration is detected again. A
 needed migration is executed and reported, except that an execution that failed is not retried
 automatically while its files and their directories are unchanged (it is retried when they
@@ -27,6 +32,7 @@ the same error, and a new backup, forever).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -39,9 +45,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.actions import ActionHandler, RunRequest, Trust
+from agent.action_verify import VerifiedAction
+from agent.actions import (
+    PREVIEW_MIGRATION,
+    REVERT_RUN,
+    RUN_MIGRATION,
+    ActionHandler,
+    RunRequest,
+    Trust,
+)
 from agent.checkin import CheckInClient, CheckInResult
 from agent.checkin_loop import CheckInLoop
 from agent.config import AgentConfig
@@ -60,6 +74,9 @@ from agent.specs.builtin import MIGRATION_ID, json_conf
 from agent.sysinfo import host_facts
 from agent.tls import ChannelSecurity
 from flagpost.v1 import agent_pb2
+
+if TYPE_CHECKING:
+    from agent.specs.actions import SpecActions
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +165,14 @@ class Agent:
             inputs=self._inputs,
             input_timeout=config.input_timeout,
         )
+        # Server-defined specs (agent/specs/actions.py): loaded on first use, so an agent with
+        # none installed never imports the spec modules (idle RSS, tests/bench/agent_rss.py).
+        self._specs: SpecActions | None = None
+        self._specs_lock = threading.Lock()
+        self._builtin_run = self._actions.kind_handler(RUN_MIGRATION)
+        self._actions.register(RUN_MIGRATION, self._on_run_migration)
+        for kind in (PREVIEW_MIGRATION, REVERT_RUN):
+            self._actions.register(kind, functools.partial(self._spec_action, kind))
         self._schedule = CheckInSchedule(
             config.checkin_interval,
             config.retry,
@@ -231,7 +256,15 @@ class Agent:
         self, *, report_unchanged: bool = True, request: RunRequest | None = None
     ) -> list[RunResult]:
         """Detect (and execute where needed) every registered migration, or the one ``request``
-        names (a run the server asked for: always recorded, always a run)."""
+        names (a run the server asked for: always recorded, always a run). Installed specs are
+        detected too (their versions go into the next check-in's facts) but never executed
+        here unless ``request`` names one: a ``run_migration`` action, or the resumption of
+        its run waiting for input (after a restart, or cancelled while not in progress)."""
+        if request is None and self._has_specs():
+            self.specs.facts()
+        spec_run = self._spec_request(request) if request is not None else None
+        if spec_run is not None:
+            return spec_run
         results = []
         for migration in self._registry:
             if self._stop.is_set():
@@ -251,16 +284,81 @@ class Agent:
             )
         return results
 
-    def run_migration(self, migration: Migration) -> RunResult:
+    def _spec_request(self, request: RunRequest) -> list[RunResult] | None:
+        """The run of the installed spec ``request`` names (None: it names no such spec)."""
+        spec_id = request.migration_id
+        registered = {migration.id for migration in self._registry}
+        if not spec_id or spec_id in registered or not self._has_specs():
+            return None
+        installed = self.specs.store.get(spec_id)
+        if installed is None:
+            return None
+        resume = request.resume_run_id
+        if resume and self._engine.waiting_run_id(spec_id) != resume:
+            return []  # the cancelled waiting run already ended
+        return [self.specs.run(installed, "" if resume else request.action_id)]
+
+    def resume_waiting_specs(self) -> int:
+        """Resume every installed spec's run left waiting for input (the daemon at start, as
+        it does for the registered migrations); returns how many were resumed."""
+        if not self._has_specs():
+            return 0
+        resumed = 0
+        for installed in self.specs.store.all():
+            run_id = self._engine.waiting_run_id(installed.spec_id)
+            if run_id is not None and not self._stop.is_set():
+                self.migrate(request=RunRequest("", installed.spec_id, resume_run_id=run_id))
+                resumed += 1
+        return resumed
+
+    def run_migration(self, migration: Migration, *, requested_by: str = "") -> RunResult:
         """One attempt at ``migration``, which need not be registered (``flagpost-agent spec
-        run``): detected, executed if needed, always recorded; a run that needs inputs is left
-        waiting (AWAITING_INPUT) like those of ``once`` and ``migrate``."""
-        return self._engine.run(migration, wait_for_input=self._wait_for_input)
+        run``, an installed spec): detected, executed if needed, always recorded; a run that
+        needs inputs waits like those of the registered migrations (the daemon waits, ``once``
+        and ``migrate`` leave it waiting). ``requested_by``: the server action asking."""
+        return self._engine.run(
+            migration, requested_by=requested_by, wait_for_input=self._wait_for_input
+        )
 
     @property
     def engine(self) -> MigrationEngine:
         """The migration engine of this agent (journal, backups and outbox in its state dir)."""
         return self._engine
+
+    @property
+    def specs(self) -> SpecActions:
+        """The installed server-defined specs and their actions (loaded on first use)."""
+        with self._specs_lock:
+            if self._specs is None:
+                from agent.specs.actions import SpecActions
+
+                self._specs = SpecActions(
+                    self._config,
+                    self._engine,
+                    self._outbox,
+                    lambda migration, action_id: self.run_migration(
+                        migration, requested_by=action_id
+                    ),
+                    self._submit,
+                    self._builtin_run,
+                    [migration.id for migration in self._registry],
+                )
+            return self._specs
+
+    def _has_specs(self) -> bool:
+        return self._specs is not None or self._config.specs_dir.is_dir()
+
+    def _on_run_migration(self, action: VerifiedAction, outbox: Outbox) -> str:
+        if "spec" in action.params or self._has_specs():
+            return self.specs.handle(RUN_MIGRATION, action, outbox)
+        assert self._builtin_run is not None
+        return self._builtin_run(action, outbox)
+
+    def _spec_action(self, kind: str, action: VerifiedAction, outbox: Outbox) -> str:
+        return self.specs.handle(kind, action, outbox)
+
+    def _spec_facts(self) -> list[agent_pb2.SpecVersion]:
+        return self.specs.facts() if self._has_specs() else []
 
     def _cancel_waiting(self, run_id: str, reason: str) -> str | None:
         return self._engine.cancel_waiting(run_id, reason)
@@ -289,13 +387,29 @@ class Agent:
             if request.expired():
                 ActionHandler.notice(
                     self._outbox,
-                    f"Action {request.action_id} (run_migration) expired while queued behind "
+                    f"Action {request.action_id} ({request.kind}) expired while queued behind "
                     "another run; ignored",
                 )
                 continue
-            self.migrate(request=request)
+            if request.job is not None:
+                self._do_job(request)
+            else:
+                self.migrate(request=request)
             count += 1
         return count
+
+    def _do_job(self, request: RunRequest) -> None:
+        """A spec's run, preview or revert (its own module reports the outcome); an error it
+        did not expect is a notice, never the end of the migration worker."""
+        assert request.job is not None
+        try:
+            request.job()
+        except Exception as exc:
+            log.exception("action %s (%s) failed", request.action_id, request.kind)
+            ActionHandler.notice(
+                self._outbox,
+                f"Action {request.action_id} ({request.kind}) failed: {type(exc).__name__}: {exc}",
+            )
 
     def credentials(self) -> Credentials | None:
         """Stored enrollment credentials, None if not enrolled."""
@@ -315,9 +429,11 @@ class Agent:
     def facts(self, outbox: Outbox | None = None) -> agent_pb2.HostFacts:
         """Host facts for the next check-in."""
         version = (outbox or self._outbox).get_state(f"config_version:{MIGRATION_ID}")
-        return host_facts(
+        facts = host_facts(
             self._config.root, self._config.state_dir, json_conf(self._config.root), version
         )
+        facts.specs.extend(self._spec_facts())
+        return facts
 
     def _client_for(self, credentials: Credentials) -> CheckInClient:
         """The check-in client, using ``credentials`` (the stored ones, read for this cycle: a
@@ -409,7 +525,10 @@ class Agent:
         self._wait_for_input = True  # answers arrive through the check-in thread
         # Before the first check-in: answers sent while the agent was down may arrive before
         # the resumed run asks again (with the same request id).
-        self._engine.reopen_waiting([migration.id for migration in self._registry])
+        waiting = [migration.id for migration in self._registry]
+        if self._has_specs():
+            waiting.extend(installed.spec_id for installed in self.specs.store.all())
+        self._engine.reopen_waiting(waiting)
         try:
             credentials = self.credentials()
         except EnrollmentError:
@@ -428,6 +547,7 @@ class Agent:
         loop.start()
         try:
             self.migrate(report_unchanged=True)
+            self.resume_waiting_specs()
             next_detection = time.monotonic() + self.interval.total_seconds()
             while not self._stop.is_set():
                 self._work.wait(max(0.0, next_detection - time.monotonic()))

@@ -1,5 +1,10 @@
 """Building ``MigrationEvent`` protos: ids, timestamps, error detail, system info.
 
+A run of a server-defined spec says so on every event and RunUpdate (:class:`RunLabels`: the
+spec id and revision, the action that asked for it, and for a revert the run it reverts). A
+revert's outcome is ``EVENT_TYPE_MIGRATION_REVERT``; a preview (a spec planned without writing,
+:mod:`agent.specs.preview`) is one ``EVENT_TYPE_MIGRATION_PREVIEW`` event with per-file diffs.
+
 Besides migration outcomes the agent reports notices about itself (``EVENT_TYPE_AGENT_NOTICE``,
 category "agent" in the History): :func:`quarantine_notice` is the warning that an event was set
 aside because the server rejected it; :func:`agent_notice` builds the others (actions ignored
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import errno as errno_module
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from agent.uuid7 import uuid7_str
@@ -19,6 +24,8 @@ from flagpost.v1 import agent_pb2
 DETECTION = agent_pb2.EVENT_TYPE_MIGRATION_DETECTION
 EXECUTION = agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION
 AGENT_NOTICE = agent_pb2.EVENT_TYPE_AGENT_NOTICE
+REVERT = agent_pb2.EVENT_TYPE_MIGRATION_REVERT
+PREVIEW = agent_pb2.EVENT_TYPE_MIGRATION_PREVIEW
 SUCCESS = agent_pb2.EVENT_STATUS_SUCCESS
 FAILED = agent_pb2.EVENT_STATUS_FAILED
 WARNING = agent_pb2.EVENT_STATUS_WARNING
@@ -59,6 +66,39 @@ class ErrorInfo:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RunLabels:
+    """Where a run comes from, carried by its events and RunUpdates: ``spec_id`` and
+    ``spec_revision`` for a server-defined spec ("" / 0 for a built-in migration),
+    ``action_id`` the server action that asked for it, ``reverts_run_id`` the run a revert
+    restores (its execution event is then ``EVENT_TYPE_MIGRATION_REVERT``)."""
+
+    spec_id: str = ""
+    spec_revision: int = 0
+    action_id: str = ""
+    reverts_run_id: str = ""
+
+    def asked_by(self, action_id: str) -> RunLabels:
+        """These labels for a run that ``action_id`` asked for ("": none)."""
+        return replace(self, action_id=action_id)
+
+    @property
+    def execution_type(self) -> int:
+        """The event type of the run's outcome: a revert's, else an execution's."""
+        kind: int = REVERT if self.reverts_run_id else EXECUTION
+        return kind
+
+    def stamp(self, event: agent_pb2.MigrationEvent) -> agent_pb2.MigrationEvent:
+        """``event`` with these labels set (returned for chaining)."""
+        event.spec_id = self.spec_id
+        event.spec_revision = self.spec_revision
+        event.action_id = self.action_id
+        return event
+
+
+NO_LABELS = RunLabels()
+
+
 def short(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """``text`` on one line, cut to ``limit`` characters."""
     line = " ".join(text.split())
@@ -78,8 +118,10 @@ def migration_event(
     migration_to: str = "",
     event_id: str | None = None,
     occurred_at: datetime | None = None,
+    labels: RunLabels = NO_LABELS,
 ) -> agent_pb2.MigrationEvent:
-    """A complete MigrationEvent; ``event_id`` defaults to a new UUIDv7, ``occurred_at`` to now."""
+    """A complete MigrationEvent; ``event_id`` defaults to a new UUIDv7, ``occurred_at`` to now;
+    ``labels``: the spec and action the event is about."""
     event = agent_pb2.MigrationEvent(
         event_id=event_id or uuid7_str(),
         event_type=event_type,
@@ -94,13 +136,15 @@ def migration_event(
         event.error_detail.CopyFrom(error.to_proto())
     event.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
     event.system_info.update(dict(system_info))
-    return event
+    return labels.stamp(event)
 
 
 _EVENT_TYPE_NAMES = {
     DETECTION: "migration_detection",
     EXECUTION: "migration_execution",
     AGENT_NOTICE: "agent_notice",
+    REVERT: "migration_revert",
+    PREVIEW: "migration_preview",
 }
 _STATUS_NAMES = {
     SUCCESS: "success",
@@ -146,9 +190,11 @@ def agent_notice(
     status: int = WARNING,
     error_message: str = "",
     run_id: str = "",
+    labels: RunLabels = NO_LABELS,
 ) -> agent_pb2.MigrationEvent:
     """A notice about the agent itself (``EVENT_TYPE_AGENT_NOTICE``): an action it ignored, an
-    item it set aside. ``message`` is the History row; ``error_message`` defaults to it."""
+    item it set aside. ``message`` is the History row; ``error_message`` defaults to it;
+    ``labels``: the verified action (and spec) it is about, when there is one."""
     return migration_event(
         event_type=AGENT_NOTICE,
         status=status,
@@ -156,4 +202,5 @@ def agent_notice(
         message=message,
         error_message=error_message or message,
         system_info=system_info,
+        labels=labels,
     )

@@ -11,7 +11,12 @@ What is a run: one detection + execution attempt of one registered migration, id
 * detection failed and that outcome is reported (a FAILED run with 0 steps; the same failure
   seen again by the periodic re-detection is neither a new event nor a new run);
 * the server asked for it (action ``run_migration``): always a run, even when nothing is needed
-  (SUCCEEDED with 0 steps, its log saying why), so the person who clicked sees an answer.
+  (SUCCEEDED with 0 steps, its log saying why), so the person who clicked sees an answer;
+* the server asked to revert a finished spec run (action ``revert_run``): a run of its own
+  whose snapshots carry ``reverts_run_id`` (FAILED with 0 steps when it was refused).
+
+A run of a server-defined spec has the spec id as ``migration_id`` and its revision as
+``spec_revision`` (:class:`agent.events.RunLabels`).
 
 An automatic ``not_needed`` detection is no run: a healthy fleet would otherwise add a run per
 host per interval.
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from agent.errors import AgentError
+from agent.events import NO_LABELS, RunLabels
 from agent.run_queue import RunQueue
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2
@@ -82,13 +88,17 @@ class RunTracker:
         steps: Sequence[str] = (),
         requested_by: str = "",
         started_at: datetime | None = None,
+        labels: RunLabels = NO_LABELS,
     ) -> None:
+        """``labels``: the spec and action of the run (``requested_by`` wins over
+        ``labels.action_id``); its snapshots carry the spec revision and reverted run."""
         self._queue = queue
         self.run_id = run_id
         self.migration_id = migration_id
         self.migration_from = migration_from
         self.migration_to = migration_to
         self.requested_by = requested_by
+        self.labels = labels.asked_by(requested_by)
         self.started_at = started_at or datetime.now(UTC)
         self.state = RUNNING
         self.error_message = ""
@@ -117,6 +127,8 @@ class RunTracker:
             migration_to=self.migration_to,
             error_message=self.error_message,
             requested_by_action_id=self.requested_by,
+            spec_revision=self.labels.spec_revision,
+            reverts_run_id=self.labels.reverts_run_id,
         )
         for index, step in enumerate(self._steps):
             update.steps.append(

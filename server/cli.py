@@ -43,6 +43,7 @@ from typing import Any
 from server.config import ServerConfig, load_config
 from server.errors import ConfigError, FlagpostError, SchemaOutOfDate
 from server.logging import setup_logging
+from server.migration_cli import add_migration_commands, migration_command
 from server.user_cli import add_user_commands, user_command
 
 log = logging.getLogger("server.cli")
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("agent_id", metavar="AGENT_ID", help="as shown by `agent list`")
 
     add_user_commands(commands.add, db_url)
+    add_migration_commands(commands.add, db_url)
 
     commands.add(
         "prune",
@@ -313,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_agent(config, args))
         if args.command == "user":
             return asyncio.run(user_command(config, args))
+        if args.command == "migration":
+            return asyncio.run(migration_command(config, args))
         if args.command == "prune":
             return asyncio.run(_prune(config))
         if args.command == "tls":

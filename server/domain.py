@@ -18,6 +18,8 @@ class EventType(StrEnum):
     MIGRATION_DETECTION = "migration_detection"
     MIGRATION_EXECUTION = "migration_execution"
     AGENT_NOTICE = "agent_notice"  # category AGENT: quarantine notices and other agent events
+    MIGRATION_REVERT = "migration_revert"  # a spec run's files put back (``revert_run``)
+    MIGRATION_PREVIEW = "migration_preview"  # a spec planned in memory (``preview_migration``)
 
 
 class EventStatus(StrEnum):
@@ -82,6 +84,46 @@ class HostFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class FileDiff:
+    """One file of a spec preview: its redacted unified diff, the operations on it, a note."""
+
+    path: str
+    diff: str
+    operations: tuple[str, ...] = ()
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (one item of ``update_events.diffs``)."""
+        return {
+            "path": self.path,
+            "diff": self.diff,
+            "operations": list(self.operations),
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileDiff:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            path=str(data.get("path", "")),
+            diff=str(data.get("diff", "")),
+            operations=tuple(str(op) for op in data.get("operations", ())),
+            note=str(data.get("note", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SpecVersionReport:
+    """One entry of ``HostFacts.specs``: the revision of a spec an agent holds and the version
+    its host detects as (``error``: why detection failed; then ``version`` is "")."""
+
+    spec_id: str
+    revision: int
+    version: str
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """A validated event ready to store (what ingest hands to storage).
 
@@ -102,6 +144,10 @@ class NewEvent:
     run_id: str | None
     system_info: dict[str, str]
     occurred_at: datetime
+    spec_id: str = ""
+    spec_revision: int = 0
+    action_id: str = ""
+    diffs: tuple[FileDiff, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +174,10 @@ class StoredEvent:
     system_info: dict[str, str]
     occurred_at: datetime
     received_at: datetime
+    spec_id: str = ""
+    spec_revision: int = 0
+    action_id: str = ""
+    diffs: tuple[FileDiff, ...] = ()
 
     @property
     def outcome(self) -> str:
@@ -161,6 +211,7 @@ class EventFilter:
     before_id: int | None = None
     after_id: int | None = None
     limit: int = 50
+    spec_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +286,8 @@ class ActionKind(StrEnum):
     RUN_MIGRATION = "run_migration"
     CANCEL_RUN = "cancel_run"
     PROVIDE_INPUT = "provide_input"  # answers to an input request (only in the signed body)
+    PREVIEW_MIGRATION = "preview_migration"  # plan a spec in memory, report its diffs
+    REVERT_RUN = "revert_run"  # put a finished spec run's files back
 
 
 class StepStatus(StrEnum):
@@ -330,6 +383,8 @@ class NewRunUpdate:
     requested_by_action_id: str | None
     occurred_at: datetime | None
     input_request: InputRequest | None = None  # set exactly when state is AWAITING_INPUT
+    spec_revision: int = 0  # a spec run: the revision of spec ``migration_id``
+    reverts_run_id: str = ""  # a revert: the run it puts back
 
 
 class NewLogLine(NamedTuple):
@@ -375,6 +430,8 @@ class RunSummary:
     input_requested_at: datetime | None = None
     input_answered_by: str | None = None
     input_answered_at: datetime | None = None
+    spec_revision: int = 0  # a spec run: the revision of spec ``migration_id``
+    reverts_run_id: str = ""  # a revert: the run it puts back
 
     @property
     def terminal(self) -> bool:
@@ -484,3 +541,94 @@ class PendingAction:
     # 16 random bytes, hex, signed into the action (the agent executes a nonce at most once);
     # "" for actions queued before alembic 0003 (see ``server.grpc.convert_runs.action_nonce``)
     nonce: str = ""
+
+
+# --- Migration specs ------------------------------------------------------------------------------
+
+
+class SpecFormat(StrEnum):
+    """How a spec was uploaded (``migration_specs.source_format``)."""
+
+    TOML = "toml"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class SpecRevision:
+    """One immutable revision of a spec. ``canonical``: the JSON agents receive."""
+
+    spec_id: str
+    revision: int
+    title: str
+    target: str
+    source: str
+    source_format: SpecFormat
+    canonical: str
+    sha256: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCount:
+    """How many agents report ``version`` of a spec ("" with ``error`` set: detection failed)."""
+
+    version: str
+    agents: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpecSummary:
+    """A spec as lists show it: its latest revision and its hosts per version."""
+
+    spec_id: str
+    latest_revision: int
+    title: str
+    target: str
+    updated_at: datetime
+    versions: tuple[VersionCount, ...]  # by version; the key "" counts unknown/error hosts
+    agents: int  # agents reporting the spec at all
+
+    @property
+    def at_target(self) -> int:
+        return sum(v.agents for v in self.versions if v.version == self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpecState:
+    """What one agent last reported for a spec."""
+
+    agent_id: str
+    hostname: str
+    revision: int
+    version: str
+    error: str
+    reported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SpecDetail:
+    """One revision of a spec with every revision's number and the agents reporting it."""
+
+    spec: SpecRevision
+    revisions: tuple[SpecRevision, ...]  # oldest first; ``source`` and ``canonical`` included
+    versions: tuple[VersionCount, ...]
+    agents: tuple[AgentSpecState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewResult:
+    """The answer to one ``preview_migration`` action: ``pending`` until the agent reports it."""
+
+    action_id: str
+    agent_id: str
+    spec_id: str
+    spec_revision: int
+    pending: bool
+    status: str = ""  # an EventStatus value once answered
+    migration_from: str = ""
+    migration_to: str = ""
+    message: str = ""
+    error_message: str = ""
+    diffs: tuple[FileDiff, ...] = ()
+    occurred_at: datetime | None = None

@@ -23,12 +23,14 @@ TABLES_0001 = {"agents", "enrollment_tokens", "agent_credentials", "update_event
 TABLES_0003 = {"web_users", "web_sessions", "server_keys"}
 TABLES_0004 = {"run_inputs"}
 TABLES_0006 = {"health_probe"}
+TABLES_0007 = {"migration_specs", "agent_spec_versions"}
 TABLES = (
     TABLES_0001
     | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
     | TABLES_0003
     | TABLES_0004
     | TABLES_0006
+    | TABLES_0007
 )
 
 

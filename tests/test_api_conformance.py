@@ -16,6 +16,7 @@ import copy
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,7 @@ from server.web.api.openapi import openapi_document
 from server.web.request import EVENT_QUERY, LOG_QUERY, RUN_QUERY, QueryParam
 
 JSON = "application/json"
+SPEC_SAMPLE = Path(__file__).parent / "agent_tests" / "specs" / "myapp.toml"
 Op = tuple[str, str]  # (method, path template)
 
 
@@ -272,12 +274,13 @@ class Caller:
         params: Any = None,
         body: Any = None,
         content_type: str = JSON,
+        raw: bytes | None = None,
     ) -> Any:
         method, template = op
         path = template.format(**(args or {}))
         kwargs: dict[str, Any] = {"params": params}
         if method == "post":
-            data = b"" if body is None else json.dumps(body).encode()
+            data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
             kwargs.update(data=data, headers={"Content-Type": content_type})
         async with http.request(method.upper(), self.server.web_url + path, **kwargs) as response:
             answer = await response.json()
@@ -287,6 +290,97 @@ class Caller:
             self.failures.append(f"{method.upper()} {path} {status}: {found}")
         self.seen.add((method, template, status))
         return answer
+
+
+async def exercise_specs(
+    caller: Caller,
+    admin: aiohttp.ClientSession,
+    viewer: aiohttp.ClientSession,
+    agent: AgentClient,
+    revoked: AgentClient,
+    ids: dict[str, str],
+    too_long: dict[str, str],
+) -> dict[str, str]:
+    """Every ``/api/v1/migrations``, ``/previews`` and revert status; the path args used."""
+    call = caller.call
+    source = SPEC_SAMPLE.read_bytes()
+    specs_op: Op = ("get", "/api/v1/migrations")
+    add: Op = ("post", "/api/v1/migrations")
+    toml = "application/toml"
+    assert (await call(admin, add, 201, raw=source, content_type=toml))["revision"] == 1
+    assert (await call(admin, add, 200, raw=source, content_type=toml))["created"] is False
+    bad = source.replace(b'op = "rename_key"', b'op = "rename"')
+    error = await call(admin, add, 400, raw=bad, content_type=toml)
+    assert "line 27: steps[0].ops[0].op: unknown operation 'rename'" in error["message"]
+    [listed] = (await call(viewer, specs_op, 200))["specs"]
+    canonical = (await call(viewer, ("get", "/api/v1/migrations/{spec_id}"), 200, listed))[
+        "canonical"
+    ]
+    again = await call(admin, add, 200, raw=canonical.encode())  # the JSON form: the same spec
+    assert (again["revision"], again["created"]) == (1, False)
+    await call(admin, add, 415, raw=source, content_type="text/plain")
+    await call(viewer, add, 403, raw=source, content_type=toml)
+    [listed] = (await call(viewer, specs_op, 200))["specs"]
+    assert listed["spec_id"] == "myapp"
+    myapp = {"spec_id": "myapp", "revision": "1"}
+    unknown_spec = {"spec_id": "nope", "revision": "1"}
+    for template in (
+        "/api/v1/migrations/{spec_id}",
+        "/api/v1/migrations/{spec_id}/revisions/{revision}",
+    ):
+        detail = await call(viewer, ("get", template), 200, myapp)
+        assert detail["source"] == source.decode() and detail["revision"] == 1
+        await call(viewer, ("get", template), 404, unknown_spec)
+        await call(viewer, ("get", template), 400, {"spec_id": "x" * 65, "revision": "0"})
+    diff: Op = ("get", "/api/v1/migrations/{spec_id}/diff")
+    assert (await call(viewer, diff, 200, myapp, params={"from": "1", "to": "1"}))["diff"] == ""
+    await call(viewer, diff, 400, myapp, params={"from": "0", "to": "1"})
+    await call(viewer, diff, 404, myapp, params={"from": "1", "to": "2"})
+    preview: Op = ("post", "/api/v1/migrations/{spec_id}/preview")
+    body = {"agent_ids": [agent.agent_id]}
+    queued = await call(admin, preview, 202, myapp, body=body)
+    [action] = queued["actions"]
+    assert action["kind"] == "preview_migration" and action["params"]["spec_id"] == "myapp"
+    await call(admin, preview, 400, myapp, body={"agent_ids": "x"})
+    await call(admin, preview, 404, unknown_spec, body=body)
+    await call(admin, preview, 409, myapp, body={"agent_ids": [revoked.agent_id]})
+    await call(admin, preview, 415, myapp, body=body, content_type="text/plain")
+    await call(viewer, preview, 403, myapp, body=body)
+    one: Op = ("get", "/api/v1/previews/{action_id}")
+    answer = {"action_id": action["action_id"]}
+    assert (await call(viewer, one, 200, answer))["pending"] is True
+    await call(viewer, one, 404, {"action_id": str(uuid.uuid4())})
+    await call(viewer, one, 400, {"action_id": "x" * 65})
+    run: Op = ("post", "/api/v1/migrations/{spec_id}/run")
+    mine = {"agent_id": agent.agent_id}
+    requested = await call(admin, run, 202, myapp, body=mine)
+    assert requested["action"]["params"]["spec_revision"] == "1"
+    await call(admin, run, 400, myapp, body={"agent_id": 3})
+    await call(admin, run, 404, unknown_spec, body=mine)
+    await call(admin, run, 409, myapp, body={"agent_id": revoked.agent_id})
+    await call(admin, run, 415, myapp, body=mine, content_type="text/plain")
+    await call(viewer, run, 403, myapp, body=mine)
+    spec_run = str(uuid.uuid4())
+    await agent.checkin(
+        run_updates=[
+            run_update(
+                spec_run, agent_pb2.RUN_STATE_SUCCEEDED, migration_id="myapp", spec_revision=1
+            )
+        ]
+    )
+    revert: Op = ("post", "/api/v1/runs/{run_id}/revert")
+    reverted = await call(admin, revert, 202, {"run_id": spec_run})
+    assert reverted["action"]["params"] == {"run_id": spec_run}
+    await call(admin, revert, 400, too_long)
+    await call(admin, revert, 404, {"run_id": str(uuid.uuid4())})
+    await call(admin, revert, 409, {"run_id": ids["running"]})
+    await call(admin, revert, 415, {"run_id": spec_run}, content_type="text/plain")
+    await call(viewer, revert, 403, {"run_id": spec_run})
+    spec_events = await call(viewer, ("get", "/api/v1/events"), 200, params={"spec": "myapp"})
+    assert spec_events["events"] == []
+    run_detail = await call(viewer, ("get", "/api/v1/runs/{run_id}"), 200, {"run_id": spec_run})
+    assert (run_detail["migration_id"], run_detail["spec_revision"]) == ("myapp", 1)
+    return myapp | answer
 
 
 async def test_every_api_response_matches_the_document(
@@ -394,11 +488,14 @@ async def test_every_api_response_matches_the_document(
         await call(admin, run_now, 409, {"agent_id": revoked.agent_id})
         await call(viewer, run_now, 403, mine)
 
+        # migration specs
+        spec_args = await exercise_specs(caller, admin, viewer, agent, revoked, ids, too_long)
+
         # the document itself, and no session at all
         served = await call(viewer, ("get", "/api/v1/openapi.json"), 200)
         assert served == DOCUMENT
         for method, template in sorted(api_operations()):
-            await call(anonymous, (method, template), 401, running | mine)
+            await call(anonymous, (method, template), 401, running | mine | spec_args)
 
     assert not caller.failures, "\n".join(caller.failures)
     # Every documented status was exercised, except what a test cannot provoke here:

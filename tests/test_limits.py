@@ -77,6 +77,7 @@ CASES: list[tuple[str, Mutate, str, int]] = [
         ("error_message", convert.MAX_ERROR_MESSAGE),
         ("migration_from", convert.MAX_VERSION),
         ("migration_to", convert.MAX_VERSION),
+        ("spec_id", 64),  # agent.specs.validate.SPEC_ID: 1 to 64 characters
     ]
 ]
 CASES += [
@@ -124,7 +125,7 @@ CASES += [
 
 # String fields whose limit is not a length: identifiers checked as UUIDs, and machine_id,
 # which must equal the bound machine (covered by tests/test_identity.py).
-NOT_LENGTH_LIMITED = {"event_id", "run_id", "machine_id"}
+NOT_LENGTH_LIMITED = {"event_id", "run_id", "action_id", "machine_id"}
 
 
 def test_every_string_field_has_a_limit_case() -> None:

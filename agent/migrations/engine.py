@@ -207,6 +207,7 @@ class MigrationEngine:
             path = exc.path or config_hint
             event = events.migration_event(
                 event_type=events.DETECTION,
+                labels=migration.labels.asked_by(requested_by),
                 status=events.FAILED,
                 run_id=run_id,
                 message=f"Detection failed: {exc.message}",
@@ -240,6 +241,7 @@ class MigrationEngine:
                 message = f"Config is at version {version} (current); no migration needed"
             event = events.migration_event(
                 event_type=events.DETECTION,
+                labels=migration.labels.asked_by(requested_by),
                 status=events.NOT_NEEDED,
                 run_id=run_id,
                 message=message,
@@ -313,6 +315,7 @@ class MigrationEngine:
             steps=steps,
             requested_by=attempt.requested_by,
             started_at=attempt.started_at,
+            labels=attempt.migration.labels,
         )
         run_log.attach(self._context.outbox.runs)
         self._context.control.begin(run_log.run_id)
@@ -354,6 +357,7 @@ class MigrationEngine:
         if resumed is None:
             detection = events.migration_event(
                 event_type=events.DETECTION,
+                labels=tracker.labels,
                 status=events.SUCCESS,
                 run_id=run_id,
                 message=f"Migration needed: {source} -> {target}",

@@ -124,6 +124,9 @@ class Executor:
             steps=tuple(planned.step.name for planned in plan.steps),
             touched=tuple(str(path) for path in touched),
             requested_by_action_id=tracker.requested_by,
+            spec_id=tracker.labels.spec_id,
+            spec_revision=tracker.labels.spec_revision,
+            reverts_run_id=tracker.labels.reverts_run_id,
         )
         write_journal(context.journal_path, journal)
         tracker.start()
@@ -184,7 +187,8 @@ class Executor:
             self._finish(journal, event, update, committed=False)
             return RunResult(run_id, migration.id, detection, event, source, backup_dir)
         event = events.migration_event(
-            event_type=events.EXECUTION,
+            event_type=tracker.labels.execution_type,
+            labels=tracker.labels,
             status=events.SUCCESS,
             run_id=run_id,
             event_id=journal.execution_event_id,
@@ -307,8 +311,10 @@ class Executor:
             full += f"{reason}; {after}. "
         full += f"Backup: {backup_dir}"
         log.error("%s: %s", journal.migration_id, full)
+        labels = journal.labels()
         return events.migration_event(
-            event_type=events.EXECUTION,
+            event_type=labels.execution_type,
+            labels=labels,
             status=status,
             run_id=journal.run_id,
             event_id=journal.execution_event_id,

@@ -225,7 +225,8 @@ class InputGatherer:
         full += "nothing was changed."
         detected_path = plan.detected.path or self._context.first_file(migration)
         event = events.migration_event(
-            event_type=events.EXECUTION,
+            event_type=tracker.labels.execution_type,
+            labels=tracker.labels,
             status=events.FAILED,
             run_id=tracker.run_id,
             message=short,

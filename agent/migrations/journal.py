@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.events import RunLabels
 from agent.migrations.fsops import atomic_write, fsync_dir
 from flagpost.v1 import agent_pb2
 
@@ -69,6 +70,16 @@ class Journal:
     # asked for the run.
     outcome_update: str = ""
     requested_by_action_id: str = ""
+    # What the run's events and snapshots carry (agent.events.RunLabels), for recovery.
+    spec_id: str = ""
+    spec_revision: int = 0
+    reverts_run_id: str = ""
+
+    def labels(self) -> RunLabels:
+        """The labels of the run in flight (its events and snapshots after a crash too)."""
+        return RunLabels(
+            self.spec_id, self.spec_revision, self.requested_by_action_id, self.reverts_run_id
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.errors import AgentError
+from agent.events import NO_LABELS, RunLabels
 
 # Re-exported: migration authors import everything from here.
 from agent.inputs import INPUT_NAME as INPUT_NAME
@@ -242,7 +243,9 @@ class Migration:
     ``detect`` says which version is on disk (raising :class:`DetectionError` for a bad config);
     ``files`` lists, from the root, every file a run may touch (all are backed up if present);
     ``verify`` runs after the last step and raises :class:`DetectionError` if the result is wrong
-    (the engine also checks that ``detect`` reports ``current_version``).
+    (the engine also checks that ``detect`` reports ``current_version``). ``labels``: what every
+    event and RunUpdate of its runs carries besides (a server-defined spec's id and revision,
+    the run a revert restores); the engine adds the action that asked for a run.
     """
 
     id: str
@@ -252,6 +255,7 @@ class Migration:
     files: Callable[[Path], Sequence[Path]]
     steps: tuple[Step, ...]
     verify: Callable[[FileView], None] | None = None
+    labels: RunLabels = NO_LABELS
 
     def path_from(self, version: str) -> list[Step]:
         """The steps from ``version`` to ``current_version``; raises :class:`DetectionError` if

@@ -83,6 +83,7 @@ def _recovered_update(
         steps=journal.steps,
         requested_by=journal.requested_by_action_id,
         started_at=_parse_time(journal.started_at),
+        labels=journal.labels(),
     )
     rolled_back = event.error_detail.rollback == "succeeded"
     current = tracker.index(journal.current_step)
@@ -134,8 +135,10 @@ def _interrupted_event(context: EngineContext, journal: Journal) -> agent_pb2.Mi
         f"file operations); {after}. Backup: {backup_dir}"
     )
     log.warning("recovering run %s: %s", journal.run_id, full)
+    labels = journal.labels()
     return events.migration_event(
-        event_type=events.EXECUTION,
+        event_type=labels.execution_type,
+        labels=labels,
         status=events.PARTIAL if rolled == "failed" else events.FAILED,
         run_id=journal.run_id,
         event_id=journal.execution_event_id,

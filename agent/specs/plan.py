@@ -50,6 +50,7 @@ from agent.specs.spec import (
     Spec,
     Step,
     When,
+    op_paths,
 )
 from agent.specs.values import coerce
 
@@ -82,12 +83,14 @@ class RequiredInput:
 
 @dataclass(frozen=True, slots=True)
 class PlannedOp:
-    """One operation as planned: its step, index, name and a redacted description."""
+    """One operation as planned: its step, index, name, a redacted description and the spec
+    paths of the files it acts on."""
 
     step: str
     index: int
     op: str
     description: str
+    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,7 @@ class _StepRun:
         self.order: list[str] = []
         self.index = 0
         self.op: Op | None = None
+        self.acting_on: tuple[str, ...] = ()
 
     # ------------------------------------------------------------ errors and files
 
@@ -267,7 +271,9 @@ class _StepRun:
     def describe(self, text: str) -> None:
         assert self.op is not None
         # Redacted once planning is over, when every secret value is known.
-        self.state.operations.append(PlannedOp(self.step.name, self.index, self.op.op, text))
+        self.state.operations.append(
+            PlannedOp(self.step.name, self.index, self.op.op, text, self.acting_on)
+        )
 
     def holds(self, when: When, file: str) -> bool:
         """Whether the condition ``when`` holds on ``file`` (False when the file is gone)."""
@@ -283,6 +289,7 @@ class _StepRun:
     def run(self) -> tuple[FileOp, ...]:
         for index, op in enumerate(self.step.ops):
             self.index, self.op = index, op
+            self.acting_on = tuple(dict.fromkeys((op.file or self.current, *op_paths(op))))
             try:
                 self.apply(op)
             except FormatError as exc:
@@ -577,7 +584,7 @@ def plan_spec(
         tuple(planned),
         changes,
         tuple(
-            PlannedOp(op.step, op.index, op.op, state.secrets.redact(op.description))
+            PlannedOp(op.step, op.index, op.op, state.secrets.redact(op.description), op.files)
             for op in state.operations
         ),
         tuple(state.required),

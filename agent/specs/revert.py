@@ -3,15 +3,17 @@
 A committed run leaves, in its backup directory ``<state>/backups/<run id>/``, the manifest of
 the files as they were (:func:`agent.migrations.fsops.create_backup`), ``after.json``: each
 touched file as the run left it, checksummed (:func:`agent.migrations.fsops.record_after`), and
-the spec it ran (``spec.toml`` or ``spec.json``, :func:`record_spec`).
+the spec it ran (``spec.toml`` or ``spec.json``, :func:`record_spec`; a server-defined spec
+also its revision, ``spec-revision.json``).
 
 A revert is refused, naming the file, unless every file is still exactly what the run left
 (content checksum, permission bits, or still absent). It then runs as one engine migration
 with one step (``to_version -> from_version``) whose ops write back each saved copy (checksum
 verified) and remove each file the run created: a new backup of the current files, atomic
 writes, the journal, rollback on any failure, and re-detection of the run's ``from`` version
-as verification. Its events are the engine's detection and execution events (the proto has no
-``migration_revert`` event type yet); :class:`RevertResult` says reverted, refused or failed.
+as verification. It is a run of its own (its RunUpdates carry ``reverts_run_id``, the spec id as
+``migration_id`` and the spec revision); its outcome event is ``EVENT_TYPE_MIGRATION_REVERT``
+(after the engine's detection event); :class:`RevertResult` says reverted, refused or failed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ REFUSED = "refused"
 FAILED = "failed"
 SPEC_TOML = "spec.toml"
 SPEC_JSON = "spec.json"
+SPEC_REVISION = "spec-revision.json"
 REVERTED_MARK = "reverted.json"
 _RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -76,10 +79,24 @@ class RevertResult:
     run: RunResult | None = None
 
 
-def record_spec(backup_dir: Path, source: str, *, json_source: bool = False) -> None:
-    """Keep the spec a run ran beside its backup (0600), for a later revert."""
+def record_spec(
+    backup_dir: Path, source: str, *, json_source: bool = False, revision: int = 0
+) -> None:
+    """Keep the spec a run ran beside its backup (0600), for a later revert; ``revision``: a
+    server-defined spec's revision (0: a local spec file)."""
     name = SPEC_JSON if json_source else SPEC_TOML
     fsops.atomic_write(backup_dir / name, source.encode("utf-8"), 0o600)
+    if revision:
+        data = (json.dumps({"revision": revision}) + "\n").encode("utf-8")
+        fsops.atomic_write(backup_dir / SPEC_REVISION, data, 0o600)
+
+
+def recorded_revision(backup_dir: Path) -> int:
+    """The revision :func:`record_spec` kept (0: none)."""
+    try:
+        return int(json.loads((backup_dir / SPEC_REVISION).read_text("utf-8"))["revision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def load_recorded_spec(backup_dir: Path) -> Spec | None:
@@ -122,8 +139,10 @@ def revert_migration(
     manifest: fsops.Manifest,
     backup_dir: Path,
     allowed_paths: Sequence[str],
+    revision: int = 0,
 ) -> Migration:
-    """The engine migration that reverts the run ``after`` describes."""
+    """The engine migration that reverts the run ``after`` describes (``revision``: the
+    reverted run's spec revision, for its labels)."""
     run_id = after.run_id
 
     def plan(view: FileView) -> Sequence[FileOp]:
@@ -163,6 +182,7 @@ def revert_migration(
         detect=spec_detector(spec, allowed_paths),
         files=lambda root: entries,
         steps=(step,),
+        labels=events.RunLabels(spec.id, revision, reverts_run_id=run_id),
     )
 
 
@@ -180,8 +200,11 @@ def revert_run(
     run_id: str,
     root: Path,
     allowed_paths: Sequence[str],
+    *,
+    requested_by: str = "",
 ) -> RevertResult:
-    """Revert the finished spec run ``run_id`` (see the module docstring)."""
+    """Revert the finished spec run ``run_id`` (see the module docstring); ``requested_by``:
+    the server action that asked for it."""
 
     def refused(message: str, file: str = "") -> RevertResult:
         return RevertResult(REFUSED, run_id, message, file=file)
@@ -207,12 +230,18 @@ def revert_run(
     changed = changed_file(DiskView(root), after)
     if changed:
         return refused(_refusal(changed, run_id), changed)
-    migration = revert_migration(spec, after, manifest, backup_dir, allowed_paths)
-    result = engine.run(migration, wait_for_input=False)
+    revision = recorded_revision(backup_dir)
+    migration = revert_migration(spec, after, manifest, backup_dir, allowed_paths, revision)
+    result = engine.run(migration, wait_for_input=False, requested_by=requested_by)
     execution, detection = result.execution, result.detection
     if execution is not None and execution.status == events.SUCCESS:
         assert result.backup_dir is not None
-        record_spec(result.backup_dir, _spec_source(backup_dir), json_source=_is_json(backup_dir))
+        record_spec(
+            result.backup_dir,
+            _spec_source(backup_dir),
+            json_source=_is_json(backup_dir),
+            revision=revision,
+        )
         fsops.atomic_write(
             mark, (json.dumps({"revert_run_id": result.run_id}) + "\n").encode(), 0o600
         )

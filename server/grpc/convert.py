@@ -16,14 +16,17 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.specs.validate import SPEC_ID
 from flagpost.v1 import agent_pb2
 from server.config import ServerConfig
 from server.domain import (
     Category,
     EventStatus,
     EventType,
+    FileDiff,
     HostFacts,
     NewEvent,
+    SpecVersionReport,
     severity_for,
 )
 from server.errors import InvalidArgument, PermissionDenied
@@ -38,6 +41,14 @@ MAX_SYSTEM_INFO_VALUE = 1024
 MAX_FACT_STRING = 255
 MAX_MACHINE_ID = 128
 MAX_TOKEN = 128
+MAX_DIFFS = 64
+MAX_DIFF = 256 * 1024
+MAX_DIFF_PATH = 4096
+MAX_DIFF_OPERATIONS = 256
+MAX_DIFF_OPERATION = 1024
+MAX_DIFF_NOTE = 16384
+MAX_SPECS = 256
+MAX_SPEC_ERROR = 4096
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_AHEAD = timedelta(hours=24)
 _EARLIEST_SECONDS = int(EARLIEST_OCCURRED_AT.timestamp())
@@ -51,6 +62,8 @@ _EVENT_TYPES = {
     agent_pb2.EVENT_TYPE_MIGRATION_DETECTION: EventType.MIGRATION_DETECTION,
     agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION: EventType.MIGRATION_EXECUTION,
     agent_pb2.EVENT_TYPE_AGENT_NOTICE: EventType.AGENT_NOTICE,
+    agent_pb2.EVENT_TYPE_MIGRATION_REVERT: EventType.MIGRATION_REVERT,
+    agent_pb2.EVENT_TYPE_MIGRATION_PREVIEW: EventType.MIGRATION_PREVIEW,
 }
 # Migration events are the History's subject; agent notices (quarantine and the like) are the
 # other category update_events holds.
@@ -58,6 +71,8 @@ _CATEGORIES = {
     EventType.MIGRATION_DETECTION: Category.MIGRATION,
     EventType.MIGRATION_EXECUTION: Category.MIGRATION,
     EventType.AGENT_NOTICE: Category.AGENT,
+    EventType.MIGRATION_REVERT: Category.MIGRATION,
+    EventType.MIGRATION_PREVIEW: Category.MIGRATION,
 }
 _STATUSES = {
     agent_pb2.EVENT_STATUS_SUCCESS: EventStatus.SUCCESS,
@@ -76,7 +91,17 @@ ALLOWED_STATUSES: dict[EventType, frozenset[EventStatus]] = {
     EventType.AGENT_NOTICE: frozenset(
         {EventStatus.SUCCESS, EventStatus.FAILED, EventStatus.WARNING}
     ),
+    # reverted | refused (a file changed since the run: nothing done) | failed | rolled back
+    # partly
+    EventType.MIGRATION_REVERT: frozenset(
+        {EventStatus.SUCCESS, EventStatus.FAILED, EventStatus.PARTIAL, EventStatus.WARNING}
+    ),
+    # planned (diffs attached) | already at the target | cannot plan | planned, inputs missing
+    EventType.MIGRATION_PREVIEW: frozenset(
+        {EventStatus.SUCCESS, EventStatus.NOT_NEEDED, EventStatus.FAILED, EventStatus.WARNING}
+    ),
 }
+_EVENT_TYPE_NAMES = ", ".join(agent_pb2.EventType.Name(number) for number in sorted(_EVENT_TYPES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +112,8 @@ class CheckIn:
     facts: HostFacts | None
     events: list[NewEvent]  # deduplicated by event_id (first occurrence kept)
     ack_ids: list[str]  # every event id of the request, as sent, duplicates included
+    # facts.specs when facts were sent (every spec the agent holds; () deletes the stored ones)
+    specs: tuple[SpecVersionReport, ...] | None = None
 
 
 def checked_text(value: str, field: str, limit: int) -> str:
@@ -122,6 +149,72 @@ def facts_from_proto(
         disk_free_bytes=min(int(msg.disk_free_bytes), 2**63 - 1),
         machine_id=checked_text(msg.machine_id, f"{field}.machine_id", MAX_MACHINE_ID),
     )
+
+
+def spec_id_checked(value: str, field: str) -> str:
+    """``value`` when it is "" or a spec id (``agent.specs.validate.SPEC_ID``); else
+    InvalidArgument naming ``field``."""
+    if value and SPEC_ID.fullmatch(value) is None:
+        raise InvalidArgument(
+            "must be empty or a spec id (1 to 64 of a-z, 0-9, '_', '.', '-', starting with a "
+            "letter or digit)",
+            field=field,
+        )
+    return value
+
+
+def specs_from_proto(
+    msg: agent_pb2.HostFacts, field: str = "facts"
+) -> tuple[SpecVersionReport, ...]:
+    """Validate ``facts.specs``: at most ``MAX_SPECS`` entries, each a non-empty spec id (the
+    last of a repeated id wins), a version of at most ``MAX_VERSION`` and an error of at most
+    ``MAX_SPEC_ERROR`` characters."""
+    count = len(msg.specs)
+    if count > MAX_SPECS:
+        raise InvalidArgument(
+            f"has {count} entries, at most {MAX_SPECS} allowed", field=f"{field}.specs"
+        )
+    reports: dict[str, SpecVersionReport] = {}
+    for i, item in enumerate(msg.specs):
+        where = f"{field}.specs[{i}]"
+        if not item.spec_id:
+            raise InvalidArgument("is required", field=f"{where}.spec_id")
+        spec_id = spec_id_checked(item.spec_id, f"{where}.spec_id")
+        reports[spec_id] = SpecVersionReport(
+            spec_id=spec_id,
+            revision=int(item.revision),
+            version=checked_text(item.version, f"{where}.version", MAX_VERSION),
+            error=checked_text(item.error, f"{where}.error", MAX_SPEC_ERROR),
+        )
+    return tuple(reports[key] for key in sorted(reports))
+
+
+def _diffs(event: agent_pb2.MigrationEvent, index: int) -> tuple[FileDiff, ...]:
+    count = len(event.diffs)
+    if count > MAX_DIFFS:
+        raise InvalidArgument(
+            f"has {count} entries, at most {MAX_DIFFS} allowed", field=f"events[{index}].diffs"
+        )
+    diffs: list[FileDiff] = []
+    for i, item in enumerate(event.diffs):
+        where = f"events[{index}].diffs[{i}]"
+        if len(item.operations) > MAX_DIFF_OPERATIONS:
+            raise InvalidArgument(
+                f"has {len(item.operations)} entries, at most {MAX_DIFF_OPERATIONS} allowed",
+                field=f"{where}.operations",
+            )
+        diffs.append(
+            FileDiff(
+                path=checked_text(item.path, f"{where}.path", MAX_DIFF_PATH),
+                diff=checked_text(item.diff, f"{where}.diff", MAX_DIFF),
+                operations=tuple(
+                    checked_text(op, f"{where}.operations[{j}]", MAX_DIFF_OPERATION)
+                    for j, op in enumerate(item.operations)
+                ),
+                note=checked_text(item.note, f"{where}.note", MAX_DIFF_NOTE),
+            )
+        )
+    return tuple(diffs)
 
 
 def enroll_from_proto(request: agent_pb2.EnrollRequest) -> tuple[str, HostFacts]:
@@ -179,9 +272,7 @@ def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: in
     event_type = _EVENT_TYPES.get(event.event_type)
     if event_type is None:
         raise InvalidArgument(
-            "must be EVENT_TYPE_MIGRATION_DETECTION, EVENT_TYPE_MIGRATION_EXECUTION or "
-            "EVENT_TYPE_AGENT_NOTICE",
-            field=f"events[{index}].event_type",
+            f"must be one of {_EVENT_TYPE_NAMES}", field=f"events[{index}].event_type"
         )
     status = _STATUSES.get(event.status)
     if status is None:
@@ -198,6 +289,14 @@ def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: in
         if _UUID.match(event.run_id) is None:
             raise InvalidArgument("must be empty or a UUID", field=f"events[{index}].run_id")
         run_id = event.run_id.lower()
+    action_id = ""
+    if event.action_id:
+        if _UUID.match(event.action_id) is None:
+            raise InvalidArgument("must be empty or a UUID", field=f"events[{index}].action_id")
+        action_id = event.action_id.lower()
+    spec_id = event.spec_id
+    if spec_id and SPEC_ID.fullmatch(spec_id) is None:
+        spec_id_checked(spec_id, f"events[{index}].spec_id")
     occurred_at = _occurred_at(event, index, now_s)
     info = event.system_info
     if len(info) > MAX_SYSTEM_INFO_ENTRIES:
@@ -229,6 +328,10 @@ def _event(event: agent_pb2.MigrationEvent, index: int, agent_id: str, now_s: in
         run_id=run_id,
         system_info=system_info,
         occurred_at=occurred_at,
+        spec_id=spec_id,
+        spec_revision=int(event.spec_revision),
+        action_id=action_id,
+        diffs=_diffs(event, index) if event.diffs else (),
     )
 
 
@@ -256,6 +359,7 @@ def checkin_from_proto(
     )
     if facts is not None and not facts.hostname:
         facts = None  # facts without a hostname cannot replace the stored ones
+    specs = specs_from_proto(request.facts) if facts is not None else None
     events: list[NewEvent] = []
     seen: set[str] = set()
     for index, message in enumerate(request.events):
@@ -268,4 +372,5 @@ def checkin_from_proto(
         facts=facts,
         events=events,
         ack_ids=[message.event_id for message in request.events],
+        specs=specs,
     )

@@ -169,6 +169,9 @@ def run_update_from_proto(
                 "is required when state is AWAITING_INPUT", field=f"{field}.input_request"
             )
         input_request = input_request_from_proto(msg.input_request, f"{field}.input_request")
+    reverts_run_id = ""
+    if msg.reverts_run_id:
+        reverts_run_id = _uuid(msg.reverts_run_id, f"{field}.reverts_run_id")
     action_id: str | None = None
     if msg.requested_by_action_id:
         action_id = _uuid(msg.requested_by_action_id, f"{field}.requested_by_action_id")
@@ -189,6 +192,8 @@ def run_update_from_proto(
         requested_by_action_id=action_id,
         occurred_at=_timestamp(msg, "occurred_at", f"{field}.occurred_at", now_s),
         input_request=input_request,
+        spec_revision=int(msg.spec_revision),
+        reverts_run_id=reverts_run_id,
     )
 
 

@@ -80,7 +80,7 @@ class AgentServicer:
             checkin.facts,
             checkin.events,
             sent=len(checkin.ack_ids),
-            runs=RunInput(runs.updates, runs.log_lines, runs.acked_action_ids),
+            runs=RunInput(runs.updates, runs.log_lines, runs.acked_action_ids, checkin.specs),
         )
         actions = list(result.actions)
         if self._services.inputs is not None:  # provide_input: answers added in memory only

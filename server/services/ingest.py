@@ -37,7 +37,14 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
-from server.domain import HostFacts, NewEvent, NewLogLine, NewRunUpdate, PendingAction
+from server.domain import (
+    HostFacts,
+    NewEvent,
+    NewLogLine,
+    NewRunUpdate,
+    PendingAction,
+    SpecVersionReport,
+)
 from server.errors import FlagpostError, ResourceExhausted, Unavailable
 from server.services.health import DatabaseHealth, describe, is_outage
 from server.storage import agents as agents_db
@@ -76,6 +83,8 @@ class RunInput:
     updates: Sequence[NewRunUpdate] = ()
     log_lines: Sequence[NewLogLine] = ()  # unique by (run_id, seq)
     acked_action_ids: Sequence[str] = ()
+    # facts.specs of a check-in with facts (None: keep what is stored)
+    spec_versions: Sequence[SpecVersionReport] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +212,7 @@ class IngestWriter:
         if runs is not None:
             work.updates = runs.updates
             work.acked_action_ids = runs.acked_action_ids
+            work.spec_versions = runs.spec_versions
             if runs.log_lines:
                 work.log_rows = run_ingest.encode_log_lines(runs.log_lines, self._dialect)
                 work.log_run_ids = frozenset(line.run_id for line in runs.log_lines)

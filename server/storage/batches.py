@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.config import ServerConfig
 from server.storage import agents as agents_db
 from server.storage import events as events_db
-from server.storage import notify
+from server.storage import notify, spec_versions
 from server.storage.db import async_url, create_sync_sqlite_engine, sqlite_path
 from server.storage.run_ingest import RunBatchResult, RunWork, apply_run_batch
 
@@ -53,6 +53,16 @@ class BatchStore(Protocol):
     ) -> StoreResult: ...
 
     async def close(self) -> None: ...
+
+
+def _apply_works(conn: Connection, works: Sequence[RunWork], now: datetime) -> RunBatchResult:
+    """The runs part and the spec versions of a batch's check-ins (one hop on PostgreSQL)."""
+    if not works:
+        return RunBatchResult()
+    reports = spec_versions.reports_of([(w.agent_id, w.spec_versions) for w in works])
+    if reports:
+        spec_versions.record_spec_versions(conn, reports, now)
+    return apply_run_batch(conn, works, now)
 
 
 def _with_notices(
@@ -81,7 +91,7 @@ class SessionStore:
         async with self._sessions() as session, session.begin():
             conn = await session.connection()
             now = datetime.now(UTC)
-            runs = await conn.run_sync(apply_run_batch, works, now) if works else RunBatchResult()
+            runs = await conn.run_sync(_apply_works, works, now) if works else RunBatchResult()
             rows = _with_notices(rows, runs, now, conn.dialect.name)
             if rows:  # History ids become visible in id order across replicas (PostgreSQL)
                 await notify.lock_history_writes(session)
@@ -128,7 +138,7 @@ class SqliteThreadStore:
         try:
             with conn.begin():
                 now = datetime.now(UTC)
-                runs = apply_run_batch(conn, works, now) if works else RunBatchResult()
+                runs = _apply_works(conn, works, now)
                 rows = _with_notices(rows, runs, now, "sqlite")
                 inserted = events_db.insert_rows_sync(conn, rows)
                 agents_db.record_checkins_sync(conn, updates)

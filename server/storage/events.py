@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from server.domain import NewEvent
+from server.domain import FileDiff, NewEvent
 from server.storage.bulk import BulkInsert
 
 Row = tuple[Any, ...]
@@ -43,6 +43,10 @@ COLUMNS = (
     "system_info",
     "occurred_at",
     "received_at",
+    "spec_id",
+    "spec_revision",
+    "action_id",
+    "diffs",
 )
 _PG_TYPES = (
     "varchar",
@@ -60,6 +64,10 @@ _PG_TYPES = (
     "jsonb",
     "timestamptz",
     "timestamptz",
+    "varchar",
+    "int4",
+    "varchar",
+    "text",
 )
 _EMPTY_JSON = "{}"
 
@@ -103,6 +111,24 @@ def _timestamp_encoder(dialect: str) -> Callable[[datetime], Any]:
     raise RuntimeError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 
+def diffs_text(diffs: Sequence[FileDiff]) -> str | None:
+    """The stored form of a preview's diffs (``update_events.diffs``): a JSON list, or NULL."""
+    if not diffs:
+        return None
+    return json.dumps([d.to_json() for d in diffs], ensure_ascii=False, separators=(",", ":"))
+
+
+def diffs_from_text(text: str | None) -> tuple[FileDiff, ...]:
+    """Inverse of :func:`diffs_text` (NULL or unreadable: no diffs)."""
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(FileDiff.from_json(item) for item in items if isinstance(item, dict))
+
+
 def encode_events(events: Sequence[NewEvent], received_at: datetime, dialect: str) -> list[Row]:
     """Driver-ready rows (``COLUMNS`` order) for ``insert_rows`` on ``dialect``."""
     timestamp = _timestamp_encoder(dialect)
@@ -124,6 +150,10 @@ def encode_events(events: Sequence[NewEvent], received_at: datetime, dialect: st
             json_text(e.system_info),
             timestamp(e.occurred_at),
             received,
+            e.spec_id,
+            e.spec_revision,
+            e.action_id,
+            diffs_text(e.diffs) if e.diffs else None,
         )
         for e in events
     ]

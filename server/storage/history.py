@@ -66,6 +66,8 @@ def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
         where.append(_event_type_condition(f.event_types))
     if f.agent_id is not None:
         where.append(UpdateEvent.agent_id == f.agent_id)
+    if f.spec_id is not None:
+        where.append(UpdateEvent.spec_id == f.spec_id)
     if f.since is not None:
         where.append(UpdateEvent.occurred_at >= f.since)
     if f.until is not None:
@@ -102,6 +104,8 @@ def event_matches(f: EventFilter, event: StoredEvent, *, ascii_case: bool) -> bo
     if f.event_types and not _type_matches(f.event_types, event):
         return False
     if f.agent_id is not None and event.agent_id != f.agent_id:
+        return False
+    if f.spec_id is not None and event.spec_id != f.spec_id:
         return False
     if f.since is not None and event.occurred_at < f.since:
         return False
@@ -152,6 +156,9 @@ def _select_events() -> Select[*tuple[Any, ...]]:
         UpdateEvent.system_info,
         UpdateEvent.occurred_at,
         UpdateEvent.received_at,
+        UpdateEvent.spec_id,
+        UpdateEvent.spec_revision,
+        UpdateEvent.action_id,
     ).join(Agent, Agent.id == UpdateEvent.agent_id)
 
 
@@ -174,6 +181,9 @@ def _stored(row: Row[*tuple[Any, ...]]) -> StoredEvent:
         system_info={str(k): str(v) for k, v in (row.system_info or {}).items()},
         occurred_at=row.occurred_at,
         received_at=row.received_at,
+        spec_id=row.spec_id or "",
+        spec_revision=int(row.spec_revision or 0),
+        action_id=row.action_id or "",
     )
 
 

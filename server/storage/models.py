@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -145,6 +146,12 @@ class UpdateEvent(Base):
     system_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
+    # Events of a migration spec (alembic 0007): which spec and revision, the action answered
+    # (a preview's), and a preview's file diffs as a JSON list of {path, diff, operations, note}.
+    spec_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    spec_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    action_id: Mapped[str] = mapped_column(String(36), default="", server_default="")
+    diffs: Mapped[str | None] = mapped_column(Text)
 
     # Every History filter is "<filter> ORDER BY id DESC": an index ending in id serves each.
     __table_args__ = (
@@ -155,6 +162,14 @@ class UpdateEvent(Base):
         Index(None, "category", "id"),
         Index(None, "occurred_at"),
         Index(None, "run_id"),
+        Index(None, "spec_id", "id"),
+        # The few events answering an action (previews): found without scanning the History.
+        Index(
+            None,
+            "action_id",
+            sqlite_where=text("action_id != ''"),
+            postgresql_where=text("action_id != ''"),
+        ),
     )
 
 
@@ -194,6 +209,10 @@ class MigrationRun(Base):
     input_requested_at: Mapped[datetime | None]
     input_answered_by: Mapped[str | None] = mapped_column(String(128))
     input_answered_at: Mapped[datetime | None]
+    # A spec run (alembic 0007): ``migration_id`` is the spec id, this its revision; a revert
+    # names the run it reverts.
+    spec_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reverts_run_id: Mapped[str] = mapped_column(String(36), default="", server_default="")
 
     # Lists are "<filter> ORDER BY created_at DESC, id DESC" (keyset); retention scans by age.
     __table_args__ = (
@@ -328,3 +347,38 @@ class HealthProbe(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     writes: Mapped[int] = mapped_column(BigInteger)
+
+
+class MigrationSpec(Base):
+    """One immutable revision of an uploaded migration spec: ``source`` exactly as uploaded
+    (``source_format`` "toml" or "json"), ``canonical`` the spec as canonical JSON (what agents
+    receive) and ``sha256`` its hash. Revisions count from 1 per spec."""
+
+    __tablename__ = "migration_specs"
+
+    spec_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    source_format: Mapped[str] = mapped_column(String(8))
+    canonical: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class AgentSpecVersion(Base):
+    """What an agent's last check-in reported for one spec (``HostFacts.specs``): the revision
+    it holds, the version its host detects as, or why detection failed (``error``)."""
+
+    __tablename__ = "agent_spec_versions"
+
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    spec_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(Text)
+    reported_at: Mapped[datetime]

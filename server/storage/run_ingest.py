@@ -63,6 +63,7 @@ from server.domain import (
     RunState,
     RunStep,
     Severity,
+    SpecVersionReport,
     run_transition_allowed,
 )
 from server.storage.actions import action_from_row
@@ -173,6 +174,8 @@ class RunWork:
     log_rows: Sequence[Row] = ()  # encoded, unique by (run_id, seq)
     log_run_ids: frozenset[str] = frozenset()
     acked_action_ids: Sequence[str] = ()
+    # facts.specs when the check-in carried facts (``server.storage.spec_versions``)
+    spec_versions: Sequence[SpecVersionReport] | None = None
 
 
 @dataclass(slots=True)
@@ -224,6 +227,8 @@ _UPDATABLE = (
     "cancelled_by",
     "input_request",
     "input_requested_at",
+    "spec_revision",
+    "reverts_run_id",
 )
 
 
@@ -439,6 +444,8 @@ def _apply_updates(
                 finished_at=u.finished_at,
                 updated_at=now,
                 last_update_id=u.update_id,
+                spec_revision=u.spec_revision,
+                reverts_run_id=u.reverts_run_id,
             )
             action_id = u.requested_by_action_id
             if action_id and values.get("requested_action_id") is None:

@@ -43,6 +43,8 @@ _SUMMARY_COLUMNS = (
     MigrationRun.input_requested_at,
     MigrationRun.input_answered_by,
     MigrationRun.input_answered_at,
+    MigrationRun.spec_revision,
+    MigrationRun.reverts_run_id,
 )
 
 
@@ -71,6 +73,8 @@ def _summary(row: Any) -> RunSummary:
         input_requested_at=row.input_requested_at,
         input_answered_by=row.input_answered_by,
         input_answered_at=row.input_answered_at,
+        spec_revision=int(row.spec_revision or 0),
+        reverts_run_id=row.reverts_run_id or "",
     )
 
 
@@ -221,5 +225,31 @@ async def lock_run(session: AsyncSession, run_id: str) -> RunSummary | None:
             .where(MigrationRun.id == run_id)
             .values(updated_at=MigrationRun.updated_at)
         )
+    row = (await session.execute(query)).first()
+    return None if row is None else _summary(row)
+
+
+async def run_for_action(session: AsyncSession, action_id: str) -> RunSummary | None:
+    """The run an agent reported as asked for by ``action_id`` (newest first), or None."""
+    query = (
+        _select_summaries()
+        .where(MigrationRun.requested_action_id == action_id)
+        .order_by(MigrationRun.created_at.desc())
+        .limit(1)
+    )
+    row = (await session.execute(query)).first()
+    return None if row is None else _summary(row)
+
+
+async def reverted_by(session: AsyncSession, run_id: str) -> RunSummary | None:
+    """A succeeded revert run of ``run_id`` (``reverts_run_id``), or None."""
+    query = (
+        _select_summaries()
+        .where(
+            MigrationRun.reverts_run_id == run_id,
+            MigrationRun.state == RunState.SUCCEEDED.value,
+        )
+        .limit(1)
+    )
     row = (await session.execute(query)).first()
     return None if row is None else _summary(row)

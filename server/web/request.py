@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiMapping
 
+from agent.specs.validate import SPEC_ID
 from server.domain import EventFilter, LogLevel, LogQuery, RunFilter, RunState, Severity
 from server.errors import InvalidArgument
 from server.services import logs as logs_service
@@ -36,6 +37,7 @@ from server.web.schema import Doc, Time
 MAX_ID = 64
 MAX_TEXT = 200
 MAX_AGENT_ID = 64
+MAX_SPEC_ID = 64
 MAX_BODY = 16 * 1024
 MAX_CURSOR = 2**63 - 1  # History cursors are event ids
 HISTORY_MAX_LIMIT = 200
@@ -190,6 +192,7 @@ EVENT_QUERY: Final[tuple[QueryParam, ...]] = (
         repeat=True,
     ),
     QueryParam("agent", _text(MAX_AGENT_ID), "agent id"),
+    QueryParam("spec", _text(MAX_SPEC_ID), "migration spec id: only that spec's events"),
     QueryParam("since", Time, "from this time (UTC unless a zone is given)"),
     QueryParam("until", Time, "up to this time; not earlier than since"),
     QueryParam("q", _text(MAX_TEXT), "free text"),
@@ -209,6 +212,9 @@ def parse_event_filter(query: MultiMapping[str], default_limit: int) -> EventFil
     agent = single(query, "agent", None)
     if len(agent) > MAX_AGENT_ID or not agent.isprintable():
         raise InvalidArgument("is not an agent id", field="agent")
+    spec = single(query, "spec", MAX_SPEC_ID)
+    if spec and SPEC_ID.fullmatch(spec) is None:
+        raise InvalidArgument("is not a spec id", field="spec")
     text = single(query, "q", MAX_TEXT)
     since = parse_time("since", single(query, "since", None))
     until = parse_time("until", single(query, "until", None))
@@ -221,6 +227,7 @@ def parse_event_filter(query: MultiMapping[str], default_limit: int) -> EventFil
         severities=tuple(Severity(s) for s in severities),
         event_types=event_types,
         agent_id=agent or None,
+        spec_id=spec or None,
         since=since,
         until=until,
         text=text or None,
@@ -247,6 +254,8 @@ def filter_params(
     params.extend(("event_type", t) for t in f.event_types)
     if f.agent_id:
         params.append(("agent", f.agent_id))
+    if f.spec_id:
+        params.append(("spec", f.spec_id))
     if f.since is not None:
         params.append(("since", format_time(f.since)))
     if f.until is not None:
@@ -274,6 +283,7 @@ def is_filtered(f: EventFilter) -> bool:
         or f.severities
         or f.event_types
         or f.agent_id
+        or f.spec_id
         or f.since
         or f.until
         or f.text

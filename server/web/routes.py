@@ -25,10 +25,12 @@ from server.web.api import agents as api_agents
 from server.web.api import document as api_document
 from server.web.api import events as api_events
 from server.web.api import runs as api_runs
+from server.web.api import specs as api_specs
 from server.web.auth import Access, Handler, declare
 from server.web.fleet import pages as fleet
 from server.web.history import pages as history
 from server.web.history import stream as history_stream
+from server.web.migrations import pages as migrations
 from server.web.runs import inputs as run_inputs
 from server.web.runs import pages as runs
 from server.web.runs import stream as run_stream
@@ -63,6 +65,15 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/runs/{run_id}/stream",                VIEWER,  run_stream.run_stream, "run_stream"),
     Route("POST", "/runs/{run_id}/cancel",                ADMIN,   runs.cancel_run, "run_cancel"),
     Route("POST", "/runs/{run_id}/inputs",                ADMIN,   run_inputs.submit_form, "run_inputs"),
+    Route("POST", "/runs/{run_id}/revert",                ADMIN,   migrations.request_revert, "run_revert"),
+    # --- migration specs
+    Route("GET",  "/migrations",                          VIEWER,  migrations.migrations, "migrations"),
+    Route("POST", "/migrations",                          ADMIN,   migrations.upload_spec, "migration_upload"),
+    Route("GET",  "/migrations/{spec_id}",                VIEWER,  migrations.spec_detail, "migration"),
+    Route("POST", "/migrations/{spec_id}/previews",       ADMIN,   migrations.request_preview, "migration_preview"),
+    Route("GET",  "/migrations/{spec_id}/previews",       VIEWER,  migrations.previews, "migration_previews"),
+    Route("POST", "/migrations/{spec_id}/runs",           ADMIN,   migrations.request_run, "migration_run"),
+    Route("GET",  "/migrations/{spec_id}/runs/{action_id}", VIEWER, migrations.spec_run, "migration_run_wait"),
     # --- the JSON API
     Route("GET",  "/api/v1/events",                       VIEWER,  api_events.api_events, "api_events"),
     Route("GET",  "/api/v1/runs",                         VIEWER,  api_runs.list_runs, "api_runs"),
@@ -76,6 +87,15 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/api/v1/agents",                       VIEWER,  api_agents.list_agents, "api_agents"),
     Route("GET",  "/api/v1/agents/{agent_id}",            VIEWER,  api_agents.get_agent, "api_agent"),
     Route("POST", "/api/v1/agents/{agent_id}/runs",       ADMIN,   api_agents.request_agent_run, "api_request_run"),
+    Route("GET",  "/api/v1/migrations",                   VIEWER,  api_specs.list_specs, "api_migrations"),
+    Route("POST", "/api/v1/migrations",                   ADMIN,   api_specs.add_spec, "api_add_migration"),
+    Route("GET",  "/api/v1/migrations/{spec_id}",         VIEWER,  api_specs.get_spec, "api_migration"),
+    Route("GET",  "/api/v1/migrations/{spec_id}/revisions/{revision}", VIEWER, api_specs.get_revision, "api_migration_revision"),
+    Route("GET",  "/api/v1/migrations/{spec_id}/diff",    VIEWER,  api_specs.diff_revisions, "api_migration_diff"),
+    Route("POST", "/api/v1/migrations/{spec_id}/preview", ADMIN,   api_specs.request_preview, "api_migration_preview"),
+    Route("POST", "/api/v1/migrations/{spec_id}/run",     ADMIN,   api_specs.request_run, "api_migration_run"),
+    Route("GET",  "/api/v1/previews/{action_id}",         VIEWER,  api_specs.get_preview, "api_preview"),
+    Route("POST", "/api/v1/runs/{run_id}/revert",         ADMIN,   api_specs.request_revert, "api_revert_run"),
     Route("GET",  "/api/v1/openapi.json",                 VIEWER,  api_document.openapi, "api_openapi"),
     # --- sessions
     Route("GET",  "/login",                               PUBLIC,  login.login_page, "login"),

@@ -60,7 +60,14 @@ RUN_STATE_PARTIAL: RunState
 RUN_STATE_CANCELLED: RunState
 
 class HostFacts(_message.Message):
-    __slots__ = ("hostname", "os", "kernel", "agent_version", "config_version", "disk_free_bytes", "machine_id", "specs")
+    __slots__ = ("hostname", "os", "kernel", "agent_version", "config_version", "disk_free_bytes", "machine_id", "specs", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +76,7 @@ class HostFacts(_message.Message):
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     kernel: str
@@ -77,7 +85,8 @@ class HostFacts(_message.Message):
     disk_free_bytes: int
     machine_id: str
     specs: _containers.RepeatedCompositeFieldContainer[SpecVersion]
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., agent_version: _Optional[str] = ..., config_version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., machine_id: _Optional[str] = ..., specs: _Optional[_Iterable[_Union[SpecVersion, _Mapping]]] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., agent_version: _Optional[str] = ..., config_version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., machine_id: _Optional[str] = ..., specs: _Optional[_Iterable[_Union[SpecVersion, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SpecVersion(_message.Message):
     __slots__ = ("spec_id", "revision", "version", "error")

@@ -15,7 +15,7 @@ from types import GenericAlias
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from server import __version__ as SERVER_VERSION
-from server.web.api import shapes
+from server.web.api import shapes, spec_shapes
 from server.web.request import EVENT_QUERY, LOG_QUERY, RUN_QUERY, QueryParam
 from server.web.schema import Doc, SchemaBuilder, Uuid
 
@@ -26,7 +26,7 @@ _ERRORS = {
     400: "invalid parameter (the message names it)",
     404: "not found",
     409: "conflict (e.g. the run already ended, the agent is revoked)",
-    415: "Content-Type is not application/json",
+    415: "Content-Type is not application/json (an upload: not application/toml or JSON)",
     503: "the database is unavailable; retry",
 }
 _JSON_BODY_NOTE = (
@@ -231,6 +231,7 @@ class _Document:
                     ),
                 }
             },
+            **self.spec_paths(run_id),
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenApi",
@@ -241,6 +242,133 @@ class _Document:
                             "content": {JSON: {"schema": {"type": "object"}}},
                         }
                     },
+                }
+            },
+        }
+
+    def spec_paths(self, run_id: dict[str, Any]) -> dict[str, Any]:
+        """Migration specs: upload, read, diff, preview, run, revert."""
+        spec_id = self.path_id("spec_id", spec_shapes.SpecId)
+        revision = self.path_id("revision", spec_shapes.Revision)
+        action_id = self.path_id("action_id", Uuid)
+        revision_query = [
+            {
+                "name": name,
+                "in": "query",
+                "required": True,
+                "schema": self.schemas.schema(spec_shapes.Revision),
+                "description": text,
+            }
+            for name, text in (("from", "the older revision"), ("to", "the newer revision"))
+        ]
+        detail = spec_shapes.SpecDetail
+        return {
+            "/api/v1/migrations": {
+                "get": {
+                    "operationId": "listMigrations",
+                    "summary": "Every migration spec: latest revision, hosts per version",
+                    "responses": self.answers(spec_shapes.SpecList, "specs", 200, 503),
+                },
+                "post": {
+                    "operationId": "addMigration",
+                    "summary": "Upload a spec: TOML text (`Content-Type: application/toml`) or a "
+                    "JSON object (`application/json`)",
+                    "description": "Admin only. Validated like the agent validates it; a 400 "
+                    "names every problem with its line and field. The same spec as the latest "
+                    "revision (same canonical JSON) answers 200 with that revision.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/toml": {"schema": {"type": "string"}},
+                            JSON: {"schema": {"type": "object"}},
+                        },
+                    },
+                    "responses": {
+                        **self.answers(
+                            spec_shapes.SpecUploaded, "a new revision", 201, 400, 415, 503
+                        ),
+                        "200": {
+                            "description": "unchanged: the latest revision",
+                            "content": self.content(spec_shapes.SpecUploaded),
+                        },
+                    },
+                },
+            },
+            "/api/v1/migrations/{spec_id}": {
+                "get": {
+                    "operationId": "getMigration",
+                    "summary": "A spec's latest revision, its revisions and hosts per version",
+                    "parameters": [spec_id],
+                    "responses": self.answers(detail, "the spec", 200, 400, 404, 503),
+                }
+            },
+            "/api/v1/migrations/{spec_id}/revisions/{revision}": {
+                "get": {
+                    "operationId": "getMigrationRevision",
+                    "summary": "One revision of a spec",
+                    "parameters": [spec_id, revision],
+                    "responses": self.answers(detail, "the revision", 200, 400, 404, 503),
+                }
+            },
+            "/api/v1/migrations/{spec_id}/diff": {
+                "get": {
+                    "operationId": "diffMigrationRevisions",
+                    "summary": "Unified diff of two revisions' sources",
+                    "parameters": [spec_id, *revision_query],
+                    "responses": self.answers(spec_shapes.SpecDiff, "the diff", 200, 400, 404, 503),
+                }
+            },
+            "/api/v1/migrations/{spec_id}/preview": {
+                "post": {
+                    "operationId": "previewMigration",
+                    "summary": "Ask agents to plan the spec and report their diffs (changes "
+                    "nothing); one signed preview_migration action per agent",
+                    "description": _JSON_BODY_NOTE,
+                    "parameters": [spec_id],
+                    "requestBody": self.body(spec_shapes.PreviewRequest, required=True),
+                    "responses": self.answers(
+                        spec_shapes.PreviewsAccepted,
+                        "previews requested",
+                        *(202, 400, 404, 409, 415, 503),
+                    ),
+                }
+            },
+            "/api/v1/migrations/{spec_id}/run": {
+                "post": {
+                    "operationId": "runMigration",
+                    "summary": "Ask an agent to run the spec (a signed run_migration action)",
+                    "description": _JSON_BODY_NOTE,
+                    "parameters": [spec_id],
+                    "requestBody": self.body(spec_shapes.SpecRunRequest, required=True),
+                    "responses": self.answers(
+                        shapes.ActionAccepted, "run requested", 202, 400, 404, 409, 415, 503
+                    ),
+                }
+            },
+            "/api/v1/previews/{action_id}": {
+                "get": {
+                    "operationId": "getPreview",
+                    "summary": "The diffs an agent reported for a preview, or pending",
+                    "parameters": [action_id],
+                    "responses": self.answers(
+                        spec_shapes.Preview, "the preview", 200, 400, 404, 503
+                    ),
+                }
+            },
+            "/api/v1/runs/{run_id}/revert": {
+                "post": {
+                    "operationId": "revertRun",
+                    "summary": "Ask the run's agent to put back the files of a succeeded spec "
+                    "run (a signed revert_run action)",
+                    "description": _JSON_BODY_NOTE,
+                    "parameters": [run_id],
+                    "requestBody": {
+                        "required": False,
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    },
+                    "responses": self.answers(
+                        shapes.ActionAccepted, "revert requested", 202, 400, 404, 409, 415, 503
+                    ),
                 }
             },
         }

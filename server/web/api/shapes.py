@@ -84,6 +84,9 @@ class Event(TypedDict):
     system_info: StrMap
     occurred_at: Time
     received_at: Time
+    spec_id: Annotated[str, Doc(description='the migration spec this is about ("" if none)')]
+    spec_revision: NonNegative
+    action_id: Annotated[str, Doc(description='the action this answers ("" if none)')]
 
 
 class EventPage(TypedDict):
@@ -112,6 +115,9 @@ def event_json(event: domain.StoredEvent) -> Event:
         system_info=event.system_info,
         occurred_at=iso(event.occurred_at),
         received_at=iso(event.received_at),
+        spec_id=event.spec_id,
+        spec_revision=event.spec_revision,
+        action_id=event.action_id,
     )
 
 
@@ -145,6 +151,10 @@ class Run(TypedDict):
     cancel_requested_by: str | None
     cancel_requested_at: Time | None
     cancelled_by: str | None
+    spec_revision: Annotated[
+        int, Doc(minimum=0, description="a spec run: the revision of spec migration_id")
+    ]
+    reverts_run_id: Annotated[str, Doc(description='a revert: the run it puts back ("" if none)')]
 
 
 class Step(TypedDict):
@@ -193,6 +203,8 @@ def run_json(run: domain.RunSummary, now: datetime) -> Run:
         cancel_requested_by=run.cancel_requested_by,
         cancel_requested_at=iso(run.cancel_requested_at),
         cancelled_by=run.cancelled_by,
+        spec_revision=run.spec_revision,
+        reverts_run_id=run.reverts_run_id,
     )
 
 

@@ -57,12 +57,22 @@ OUTCOME_LABELS: dict[str, str] = {
     outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.PARTIAL): "Execution partial",
     outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.WARNING): "Execution: warning",
     outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.NOT_NEEDED): "Execution: nothing to do",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.SUCCESS): "Revert succeeded",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.FAILED): "Revert failed",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.PARTIAL): "Revert partial",
+    outcome_name(EventType.MIGRATION_REVERT, EventStatus.WARNING): "Revert refused",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.SUCCESS): "Preview: changes planned",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.NOT_NEEDED): "Preview: up to date",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.FAILED): "Preview failed",
+    outcome_name(EventType.MIGRATION_PREVIEW, EventStatus.WARNING): "Preview: warning",
 }
 
 EVENT_TYPE_LABELS: dict[str, str] = {
     EventType.MIGRATION_DETECTION: "Detection",
     EventType.MIGRATION_EXECUTION: "Execution",
     EventType.AGENT_NOTICE: "Agent notice",
+    EventType.MIGRATION_REVERT: "Revert",
+    EventType.MIGRATION_PREVIEW: "Preview",
 }
 
 _ROLLBACK_LABELS: dict[str, tuple[str, str]] = {
@@ -193,6 +203,9 @@ class EventRow:
     system_items: tuple[tuple[str, str], ...]
     detail_json: str
     awaiting_input: bool = False  # the event's run waits for input now: a badge on the row
+    spec_id: str = ""  # the migration spec the event is about ("" if none)
+    spec_revision: int = 0
+    spec_url: str | None = None
 
 
 def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozenset()) -> EventRow:
@@ -228,7 +241,15 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         system_items=tuple(sorted(event.system_info.items())),
         detail_json=pretty_json(event.error_detail),
         awaiting_input=event.run_id is not None and event.run_id in waiting_runs,
+        spec_id=event.spec_id,
+        spec_revision=event.spec_revision,
+        spec_url=_spec_url(event.spec_id, event.spec_revision) if event.spec_id else None,
     )
+
+
+def _spec_url(spec_id: str, revision: int) -> str:
+    url = f"/migrations/{quote(spec_id, safe='')}"
+    return f"{url}?revision={revision}" if revision > 0 else url
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +264,7 @@ class FilterForm:
     until: str
     q: str
     limit: int | None  # only when it differs from the default page size
+    spec: str = ""  # a migration spec id
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +309,7 @@ def _filter_form(
         until=format_time(f.until) if f.until else "",
         q=f.text or "",
         limit=f.limit if f.limit != default_limit else None,
+        spec=f.spec_id or "",
     )
 
 

@@ -18,6 +18,7 @@ from server.domain import LogQuery, RunFilter, RunPage, RunState
 from server.services import history as history_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
+from server.services import specs as specs_service
 from server.web.auth import actor_name
 from server.web.forms import Option, agent_options
 from server.web.request import (
@@ -152,8 +153,21 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         "requested": "Cancellation requested: the agent stops at the next step boundary and "
         "rolls back.",
     }.get(request.query.get("cancel", ""), "")
+    revert_run_url = ""
+    if request.query.get("revert") == "requested":
+        notice = (
+            "Revert requested: the agent puts the files back from the run's backup with its "
+            "next check-in, and reports the revert as a run of its own."
+        )
+        revert_action = single(request.query, "revert_action", 64)
+        reverting = (
+            await specs_service.run_for_action(sessions, revert_action) if revert_action else None
+        )
+        if reverting is not None:
+            revert_run_url = run_url(reverting.id)
     if request.query.get("inputs") == "sent":
         notice = "Answers sent, waiting for the agent (delivered with its next check-in)."
+    reverted = await specs_service.reverted_by(sessions, run_id) if status.revertible else None
     view = RunPageView(
         run=status,
         stats=status.stats,
@@ -164,6 +178,9 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         log_cursor=cursor,
         cancel_action=f"{status.row.url}/cancel",
         notice=notice,
+        revert_action=f"{status.row.url}/revert" if status.revertible and not reverted else "",
+        revert_run_url=revert_run_url,
+        reverted_by_url=run_url(reverted.id) if reverted is not None else "",
     )
     return await render_page("run.html", request, {"page": view})
 

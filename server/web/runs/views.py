@@ -54,6 +54,10 @@ class RunRow:
     started_iso: str
     started_display: str
     duration: str
+    spec_revision: int = 0  # a run of migration spec ``migration_id``: its revision
+    spec_url: str | None = None
+    reverts_run_id: str = ""  # a revert: the run it puts back
+    reverts_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,7 @@ class RunDetailView:
     steps: tuple[StepRow, ...]
     stats: LogStatsView
     input_prompt: InputPromptView | None = None
+    revertible: bool = False  # a succeeded run of a migration spec: its files can be put back
 
 
 def run_json(run: RunDetailView) -> dict[str, object]:
@@ -266,6 +271,14 @@ def run_row(run: RunSummary, now: datetime) -> RunRow:
         started_iso=_iso(run.started_at),
         started_display=_display(run.started_at),
         duration=format_duration(run.duration_seconds(now)),
+        spec_revision=run.spec_revision,
+        spec_url=(
+            f"/migrations/{quote(run.migration_id, safe='')}?revision={run.spec_revision}"
+            if run.spec_revision > 0 and run.migration_id
+            else None
+        ),
+        reverts_run_id=run.reverts_run_id,
+        reverts_url=run_url(run.reverts_run_id) if run.reverts_run_id else None,
     )
 
 
@@ -340,6 +353,9 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
         steps=tuple(step_row(s) for s in detail.steps),
         stats=log_stats_view(stats.by_level, stats.by_source),
         input_prompt=input_prompt_view(run),
+        revertible=run.state == RunState.SUCCEEDED
+        and run.spec_revision > 0
+        and not run.reverts_run_id,
     )
 
 
@@ -379,3 +395,6 @@ class RunPage:
     log_cursor: int  # the stream's start: lines up to here were examined for this page
     cancel_action: str
     notice: str
+    revert_action: str = ""
+    revert_run_url: str = ""  # the revert this page's Revert button asked for, once reported
+    reverted_by_url: str = ""  # the succeeded revert of this run (then no Revert button)
