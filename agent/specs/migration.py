@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.migrations.model import (
     Detected,
@@ -34,9 +35,11 @@ from agent.migrations.model import (
 from agent.specs.detect import detect
 from agent.specs.errors import PathRefused
 from agent.specs.paths import DEFAULT_ALLOWED_PATHS, confine, host_path
-from agent.specs.plan import StepOutcome, plan_one_step
 from agent.specs.spec import RequireInput, Spec
 from agent.specs.spec import Step as SpecStep
+
+if TYPE_CHECKING:
+    from agent.specs.plan import StepOutcome
 
 MAX_LABEL = 200
 
@@ -69,6 +72,10 @@ class _SpecStep:
         self.asks = tuple(op for op in step.ops if isinstance(op, RequireInput))
 
     def _outcome(self, view: FileView, inputs: Mapping[str, str] | None) -> StepOutcome:
+        # The planner (and difflib) loads when a step is planned, not when an idle agent
+        # registers its migrations and detects its versions.
+        from agent.specs.plan import plan_one_step
+
         paths = confined_paths(self.spec, view.root, self.allowed_paths)
         return plan_one_step(self.spec, view, self.step, paths, inputs=inputs, verify=self.last)
 
