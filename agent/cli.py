@@ -29,10 +29,10 @@ from agent.daemon import Agent
 from agent.diagnose import DEFAULT_GRPC_PORT, ensure_state_dir
 from agent.enroll import enroll
 from agent.errors import AgentError
-from agent.migrations.chain import agent_config_migration, json_conf
 from agent.migrations.model import DetectionError, DiskView
 from agent.migrations.plan import make_plan
 from agent.migrations.registry import default_registry
+from agent.specs.builtin import agent_config_migration, json_conf
 from agent.sysinfo import host_facts
 from agent.tls import ChannelSecurity
 

@@ -63,7 +63,6 @@ from agent.diagnose import state_dir_error
 from agent.enroll import Credentials, EnrollmentError, load_credentials
 from agent.faults import FaultInjector
 from agent.inputs import PROVIDE_INPUT, InputBroker, ProvideInputHandler
-from agent.migrations.chain import MIGRATION_ID, json_conf
 from agent.migrations.engine import MigrationEngine
 from agent.migrations.model import Migration
 from agent.migrations.registry import MigrationRegistry, default_registry
@@ -71,6 +70,7 @@ from agent.migrations.result import RunResult
 from agent.outbox import Outbox
 from agent.runs import RunControl
 from agent.schedule import CheckInSchedule
+from agent.specs.builtin import MIGRATION_ID, json_conf
 from agent.sysinfo import host_facts
 from agent.tls import ChannelSecurity
 from flagpost.v1 import agent_pb2

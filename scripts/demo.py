@@ -52,7 +52,7 @@ from typing import Any
 
 from unprivileged import AgentRuntime, UnprivilegedError, prepare
 
-from agent.migrations.chain import legacy_config_with_secrets
+from agent.specs.builtin import legacy_config_with_secrets
 
 PY = sys.executable
 LEGACY_CONFIG = """\

@@ -34,7 +34,7 @@ import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config as agent_config
-from agent.migrations import chain
+from agent.specs import builtin as chain
 from server.app import WEB_SHUTDOWN_TIMEOUT_S
 from server.config import ServerConfig, load_config
 from server.errors import ConfigError

@@ -183,8 +183,9 @@ def test_the_plain_wheel_is_the_agent_alone(venvs: Venvs) -> None:
         "         if not m.name.endswith('__main__')]\n"
         "for name in names:\n"
         "    importlib.import_module(name)\n"
+        "from agent.specs.builtin import agent_config_spec\n"
         "print(json.dumps({\n"
-        "    'file': agent.__file__, 'modules': names,\n"
+        "    'file': agent.__file__, 'modules': names, 'builtin': agent_config_spec().id,\n"
         "    'server_imported': sorted(m for m in sys.modules if m.split('.')[0] == 'server'),\n"
         f"    'installed': [n for n in {list(_SERVER_ONLY)!r} if importlib.util.find_spec(n)],\n"
         "}))\n"
@@ -198,6 +199,7 @@ def test_the_plain_wheel_is_the_agent_alone(venvs: Venvs) -> None:
     assert Path(found["file"]).is_relative_to(venvs.agent), found["file"]
     assert "agent.cli" in found["modules"] and "agent.migrations.engine" in found["modules"]
     assert found["server_imported"] == []
+    assert found["builtin"] == "agent-config"  # the spec file is package data of the wheel
     assert found["installed"] == []
 
     helped = _run(venvs.agent, venvs.elsewhere, "flagpost-agent", "--help")

@@ -26,7 +26,7 @@ from server_testlib import create_web_user, logged_in_http
 from test_end_to_end import REPO, enrolled_agent
 from test_inputs_server import capture_stream, database_bytes
 
-from agent.migrations.chain import legacy_config_with_secrets
+from agent.specs.builtin import legacy_config_with_secrets
 from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig

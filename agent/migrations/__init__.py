@@ -1,10 +1,10 @@
-"""Config migrations: model, built-in chain, registry, the engine (plan, gather inputs, execute
-with rollback, recover after a crash), durable file ops, journal."""
+"""Config migrations: model, registry (with the built-in agent-config spec), the engine (plan,
+gather inputs, execute with rollback, recover after a crash), durable file ops, journal."""
 
 from agent.migrations.engine import MigrationEngine
 
-# The package's public names, re-exported. chain.py imports several of the same names from
-# model.py, not from here: deliberate, as importing this package from inside it is a cycle.
+# The package's public names, re-exported. Modules of agent.migrations and agent.specs import
+# them from model.py, not from here: importing this package from inside it is a cycle.
 from agent.migrations.model import (
     Detected,
     DetectionError,

@@ -1,4 +1,4 @@
-"""Registry of migrations: the built-in agent-config chain plus any the user registers.
+"""Registry of migrations: the built-in agent-config migration plus any the user registers.
 
 Example (a user's own config file)::
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from agent.migrations.chain import agent_config_migration
 from agent.migrations.model import Migration
 
 
@@ -54,7 +53,12 @@ class MigrationRegistry:
 
 
 def default_registry() -> MigrationRegistry:
-    """A registry holding the built-in agent config chain."""
+    """A registry holding the built-in agent config migration (a spec, see
+    :mod:`agent.specs.builtin`)."""
+    # Imported here, not at the top: agent.specs imports agent.migrations.model, whose package
+    # __init__ imports this module, so a top-level import would run before agent.specs exists.
+    from agent.specs.builtin import agent_config_migration
+
     registry = MigrationRegistry()
     registry.register(agent_config_migration())
     return registry

@@ -3,7 +3,7 @@
 Format: ``scrypt$<n>$<r>$<p>$<salt base64>$<hash base64>`` (standard base64, 32-byte hash,
 stdlib :func:`hashlib.scrypt`). The built-in chain checks the database password and upstream
 token an admin types against the verifiers of the legacy config (see
-:mod:`agent.migrations.chain`).
+:mod:`agent.specs.builtin`).
 
 Make one (the secret is read from standard input, never from the command line, so it stays out
 of shell history and ``ps``)::

@@ -2,9 +2,9 @@
 it: checksummed backup, atomic writes, journal, rollback on any failure, re-detection of the
 target as verification, events and runs (see :mod:`agent.migrations.engine`).
 
-It plugs in like the built-in chain (:func:`agent.migrations.chain.agent_config_migration`):
-``detect`` says which version of the spec's config the host holds, ``files`` lists every file
-the spec names (all backed up), and each spec step becomes one engine
+The built-in agent-config chain is such a spec (:mod:`agent.specs.builtin`). ``detect`` says
+which version of the spec's config the host holds, ``files`` lists every file the spec names
+(all backed up), and each spec step becomes one engine
 :class:`~agent.migrations.model.Step` whose ``plan`` interprets the step's operations on the
 engine's view (the disk plus the earlier steps' planned ops) and returns the engine's own
 ``WriteFile`` / ``RemoveFile`` operations. A step with ``require_input`` operations declares
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.migrations.model import (
     Detected,
@@ -34,9 +35,11 @@ from agent.migrations.model import (
 from agent.specs.detect import detect
 from agent.specs.errors import PathRefused
 from agent.specs.paths import DEFAULT_ALLOWED_PATHS, confine, host_path
-from agent.specs.plan import StepOutcome, plan_one_step
 from agent.specs.spec import RequireInput, Spec
 from agent.specs.spec import Step as SpecStep
+
+if TYPE_CHECKING:
+    from agent.specs.plan import StepOutcome
 
 MAX_LABEL = 200
 
@@ -69,6 +72,10 @@ class _SpecStep:
         self.asks = tuple(op for op in step.ops if isinstance(op, RequireInput))
 
     def _outcome(self, view: FileView, inputs: Mapping[str, str] | None) -> StepOutcome:
+        # The planner (and difflib) loads when a step is planned, not when an idle agent
+        # registers its migrations and detects its versions.
+        from agent.specs.plan import plan_one_step
+
         paths = confined_paths(self.spec, view.root, self.allowed_paths)
         return plan_one_step(self.spec, view, self.step, paths, inputs=inputs, verify=self.last)
 
@@ -76,8 +83,10 @@ class _SpecStep:
         return self._outcome(view, None).planned.ops
 
     def declare(self, view: FileView) -> Sequence[InputSpec]:
+        # Planned, not read off the ops: an input whose op's ``when`` fails is not asked for.
         return [
-            InputSpec(op.name, (op.prompt or op.name)[:MAX_LABEL], op.secret) for op in self.asks
+            InputSpec(asked.name, (asked.prompt or asked.name)[:MAX_LABEL], asked.secret)
+            for asked in self._outcome(view, None).inputs
         ]
 
     def check(self, view: FileView, inputs: Inputs) -> Mapping[str, str]:
@@ -104,7 +113,7 @@ def spec_detector(spec: Spec, allowed_paths: Sequence[str]) -> Callable[[FileVie
         paths = confined_paths(spec, view.root, allowed_paths)
         found = detect(spec, view, paths)
         if found.version is None:
-            return Detected(None, None, f"{spec.id}: no file of any version exists")
+            return Detected(None, None, f"No {spec.title} found under {view.root}")
         return Detected(
             found.version, found.path, f"{spec.id}: version {found.version} at {found.file}"
         )
@@ -113,12 +122,15 @@ def spec_detector(spec: Spec, allowed_paths: Sequence[str]) -> Callable[[FileVie
 
 
 def spec_migration(
-    spec: Spec, root: Path, allowed_paths: Sequence[str] = DEFAULT_ALLOWED_PATHS
+    spec: Spec, root: Path | None, allowed_paths: Sequence[str] = DEFAULT_ALLOWED_PATHS
 ) -> Migration:
     """The engine's migration for ``spec`` on the host under ``root``. Raises
     :class:`~agent.specs.errors.PathRefused` (exit code 2) when the spec names a file outside
-    ``allowed_paths``, before anything is read."""
-    confine(spec, root, allowed_paths)
+    ``allowed_paths``, before anything is read. With ``root`` None (a migration registered for
+    any root, like the built-in one) that check waits for ``detect``, which runs it on every
+    host before reading a file."""
+    if root is not None:
+        confine(spec, root, allowed_paths)
     allowed = tuple(allowed_paths)
     files = spec.files()
     return Migration(

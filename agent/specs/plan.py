@@ -22,11 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.migrations.model import FileOp, FileView, PlannedView, RemoveFile, WriteFile
 from agent.migrations.verifier import check_verifier
 from agent.specs import formats
-from agent.specs.detect import Detection, detect, load
+from agent.specs.detect import Detection, detect, load, when_holds
 from agent.specs.errors import FormatError, PlanError
 from agent.specs.formats.base import Document
 from agent.specs.formats.text import TextDocument
@@ -48,6 +49,7 @@ from agent.specs.spec import (
     SetKey,
     Spec,
     Step,
+    When,
     op_paths,
 )
 from agent.specs.values import coerce
@@ -273,6 +275,12 @@ class _StepRun:
             PlannedOp(self.step.name, self.index, self.op.op, text, self.acting_on)
         )
 
+    def holds(self, when: When, file: str) -> bool:
+        """Whether the condition ``when`` holds on ``file`` (False when the file is gone)."""
+        if not self.open(file, must_exist=False).exists:
+            return False
+        return when_holds(when, self.document(file))
+
     def show(self, key: str, value: Any) -> str:
         return MASK if key in self.state.secret_keys else repr(value)
 
@@ -306,6 +314,9 @@ class _StepRun:
 
     def apply(self, op: Op) -> None:
         file = op.file or self.current
+        if op.when is not None and not self.holds(op.when, file):
+            self.describe(f"skip {op.op} on {file}: 'when' on {op.when.key} does not hold")
+            return
         if isinstance(op, MoveFile | CopyFile):
             self.copy(op, file)
         elif isinstance(op, DeleteFile):
@@ -315,6 +326,9 @@ class _StepRun:
             self.convert(op, file)
         elif isinstance(op, RenameKey):
             document = self.document(file)
+            if op.missing_ok and not _has(document, op.from_):
+                self.describe(f"rename {op.from_} -> {op.to} in {file} (not there)")
+                return
             try:
                 document.rename(op.from_, op.to)
             except KeyError:
@@ -380,6 +394,8 @@ class _StepRun:
         data = document.data()
         for key, type_name in op.types.items():
             if not _has(document, key):
+                if op.missing_ok:
+                    continue
                 raise self.fail(f"types: key {key!r} not found", file)
             _set_plain(data, key, coerce(key, document.get(key), type_name))
         try:
@@ -462,7 +478,11 @@ class _StepRun:
         if value is not None and op.verifier is not None:
             verifier = document.get(op.verifier)
             if not isinstance(verifier, str) or not check_verifier(verifier, value):
-                state.input_errors[op.name] = f"does not match the verifier {op.verifier} in {file}"
+                state.input_errors[op.name] = (
+                    fill_template(op.mismatch, document, state.secret_keys)
+                    if op.mismatch
+                    else f"does not match the verifier {op.verifier} in {file}"
+                )
                 value = None
         if value is None:
             if op.name not in state.missing:
@@ -471,6 +491,24 @@ class _StepRun:
         document.set(op.key, value)
         self.files[file].dirty = True
         self.describe(f"set {op.key} = {self.show(op.key, value)} in {file} (input {op.name})")
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}|]+)(?:\|(path))?\}")
+
+
+def fill_template(template: str, document: Document, secret: set[str]) -> str:
+    """``template`` with each ``{key}`` replaced by that key's value in ``document``
+    (``{key|path}``: the path of a URL value without its leading ``/``); a missing or secret key
+    reads ``?``."""
+
+    def value(match: re.Match[str]) -> str:
+        key, part = match.group(1), match.group(2)
+        if key in secret or not _has(document, key):
+            return "?"
+        text = str(document.get(key))
+        return urlsplit(text).path.lstrip("/") if part == "path" else text
+
+    return _PLACEHOLDER.sub(value, template)
 
 
 def _has(document: Document, key: str) -> bool:

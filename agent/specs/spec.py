@@ -2,7 +2,8 @@
 
 A spec lists where each version of a config lives (``versions``, tried in order by detection)
 and the steps between versions (``steps``), each a list of operations (``ops``). Field names
-are the spec language's own (``from`` becomes ``from_`` only where Python needs it).
+are the spec language's own (``from`` becomes ``from_`` only where Python needs it). Every
+operation may carry ``when``: it runs only when that condition holds on its file.
 """
 
 from __future__ import annotations
@@ -26,8 +27,25 @@ class When:
 
 
 @dataclass(frozen=True, slots=True)
+class Companion:
+    """A file that must exist beside a version's file (e.g. its secrets file), in ``format``,
+    holding every ``require`` key, and the keys ``require_with`` lists for each prefix the
+    version's own file has a key under; ``mode``: permission bits it must not exceed."""
+
+    file: str
+    format: str
+    require: tuple[str, ...] = ()
+    mode: int | None = None
+    require_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
-    """Where one version lives and what a file of it must hold."""
+    """Where one version lives and what a file of it must hold: ``require``d keys (also how
+    detection tells versions apart, with ``when``), ``allow_only``, ``types``, ``enum``,
+    ``pattern``, ``minimum`` (numbers), ``require_with`` (prefix -> keys required when any key
+    under it exists), ``verifiers`` (keys holding scrypt verifiers), ``messages`` (key -> how
+    its broken rule is said) and ``companions`` (files that must exist beside it)."""
 
     version: str
     file: str
@@ -38,6 +56,11 @@ class Version:
     types: Mapping[str, str] = field(default_factory=dict)
     enum: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     pattern: Mapping[str, str] = field(default_factory=dict)
+    minimum: Mapping[str, int | float] = field(default_factory=dict)
+    messages: Mapping[str, str] = field(default_factory=dict)
+    require_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    verifiers: tuple[str, ...] = ()
+    companions: tuple[Companion, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +69,7 @@ class MoveFile:
 
     to: str
     file: str | None = None
+    when: When | None = None
     op: str = "move_file"
 
 
@@ -56,6 +80,7 @@ class CopyFile:
     to: str
     file: str | None = None
     mode: int | None = None
+    when: When | None = None
     op: str = "copy_file"
 
 
@@ -64,6 +89,7 @@ class DeleteFile:
     """Delete the file."""
 
     file: str | None = None
+    when: When | None = None
     op: str = "delete_file"
 
 
@@ -78,6 +104,8 @@ class Convert:
     keep_source: bool = False
     mode: int | None = None
     file: str | None = None
+    missing_ok: bool = False
+    when: When | None = None
     op: str = "convert"
 
 
@@ -87,7 +115,9 @@ class RenameKey:
 
     from_: str
     to: str
+    missing_ok: bool = False
     file: str | None = None
+    when: When | None = None
     op: str = "rename_key"
 
 
@@ -99,6 +129,7 @@ class SetKey:
     key: str
     value: Any = field(repr=False)
     file: str | None = None
+    when: When | None = None
     op: str = "set_key"
 
 
@@ -109,6 +140,7 @@ class SetDefault:
     key: str
     value: Any = field(repr=False)
     file: str | None = None
+    when: When | None = None
     op: str = "set_default"
 
 
@@ -119,6 +151,7 @@ class DeleteKey:
     key: str
     missing_ok: bool = False
     file: str | None = None
+    when: When | None = None
     op: str = "delete_key"
 
 
@@ -132,6 +165,7 @@ class MoveKeys:
     mode: int = 0o600
     to_format: str | None = None
     file: str | None = None
+    when: When | None = None
     op: str = "move_keys"
 
 
@@ -146,6 +180,7 @@ class ReplaceText:
     count: int = 0
     missing_ok: bool = False
     file: str | None = None
+    when: When | None = None
     op: str = "replace_text"
 
 
@@ -155,6 +190,7 @@ class Chmod:
 
     mode: int
     file: str | None = None
+    when: When | None = None
     op: str = "chmod"
 
 
@@ -170,6 +206,8 @@ class RequireInput:
     secret: bool = True
     verifier: str | None = None
     file: str | None = None
+    mismatch: str = ""
+    when: When | None = None
     op: str = "require_input"
 
 
@@ -231,7 +269,10 @@ class Spec:
 
     def files(self) -> tuple[str, ...]:
         """Every path the spec names (versions' files, ops' files and targets), in order."""
-        paths: list[str] = [version.file for version in self.versions]
+        paths: list[str] = []
+        for version in self.versions:
+            paths.append(version.file)
+            paths.extend(companion.file for companion in version.companions)
         for step in self.steps:
             for op in step.ops:
                 paths.extend(op_paths(op))

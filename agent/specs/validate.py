@@ -15,7 +15,7 @@ import json
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.specs.errors import SpecError, SpecIssue
@@ -24,6 +24,7 @@ from agent.specs.spec import (
     FORMATS,
     TYPE_NAMES,
     Chmod,
+    Companion,
     Convert,
     CopyFile,
     DeleteFile,
@@ -101,9 +102,15 @@ OP_FIELDS: dict[str, dict[str, _Field]] = {
         "types": _Field("types"),
         "keep_source": _Field("bool"),
         "mode": _Field("mode"),
+        "missing_ok": _Field("bool"),
         "file": _FILE,
     },
-    "rename_key": {"from": _Field("key", True), "to": _Field("key", True), "file": _FILE},
+    "rename_key": {
+        "from": _Field("key", True),
+        "to": _Field("key", True),
+        "missing_ok": _Field("bool"),
+        "file": _FILE,
+    },
     "set_key": {"key": _Field("key", True), "value": _Field("value", True), "file": _FILE},
     "set_default": {"key": _Field("key", True), "value": _Field("value", True), "file": _FILE},
     "delete_key": {"key": _Field("key", True), "missing_ok": _Field("bool"), "file": _FILE},
@@ -128,9 +135,13 @@ OP_FIELDS: dict[str, dict[str, _Field]] = {
         "key": _Field("key", True),
         "secret": _Field("bool"),
         "verifier": _Field("key"),
+        "mismatch": _Field("prompt"),
         "file": _FILE,
     },
 }
+# Every operation may carry a condition on its file: it is skipped when the condition fails.
+for _fields in OP_FIELDS.values():
+    _fields["when"] = _Field("when")
 # Ops that read or write keys need a format with keys; replace_text needs a text file.
 KEY_OPS = frozenset(
     {"rename_key", "set_key", "set_default", "delete_key", "move_keys", "require_input", "convert"}
@@ -154,6 +165,18 @@ VERSION_FIELDS = {
     "types": _Field("types"),
     "enum": _Field("enum"),
     "pattern": _Field("patterns"),
+    "minimum": _Field("minimum"),
+    "messages": _Field("messages"),
+    "require_with": _Field("require_with"),
+    "verifiers": _Field("keys"),
+    "companions": _Field("tables"),
+}
+COMPANION_FIELDS = {
+    "file": _Field("path", True),
+    "format": _Field("format", True),
+    "require": _Field("keys"),
+    "mode": _Field("mode"),
+    "require_with": _Field("require_with"),
 }
 STEP_FIELDS = {
     "name": _Field("step_name", True),
@@ -269,6 +292,12 @@ class _Checker:
             return None
         return value
 
+    def _number(self, path: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(path, f"must be a number, not {_type_name(value)}")
+            return None
+        return value
+
     def _enum(self, path: str, value: Any) -> Any:
         if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
             self.fail(path, "must be a non-empty array of strings, numbers or booleans")
@@ -355,6 +384,12 @@ class _Checker:
             return self._key_table(path, value, self._enum)
         if kind == "patterns":
             return self._key_table(path, value, self._regex)
+        if kind == "minimum":
+            return self._key_table(path, value, self._number)
+        if kind == "messages":
+            return self._key_table(path, value, lambda p, v: self.value(p, "prompt", v))
+        if kind == "require_with":
+            return self._key_table(path, value, self._keys)
         if kind == "regex":
             return self._regex(path, value)
         if kind == "scalar":
@@ -412,10 +447,27 @@ class _Checker:
         if fields is None:
             return None
         if fields["format"] == "text":
-            for name in ("require", "when", "allow_only", "types", "enum", "pattern"):
+            for name in (
+                "require",
+                "when",
+                "allow_only",
+                "types",
+                "enum",
+                "pattern",
+                "minimum",
+                "messages",
+                "require_with",
+                "verifiers",
+            ):
                 if name in fields:
                     self.fail(join(path, name), "a text file has no keys")
                     return None
+        companions: list[Companion] = []
+        for index, raw in enumerate(fields.get("companions", [])):
+            companion = self.companion(f"{join(path, 'companions')}[{index}]", raw)
+            if companion is None:
+                return None
+            companions.append(companion)
         return Version(
             version=fields["version"],
             file=fields["file"],
@@ -426,6 +478,26 @@ class _Checker:
             types=fields.get("types", {}),
             enum=fields.get("enum", {}),
             pattern=fields.get("pattern", {}),
+            minimum=fields.get("minimum", {}),
+            messages=fields.get("messages", {}),
+            require_with=fields.get("require_with", {}),
+            verifiers=fields.get("verifiers", ()),
+            companions=tuple(companions),
+        )
+
+    def companion(self, path: str, data: Any) -> Companion | None:
+        fields = self.table(path, data, COMPANION_FIELDS)
+        if fields is None:
+            return None
+        if fields["format"] == "text" and fields.get("require"):
+            self.fail(join(path, "require"), "a text file has no keys")
+            return None
+        return Companion(
+            fields["file"],
+            fields["format"],
+            fields.get("require", ()),
+            fields.get("mode"),
+            fields.get("require_with", {}),
         )
 
     def op(self, path: str, data: Any) -> Op | None:
@@ -596,6 +668,12 @@ class _Checker:
 
 
 def _build_op(name: str, fields: dict[str, Any]) -> Op:
+    op = _make_op(name, fields)
+    when = fields.get("when")
+    return op if when is None else replace(op, when=when)
+
+
+def _make_op(name: str, fields: dict[str, Any]) -> Op:
     file = fields.get("file")
     if name == "move_file":
         return MoveFile(fields["to"], file)
@@ -611,9 +689,10 @@ def _build_op(name: str, fields: dict[str, Any]) -> Op:
             fields.get("keep_source", False),
             fields.get("mode"),
             file,
+            fields.get("missing_ok", False),
         )
     if name == "rename_key":
-        return RenameKey(fields["from"], fields["to"], file)
+        return RenameKey(fields["from"], fields["to"], fields.get("missing_ok", False), file)
     if name == "set_key":
         return SetKey(fields["key"], fields["value"], file)
     if name == "set_default":
@@ -646,6 +725,7 @@ def _build_op(name: str, fields: dict[str, Any]) -> Op:
         fields.get("secret", True),
         fields.get("verifier"),
         file,
+        fields.get("mismatch", ""),
     )
 
 

@@ -25,9 +25,9 @@ from agent.migrations import (
     WriteFile,
     default_registry,
 )
-from agent.migrations.chain import agent_config_migration, json_conf, secrets_file
 from agent.migrations.fsops import load_manifest
 from agent.outbox import Outbox
+from agent.specs.builtin import agent_config_migration, json_conf, secrets_file
 from flagpost.v1 import agent_pb2
 
 
@@ -138,8 +138,11 @@ def test_bad_config_is_a_failed_detection_event(tmp_path: Path, outbox: Outbox) 
     event = result.detection
     assert event is not None and result.execution is None
     assert event.event_type == events.DETECTION and event.status == events.FAILED
-    assert event.error_message == "agent.conf:8: expected 'key = value'"
-    assert event.message == "Detection failed: agent.conf:8: expected 'key = value'"
+    # The built-in spec names the file by its spec path and reads it as ini (the Python chain
+    # said "agent.conf:8: expected 'key = value'").
+    expected = "/etc/aggregator/agent.conf:8: expected '[section]' or 'key = value'"
+    assert event.error_message == expected
+    assert event.message == f"Detection failed: {expected}"
     assert event.error_detail.line == 8
     assert (event.migration_from, event.migration_to) == ("1", "4")
     assert event.error_detail.exception_type == "ConfigParseError"

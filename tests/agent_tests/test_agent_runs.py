@@ -24,9 +24,9 @@ from agent.migrations import (
     Step,
     WriteFile,
 )
-from agent.migrations.chain import agent_config_migration
 from agent.outbox import Outbox
 from agent.runs import RunControl
+from agent.specs.builtin import agent_config_migration
 from flagpost.v1 import agent_pb2
 
 STEPS = ["v1_to_v2_move_location", "v2_to_v3_json_format", "v3_to_v4_split_secrets"]
@@ -148,7 +148,12 @@ def test_detection_failure_is_a_failed_run_once(tmp_path: Path, outbox: Outbox) 
     updates = outbox.runs.updates(result.run_id)
     assert [u.state for u in updates] == [runs.RUNNING, runs.FAILED]
     assert updates[-1].steps_total == 0
-    assert "agent.conf:3: expected 'key = value'" in updates[-1].error_message
+    # The built-in spec reads the legacy file as ini (the Python chain said
+    # "agent.conf:3: expected 'key = value'").
+    assert (
+        "/etc/aggregator/agent.conf:3: expected '[section]' or 'key = value'"
+        in updates[-1].error_message
+    )
     errors = [line for line in outbox.runs.lines(result.run_id) if line.level == "ERROR"]
     assert errors and errors[0].source == "detector" and errors[0].metadata["line"] == "3"
 

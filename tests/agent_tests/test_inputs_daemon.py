@@ -27,7 +27,7 @@ from agent_testlib import (
 from agent import events, runs
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from agent.migrations.chain import legacy_config_with_secrets, secrets_file
+from agent.specs.builtin import legacy_config_with_secrets, secrets_file
 from flagpost.v1 import agent_pb2
 
 DB_PASSWORD = "daemon-db-pw-5d1e0c77"

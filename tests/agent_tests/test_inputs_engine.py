@@ -29,17 +29,17 @@ from agent.inputs import (
     answers_from_params,
 )
 from agent.migrations import MigrationEngine, RunResult, make_plan
-from agent.migrations.chain import (
-    agent_config_migration,
-    legacy_config_with_secrets,
-    secrets_file,
-)
 from agent.migrations.gather import duration_text
 from agent.migrations.model import DetectionError, DiskView, InputSpec, WriteFile
 from agent.migrations.verifier import check_verifier, make_verifier, parse_verifier
 from agent.migrations.waiting import WaitingRun, WaitingRuns
 from agent.outbox import Outbox
 from agent.runs import RunControl
+from agent.specs.builtin import (
+    agent_config_migration,
+    legacy_config_with_secrets,
+    secrets_file,
+)
 from flagpost.v1 import agent_pb2
 
 DB_PASSWORD = "db-pw-Unique-7f3a9c"
@@ -598,32 +598,53 @@ def test_config_without_sections_needs_no_input(tmp_path: Path) -> None:
     assert json.loads(secrets_file(root).read_text()) == {"agent_token": AGENT_TOKEN}
 
 
+# The built-in spec's messages: the file as the spec names it, the line and the key (the
+# wording is the spec language's since the Python chain became a spec; it was
+# "agent.conf:5: unknown key 'bogus' in [upstream]" and the like).
+LEGACY = "/etc/aggregator/agent.conf: not a valid version 1: "
+
+
 @pytest.mark.parametrize(
-    ("extra", "expected"),
+    ("extra", "expected", "line"),
     [
-        ("[database]\nurl = postgresql://fleet@db/fleet\n", "[database] misses required key"),
-        ("[cache]\nurl = x\n", "agent.conf:4: unknown section [cache]"),
+        (
+            "[database]\nurl = postgresql://fleet@db/fleet\n",
+            "line 5: missing required key 'database.password_verifier' (required with 'database')",
+            5,
+        ),
+        ("[cache]\nurl = x\n", "line 5: unknown key 'cache.url' (not in allow_only)", 5),
         (
             "[database]\nurl = postgresql://fleet:pw@db/fleet\npassword_verifier = {v}\n",
-            "agent.conf:5: database url must not hold a password",
+            "line 5: key 'database.url': must be postgresql://user@host/dbname, without a password",
+            5,
         ),
         (
             "[database]\nurl = mysql://fleet@db/fleet\npassword_verifier = {v}\n",
-            "agent.conf:5: database url must be postgresql://user@host/dbname",
+            "line 5: key 'database.url': must be postgresql://user@host/dbname",
+            5,
         ),
         (
             "[upstream]\ntoken_verifier = scrypt$3$8$1$AAAA$AAAA\n",
-            "agent.conf:5: invalid verifier: n must be a power of 2",
+            "line 5: key 'upstream.token_verifier': invalid verifier: n must be a power of 2",
+            5,
         ),
-        ("[upstream]\nbogus = 1\n", "agent.conf:5: unknown key 'bogus' in [upstream]"),
+        (
+            "[upstream]\nbogus = 1\n",
+            "line 5: unknown key 'upstream.bogus' (not in allow_only)",
+            5,
+        ),
     ],
 )
-def test_section_errors_name_file_and_line(tmp_path: Path, extra: str, expected: str) -> None:
+def test_section_errors_name_file_and_line(
+    tmp_path: Path, extra: str, expected: str, line: int
+) -> None:
     text = f"server_url = x\nagent_token = t\n\n{extra}".replace("{v}", make_verifier("pw", n=2))
     write_legacy(tmp_path, text)
     with pytest.raises(DetectionError) as info:
         agent_config_migration().detect(DiskView(tmp_path))
-    assert expected in info.value.message
+    assert info.value.message.startswith(LEGACY + expected)
+    assert info.value.line == line
+    assert info.value.path == tmp_path / "etc/aggregator/agent.conf"
     assert "pw" not in info.value.message.replace("password", "")
 
 

@@ -606,8 +606,9 @@ LOADED = (
 
 
 def test_an_idle_agent_loads_the_spec_modules_only_for_installed_specs(tmp_path: Path) -> None:
-    """No spec installed: no spec module is loaded; specs installed (INI host): only what
-    detection needs, never the planner, diffs or a format library the specs do not touch."""
+    """No spec installed: only what detection of the built-in agent-config spec needs; specs
+    installed (INI host): also the versions module. Never the planner, diffs or a format
+    library the specs do not touch."""
 
     def loaded(root: Path) -> tuple[str, str]:
         result = subprocess.run(
@@ -621,7 +622,15 @@ def test_an_idle_agent_loads_the_spec_modules_only_for_installed_specs(tmp_path:
         versions, modules = result.stdout.splitlines()
         return versions, modules
 
-    assert loaded(tmp_path / "none") == ("[]", "[]")
+    # The built-in agent-config migration is a spec since chain.py went away, so an idle agent
+    # without installed specs loads the detection modules too (this was ("[]", "[]")).
+    versions, modules = loaded(tmp_path / "none")
+    assert versions == "[]"
+    assert "agent.specs.builtin" in modules and "agent.specs.detect" in modules
+    assert "agent.specs.versions" not in modules
+    for heavy in ("agent.specs.plan", "agent.specs.preview", "agent.specs.revert", "difflib"):
+        assert f"'{heavy}'" not in modules
+    assert "tomlkit" not in modules and "ruamel" not in modules
     host(tmp_path)
     config = enrolled(tmp_path, FakeServer(address="127.0.0.1:1"))
     installed = accept(spec_params(), config.root, config.allowed_paths)

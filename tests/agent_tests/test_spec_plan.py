@@ -139,7 +139,12 @@ def test_a_broken_file_is_a_detection_error_with_its_line(tmp_path: Path) -> Non
 
 def test_a_file_matching_no_version_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "/etc/myapp/myapp.ini", "[server]\nport = 1\n")
-    with pytest.raises(DetectionError, match=r"match no version.*missing 'server\.addr'"):
+    # Version 2's `when` does not hold, so version 1 is the one candidate: its own rules are
+    # the error (it used to read "the files match no version: ... missing 'server.addr'").
+    with pytest.raises(
+        DetectionError,
+        match=r"^/etc/myapp/myapp.ini: not a valid version 1: missing required key 'server\.addr'$",
+    ):
         detect(parse_spec(SAMPLE), DiskView(tmp_path))
 
 
@@ -173,8 +178,8 @@ def test_version_rules(
 
     write(tmp_path, "/etc/app.json", json.dumps(content))
     spec = one_version(**rules)
-    if message is None:  # a missing required key: the version does not match
-        with pytest.raises(DetectionError, match=r"missing 'a\.b'"):
+    if message is None:  # a missing required key of the only candidate: its validation error
+        with pytest.raises(DetectionError, match=r"missing required key 'a\.b'"):
             detect(spec, DiskView(tmp_path))
         return
     with pytest.raises(DetectionError) as caught:

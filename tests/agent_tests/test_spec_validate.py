@@ -237,6 +237,68 @@ CASES = [
         "line 36: steps[1].ops[0].name: must match [a-z0-9_]{1,64}, not 'Bad Name'",
         id="bad-input-name",
     ),
+    pytest.param(
+        '{ op = "delete_key", key = "meta.schema" },',
+        '{ op = "delete_key", key = "meta.schema", when = { equals = "2" } },',
+        "line 36: steps[1].ops[0].when.key: is required",
+        id="op-when-without-key",
+    ),
+    pytest.param(
+        '{ op = "rename_key", from = "server.addr", to = "server.address" },',
+        '{ op = "rename_key", from = "server.addr", to = "server.address", missing_ok = 1 },',
+        "line 27: steps[0].ops[0].missing_ok: must be true or false, not a number",
+        id="rename-missing-ok",
+    ),
+    pytest.param(
+        '{ op = "delete_key", key = "meta.schema" },',
+        '{ op = "require_input", name = "pw", prompt = "x", key = "db.pw", mismatch = "" },',
+        "line 36: steps[1].ops[0].mismatch: must be 1 to 200 characters",
+        id="empty-mismatch",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\nrequire_with = { db = "db.url" }',
+        "line 21: versions[2].require_with.db: must be an array of keys, not a string",
+        id="require-with-not-keys",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\nverifiers = ["db..pw"]',
+        "line 21: versions[2].verifiers[0]: must be a dotted key like 'section.name', not 'db..pw'",
+        id="bad-verifier-key",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\nminimum = { "server.port" = "1" }',
+        "line 21: versions[2].minimum.server.port: must be a number, not a string",
+        id="minimum-not-a-number",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\nmessages = { "server.addr" = 3 }',
+        "line 21: versions[2].messages.server.addr: must be a string, not a number",
+        id="message-not-text",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\ncompanions = [{ file = "/etc/myapp/s", format = "ini", '
+        'mode = "600x" }]',
+        'line 21: versions[2].companions[0].mode: must be an octal mode like "0600" (permission '
+        "bits only), not '600x'",
+        id="companion-mode",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\ncompanions = [{ file = "etc/s", format = "ini" }]',
+        "line 21: versions[2].companions[0].file: must be an absolute path, not 'etc/s'",
+        id="companion-relative",
+    ),
+    pytest.param(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\ncompanions = [{ file = "/etc/s", format = "ini", x = 1 }]',
+        "line 21: versions[2].companions[0].x: unknown field 'x'",
+        id="companion-unknown-field",
+    ),
 ]
 
 
@@ -282,3 +344,34 @@ def test_dict_input_names_fields_without_lines() -> None:
     assert str(caught.value) == "steps[1].ops[2].op: unknown operation 'rename'"
     with pytest.raises(SpecError, match="must be a JSON object"):
         parse_spec_json("[1]")
+
+
+def test_the_language_additions_reach_the_model() -> None:
+    text = edited(
+        'require = ["server.addr"]',
+        'require = ["server.addr"]\nrequire_with = { db = ["db.url"] }\nverifiers = ["db.v"]\n'
+        'messages = { "server.port" = "must be a port" }\n'
+        'companions = [{ file = "/etc/myapp/s.ini", format = "ini", require = ["a.b"], '
+        'mode = "0600" }]',
+    )
+    text = edited(
+        '{ op = "rename_key", from = "server.addr", to = "server.address" },',
+        '{ op = "rename_key", from = "server.addr", to = "server.address", missing_ok = true, '
+        'when = { key = "server.addr" } },',
+        text,
+    )
+    spec = parse_spec(text)
+    version = spec.version("1")
+    assert version.require_with == {"db": ("db.url",)}
+    assert version.verifiers == ("db.v",) and version.messages == {"server.port": "must be a port"}
+    (companion,) = version.companions
+    assert (companion.file, companion.format, companion.require, companion.mode) == (
+        "/etc/myapp/s.ini",
+        "ini",
+        ("a.b",),
+        0o600,
+    )
+    assert "/etc/myapp/s.ini" in spec.files()
+    rename = spec.steps[0].ops[0]
+    assert isinstance(rename, RenameKey) and rename.missing_ok
+    assert rename.when is not None and rename.when.key == "server.addr"

@@ -58,6 +58,10 @@ class Document(ABC):
     def dotted_keys(self) -> list[str]:
         """Every leaf key, dotted, in file order."""
 
+    def line_of(self, key: str) -> int:
+        """The 1-based line of ``key`` (0: unknown, or a format that does not track lines)."""
+        return 0
+
     @abstractmethod
     def data(self) -> dict[str, Any]:
         """All values as nested plain dicts, lists and scalars."""

@@ -153,6 +153,12 @@ class LinesDocument(Document):
     def get(self, key: str) -> Any:
         return self.lines[self._index(key)].value
 
+    def line_of(self, key: str) -> int:
+        try:
+            return self._index(key) + 1
+        except KeyError:
+            return 0
+
     def dotted_keys(self) -> list[str]:
         return [self._dotted(line) for line in self.lines if line.kind == "entry"]
 
