@@ -32,7 +32,7 @@ from server.errors import InvalidArgument
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 TAG_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
 MAX_EXPRESSIONS = 32
-MAX_EXPRESSION = 1024
+MAX_EXPRESSION = 40_000  # room for 1,000 agent ids
 MAX_VALUES = 1000
 RESERVED = frozenset({"host", "id", "health"})
 _WORD = re.compile(r"[A-Za-z0-9_.:/@+*?-]+")
