@@ -42,7 +42,11 @@ def add_target_commands(
             "--select", action="append", dest="select", metavar="EXPR", help=SELECT_HELP
         )
         which.add_argument(
-            "--agent", action="append", dest="agent_ids", metavar="ID", help="agent id (repeat; required unless --select)"
+            "--agent",
+            action="append",
+            dest="agent_ids",
+            metavar="ID",
+            help="agent id (repeat; required unless --select)",
         )
 
 
