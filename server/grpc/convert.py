@@ -51,6 +51,7 @@ MAX_SPECS = 256
 MAX_SPEC_ERROR = 4096
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 128
+LABEL_KEY_MAX = 63
 LABEL_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_AHEAD = timedelta(hours=24)
@@ -169,7 +170,8 @@ def labels_from_proto(
     for key, value in msg.labels.items():
         if LABEL_KEY.match(key) is None:
             raise InvalidArgument(
-                "key must be 1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit",
+                f"key must be 1 to {LABEL_KEY_MAX} of a-z, 0-9, '_', '.', '-', starting with a "
+                "letter or digit",
                 field=f"{field}.labels[{key[:64]!r}]",
             )
         if len(value) > MAX_LABEL_VALUE:
