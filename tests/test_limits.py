@@ -146,8 +146,7 @@ CASES += [
 ]
 
 # String fields whose limit is not a length: identifiers checked as UUIDs (action_id too), and
-# machine_id,
-# which must equal the bound machine (covered by tests/test_identity.py).
+# machine_id, which must equal the bound machine (covered by tests/test_identity.py).
 NOT_LENGTH_LIMITED = {"event_id", "run_id", "machine_id", "action_id"}
 
 

@@ -247,3 +247,24 @@ async def test_checkin_labels_stored_and_validated(running_server: RunningServer
         stored = await session.scalar(select(Agent.labels).where(Agent.id == agent.agent_id))
     assert stored == {"env": "prod", "role": "db"}
     assert await _hosts(server, "env=prod", "role=db") == ["lab-1"]
+
+
+async def test_real_agent_reports_its_config_labels(
+    running_server: RunningServer, tmp_path: Path
+) -> None:
+    from test_end_to_end import enrolled_agent, run_agent
+
+    root = tmp_path / "host"
+    (root / "etc/flagpost-agent").mkdir(parents=True)
+    (root / "etc/hostname").write_text("labelled-1\n")
+    (root / "etc/flagpost-agent/agent.toml").write_text(
+        'labels = { env = "prod", role = "db", "team.name" = "payments" }\n'
+    )
+    await enrolled_agent(running_server, root)
+    await run_agent(root, "once")
+    assert await _hosts(running_server, "env=prod", "role in (db,cache)", "team.name") == [
+        "labelled-1"
+    ]
+    async with running_server.app[app_keys.SESSIONS]() as session:
+        stored = await session.scalar(select(Agent.labels).where(Agent.hostname == "labelled-1"))
+    assert stored == {"env": "prod", "role": "db", "team.name": "payments"}
