@@ -458,12 +458,13 @@ async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:
         agents = await agent_service.list_agents(sessions, config, args.select)
     finally:
         await engine.dispose()
-    print(f"{'ID':36}  {'HOSTNAME':24}  {'HEALTH':8}  {'LAST CHECK-IN':20}  REVOKED  TAGS")
+    print(f"{'ID':36}  {'HOSTNAME':24}  {'HEALTH':8}  {'LAST CHECK-IN':20}  {'TAGS':24}  REVOKED")
     for a in agents:
         last = a.last_checkin_at.strftime("%Y-%m-%d %H:%M:%S") if a.last_checkin_at else "-"
+        tags = ",".join(a.tags) or "-"
         print(
-            f"{a.id:36}  {a.hostname[:24]:24}  {a.health.value:8}  {last:20}  "
-            f"{'yes' if a.revoked else 'no ':7}  {','.join(a.tags) or '-'}"
+            f"{a.id:36}  {a.hostname[:24]:24}  {a.health.value:8}  {last:20}  {tags:24}  "
+            f"{'yes' if a.revoked else 'no'}"
         )
     return EXIT_OK
 
