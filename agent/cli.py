@@ -210,7 +210,9 @@ def _enroll(config: AgentConfig, args: argparse.Namespace) -> int:
         version = detected.version or ""
     except DetectionError:
         version = ""
-    facts = host_facts(config.root, config.state_dir, json_conf(config.root), version)
+    facts = host_facts(
+        config.root, config.state_dir, json_conf(config.root), version, config.labels
+    )
     credentials = enroll(
         config.server,
         token,

@@ -28,6 +28,7 @@ TOML keys (all optional)::
     client_cert_file = ""             # mutual TLS: this agent's certificate and key (PEM)
     client_key_file = ""
     allowed_paths = ["/etc"]          # the files a migration spec may touch (under root)
+    labels = { env = "prod", role = "db" }  # reported with the host facts; selectors match them
     [retry]
     initial_seconds = 1
     max_seconds = 300
@@ -36,12 +37,16 @@ TOML keys (all optional)::
 
 Environment: ``FLAGPOST_AGENT_`` + upper-cased key (``FLAGPOST_AGENT_CHECKIN_INTERVAL_SECONDS``);
 retry keys are ``FLAGPOST_AGENT_RETRY_INITIAL_SECONDS`` and so on. ``allowed_paths`` from the
-environment (or the command line) is a comma-separated list.
+environment (or the command line) is a comma-separated list. ``labels`` from the environment
+(``FLAGPOST_AGENT_LABELS``) is ``key=value`` pairs separated by commas (``env=prod,role=db``);
+label keys match ``[a-z0-9][a-z0-9_.-]{0,62}``, values are at most 128 printable characters, and
+an agent carries at most 32 labels.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -53,6 +58,9 @@ from agent.errors import EXIT_USAGE, AgentError
 
 ENV_PREFIX = "FLAGPOST_AGENT_"
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+LABEL_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+MAX_LABEL_VALUE = 128
+MAX_LABELS = 32
 
 
 class AgentConfigError(AgentError):
@@ -109,6 +117,9 @@ class AgentConfig:
     # symlinks) under one of these absolute directories, each taken under ``root`` like every
     # other path (agent/specs/paths.py).
     allowed_paths: tuple[str, ...] = ("/etc",)
+    # Labels (``labels = { env = "prod" }``): sent in HostFacts.labels with every check-in so
+    # the server's selectors can pick this host; sorted by key.
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def state_dir(self) -> Path:
@@ -201,6 +212,7 @@ _TOP_KEYS = (
     "client_cert_file",
     "client_key_file",
     "allowed_paths",
+    "labels",
 )
 
 
@@ -253,6 +265,8 @@ def _apply(config: AgentConfig, values: Mapping[str, Any], source: str) -> Agent
             changes[key] = _fingerprint(name, value)
         elif key == "allowed_paths":
             changes[key] = _allowed_paths(name, value)
+        elif key == "labels":
+            changes[key] = _labels(name, value)
         elif key == "retry_initial_seconds":
             retry_changes["initial"] = _seconds(name, value)
         elif key == "retry_max_seconds":
@@ -311,6 +325,43 @@ def _allowed_paths(name: str, value: Any) -> tuple[str, ...]:
         normalised = os.path.normpath(item)
         paths.append("/" + normalised.lstrip("/"))
     return tuple(dict.fromkeys(paths))
+
+
+def _labels(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """A table of labels (``key=value,...`` from the environment or the command line), each key
+    ``[a-z0-9][a-z0-9_.-]{0,62}``, each value at most 128 printable characters, at most 32."""
+    if isinstance(value, str):
+        pairs: list[tuple[Any, Any]] = []
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            key, sep, text = part.partition("=")
+            if not sep:
+                raise AgentConfigError(f"{name}: {part!r} is not key=value")
+            pairs.append((key.strip(), text.strip()))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise AgentConfigError(
+            f'{name}: expected a table of labels, e.g. labels = {{ env = "prod" }}'
+        )
+    labels: dict[str, str] = {}
+    for key, text in pairs:
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
+            raise AgentConfigError(
+                f"{name}.{key}: a label key is 1-63 of a-z 0-9 _ . - (starting with a letter "
+                "or digit)"
+            )
+        if not isinstance(text, str):
+            raise AgentConfigError(f"{name}.{key}: a label value must be a string")
+        if len(text) > MAX_LABEL_VALUE or not text.isprintable():
+            raise AgentConfigError(
+                f"{name}.{key}: a label value is at most {MAX_LABEL_VALUE} printable characters"
+            )
+        labels[key] = text
+    if len(labels) > MAX_LABELS:
+        raise AgentConfigError(f"{name}: at most {MAX_LABELS} labels, got {len(labels)}")
+    return tuple(sorted(labels.items()))
 
 
 def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -430,7 +430,11 @@ class Agent:
         """Host facts for the next check-in."""
         version = (outbox or self._outbox).get_state(f"config_version:{MIGRATION_ID}")
         facts = host_facts(
-            self._config.root, self._config.state_dir, json_conf(self._config.root), version
+            self._config.root,
+            self._config.state_dir,
+            json_conf(self._config.root),
+            version,
+            self._config.labels,
         )
         facts.specs.extend(self._spec_facts())
         return facts

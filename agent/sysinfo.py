@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from agent import __version__
@@ -68,10 +69,16 @@ def machine_id(root: Path, state_dir: Path) -> str:
 
 
 def host_facts(
-    root: Path, state_dir: Path, config_path: Path, config_version: str
+    root: Path,
+    state_dir: Path,
+    config_path: Path,
+    config_version: str,
+    labels: Iterable[tuple[str, str]] = (),
 ) -> agent_pb2.HostFacts:
-    """The ``HostFacts`` message sent with Enroll and every CheckIn."""
+    """The ``HostFacts`` message sent with Enroll and every CheckIn (``labels``: the agent
+    config's, validated there)."""
     return agent_pb2.HostFacts(
+        labels=dict(labels),
         hostname=hostname(root),
         os=os_name(),
         kernel=platform.release(),

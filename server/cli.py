@@ -44,6 +44,7 @@ from server.config import ServerConfig, load_config
 from server.errors import ConfigError, FlagpostError, SchemaOutOfDate
 from server.logging import setup_logging
 from server.migration_cli import add_migration_commands, migration_command
+from server.targets_cli import add_list_select, add_target_commands, targets_command
 from server.user_cli import add_user_commands, user_command
 
 log = logging.getLogger("server.cli")
@@ -222,11 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_revoke.add_argument("token", metavar="PREFIX|ID", help="as shown by `token list`")
 
-    agent = commands.add("agent", "list, revoke and rotate enrolled agents")
+    agent = commands.add("agent", "list, select, tag, revoke and rotate enrolled agents")
     agent_commands = _Commands(
         agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     )
-    agent_commands.add("list", "list agents and their health", parents=[db_url])
+    add_list_select(agent_commands.add("list", "list agents and their health", parents=[db_url]))
     revoke = agent_commands.add(
         "revoke", "revoke an agent: its check-ins are refused from now on", parents=[db_url]
     )
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[db_url],
     )
     rotate.add_argument("agent_id", metavar="AGENT_ID", help="as shown by `agent list`")
+    add_target_commands(agent_commands.add, db_url)
 
     add_user_commands(commands.add, db_url)
     add_migration_commands(commands.add, db_url)
@@ -451,14 +453,17 @@ async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:
             await agent_service.request_rotation(sessions, args.agent_id)
             print(f"rotation requested for {args.agent_id}: new credential at its next check-in")
             return EXIT_OK
-        agents = await agent_service.list_agents(sessions, config)
+        if args.agent_command in ("select", "tag"):
+            return await targets_command(config, sessions, args)
+        agents = await agent_service.list_agents(sessions, config, args.select)
     finally:
         await engine.dispose()
-    print(f"{'ID':36}  {'HOSTNAME':24}  {'HEALTH':8}  {'LAST CHECK-IN':20}  REVOKED")
+    print(f"{'ID':36}  {'HOSTNAME':24}  {'HEALTH':8}  {'LAST CHECK-IN':20}  {'TAGS':24}  REVOKED")
     for a in agents:
         last = a.last_checkin_at.strftime("%Y-%m-%d %H:%M:%S") if a.last_checkin_at else "-"
+        tags = ",".join(a.tags) or "-"
         print(
-            f"{a.id:36}  {a.hostname[:24]:24}  {a.health.value:8}  {last:20}  "
+            f"{a.id:36}  {a.hostname[:24]:24}  {a.health.value:8}  {last:20}  {tags:24}  "
             f"{'yes' if a.revoked else 'no'}"
         )
     return EXIT_OK

@@ -81,6 +81,7 @@ class HostFacts:
     config_version: str = ""
     disk_free_bytes: int = 0
     machine_id: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # sorted by key (HostFacts.labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,8 @@ class AgentSummary:
     last_checkin_at: datetime | None
     revoked: bool
     health: AgentHealth
+    labels: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ TABLES_0003 = {"web_users", "web_sessions", "server_keys"}
 TABLES_0004 = {"run_inputs"}
 TABLES_0006 = {"health_probe"}
 TABLES_0007 = {"migration_specs", "agent_spec_versions"}
+TABLES_0008 = {"agent_tags"}
 TABLES = (
     TABLES_0001
     | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
@@ -31,6 +32,7 @@ TABLES = (
     | TABLES_0004
     | TABLES_0006
     | TABLES_0007
+    | TABLES_0008
 )
 
 

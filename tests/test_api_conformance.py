@@ -33,7 +33,14 @@ from server.app import RunningServer
 from server.services import agents as agents_service
 from server.web import request as request_helpers
 from server.web.api.openapi import openapi_document
-from server.web.request import EVENT_QUERY, LOG_QUERY, RUN_QUERY, QueryParam
+from server.web.request import (
+    EVENT_QUERY,
+    LOG_QUERY,
+    RUN_QUERY,
+    SELECT_COUNT_QUERY,
+    SELECT_QUERY,
+    QueryParam,
+)
 
 JSON = "application/json"
 SPEC_SAMPLE = Path(__file__).parent / "agent_tests" / "specs" / "myapp.toml"
@@ -168,8 +175,10 @@ class Recording(MultiMapping[str]):
         (lambda q: request_helpers.parse_event_filter(q, 50), EVENT_QUERY),
         (request_helpers.parse_run_filter, RUN_QUERY),
         (request_helpers.parse_log_query, LOG_QUERY),
+        (request_helpers.parse_select, SELECT_QUERY),
+        (request_helpers.parse_select_count, SELECT_COUNT_QUERY),
     ],
-    ids=["events", "runs", "logs"],
+    ids=["events", "runs", "logs", "select", "select-count"],
 )
 def test_each_parser_reads_exactly_the_parameters_it_declares(
     parse: Any, declared: tuple[QueryParam, ...]
@@ -490,6 +499,27 @@ async def test_every_api_response_matches_the_document(
 
         # migration specs
         spec_args = await exercise_specs(caller, admin, viewer, agent, revoked, ids, too_long)
+        # targets: selectors, the live count, bulk tags
+        listed: Op = ("get", "/api/v1/agents")
+        picked = await call(viewer, listed, 200, params=[("select", "host=web-*")])
+        assert [a["hostname"] for a in picked["agents"]] == ["web-1"]
+        assert picked["agents"][0]["labels"] == {} and picked["agents"][0]["tags"] == []
+        bad = await call(viewer, listed, 400, params=[("select", "role in (db")])
+        assert bad["message"] == "select[0]: expected ')' at 11"
+        count: Op = ("get", "/api/v1/agents/select/count")
+        counted = await call(viewer, count, 200, params=[("select", "health=any"), ("limit", "1")])
+        assert counted["count"] == 1 and counted["agents"][0]["hostname"] == "web-1"
+        await call(viewer, count, 400, params=[("limit", "101")])
+        tags: Op = ("post", "/api/v1/agents/tags")
+        changed = await call(admin, tags, 200, body={"add": ["canary"], "select": ["health=any"]})
+        assert changed == {"matched": 1, "changed": 1}
+        untag = {"remove": ["canary"], "agent_ids": [agent.agent_id]}
+        assert await call(admin, tags, 200, body=untag) == {"matched": 1, "changed": 1}
+        await call(admin, tags, 400, body={"add": ["Bad"], "select": ["health=any"]})
+        await call(admin, tags, 400, body={"add": "canary", "select": ["health=any"]})
+        await call(admin, tags, 404, body={"add": ["x"], "agent_ids": ["no-such-agent"]})
+        await call(admin, tags, 415, content_type="text/plain")
+        await call(viewer, tags, 403, body={"add": ["x"], "agent_ids": [agent.agent_id]})
 
         # the document itself, and no session at all
         served = await call(viewer, ("get", "/api/v1/openapi.json"), 200)

@@ -77,7 +77,7 @@ CASES: list[tuple[str, Mutate, str, int]] = [
         ("error_message", convert.MAX_ERROR_MESSAGE),
         ("migration_from", convert.MAX_VERSION),
         ("migration_to", convert.MAX_VERSION),
-        ("spec_id", 64),  # agent.specs.validate.SPEC_ID: 1 to 64 characters
+        ("spec_id", 64),  # a spec id: 1 to 64 of a-z, 0-9, '_', '.', '-'
     ]
 ]
 CASES += [
@@ -123,9 +123,31 @@ CASES += [
     ),
 ]
 
-# String fields whose limit is not a length: identifiers checked as UUIDs, and machine_id,
-# which must equal the bound machine (covered by tests/test_identity.py).
-NOT_LENGTH_LIMITED = {"event_id", "run_id", "action_id", "machine_id"}
+LONG_LABEL_KEY = "k" * (convert.LABEL_KEY_MAX + 1)
+
+
+def _label_key(request: agent_pb2.CheckInRequest) -> None:
+    request.facts.labels[LONG_LABEL_KEY] = "v"
+
+
+def _label_value(request: agent_pb2.CheckInRequest) -> None:
+    request.facts.labels["env"] = "v" * (convert.MAX_LABEL_VALUE + 1)
+
+
+def _label_entries(request: agent_pb2.CheckInRequest) -> None:
+    for index in range(convert.MAX_LABELS + 1):
+        request.facts.labels[f"k{index}"] = "v"
+
+
+CASES += [
+    ("facts.labels.key", _label_key, f"facts.labels[{LONG_LABEL_KEY!r}]", convert.LABEL_KEY_MAX),
+    ("facts.labels.value", _label_value, "facts.labels['env']", convert.MAX_LABEL_VALUE),
+    ("facts.labels.entries", _label_entries, "facts.labels", convert.MAX_LABELS),
+]
+
+# String fields whose limit is not a length: identifiers checked as UUIDs (action_id too), and
+# machine_id, which must equal the bound machine (covered by tests/test_identity.py).
+NOT_LENGTH_LIMITED = {"event_id", "run_id", "machine_id", "action_id"}
 
 
 def test_every_string_field_has_a_limit_case() -> None:

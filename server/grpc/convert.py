@@ -49,6 +49,10 @@ MAX_DIFF_OPERATION = 1024
 MAX_DIFF_NOTE = 16384
 MAX_SPECS = 256
 MAX_SPEC_ERROR = 4096
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 128
+LABEL_KEY_MAX = 63
+LABEL_KEY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_AHEAD = timedelta(hours=24)
 _EARLIEST_SECONDS = int(EARLIEST_OCCURRED_AT.timestamp())
@@ -148,7 +152,37 @@ def facts_from_proto(
         config_version=checked_text(msg.config_version, f"{field}.config_version", MAX_VERSION),
         disk_free_bytes=min(int(msg.disk_free_bytes), 2**63 - 1),
         machine_id=checked_text(msg.machine_id, f"{field}.machine_id", MAX_MACHINE_ID),
+        labels=labels_from_proto(msg, field),
     )
+
+
+def labels_from_proto(
+    msg: agent_pb2.HostFacts, field: str = "facts"
+) -> tuple[tuple[str, str], ...]:
+    """Validate ``facts.labels``: at most ``MAX_LABELS``, keys ``[a-z0-9][a-z0-9_.-]{0,62}``,
+    values of at most ``MAX_LABEL_VALUE`` printable characters; sorted by key."""
+    count = len(msg.labels)
+    if count > MAX_LABELS:
+        raise InvalidArgument(
+            f"has {count} entries, at most {MAX_LABELS} allowed", field=f"{field}.labels"
+        )
+    labels: list[tuple[str, str]] = []
+    for key, value in msg.labels.items():
+        if LABEL_KEY.match(key) is None:
+            raise InvalidArgument(
+                f"key must be 1 to {LABEL_KEY_MAX} of a-z, 0-9, '_', '.', '-', starting with a "
+                "letter or digit",
+                field=f"{field}.labels[{key[:64]!r}]",
+            )
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(
+                f"longer than {MAX_LABEL_VALUE} characters ({len(value)})",
+                field=f"{field}.labels[{key!r}]",
+            )
+        if not value.isprintable():
+            raise InvalidArgument("must be printable characters", field=f"{field}.labels[{key!r}]")
+        labels.append((key, value))
+    return tuple(sorted(labels))
 
 
 def spec_id_checked(value: str, field: str) -> str:

@@ -13,6 +13,7 @@ to another host is refused.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -21,9 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.config import ServerConfig
 from server.domain import AgentHealth, AgentSummary
 from server.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from server.selectors import parse_selector
 from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
 from server.services.health import unavailable_on_outage
+from server.services.targets import select_in
 from server.storage import agents as agents_db
+from server.storage import targets as targets_db
 
 AUTH_CACHE_TTL = 5.0
 AUTH_CACHE_MAX = 100_000
@@ -200,23 +204,39 @@ async def get_agent(
     with unavailable_on_outage("get agent"):
         async with sessions() as session:
             record = await agents_db.get_agent(session, agent_id)
+            tags = await targets_db.tags_of(session, [agent_id]) if record is not None else {}
     if record is None:
         raise NotFound(f"no agent {agent_id}")
-    return _summary(record, datetime.now(UTC), config)
+    return _summary(record, datetime.now(UTC), config, tags.get(agent_id, ()))
 
 
 async def list_agents(
-    sessions: async_sessionmaker[AsyncSession], config: ServerConfig
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    expressions: Sequence[str] | None = None,
 ) -> list[AgentSummary]:
-    """Every agent with its derived health, by hostname (Unavailable: database down)."""
+    """Every agent with its derived health, by hostname (Unavailable: database down); only
+    those the selector ``expressions`` pick when given (SelectorError on a bad one)."""
+    selector = parse_selector(expressions) if expressions else None
     with unavailable_on_outage("list agents"):
         async with sessions() as session:
             records = await agents_db.list_agents(session)
+            if selector is not None:
+                picked = {
+                    agent_id for agent_id, _ in (await select_in(session, config, selector)).agents
+                }
+                records = [record for record in records if record.id in picked]
+            tags = await targets_db.tags_of(session)
     now = datetime.now(UTC)
-    return [_summary(record, now, config) for record in records]
+    return [_summary(record, now, config, tags.get(record.id, ())) for record in records]
 
 
-def _summary(record: agents_db.AgentRecord, now: datetime, config: ServerConfig) -> AgentSummary:
+def _summary(
+    record: agents_db.AgentRecord,
+    now: datetime,
+    config: ServerConfig,
+    tags: tuple[str, ...] = (),
+) -> AgentSummary:
     return AgentSummary(
         id=record.id,
         hostname=record.hostname,
@@ -227,4 +247,6 @@ def _summary(record: agents_db.AgentRecord, now: datetime, config: ServerConfig)
         last_checkin_at=record.last_checkin_at,
         revoked=record.revoked,
         health=agent_health(record.last_checkin_at, now, config),
+        labels=record.labels,
+        tags=tags,
     )

@@ -23,6 +23,7 @@ from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_store
 from server.storage import fleet as fleet_store
 from server.storage import history as history_store
+from server.storage import targets as targets_store
 from server.storage.agents import AgentRecord
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class FleetAgent:
 
     record: AgentRecord
     health: AgentHealth
+    tags: tuple[str, ...] = ()  # server-side tags (server.services.targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +119,17 @@ async def fleet_overview(
                 session, start, current_hour + timedelta(hours=1)
             )
             records = await fleet_store.list_agent_records(session, AGENT_LIST_LIMIT)
+            tags = await targets_store.tags_of(session, [r.id for r in records])
     return FleetOverview(
         now=now,
         health_counts=health,
         config_versions=versions,
         newest_version=newest_version(versions),
         hours=_hours(hourly, start),
-        agents=[FleetAgent(r, agent_health(r.last_checkin_at, now, config)) for r in records],
+        agents=[
+            FleetAgent(r, agent_health(r.last_checkin_at, now, config), tags.get(r.id, ()))
+            for r in records
+        ],
         agents_total=sum(health.values()),
     )
 
@@ -145,5 +151,8 @@ async def agent_detail(
             rows = await history_store.query_events(
                 session, EventFilter(agent_id=agent_id, limit=events_limit)
             )
-    agent = FleetAgent(record, agent_health(record.last_checkin_at, now, config))
+            tags = await targets_store.tags_of(session, [agent_id])
+    agent = FleetAgent(
+        record, agent_health(record.last_checkin_at, now, config), tags.get(agent_id, ())
+    )
     return AgentDetail(agent=agent, events=rows[:events_limit])

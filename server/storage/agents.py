@@ -32,6 +32,7 @@ class AgentRecord:
     last_checkin_at: datetime | None
     checkin_interval_seconds: int
     revoked: bool
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ def _fact_columns(facts: HostFacts) -> dict[str, Any]:
         "disk_free_bytes": facts.disk_free_bytes,
         "machine_id": facts.machine_id,
         "facts": dataclasses.asdict(facts),
+        "labels": dict(facts.labels),
     }
 
 
@@ -154,6 +156,7 @@ def agent_record(row: Any) -> AgentRecord:
         last_checkin_at=row.last_checkin_at,
         checkin_interval_seconds=row.checkin_interval_seconds,
         revoked=row.revoked,
+        labels=tuple(sorted((getattr(row, "labels", None) or {}).items())),
     )
 
 

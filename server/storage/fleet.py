@@ -46,6 +46,7 @@ async def list_agent_records(session: AsyncSession, limit: int) -> list[AgentRec
             Agent.last_checkin_at,
             Agent.checkin_interval_seconds,
             Agent.revoked,
+            Agent.labels,
         )
         .order_by(Agent.hostname, Agent.id)
         .limit(limit)

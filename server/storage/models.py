@@ -84,6 +84,8 @@ class Agent(Base):
     config_version: Mapped[str] = mapped_column(String(64), default="")
     disk_free_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # HostFacts.labels as a JSON object (selectors read it with JSON path expressions)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     enrolled_at: Mapped[datetime]
     last_checkin_at: Mapped[datetime | None] = mapped_column(index=True)
     checkin_interval_seconds: Mapped[int] = mapped_column(Integer, default=60)
@@ -382,3 +384,15 @@ class AgentSpecVersion(Base):
     version: Mapped[str] = mapped_column(String(64))
     error: Mapped[str] = mapped_column(Text)
     reported_at: Mapped[datetime]
+
+
+class AgentTag(Base):
+    """A server-side tag on an agent (``flagpost-server agent tag add``): ``name`` or
+    ``key=value``; selectors match it beside the agent's own labels."""
+
+    __tablename__ = "agent_tags"
+
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)

@@ -25,6 +25,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from agent.specs.validate import SPEC_ID
+from server import selectors
 from server.domain import EventFilter, LogLevel, LogQuery, RunFilter, RunState, Severity
 from server.errors import InvalidArgument
 from server.services import logs as logs_service
@@ -427,4 +428,43 @@ def parse_log_query(query: MultiMapping[str]) -> LogQuery:
         text=f.text or None,
         after_seq=parse_int("after_seq", after, 0, MAX_LOG_SEQ) if after else 0,
         limit=parse_int("limit", limit, 1, logs_service.MAX_LIMIT) if limit else LOG_PAGE_LIMIT,
+    )
+
+
+# --- target selectors -------------------------------------------------------------------------
+
+SELECT_COUNT_LIMIT = 10  # hostnames shown beside the live count
+MAX_SELECT_COUNT_LIMIT = 100
+SELECT_QUERY: Final[tuple[QueryParam, ...]] = (
+    QueryParam(
+        "select",
+        _text(selectors.MAX_EXPRESSION),
+        "selector expression (env=prod, 'role in (db,cache)', !canary, host=web-*, id=ID, "
+        "health=online|offline|any; default online); repeat: all must hold",
+        repeat=True,
+    ),
+)
+SELECT_COUNT_QUERY: Final[tuple[QueryParam, ...]] = (
+    *SELECT_QUERY,
+    QueryParam(
+        "limit",
+        _bounded(0, MAX_SELECT_COUNT_LIMIT),
+        f"hostnames to return (default {SELECT_COUNT_LIMIT})",
+    ),
+)
+
+
+def parse_select(query: MultiMapping[str]) -> list[str]:
+    """Every ``select`` expression, as given (``server.selectors`` parses them)."""
+    return [
+        clean_text(f"select[{i}]", raw, selectors.MAX_EXPRESSION)
+        for i, raw in enumerate(query.getall("select", []))
+    ]
+
+
+def parse_select_count(query: MultiMapping[str]) -> tuple[list[str], int]:
+    """``select`` (repeatable) and ``limit`` (0-100, default 10)."""
+    limit = single(query, "limit", 8)
+    return parse_select(query), (
+        parse_int("limit", limit, 0, MAX_SELECT_COUNT_LIMIT) if limit else SELECT_COUNT_LIMIT
     )

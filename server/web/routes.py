@@ -85,6 +85,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/api/v1/runs/{run_id}/inputs",         VIEWER,  run_inputs.get_inputs, "api_run_inputs"),
     Route("POST", "/api/v1/runs/{run_id}/inputs",         ADMIN,   run_inputs.submit_json, "api_submit_inputs"),
     Route("GET",  "/api/v1/agents",                       VIEWER,  api_agents.list_agents, "api_agents"),
+    Route("GET",  "/api/v1/agents/select/count",          VIEWER,  api_agents.select_count, "api_select_count"),
+    Route("POST", "/api/v1/agents/tags",                  ADMIN,   api_agents.change_tags, "api_agent_tags"),
     Route("GET",  "/api/v1/agents/{agent_id}",            VIEWER,  api_agents.get_agent, "api_agent"),
     Route("POST", "/api/v1/agents/{agent_id}/runs",       ADMIN,   api_agents.request_agent_run, "api_request_run"),
     Route("GET",  "/api/v1/migrations",                   VIEWER,  api_specs.list_specs, "api_migrations"),

@@ -16,7 +16,14 @@ from typing import Annotated, Any, NotRequired, TypedDict
 
 from server import __version__ as SERVER_VERSION
 from server.web.api import shapes, spec_shapes
-from server.web.request import EVENT_QUERY, LOG_QUERY, RUN_QUERY, QueryParam
+from server.web.request import (
+    EVENT_QUERY,
+    LOG_QUERY,
+    RUN_QUERY,
+    SELECT_COUNT_QUERY,
+    SELECT_QUERY,
+    QueryParam,
+)
 from server.web.schema import Doc, SchemaBuilder, Uuid
 
 JSON = "application/json"
@@ -206,8 +213,33 @@ class _Document:
             "/api/v1/agents": {
                 "get": {
                     "operationId": "listAgents",
-                    "summary": "Every agent with its health",
-                    "responses": self.answers(shapes.AgentList, "agents", 200, 503),
+                    "summary": "Every agent with its health, labels and tags; only those the "
+                    "selector picks when `select` is given",
+                    "parameters": self.query(SELECT_QUERY),
+                    "responses": self.answers(shapes.AgentList, "agents", 200, 400, 503),
+                }
+            },
+            "/api/v1/agents/select/count": {
+                "get": {
+                    "operationId": "countSelectedAgents",
+                    "summary": "How many agents a selector picks, and the first few (the live "
+                    "count while a selector is edited)",
+                    "description": "400 names the expression and the position: "
+                    "`select[1]: expected ')' at 14`.",
+                    "parameters": self.query(SELECT_COUNT_QUERY),
+                    "responses": self.answers(shapes.SelectCount, "the count", 200, 400, 503),
+                }
+            },
+            "/api/v1/agents/tags": {
+                "post": {
+                    "operationId": "changeAgentTags",
+                    "summary": "Add and remove server-side tags on the agents a selector "
+                    "picks, or on listed agent ids",
+                    "description": _JSON_BODY_NOTE + " 404 when an agent id is unknown.",
+                    "requestBody": self.body(shapes.TagChangeRequest, required=True),
+                    "responses": self.answers(
+                        shapes.TagChangeResult, "tags changed", 200, 400, 404, 415, 503
+                    ),
                 }
             },
             "/api/v1/agents/{agent_id}": {

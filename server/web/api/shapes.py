@@ -30,6 +30,7 @@ from server.web.schema import Doc, Time, Uuid
 
 if TYPE_CHECKING:
     from server.services.fleet import FleetAgent
+    from server.services.targets import Selection
 
 NonNegative = Annotated[int, Doc(minimum=0)]
 StrMap = dict[str, str]
@@ -344,10 +345,47 @@ class Agent(TypedDict):
     last_checkin_at: Time | None
     revoked: bool
     health: AgentHealth
+    labels: Annotated[StrMap, Doc(description="reported by the agent (its config's labels)")]
+    tags: Annotated[list[str], Doc(description="server-side tags, sorted")]
 
 
 class AgentList(TypedDict):
     agents: list[Agent]
+
+
+class SelectedAgent(TypedDict):
+    id: str
+    hostname: str
+
+
+class SelectCount(TypedDict):
+    """``GET /api/v1/agents/select/count``: how many agents a selector picks, the first few."""
+
+    count: NonNegative
+    agents: Annotated[list[SelectedAgent], Doc(description="the first `limit`, by hostname")]
+
+
+class TagChangeRequest(TypedDict):
+    """The body of ``POST /api/v1/agents/tags``: tags to add and remove, on the agents picked
+    by ``select`` (expressions, all must hold) or listed in ``agent_ids`` (exactly one)."""
+
+    add: NotRequired[Annotated[list[str], Doc(maxItems=32)]]
+    remove: NotRequired[Annotated[list[str], Doc(maxItems=32)]]
+    select: NotRequired[Annotated[list[str], Doc(maxItems=32)]]
+    agent_ids: NotRequired[Annotated[list[str], Doc(maxItems=100000)]]
+
+
+class TagChangeResult(TypedDict):
+    matched: Annotated[NonNegative, Doc(description="agents picked")]
+    changed: Annotated[NonNegative, Doc(description="agents that gained or lost a tag")]
+
+
+def select_count_json(selection: Selection) -> SelectCount:
+    """The live count of a selector."""
+    return SelectCount(
+        count=selection.count,
+        agents=[SelectedAgent(id=i, hostname=h) for i, h in selection.agents],
+    )
 
 
 class AgentDetail(Agent):
@@ -371,6 +409,8 @@ def agent_json(agent: domain.AgentSummary) -> Agent:
         last_checkin_at=iso(agent.last_checkin_at),
         revoked=agent.revoked,
         health=agent.health,
+        labels=dict(agent.labels),
+        tags=list(agent.tags),
     )
 
 
@@ -391,6 +431,8 @@ def agent_detail_json(agent: FleetAgent, runs: list[Run], actions: list[Action])
         checkin_interval_seconds=record.checkin_interval_seconds,
         revoked=record.revoked,
         health=agent.health,
+        labels=dict(record.labels),
+        tags=list(agent.tags),
         runs=runs,
         pending_actions=actions,
     )

@@ -87,6 +87,8 @@ class AgentListRow:
     last_checkin_display: str
     last_checkin_relative: str
     latest_run: RunRow | None
+    labels: tuple[str, ...] = ()  # "key=value", by key
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,8 @@ def _agent_row(agent: FleetAgent, now: datetime, latest_run: RunRow | None) -> A
         last_checkin_iso=last.astimezone(UTC).isoformat() if last else "",
         last_checkin_display=display_time(last) if last else "",
         last_checkin_relative=relative_time(last, now) if last else "",
+        labels=tuple(f"{key}={value}" for key, value in r.labels),
+        tags=agent.tags,
         latest_run=latest_run,
     )
 
