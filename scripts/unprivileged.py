@@ -227,13 +227,16 @@ def prepare(dest: Path, user: str = "nobody") -> AgentRuntime:
 
 def prepare_server(dest: Path, user: str = "nobody") -> AgentRuntime:
     """Like ``prepare``, for the server: the ``server`` package with its ``alembic`` and
-    ``web`` directories beside it (where ``server.resources`` finds them in a checkout) and the
-    server's runtime; run it with ``runtime.module("server", ...)``. Run as root."""
+    ``web`` directories beside it (where ``server.resources`` finds them in a checkout), the
+    ``agent`` package (the server validates specs with ``agent.specs``) and the server's
+    runtime; run it with ``runtime.module("server", ...)``. Run as root."""
     dest.mkdir()
     skip = shutil.ignore_patterns("__pycache__")
-    for directory in ("server", "alembic", "web"):
+    for directory in ("server", "agent", "alembic", "web"):
         shutil.copytree(REPO / directory, dest / directory, ignore=skip)
-    return _finish(dest, user, ("server", "flagpost"), server_requirements(), SERVER_PROBE_IMPORTS)
+    return _finish(
+        dest, user, ("server", "agent", "flagpost"), server_requirements(), SERVER_PROBE_IMPORTS
+    )
 
 
 def _finish(

@@ -568,6 +568,7 @@ AGENT_FIELD_KEYS: dict[str, str | None] = {
     "client_cert_file": "client_cert_file",
     "client_key_file": "client_key_file",
     "allowed_paths": "allowed_paths",
+    "labels": "labels",
 }
 RETRY_FIELD_KEYS = {
     "initial": "retry.initial_seconds",
