@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from agent_tests.spec_testlib import PASSWORD, V1_INI
+from agent_tests.spec_testlib import SAMPLE_PATH as SAMPLE
 from playwright.async_api import Page, expect
 from server_testlib import browser_logged_in, make_server_config
 from test_end_to_end import REPO, enrolled_agent
@@ -27,19 +29,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-SAMPLE = Path(__file__).parent / "agent_tests" / "specs" / "myapp.toml"
-PASSWORD = "hunter2-Very-Secret"
-V1_INI = (
-    "# myapp settings\n"
-    "[server]\n"
-    "# where it listens\n"
-    "addr = 0.0.0.0\n"
-    "port = 8080\n"
-    "\n"
-    "[db]\n"
-    "url = postgresql://db/app\n"
-    f"password = {PASSWORD}\n"
-)
 SHOTS = Path("/tmp")
 
 
