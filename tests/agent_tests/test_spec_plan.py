@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_tests.spec_testlib import PASSWORD, SAMPLE, V1_INI
 
 from agent.migrations.model import DetectionError, DiskView, RemoveFile, WriteFile
 from agent.migrations.verifier import make_verifier
@@ -18,20 +19,6 @@ from agent.specs.paths import confine
 from agent.specs.plan import SpecPlan, plan_spec
 from agent.specs.spec import Spec, Version
 from agent.specs.validate import parse_spec, spec_from_data
-
-SAMPLE = (Path(__file__).parent / "specs" / "myapp.toml").read_text(encoding="utf-8")
-PASSWORD = "hunter2-Very-Secret"
-V1_INI = (
-    "# myapp settings\n"
-    "[server]\n"
-    "# where it listens\n"
-    "addr = 0.0.0.0\n"
-    "port = 8080\n"
-    "\n"
-    "[db]\n"
-    "url = postgresql://db/app\n"
-    f"password = {PASSWORD}\n"
-)
 
 
 def write(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
