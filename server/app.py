@@ -16,7 +16,9 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 5. the grpc.aio server (bound port into ``app[app_keys.PORTS].grpc``; TLS, and the web's TLS,
    from ``server.tls`` when ``tls_cert_file`` is set);
 6. the retention job (``server.services.retention``): prunes events, runs and logs beyond the
-   configured limits every ``retention_interval_minutes``, in bounded batches.
+   configured limits every ``retention_interval_minutes``, in bounded batches;
+7. the rollout scheduler (``server.services.rollout_scheduler``, ``app_keys.ROLLOUTS``): moves
+   every unsettled rollout along every ``rollout_tick_seconds``.
 
 Shutdown order (``RunningServer.stop`` / ``runner.cleanup()``): the web stops listening, then
 (``on_shutdown``) live streams end and gRPC refuses new calls and gives in-flight ones up to
@@ -56,6 +58,7 @@ from server.services.health import DatabaseHealth, HealthMonitor, assert_writabl
 from server.services.ingest import IngestWriter
 from server.services.inputs import InputVault
 from server.services.retention import RetentionJob
+from server.services.rollout_scheduler import RolloutScheduler
 from server.signing import KEY_FILE_NAME as SIGNING_KEY_FILE
 from server.signing import load_or_create
 from server.storage import schema
@@ -254,6 +257,16 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
         await job.stop()
 
 
+async def _rollouts(app: web.Application) -> AsyncIterator[None]:
+    scheduler = RolloutScheduler(app[app_keys.SESSIONS], app[app_keys.CONFIG])
+    app[app_keys.ROLLOUTS] = scheduler
+    scheduler.start()
+    try:
+        yield
+    finally:
+        await scheduler.stop()
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """The aiohttp application of one server process (see the module docstring)."""
     app = web.Application()
@@ -264,7 +277,7 @@ def create_app(config: ServerConfig) -> web.Application:
     metrics = ServerMetrics()
     app[app_keys.METRICS] = metrics
     app.cleanup_ctx.extend(
-        [_database, _signing, bus_ctx, _health_monitor, _ingest, _grpc, _retention]
+        [_database, _signing, bus_ctx, _health_monitor, _ingest, _grpc, _retention, _rollouts]
     )
     setup_web(app)  # its on_shutdown hook (end the live streams) runs before gRPC stops
     app.on_shutdown.append(_stop_grpc)

@@ -12,6 +12,7 @@ from server.metrics import ServerMetrics
 from server.services import Services
 from server.services.bus import EventBus
 from server.services.health import DatabaseHealth
+from server.services.rollout_scheduler import RolloutScheduler
 from server.signing import ActionSigner
 
 
@@ -37,3 +38,6 @@ METRICS = web.AppKey("metrics", ServerMetrics)  # per app: tests run several ser
 HEALTH = web.AppKey("health", DatabaseHealth)  # is the database reachable? (/healthz, gRPC)
 BUS = web.AppKey("bus", EventBus)
 SIGNER = web.AppKey("signer", ActionSigner)  # the server's Ed25519 action-signing key
+ROLLOUTS = web.AppKey(
+    "rollouts", RolloutScheduler
+)  # the rollout scheduler (wake it after a change)

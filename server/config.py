@@ -81,6 +81,9 @@ class ServerConfig:
     max_runs_per_agent: int = 1_000
     retention_batch_size: int = 1_000
     retention_interval_minutes: int = 60
+    # Rollouts (server/services/rollout_scheduler.py): every unsettled rollout is looked at
+    # every rollout_tick_seconds (a gate breach halts it within about that long).
+    rollout_tick_seconds: float = 1.0
     # Web
     history_page_size: int = 50
     # Live streams (History and run streams together) open at once per web session and in all;
@@ -134,6 +137,7 @@ class ServerConfig:
             "web_body_timeout_seconds",
             "web_keepalive_timeout_seconds",
             "web_max_connections",
+            "rollout_tick_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config {name} must be greater than 0")

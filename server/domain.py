@@ -635,3 +635,156 @@ class PreviewResult:
     error_message: str = ""
     diffs: tuple[FileDiff, ...] = ()
     occurred_at: datetime | None = None
+
+
+# --- Rollouts -------------------------------------------------------------------------------------
+
+
+class RolloutState(StrEnum):
+    """Where a rollout is (``server.services.rollouts`` validates every transition)."""
+
+    RUNNING = "RUNNING"  # starting its waves as their turn comes
+    PAUSED = "PAUSED"  # an admin paused it: no new host starts
+    HALTED = "HALTED"  # a gate was breached: no new host starts until resumed or aborted
+    COMPLETED = "COMPLETED"  # every wave ran within its gates
+    ABORTED = "ABORTED"  # stopped for good; hosts it migrated stay migrated
+    REVERTING = "REVERTING"  # aborted with revert: its hosts revert, newest wave first
+    REVERTED = "REVERTED"  # every host it migrated was asked to revert and answered
+
+
+TERMINAL_ROLLOUT_STATES: frozenset[RolloutState] = frozenset(
+    {RolloutState.COMPLETED, RolloutState.ABORTED, RolloutState.REVERTED}
+)
+
+
+class RolloutHostState(StrEnum):
+    """One selected host within a rollout."""
+
+    WAITING = "waiting"  # its wave has not started it
+    PENDING = "pending"  # its run action is queued; the agent has not taken it yet
+    RUNNING = "running"  # the agent took it / reports the run
+    BLOCKED = "blocked"  # the run awaits input (holds its wave open)
+    SUCCEEDED = "succeeded"  # migrated, or already at the target
+    FAILED = "failed"  # the run failed, or it did not finish within the wave timeout
+    NOT_REACHED = "not_reached"  # offline for the whole wave timeout: never took the action
+    SKIPPED = "skipped"  # never started: the rollout was aborted first
+
+
+OPEN_HOST_STATES: frozenset[RolloutHostState] = frozenset(
+    {RolloutHostState.PENDING, RolloutHostState.RUNNING, RolloutHostState.BLOCKED}
+)
+# Hosts the gates count as failed.
+FAILED_HOST_STATES: frozenset[RolloutHostState] = frozenset(
+    {RolloutHostState.FAILED, RolloutHostState.NOT_REACHED}
+)
+
+
+class RevertState(StrEnum):
+    """A host's revert within an aborted-and-reverted rollout ("" while none was asked)."""
+
+    NONE = ""
+    QUEUED = "queued"
+    REVERTED = "reverted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutGates:
+    """When a wave halts the rollout: more than ``max_failures`` of its hosts failed, or more
+    than ``max_failure_rate`` (a fraction) of them; None leaves that gate out."""
+
+    max_failure_rate: float | None
+    max_failures: int | None
+
+    def breached(self, failed: int, hosts: int) -> bool:
+        if self.max_failures is not None and failed > self.max_failures:
+            return True
+        if self.max_failure_rate is not None and hosts > 0:
+            return failed / hosts > self.max_failure_rate
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class WaveCounts:
+    """One wave of a rollout: its hosts (this wave's own, beyond the previous wave) by state."""
+
+    index: int  # 0-based
+    label: str  # as given: "5", "25%"
+    size: int  # cumulative host count up to and including this wave
+    hosts: int  # this wave's own hosts
+    counts: dict[RolloutHostState, int]
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def failed(self) -> int:
+        return sum(self.counts.get(state, 0) for state in FAILED_HOST_STATES)
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.hosts if self.hosts else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutTransition:
+    """One recorded state change: who (a user, ``cli:<user>`` or ``scheduler``), when, why."""
+
+    from_state: str  # "" for the creation
+    to_state: RolloutState
+    at: datetime
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSummary:
+    """A rollout as lists show it."""
+
+    id: str
+    spec_id: str
+    spec_revision: int
+    selector: tuple[str, ...]
+    wave_labels: tuple[str, ...]
+    wave_sizes: tuple[int, ...]  # cumulative
+    gates: RolloutGates
+    soak_seconds: int
+    wave_timeout_seconds: int
+    state: RolloutState
+    current_wave: int
+    wave_started_at: datetime | None  # when the current wave started (None: not yet)
+    hosts_total: int
+    hosts_done: int  # succeeded + failed + not reached
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    reason: str  # why it is in its state (the last transition's reason)
+    next_wave_at: datetime | None  # RUNNING between waves: when the soak ends
+    override_wave: int  # a wave whose gates an admin overrode on resume (-1: none)
+    revert_wave: int  # REVERTING: the wave reverting now (-1: none)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutHost:
+    """One host of a rollout."""
+
+    agent_id: str
+    hostname: str
+    wave: int
+    state: RolloutHostState
+    run_id: str
+    error: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    revert_state: RevertState
+    revert_run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDetail:
+    """A rollout with its waves' counts, its transitions and (some of) its hosts."""
+
+    rollout: RolloutSummary
+    waves: tuple[WaveCounts, ...]
+    transitions: tuple[RolloutTransition, ...]
+    hosts: tuple[RolloutHost, ...]
+    reverts: dict[RevertState, int]

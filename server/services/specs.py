@@ -148,7 +148,9 @@ async def get_spec(
     )
 
 
-async def _revision(session: AsyncSession, spec_id: str, revision: int | None) -> SpecRevision:
+async def revision_in(session: AsyncSession, spec_id: str, revision: int | None) -> SpecRevision:
+    """Revision ``revision`` (None: the latest) of ``spec_id`` read in ``session``; NotFound
+    naming what is missing."""
     _spec_id(spec_id)
     if revision is None:
         found = await specs_store.latest_revision(session, spec_id)
@@ -166,8 +168,8 @@ async def diff_revisions(
     """A unified diff of the sources of revisions ``old`` and ``new`` ("" when equal)."""
     with unavailable_on_outage("diff spec"):
         async with sessions() as session:
-            a = await _revision(session, spec_id, old)
-            b = await _revision(session, spec_id, new)
+            a = await revision_in(session, spec_id, old)
+            b = await revision_in(session, spec_id, new)
     return "".join(
         difflib.unified_diff(
             a.source.splitlines(keepends=True),
@@ -233,7 +235,7 @@ async def request_preview(
     now = datetime.now(UTC)
     with unavailable_on_outage("request preview"):
         async with sessions() as session, session.begin():
-            spec = await _revision(session, spec_id, revision)
+            spec = await revision_in(session, spec_id, revision)
             return [
                 await _queue_spec_action(
                     session, config, agent_id, ActionKind.PREVIEW_MIGRATION, spec, by, now
@@ -256,7 +258,7 @@ async def request_run(
     now = datetime.now(UTC)
     with unavailable_on_outage("request spec run"):
         async with sessions() as session, session.begin():
-            spec = await _revision(session, spec_id, revision)
+            spec = await revision_in(session, spec_id, revision)
             return await _queue_spec_action(
                 session, config, agent_id, ActionKind.RUN_MIGRATION, spec, by, now
             )

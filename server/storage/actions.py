@@ -6,6 +6,7 @@ Delivery and acknowledgement happen in the ingest transaction
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -70,3 +71,24 @@ async def get_action(session: AsyncSession, action_id: str) -> PendingAction | N
     """One action, or None."""
     row = await session.get(PendingActionRow, action_id)
     return None if row is None else action_from_row(row)
+
+
+async def create_actions(session: AsyncSession, actions: Sequence[PendingAction]) -> None:
+    """Queue many actions in one statement per 500."""
+    rows = [
+        {
+            "action_id": a.action_id,
+            "agent_id": a.agent_id,
+            "kind": a.kind.value,
+            "params": dict(a.params),
+            "created_at": a.created_at,
+            "expires_at": a.expires_at,
+            "delivered_at": None,
+            "acknowledged_at": None,
+            "requested_by": a.requested_by,
+            "nonce": a.nonce,
+        }
+        for a in actions
+    ]
+    for start in range(0, len(rows), 500):
+        await session.execute(insert(PendingActionRow), rows[start : start + 500])

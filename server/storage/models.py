@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -222,6 +223,7 @@ class MigrationRun(Base):
         Index(None, "agent_id", "created_at", "id"),
         Index(None, "state", "created_at", "id"),
         Index(None, "updated_at"),
+        Index(None, "requested_action_id"),  # a rollout finds its hosts' runs (alembic 0009)
     )
 
 
@@ -396,3 +398,84 @@ class AgentTag(Base):
         ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+
+
+class RolloutRow(Base):
+    """A rollout (``server.services.rollouts``): a spec revision run on the hosts a selector
+    picked, in cumulative waves (``wave_sizes``) with gates. ``current_wave`` is the wave in
+    progress, ``wave_started_at`` when the scheduler started it (NULL: not yet),
+    ``wave_finished_at`` when the previous wave ended (the soak counts from it);
+    ``revert_wave`` the wave reverting (REVERTING); ``settled`` once it is terminal and no host
+    of it is open any more (the scheduler stops looking at it)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    spec_id: Mapped[str] = mapped_column(String(64))
+    spec_revision: Mapped[int] = mapped_column(Integer)
+    selector: Mapped[list[str]] = mapped_column(JSONType)
+    wave_labels: Mapped[list[str]] = mapped_column(JSONType)
+    wave_sizes: Mapped[list[int]] = mapped_column(JSONType)
+    max_failure_rate: Mapped[float | None] = mapped_column(Float)
+    max_failures: Mapped[int | None] = mapped_column(Integer)
+    soak_seconds: Mapped[int] = mapped_column(Integer)
+    wave_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    wave_started_at: Mapped[datetime | None]
+    wave_finished_at: Mapped[datetime | None]
+    override_wave: Mapped[int] = mapped_column(Integer, default=-1)
+    revert_wave: Mapped[int] = mapped_column(Integer, default=-1)
+    hosts_total: Mapped[int] = mapped_column(Integer)
+    hosts_done: Mapped[int] = mapped_column(Integer, default=0)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "created_at", "id"), Index(None, "settled"))
+
+
+class RolloutHostRow(Base):
+    """One host a rollout selected: its wave (deterministic: the rank is a hash of rollout id
+    and agent id), its ``run_migration`` action once started, and what became of it."""
+
+    __tablename__ = "rollout_hosts"
+
+    rollout_id: Mapped[str] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    hostname: Mapped[str] = mapped_column(String(255))
+    wave: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    action_id: Mapped[str] = mapped_column(String(36), default="")
+    run_id: Mapped[str] = mapped_column(String(36), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    revert_state: Mapped[str] = mapped_column(String(16), default="")
+    revert_action_id: Mapped[str] = mapped_column(String(36), default="")
+    revert_run_id: Mapped[str] = mapped_column(String(36), default="")
+
+    __table_args__ = (Index(None, "rollout_id", "wave", "state"),)
+
+
+class RolloutTransitionRow(Base):
+    """A recorded rollout state change: who, when, why (``from_state`` "" on creation)."""
+
+    __tablename__ = "rollout_transitions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+    by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
