@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from agent_tests.spec_testlib import SAMPLE
+from server_testlib import make_server_config
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from server_testlib import make_server_config
 
 from server.config import ServerConfig
 from server.domain import (
@@ -320,7 +320,7 @@ async def test_wave_timeout_not_reached_blocked_and_not_needed(db: Db) -> None:
     assert found[blocked].state == H.BLOCKED  # holds the wave open
     assert detail.rollout.state == RolloutState.RUNNING
     assert detail.waves[0].failed == 2
-    offline_action = [a for a in await actions_of(db) if a.agent_id == offline][0]
+    offline_action = next(a for a in await actions_of(db) if a.agent_id == offline)
     assert offline_action.expires_at <= datetime.now(UTC) + timedelta(seconds=61)
 
 
@@ -426,7 +426,3 @@ async def test_two_schedulers_at_once_start_every_host_exactly_once(db: Db) -> N
     assert len(counts) == 60 and set(counts.values()) == {1}
     await tick_at(db, rollout_id)
     assert (await rollouts.get_rollout(db.sessions, rollout_id)).rollout.state == "COMPLETED"
-
-
-def _states(found: dict[str, Any], ids: Sequence[str]) -> list[RolloutHostState]:
-    return [found[a].state for a in ids]

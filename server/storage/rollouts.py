@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import (
@@ -359,7 +359,7 @@ async def set_hosts(
     if not changes:
         return
     columns = [key for key in changes[0] if key != "agent_id"]
-    table = RolloutHostRow.__table__
+    table = cast(Table, RolloutHostRow.__table__)
     statement = (
         update(table)
         .where(table.c.rollout_id == rollout_id, table.c.agent_id == bindparam("b_agent_id"))
