@@ -35,17 +35,21 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import ServerConfig, load_config
 from server.errors import ConfigError, FlagpostError, SchemaOutOfDate
 from server.logging import setup_logging
 from server.migration_cli import add_migration_commands, migration_command
+from server.rollout_cli import add_rollout_commands, rollout_command
 from server.targets_cli import add_list_select, add_target_commands, targets_command
 from server.user_cli import add_user_commands, user_command
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger("server.cli")
 
@@ -243,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_user_commands(commands.add, db_url)
     add_migration_commands(commands.add, db_url)
+    add_rollout_commands(commands.add, db_url)
 
     commands.add(
         "prune",
@@ -319,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(user_command(config, args))
         if args.command == "migration":
             return asyncio.run(migration_command(config, args))
+        if args.command == "rollout":
+            return asyncio.run(_with_database(config, args, rollout_command))
         if args.command == "prune":
             return asyncio.run(_prune(config))
         if args.command == "tls":
@@ -434,6 +441,25 @@ def tune_gil() -> None:
     stalling group commit. Measured with ``tests.bench.logs``: ~40-49k -> ~53-70k log lines/s;
     event ingest unchanged within noise (BENCHMARKS.md)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+async def _with_database(
+    config: ServerConfig,
+    args: argparse.Namespace,
+    command: Callable[
+        [ServerConfig, async_sessionmaker[AsyncSession], argparse.Namespace], Awaitable[int]
+    ],
+) -> int:
+    """Run ``command`` on the configured database (refused when its schema is behind)."""
+    from server.storage import schema
+    from server.storage.db import create_engine, make_sessionmaker
+
+    engine = create_engine(config)
+    try:
+        await schema.assert_schema_current(engine)
+        return await command(config, make_sessionmaker(engine), args)
+    finally:
+        await engine.dispose()
 
 
 async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ class InvalidArgument(FlagpostError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.detail = message  # without the field
 
 
 class Unauthenticated(FlagpostError):

@@ -98,7 +98,8 @@ def read_spec_file(path: Path) -> tuple[str, str]:
     return source, "json" if path.suffix.lower() == ".json" else "toml"
 
 
-def _by() -> str:
+def cli_user() -> str:
+    """Who asks from the command line: ``cli:<login>``."""
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
@@ -151,7 +152,9 @@ async def _dispatch(
     command = args.migration_command
     if command == "add":
         assert source is not None
-        spec_id, revision, created = await specs.add_spec(sessions, source[0], source[1], _by())
+        spec_id, revision, created = await specs.add_spec(
+            sessions, source[0], source[1], cli_user()
+        )
         if args.json:
             _print_json({"spec_id": spec_id, "revision": revision, "created": created})
         else:
@@ -170,17 +173,17 @@ async def _dispatch(
         return 0
     if command == "preview":
         actions = await specs.request_preview(
-            sessions, config, args.spec_id, args.agents, _by(), args.revision
+            sessions, config, args.spec_id, args.agents, cli_user(), args.revision
         )
         return await _preview(sessions, actions, args)
     if command == "run":
         if len(args.agents) != 1:
             raise InvalidArgument("takes exactly one agent", field="--agent")
         action = await specs.request_run(
-            sessions, config, args.spec_id, args.agents[0], _by(), args.revision
+            sessions, config, args.spec_id, args.agents[0], cli_user(), args.revision
         )
         return await _follow_run(sessions, action, args)
-    action = await specs.request_revert(sessions, config, args.run_id, _by())
+    action = await specs.request_revert(sessions, config, args.run_id, cli_user())
     return await _follow_run(sessions, action, args)
 
 
