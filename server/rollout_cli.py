@@ -86,77 +86,8 @@ def add_rollout_commands(
     abort.add_argument("--reason", default="", metavar="TEXT")
 
 
-def summary_json(r: RolloutSummary) -> dict[str, Any]:
-    """A rollout as ``--json`` (and the API) show it."""
-    return {
-        "id": r.id,
-        "spec_id": r.spec_id,
-        "spec_revision": r.spec_revision,
-        "selector": list(r.selector),
-        "waves": list(r.wave_labels),
-        "wave_sizes": list(r.wave_sizes),
-        "max_failure_rate": r.gates.max_failure_rate,
-        "max_failures": r.gates.max_failures,
-        "soak_seconds": r.soak_seconds,
-        "wave_timeout_seconds": r.wave_timeout_seconds,
-        "state": r.state.value,
-        "reason": r.reason,
-        "current_wave": r.current_wave,
-        "hosts_total": r.hosts_total,
-        "hosts_done": r.hosts_done,
-        "created_at": r.created_at.isoformat(),
-        "created_by": r.created_by,
-        "updated_at": r.updated_at.isoformat(),
-        "next_wave_at": r.next_wave_at.isoformat() if r.next_wave_at else None,
-        "override_wave": r.override_wave,
-    }
-
-
-def detail_json(d: RolloutDetail) -> dict[str, Any]:
-    """A rollout with its waves, transitions and hosts as ``show --json`` (and the API) show it."""
-    return {
-        **summary_json(d.rollout),
-        "waves_detail": [
-            {
-                "index": w.index,
-                "label": w.label,
-                "size": w.size,
-                "hosts": w.hosts,
-                "counts": {state.value: n for state, n in w.counts.items()},
-                "failed": w.failed,
-                "failure_rate": w.failure_rate,
-            }
-            for w in d.waves
-        ],
-        "reverts": {state.value or "none": n for state, n in d.reverts.items()},
-        "transitions": [
-            {
-                "from": t.from_state,
-                "to": t.to_state.value,
-                "at": t.at.isoformat(),
-                "by": t.by,
-                "reason": t.reason,
-            }
-            for t in d.transitions
-        ],
-        "hosts": [
-            {
-                "agent_id": h.agent_id,
-                "hostname": h.hostname,
-                "wave": h.wave,
-                "state": h.state.value,
-                "run_id": h.run_id,
-                "error": h.error,
-                "revert_state": h.revert_state.value,
-                "revert_run_id": h.revert_run_id,
-            }
-            for h in d.hosts
-        ],
-    }
-
-
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def _gates(r: RolloutSummary) -> str:
@@ -232,6 +163,7 @@ async def _rollout_command(
 ) -> int:
     from server.migration_cli import cli_user
     from server.services import rollouts
+    from server.web.api.rollout_shapes import rollout_detail_json, rollout_json, rollout_list_json
 
     command = args.rollout_command
     if command == "create":
@@ -253,14 +185,14 @@ async def _rollout_command(
             wave_timeout_seconds=parse_duration(args.wave_timeout, "--wave-timeout"),
         )
         if args.json:
-            _print_json(summary_json(created))
+            _print_json(rollout_json(created))
         else:
             print(created.id)
         return 0
     if command == "list":
         found = await rollouts.list_rollouts(sessions, args.limit)
         if args.json:
-            _print_json([summary_json(r) for r in found])
+            _print_json(rollout_list_json(found))
             return 0
         if not found:
             print("no rollouts (start one: flagpost-server rollout create SPEC_ID)")
@@ -278,7 +210,7 @@ async def _rollout_command(
     if command == "show":
         detail = await rollouts.get_rollout(sessions, args.rollout_id)
         if args.json:
-            _print_json(detail_json(detail))
+            _print_json(rollout_detail_json(detail))
         else:
             _print_detail(detail, args.hosts)
         return 0
@@ -291,7 +223,7 @@ async def _rollout_command(
             sessions, args.rollout_id, cli_user(), revert=args.revert, reason=args.reason
         )
     if args.json:
-        _print_json(summary_json(changed))
+        _print_json(rollout_json(changed))
     else:
         print(f"rollout {changed.id}: {changed.state.value}")
     return 0

@@ -392,6 +392,50 @@ async def exercise_specs(
     return myapp | answer
 
 
+async def exercise_rollouts(
+    caller: Caller, admin: aiohttp.ClientSession, viewer: aiohttp.ClientSession
+) -> dict[str, str]:
+    """Every ``/api/v1/rollouts`` status (after ``exercise_specs`` uploaded myapp)."""
+    call = caller.call
+    create: Op = ("post", "/api/v1/rollouts")
+    good = {"spec_id": "myapp", "select": ["host=web-1"], "waves": ["100%"], "soak": "1m"}
+    made = await call(admin, create, 201, body={**good, "max_failure_rate": "5%"})
+    assert (made["state"], made["hosts_total"], made["soak_seconds"]) == ("RUNNING", 1, 60)
+    assert made["max_failure_rate"] == 0.05
+    error = await call(admin, create, 400, body={**good, "waves": ["5", "50%"]})
+    assert error["message"].startswith("waves: the last wave must take every selected host")
+    await call(admin, create, 404, body={**good, "spec_id": "nope"})
+    await call(admin, create, 415, body=good, content_type="text/plain")
+    await call(viewer, create, 403, body=good)
+    listed = await call(viewer, ("get", "/api/v1/rollouts"), 200)
+    assert [r["id"] for r in listed["rollouts"]] == [made["id"]]
+    await call(viewer, ("get", "/api/v1/rollouts"), 400, params={"limit": "0"})
+    mine = {"rollout_id": made["id"]}
+    unknown = {"rollout_id": str(uuid.uuid4())}
+    one: Op = ("get", "/api/v1/rollouts/{rollout_id}")
+    detail = await call(viewer, one, 200, mine)
+    assert [w["hosts"] for w in detail["waves_detail"]] == [1]
+    assert detail["transitions"][0]["by"] == "alice"
+    await call(viewer, one, 404, unknown)
+    pause: Op = ("post", "/api/v1/rollouts/{rollout_id}/pause")
+    resume: Op = ("post", "/api/v1/rollouts/{rollout_id}/resume")
+    abort: Op = ("post", "/api/v1/rollouts/{rollout_id}/abort")
+    assert (await call(admin, pause, 200, mine, body={"reason": "lunch"}))["state"] == "PAUSED"
+    await call(admin, resume, 400, mine, body={"reason": 5})
+    assert (await call(admin, resume, 200, mine))["state"] == "RUNNING"
+    await call(admin, resume, 409, mine)
+    await call(admin, abort, 400, mine, body={"revert": "yes"})
+    assert (await call(admin, abort, 200, mine))["state"] == "ABORTED"
+    await call(admin, abort, 409, mine)
+    await call(admin, pause, 409, mine)
+    await call(admin, pause, 400, mine, body={"reason": "x" * 501})
+    for op in (pause, resume, abort):
+        await call(admin, op, 404, unknown)
+        await call(admin, op, 415, mine, content_type="text/plain")
+        await call(viewer, op, 403, mine)
+    return mine
+
+
 async def test_every_api_response_matches_the_document(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
@@ -499,6 +543,7 @@ async def test_every_api_response_matches_the_document(
 
         # migration specs
         spec_args = await exercise_specs(caller, admin, viewer, agent, revoked, ids, too_long)
+        rollout_args = await exercise_rollouts(caller, admin, viewer)
         # targets: selectors, the live count, bulk tags
         listed: Op = ("get", "/api/v1/agents")
         picked = await call(viewer, listed, 200, params=[("select", "host=web-*")])
@@ -525,7 +570,9 @@ async def test_every_api_response_matches_the_document(
         served = await call(viewer, ("get", "/api/v1/openapi.json"), 200)
         assert served == DOCUMENT
         for method, template in sorted(api_operations()):
-            await call(anonymous, (method, template), 401, running | mine | spec_args)
+            await call(
+                anonymous, (method, template), 401, running | mine | spec_args | rollout_args
+            )
 
     assert not caller.failures, "\n".join(caller.failures)
     # Every documented status was exercised, except what a test cannot provoke here:

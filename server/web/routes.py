@@ -24,6 +24,7 @@ from server.web import health, login
 from server.web.api import agents as api_agents
 from server.web.api import document as api_document
 from server.web.api import events as api_events
+from server.web.api import rollouts as api_rollouts
 from server.web.api import runs as api_runs
 from server.web.api import specs as api_specs
 from server.web.auth import Access, Handler, declare
@@ -98,6 +99,12 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/api/v1/migrations/{spec_id}/run",     ADMIN,   api_specs.request_run, "api_migration_run"),
     Route("GET",  "/api/v1/previews/{action_id}",         VIEWER,  api_specs.get_preview, "api_preview"),
     Route("POST", "/api/v1/runs/{run_id}/revert",         ADMIN,   api_specs.request_revert, "api_revert_run"),
+    Route("GET",  "/api/v1/rollouts",                     VIEWER,  api_rollouts.list_rollouts, "api_rollouts"),
+    Route("POST", "/api/v1/rollouts",                     ADMIN,   api_rollouts.create_rollout, "api_create_rollout"),
+    Route("GET",  "/api/v1/rollouts/{rollout_id}",        VIEWER,  api_rollouts.get_rollout, "api_rollout"),
+    Route("POST", "/api/v1/rollouts/{rollout_id}/pause",  ADMIN,   api_rollouts.pause, "api_pause_rollout"),
+    Route("POST", "/api/v1/rollouts/{rollout_id}/resume", ADMIN,   api_rollouts.resume, "api_resume_rollout"),
+    Route("POST", "/api/v1/rollouts/{rollout_id}/abort",  ADMIN,   api_rollouts.abort, "api_abort_rollout"),
     Route("GET",  "/api/v1/openapi.json",                 VIEWER,  api_document.openapi, "api_openapi"),
     # --- sessions
     Route("GET",  "/login",                               PUBLIC,  login.login_page, "login"),

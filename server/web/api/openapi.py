@@ -15,7 +15,7 @@ from types import GenericAlias
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from server import __version__ as SERVER_VERSION
-from server.web.api import shapes, spec_shapes
+from server.web.api import rollout_shapes, shapes, spec_shapes
 from server.web.request import (
     EVENT_QUERY,
     LOG_QUERY,
@@ -264,6 +264,7 @@ class _Document:
                 }
             },
             **self.spec_paths(run_id),
+            **self.rollout_paths(),
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenApi",
@@ -403,6 +404,78 @@ class _Document:
                     ),
                 }
             },
+        }
+
+    def rollout_paths(self) -> dict[str, Any]:
+        """Rollouts: create, list, show, pause, resume, abort."""
+        rollout_id = self.path_id("rollout_id", Uuid)
+        summary = rollout_shapes.RolloutSummary
+
+        def change(operation: str, text: str) -> dict[str, Any]:
+            return {
+                "post": {
+                    "operationId": operation,
+                    "summary": text,
+                    "description": _JSON_BODY_NOTE,
+                    "parameters": [rollout_id],
+                    "requestBody": self.body(rollout_shapes.RolloutChange, required=False),
+                    "responses": self.answers(
+                        summary, "the rollout after the change", 200, 400, 404, 409, 415, 503
+                    ),
+                }
+            }
+
+        return {
+            "/api/v1/rollouts": {
+                "get": {
+                    "operationId": "listRollouts",
+                    "summary": "Rollouts, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        }
+                    ],
+                    "responses": self.answers(
+                        rollout_shapes.RolloutList, "rollouts", 200, 400, 503
+                    ),
+                },
+                "post": {
+                    "operationId": "createRollout",
+                    "summary": "Start a rollout of a spec revision on the hosts a selector picks, "
+                    "in cumulative waves with gates",
+                    "description": "Admin only. The selector is evaluated once, now; waves are "
+                    "cumulative host counts or percentages ending with 100%. Without a gate any "
+                    "failure halts.",
+                    "requestBody": self.body(rollout_shapes.RolloutCreate, required=True),
+                    "responses": self.answers(
+                        summary, "the new rollout (RUNNING)", 201, 400, 404, 415, 503
+                    ),
+                },
+            },
+            "/api/v1/rollouts/{rollout_id}": {
+                "get": {
+                    "operationId": "getRollout",
+                    "summary": "One rollout: per wave its hosts by outcome, the transitions, hosts",
+                    "parameters": [rollout_id],
+                    "responses": self.answers(
+                        rollout_shapes.RolloutDetail, "the rollout", 200, 404, 503
+                    ),
+                }
+            },
+            "/api/v1/rollouts/{rollout_id}/pause": change(
+                "pauseRollout", "Pause a RUNNING rollout: no new host starts"
+            ),
+            "/api/v1/rollouts/{rollout_id}/resume": change(
+                "resumeRollout",
+                "Resume a PAUSED rollout, or a HALTED one with a reason (overrides the gate)",
+            ),
+            "/api/v1/rollouts/{rollout_id}/abort": change(
+                "abortRollout",
+                "Abort a rollout; with revert, every host it migrated reverts, newest wave first",
+            ),
         }
 
     def secured(self, paths: dict[str, Any]) -> dict[str, Any]:
