@@ -37,7 +37,13 @@ def add_rollout_commands(
     create = sub("create", "start a rollout of a spec; prints its id")
     create.add_argument("spec_id", metavar="SPEC_ID")
     create.add_argument("--revision", type=int, metavar="N", help="spec revision (default: latest)")
-    create.add_argument("--select", action="append", default=[], metavar="EXPR", help=SELECT_HELP)
+    create.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help=SELECT_HELP + " (default: every online host)",
+    )
     create.add_argument(
         "--waves",
         default="1,10%,100%",
@@ -48,16 +54,20 @@ def add_rollout_commands(
     create.add_argument(
         "--max-failure-rate",
         metavar="PCT",
-        help="halt when more than PCT of a wave's hosts fail, e.g. 5%%",
+        help="halt when more than PCT of a wave's hosts fail, e.g. 5%% (default: no rate gate)",
     )
     create.add_argument(
         "--max-failures",
         type=int,
         metavar="N",
-        help="halt when more than N of a wave's hosts fail (without either gate: any failure)",
+        help="halt when more than N of a wave's hosts fail (default: 0 when neither gate is "
+        "given: any failure halts)",
     )
     create.add_argument(
-        "--soak", default="0", metavar="DURATION", help="wait after each wave, e.g. 10m"
+        "--soak",
+        default="0",
+        metavar="DURATION",
+        help="wait after each wave, e.g. 10m (default: 0)",
     )
     create.add_argument(
         "--wave-timeout",
@@ -66,16 +76,21 @@ def add_rollout_commands(
         help="a host not finished this long after its start counts as failed (default: 30m)",
     )
     lister = sub("list", "list rollouts, newest first")
-    lister.add_argument("--limit", type=int, default=50, metavar="N")
+    lister.add_argument("--limit", type=int, default=50, metavar="N", help="(default: 50)")
     show = sub("show", "show a rollout: state, and per wave its hosts by outcome")
     show.add_argument("rollout_id", metavar="ID")
     show.add_argument("--hosts", action="store_true", help="also list every host")
     pause = sub("pause", "pause a running rollout: no new host starts")
     pause.add_argument("rollout_id", metavar="ID")
-    pause.add_argument("--reason", default="", metavar="TEXT")
+    pause.add_argument("--reason", default="", metavar="TEXT", help="why (default: none)")
     resume = sub("resume", "resume a paused or halted rollout (halted: --reason required)")
     resume.add_argument("rollout_id", metavar="ID")
-    resume.add_argument("--reason", default="", metavar="TEXT", help="why (recorded)")
+    resume.add_argument(
+        "--reason",
+        default="",
+        metavar="TEXT",
+        help="why, recorded (default: none; required when HALTED)",
+    )
     abort = sub("abort", "stop a rollout for good")
     abort.add_argument("rollout_id", metavar="ID")
     abort.add_argument(
@@ -83,7 +98,7 @@ def add_rollout_commands(
         action="store_true",
         help="and revert every host it migrated from its backup, newest wave first",
     )
-    abort.add_argument("--reason", default="", metavar="TEXT")
+    abort.add_argument("--reason", default="", metavar="TEXT", help="why (default: none)")
 
 
 def _print_json(value: Any) -> None:
