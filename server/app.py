@@ -260,6 +260,8 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 async def _rollouts(app: web.Application) -> AsyncIterator[None]:
     scheduler = RolloutScheduler(app[app_keys.SESSIONS], app[app_keys.CONFIG])
     app[app_keys.ROLLOUTS] = scheduler
+    if app_keys.SERVICES in app:  # a run reported in this process: tick now, not in up to 1 s
+        app[app_keys.SERVICES].ingest.add_commit_listener(scheduler.on_ingest_commit)
     scheduler.start()
     try:
         yield

@@ -44,6 +44,7 @@ from server.domain import (
     RolloutSummary,
     RunState,
 )
+from server.services.ingest import CommittedBatch
 from server.services.rollouts import SCHEDULER, change_state, waves_of
 from server.services.runs import new_action
 from server.services.specs import revision_in, spec_params
@@ -52,6 +53,7 @@ from server.storage import rollouts as rollouts_db
 
 log = logging.getLogger(__name__)
 
+MIN_TICK_GAP_SECONDS = 0.05
 _FAILED_RUNS = frozenset({RunState.FAILED, RunState.PARTIAL, RunState.CANCELLED})
 
 
@@ -419,6 +421,7 @@ class RolloutScheduler:
         self._config = config
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._active = False  # the last tick found an unsettled rollout
         self.ticks = 0
 
     def start(self) -> None:
@@ -431,6 +434,12 @@ class RolloutScheduler:
         """Tick now (a rollout was created or changed in this process)."""
         self._wake.set()
 
+    def on_ingest_commit(self, batch: CommittedBatch) -> None:
+        """An ``IngestWriter`` commit listener: runs changed, so while a rollout is unsettled,
+        tick now (a gate breach halts within a tick's time, not a tick interval)."""
+        if batch.run_ids and self._active:
+            self._wake.set()
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
@@ -441,6 +450,7 @@ class RolloutScheduler:
     async def run_once(self) -> None:
         async with self._sessions() as session:
             ids = await rollouts_db.unsettled_ids(session)
+        self._active = bool(ids)
         for rollout_id in ids:
             await tick(self._sessions, self._config, rollout_id)
         self.ticks += 1
@@ -454,3 +464,4 @@ class RolloutScheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.rollout_tick_seconds)
             self._wake.clear()
+            await asyncio.sleep(MIN_TICK_GAP_SECONDS)  # wake-ups coalesce
