@@ -62,7 +62,7 @@ async def take_and_report(agent: AgentClient, state: int) -> int:
             migration_id="myapp",
             spec_revision=1,
             requested_by_action_id=action.action_id,
-        )  # fmt: skip
+        )
         for action in reply.actions
         if action_body(action).kind == "run_migration"
     ]
