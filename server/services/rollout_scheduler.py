@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -241,8 +242,13 @@ class _Tick:
         spec = await revision_in(self.session, rollout.spec_id, rollout.spec_revision)
         params = spec_params(spec)
         by = f"{rollout.created_by} (rollout {rollout.id[:8]})"[:128]
+        # An action is good for its wave only: past the wave timeout its host is not reached.
+        expires = self.now + timedelta(seconds=rollout.wave_timeout_seconds)
         actions: list[PendingAction] = [
-            new_action(self.config, h.agent_id, ActionKind.RUN_MIGRATION, params, by, self.now)
+            replace(
+                new_action(self.config, h.agent_id, ActionKind.RUN_MIGRATION, params, by, self.now),
+                expires_at=expires,
+            )
             for h in hosts
         ]
         await actions_store.create_actions(self.session, actions)

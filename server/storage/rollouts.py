@@ -373,7 +373,8 @@ async def set_hosts(
 async def withdraw_actions(
     session: AsyncSession, action_ids: Sequence[str], now: datetime
 ) -> set[str]:
-    """Expire those of ``action_ids`` no agent took yet (never delivered); returns them."""
+    """Expire those of ``action_ids`` no agent took (never delivered, whether or not they
+    expired already); returns them."""
     withdrawn: set[str] = set()
     for chunk in _chunks(list(action_ids)):
         result = await session.execute(
@@ -381,7 +382,6 @@ async def withdraw_actions(
             .where(
                 PendingActionRow.action_id.in_(list(chunk)),
                 PendingActionRow.delivered_at.is_(None),
-                PendingActionRow.expires_at > now,
             )
             .values(expires_at=now)
             .returning(PendingActionRow.action_id)
