@@ -38,6 +38,7 @@ from server.errors import Conflict, InvalidArgument
 from server.services import rollouts
 from server.services import specs as specs_service
 from server.services.rollout_scheduler import tick
+from server.storage import run_ingest
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.models import Agent, MigrationRun, PendingActionRow, UpdateEvent
 from server.waves import wave_sizes
@@ -233,6 +234,14 @@ async def test_gate_breach_halts_at_once_and_touches_no_later_wave(db: Db) -> No
     assert [found[a].state for a in second[2:]] == [H.WAITING] * 3
     open_ids = {a.agent_id for a in await actions_of(db) if a.expires_at > datetime.now(UTC)}
     assert not open_ids & set(second[2:] + third)
+    # Nor does a check-in batch whose clock was read before the halt (it waited for the
+    # database to be free) find them deliverable.
+    earlier = datetime.now(UTC) - timedelta(seconds=1)
+    async with db.sessions() as session, session.begin():
+        late = await session.run_sync(
+            lambda s: run_ingest.deliver_actions(s.connection(), second[2:], earlier)
+        )
+    assert late == {}
     for _ in range(3):
         await tick_at(db, rollout_id, after=5)
     assert {(await hosts(db, rollout_id))[a].state for a in third} == {H.WAITING}

@@ -113,7 +113,7 @@ class _Tick:
             changes.append(self._host_change(host, state, error))
         if unreached:
             withdrawn = await rollouts_db.withdraw_actions(
-                self.session, [h.action_id for h in unreached], self.now
+                self.session, [h.action_id for h in unreached]
             )
             for host in unreached:
                 if host.action_id in withdrawn:
@@ -180,9 +180,7 @@ class _Tick:
         actions = await rollouts_db.action_ids(
             self.session, self.rollout.id, [h.agent_id for h in pending]
         )
-        withdrawn = await rollouts_db.withdraw_actions(
-            self.session, list(actions.values()), self.now
-        )
+        withdrawn = await rollouts_db.withdraw_actions(self.session, list(actions.values()))
         await rollouts_db.set_hosts(
             self.session,
             self.rollout.id,

@@ -405,7 +405,7 @@ async def skip_unstarted(session: AsyncSession, rollout_id: str, now: datetime) 
         session, rollout_id, states=[RolloutHostState.PENDING, RolloutHostState.WAITING]
     )
     actions = await rollouts_db.action_ids(session, rollout_id, [h.agent_id for h in pending])
-    withdrawn = await rollouts_db.withdraw_actions(session, list(actions.values()), now)
+    withdrawn = await rollouts_db.withdraw_actions(session, list(actions.values()))
     skipped = [
         h.agent_id
         for h in pending

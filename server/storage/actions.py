@@ -7,14 +7,17 @@ Delivery and acknowledgement happen in the ingest transaction
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import ActionKind, PendingAction
 from server.storage.models import PendingActionRow
+
+WITHDRAWN_EXPIRY: Final = datetime(1970, 1, 1, tzinfo=UTC)
+"""The expiry of a withdrawn action: before any check-in's clock, so none delivers it."""
 
 
 def action_from_row(row: Any) -> PendingAction:

@@ -28,6 +28,7 @@ from server.domain import (
     RolloutTransition,
     RunState,
 )
+from server.storage.actions import WITHDRAWN_EXPIRY
 from server.storage.models import (
     MigrationRun,
     PendingActionRow,
@@ -370,11 +371,11 @@ async def set_hosts(
         await session.execute(statement, params[start : start + _CHUNK])
 
 
-async def withdraw_actions(
-    session: AsyncSession, action_ids: Sequence[str], now: datetime
-) -> set[str]:
-    """Expire those of ``action_ids`` no agent took (never delivered, whether or not they
-    expired already); returns them."""
+async def withdraw_actions(session: AsyncSession, action_ids: Sequence[str]) -> set[str]:
+    """Withdraw those of ``action_ids`` no agent took (never delivered, whether or not they
+    expired already); returns them. Their expiry goes to :data:`WITHDRAWN_EXPIRY`, not ``now``:
+    a check-in batch whose clock was read before this transaction committed (it waited for the
+    database) must not find them deliverable either."""
     withdrawn: set[str] = set()
     for chunk in _chunks(list(action_ids)):
         result = await session.execute(
@@ -383,7 +384,7 @@ async def withdraw_actions(
                 PendingActionRow.action_id.in_(list(chunk)),
                 PendingActionRow.delivered_at.is_(None),
             )
-            .values(expires_at=now)
+            .values(expires_at=WITHDRAWN_EXPIRY)
             .returning(PendingActionRow.action_id)
             .execution_options(synchronize_session=False)
         )

@@ -600,9 +600,10 @@ def _agents_with_actions(conn: Connection, agent_ids: list[str], now: datetime) 
     return found
 
 
-def _deliver_actions(
+def deliver_actions(
     conn: Connection, agent_ids: Sequence[str], now: datetime
 ) -> dict[str, list[PendingAction]]:
+    """The open actions of ``agent_ids`` (by agent, oldest first), marked delivered."""
     table = _ACTIONS
     found: dict[str, list[PendingAction]] = {}
     undelivered: list[str] = []
@@ -625,8 +626,29 @@ def _deliver_actions(
             )
             if row.delivered_at is None:
                 undelivered.append(row.action_id)
+    # Marked delivered only if still deliverable: on PostgreSQL another transaction (a rollout
+    # withdrawing its untaken actions, server/storage/rollouts.py) may have changed the row since
+    # the SELECT; an action it withdrew is not sent.
+    taken: set[str] = set()
     for chunk in _chunks(undelivered):
-        conn.execute(update(table).where(table.c.action_id.in_(chunk)).values(delivered_at=now))
+        marked = conn.execute(
+            update(table)
+            .where(
+                table.c.action_id.in_(chunk),
+                table.c.delivered_at.is_(None),
+                table.c.expires_at > now,
+            )
+            .values(delivered_at=now)
+            .returning(table.c.action_id)
+        )
+        taken.update(str(action_id) for action_id in marked.scalars())
+    if len(taken) < len(undelivered):
+        lost = set(undelivered) - taken
+        found = {
+            agent_id: kept
+            for agent_id, actions in found.items()
+            if (kept := [a for a in actions if a.action_id not in lost])
+        }
     return found
 
 
@@ -657,6 +679,6 @@ def apply_run_batch(conn: Connection, works: Sequence[RunWork], now: datetime) -
     result.log_lines_stored = stored
     result.log_lines_dropped = dropped
     result.changed_run_ids |= touched
-    result.actions = _deliver_actions(conn, [w.agent_id for w in works], now)
+    result.actions = deliver_actions(conn, [w.agent_id for w in works], now)
     _notify(conn, result.changed_run_ids)
     return result
