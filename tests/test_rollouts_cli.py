@@ -124,7 +124,7 @@ async def test_create_show_halt_resume_abort(running_server: RunningServer) -> N
         text, _ = await rollout(server, "show", rollout_id)
         assert f"rollout {rollout_id}: HALTED" in text and "wave 2" in text
         _, err = await rollout(server, "resume", rollout_id, expect=1)
-        assert "say why (--reason TEXT)" in err
+        assert "--reason: resuming a halted rollout overrides its gate: say why" in err
         out, _ = await rollout(server, "resume", rollout_id, "--reason", "known bad hosts")
         assert out.strip() == f"rollout {rollout_id}: RUNNING"
         # every host of the wave has finished: with its gate overridden, the rollout completes

@@ -159,7 +159,7 @@ def test_a_healthy_fleet_completes_through_soak_pause_and_a_server_kill(
     db, server = fleet_server
     base = tmp_path / "hosts"
     roots = {root.name: root for root in make_hosts(base, HOSTS, bad=set())}
-    soak = 3.0
+    soak = 8.0  # long enough to pause within it (each CLI call is a new process)
     with running_fleet(base, server.address, server.token(HOSTS)):
         enrolled(base, server, HOSTS)
         rollout_id = server.cli(
@@ -176,6 +176,7 @@ def test_a_healthy_fleet_completes_through_soak_pause_and_a_server_kill(
             "the first wave to finish",
         )
         server.cli("rollout", "pause", rollout_id)
+        assert show(server, rollout_id)["waves_detail"][1]["counts"]["waiting"] == 45
         time.sleep(soak + 1.5)
         paused = show(server, rollout_id)
         assert paused["state"] == "PAUSED"

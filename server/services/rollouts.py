@@ -349,7 +349,7 @@ async def resume(
             )
         if not reason:
             raise InvalidArgument(
-                "resuming a halted rollout overrides its gate: say why (--reason TEXT)",
+                "resuming a halted rollout overrides its gate: say why",
                 field="reason",
             )
         await change_state(
