@@ -57,7 +57,8 @@ def form(**fields: str) -> dict[str, str]:
 def field_error(page: str) -> tuple[str, str]:
     """(the field the form's error names, its message) of a re-rendered form."""
     match = re.search(
-        r'<div class="form-errors" id="rollout-errors" role="alert" data-field="([^"]*)">(.*?)</div>',
+        r'<div class="form-errors" id="rollout-errors" role="alert" data-field="([^"]*)">'
+        r"(.*?)</div>",
         page,
         re.S,
     )
