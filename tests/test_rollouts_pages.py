@@ -8,20 +8,30 @@ from __future__ import annotations
 import html
 import re
 import uuid
+from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 from agent_tests.spec_testlib import SAMPLE
 from rollouts_testlib import answer_until, until_state
 from runs_testlib import AgentClient
-from server_testlib import logged_in_http
+from server_testlib import logged_in_http, make_server_config
 
 from flagpost.v1 import agent_pb2
 from server import app_keys
 from server.app import RunningServer
+from server.config import ServerConfig
 from server.domain import RolloutHostState, RolloutState
 from server.services import rollouts as rollouts_service
 from server.services import specs as specs_service
+
+
+@pytest.fixture
+def server_config(db_url: str, tmp_path: Path) -> ServerConfig:
+    """The default check-in interval: the agents stay online (selectable) for the whole test."""
+    return make_server_config(db_url, tmp_path)
+
 
 XSS = "<script>window.__pwned=1</script>"
 ESCAPED = html.escape(XSS, quote=False)
