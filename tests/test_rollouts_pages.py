@@ -106,6 +106,8 @@ async def test_admin_creates_from_the_form_and_errors_name_the_field(
         assert 'aria-current="page">Rollouts' in page and "No rollouts yet." in page
         assert 'id="new-rollout" href="/rollouts/new"' in page
 
+        async with http.get("/migrations/myapp") as reply:
+            assert 'id="new-rollout" href="/rollouts/new?spec=myapp"' in await reply.text()
         async with http.get("/rollouts/new?spec=myapp") as reply:
             assert reply.status == 200
             page = await reply.text()

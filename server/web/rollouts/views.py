@@ -190,7 +190,7 @@ def new_rollout_page(specs: Sequence[SpecSummary], form: RolloutForm) -> NewRoll
     chosen = form.spec_id or (specs[0].spec_id if specs else "")
     options = tuple(
         Option(
-            s.spec_id, f"{s.spec_id} (revision {s.latest_revision}) {s.title}", s.spec_id == chosen
+            s.spec_id, f"{s.spec_id}, revision {s.latest_revision}: {s.title}", s.spec_id == chosen
         )
         for s in specs
     )
