@@ -47,7 +47,7 @@ MAX_FAILURES = 2**31 - 1
 MAX_SELECT = 4000
 MAX_SETTING = 200
 # The service's field names -> the form's (the others are the same).
-_FORM_FIELDS = {"soak_seconds": "soak", "wave_timeout_seconds": "wave_timeout", "by": "spec_id"}
+_FORM_FIELDS = {"soak_seconds": "soak", "wave_timeout_seconds": "wave_timeout"}
 
 
 def _wake(request: web.Request) -> None:
