@@ -219,18 +219,25 @@ async def test_halt_resume_pause_abort_through_the_forms(running_server: Running
         ):
             reply = await post(viewer, path, data)
             assert reply.status == 403, path
-        assert (await until_state(server, made.id, RolloutState.HALTED)).rollout.state
+        still = await rollouts_service.get_rollout(sessions, made.id)
+        assert still.rollout.state == RolloutState.HALTED
 
         async with admin.get(url) as reply:
             page = await reply.text()
         assert re.search(r'id="pause-form" data-to="PAUSED" hidden>', page)
         assert re.search(r'id="resume-form" data-to="RUNNING">', page)
         assert 'name="reason" maxlength="500" autocomplete="off" required>' in page
+        assert 'src="/static/rollout.js' in page and 'id="live-status"' in page
 
         # HALTED resumes only with a reason: the 400 names the field.
         async with admin.post(f"{url}/resume", data={}, allow_redirects=False) as reply:
             assert reply.status == 400
-            assert "reason: resuming a halted rollout overrides its gate" in await reply.text()
+            page = await reply.text()
+        [error] = re.findall(
+            r'<p class="notice notice-error" id="action-error" role="alert">(.*?)</p>', page
+        )
+        assert error.startswith("reason: resuming a halted rollout overrides its gate")
+        assert 'id="rollout-state">HALTED</span>' in page
         reply = await post(admin, f"{url}/resume", {"reason": f"known bad host {XSS}"})
         assert reply.status == 303 and reply.headers["Location"] == url
         detail = await rollouts_service.get_rollout(sessions, made.id)

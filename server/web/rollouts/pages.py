@@ -160,8 +160,12 @@ async def rollout(request: web.Request) -> web.StreamResponse:
     bars against the gate, its hosts and transitions; admins get the buttons its state
     allows."""
     rollout_id = path_id(request, "rollout_id")
+    return await _render_rollout(request, rollout_id)
+
+
+async def _render_rollout(request: web.Request, rollout_id: str, error: str = "") -> web.Response:
     detail = await rollouts_service.get_rollout(web_sessions(request.app), rollout_id)
-    view = rollout_page(detail, datetime.now(UTC))
+    view = rollout_page(detail, datetime.now(UTC), error)
     return await render_page("rollout.html", request, {"page": view})
 
 
@@ -182,12 +186,18 @@ async def pause(request: web.Request) -> web.StreamResponse:
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
-    """``POST /rollouts/{rollout_id}/resume`` (the Resume button; HALTED needs ``reason``)."""
+    """``POST /rollouts/{rollout_id}/resume`` (the Resume button; HALTED needs ``reason``: the
+    page is shown again (400) with the error next to the field)."""
     rollout_id = path_id(request, "rollout_id")
-    reason = await _reason(request)
-    changed = await rollouts_service.resume(
-        web_sessions(request.app), rollout_id, actor_name(request), reason
-    )
+    try:
+        reason = await _reason(request)
+        changed = await rollouts_service.resume(
+            web_sessions(request.app), rollout_id, actor_name(request), reason
+        )
+    except InvalidArgument as exc:
+        response = await _render_rollout(request, rollout_id, exc.message)
+        response.set_status(400)
+        return response
     _wake(request)
     raise web.HTTPSeeOther(rollout_url(changed.id))
 

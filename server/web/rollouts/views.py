@@ -299,6 +299,7 @@ class RolloutPage:
     transitions_json: str  # state -> the states it may go to (rollouts_service.can_change)
     can: frozenset[str]  # the states this rollout may go to now
     no_actions: bool  # no button applies (only the scheduler moves it, if anything)
+    error: str  # why the last change asked for was refused
 
 
 def gate_rate(gates: RolloutGates, hosts: int) -> float | None:
@@ -377,7 +378,7 @@ def allowed_moves() -> dict[str, list[str]]:
     }
 
 
-def rollout_page(detail: RolloutDetail, now: datetime) -> RolloutPage:
+def rollout_page(detail: RolloutDetail, now: datetime, error: str = "") -> RolloutPage:
     r = detail.rollout
     waves = tuple(wave_view(w, r) for w in detail.waves)
     total = {state: sum(w.counts.get(state, 0) for w in detail.waves) for state in RolloutHostState}
@@ -419,4 +420,5 @@ def rollout_page(detail: RolloutDetail, now: datetime) -> RolloutPage:
         transitions_json=json.dumps(allowed_moves(), separators=(",", ":")),
         can=can,
         no_actions=not can & BUTTON_STATES,
+        error=error,
     )
