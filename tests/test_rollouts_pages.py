@@ -168,6 +168,15 @@ async def test_admin_creates_from_the_form_and_errors_name_the_field(
         assert f'href="/rollouts/{rollout_id}"' in page
         assert 'href="/migrations/myapp?revision=1"' in page
         assert "wave 1 of 2" in page and "0 / 3" in page
+        # Newest first: a second rollout (by the service, as the CLI would) is listed above.
+        newer = await rollouts_service.create_rollout(
+            server.app[app_keys.SESSIONS], server.app[app_keys.CONFIG], "myapp", "cli:bob"
+        )
+        async with http.get("/rollouts") as reply:
+            page = await reply.text()
+        rows = re.findall(r'<tr id="rollout-([^"]+)" data-rollout-id=', page)
+        assert rows == [newer.id, rollout_id]
+        assert "cli:bob" in page and "wave 1 of 3" in page
 
 
 async def test_halt_resume_pause_abort_through_the_forms(running_server: RunningServer) -> None:

@@ -77,7 +77,7 @@
     var none = document.getElementById("no-actions");
     if (none) {
       none.hidden = any;
-      none.textContent = "Nothing left to do: the rollout is " + state + ".";
+      none.textContent = "No action applies while the rollout is " + state + ".";
     }
     var field = document.getElementById("resume-reason");
     if (field) { field.required = state === "HALTED"; }
