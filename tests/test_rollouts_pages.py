@@ -282,6 +282,10 @@ async def test_halt_resume_pause_abort_through_the_forms(running_server: Running
         assert reply.status == 303
         detail = await rollouts_service.get_rollout(sessions, made.id)
         assert detail.rollout.state in (RolloutState.REVERTING, RolloutState.REVERTED)
+        async with admin.get(url) as reply:
+            page = await reply.text()
+        assert '<p class="muted" id="no-actions">No action applies while the rollout is' in page
+        assert re.search(r'id="revert-form" data-to="REVERTING" hidden>', page)
         reply = await post(admin, f"{url}/abort", {"revert": "maybe"})
         assert reply.status == 400
 
