@@ -32,6 +32,7 @@ from server.web.fleet import pages as fleet
 from server.web.history import pages as history
 from server.web.history import stream as history_stream
 from server.web.migrations import pages as migrations
+from server.web.rollouts import pages as rollouts
 from server.web.runs import inputs as run_inputs
 from server.web.runs import pages as runs
 from server.web.runs import stream as run_stream
@@ -75,6 +76,14 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/migrations/{spec_id}/previews",       VIEWER,  migrations.previews, "migration_previews"),
     Route("POST", "/migrations/{spec_id}/runs",           ADMIN,   migrations.request_run, "migration_run"),
     Route("GET",  "/migrations/{spec_id}/runs/{action_id}", VIEWER, migrations.spec_run, "migration_run_wait"),
+    # --- rollouts
+    Route("GET",  "/rollouts",                            VIEWER,  rollouts.rollouts, "rollouts"),
+    Route("POST", "/rollouts",                            ADMIN,   rollouts.create_rollout, "rollout_create"),
+    Route("GET",  "/rollouts/new",                        ADMIN,   rollouts.new_rollout, "rollout_new"),
+    Route("GET",  "/rollouts/{rollout_id}",               VIEWER,  rollouts.rollout, "rollout"),
+    Route("POST", "/rollouts/{rollout_id}/pause",         ADMIN,   rollouts.pause, "rollout_pause"),
+    Route("POST", "/rollouts/{rollout_id}/resume",        ADMIN,   rollouts.resume, "rollout_resume"),
+    Route("POST", "/rollouts/{rollout_id}/abort",         ADMIN,   rollouts.abort, "rollout_abort"),
     # --- the JSON API
     Route("GET",  "/api/v1/events",                       VIEWER,  api_events.api_events, "api_events"),
     Route("GET",  "/api/v1/runs",                         VIEWER,  api_runs.list_runs, "api_runs"),

@@ -1,6 +1,8 @@
 // The fleet page's selector: a live count of the hosts an expression picks while it is typed
 // (debounced; GET /api/v1/agents/select/count), and for admins a bulk tag change on those
-// hosts after a confirmation naming the count (POST /api/v1/agents/tags).
+// hosts after a confirmation naming the count (POST /api/v1/agents/tags). The new-rollout
+// form reuses the count (the same element ids, no #selector-form): each answer is also sent to
+// the input as a "selector-count" event ({count} or {error}) for that page's summary.
 (function () {
   "use strict";
 
@@ -8,7 +10,7 @@
   var count = document.getElementById("selector-count");
   var hosts = document.getElementById("selector-hosts");
   var form = document.getElementById("selector-form");
-  if (!input || !count || !hosts || !form || typeof window.fetch !== "function") {
+  if (!input || !count || !hosts || typeof window.fetch !== "function") {
     return;
   }
   var tag = document.getElementById("selector-tag");
@@ -42,6 +44,10 @@
       : "";
   }
 
+  function announce(detail) {
+    input.dispatchEvent(new CustomEvent("selector-count", { detail: detail }));
+  }
+
   function refresh() {
     var mine = ++sequence;
     var params = new URLSearchParams();
@@ -60,11 +66,13 @@
         if (answer.ok) {
           matched = { expression: input.value.trim(), count: answer.data.count };
           show(answer.data);
+          announce({ count: answer.data.count });
         } else {
           matched = null;
           count.textContent = answer.data.message || "invalid selector";
           count.classList.add("selector-error");
           hosts.textContent = "";
+          announce({ error: count.textContent });
         }
         setButtons();
       })
@@ -118,10 +126,12 @@
       .catch(function () { result.textContent = "the tag change failed; try again"; });
   }
 
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    refresh();
-  });
+  if (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      refresh();
+    });
+  }
   input.addEventListener("input", schedule);
   if (tag) { tag.addEventListener("input", setButtons); }
   if (add) { add.addEventListener("click", function () { change("Add", "add"); }); }

@@ -1,0 +1,1 @@
+"""The rollouts pages: the list, the new-rollout form and one rollout live."""
