@@ -27,7 +27,7 @@ class HttpSender:
             self._http = None
 
     async def __call__(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
     ) -> SendResult:
         if self._http is None:
             self._http = aiohttp.ClientSession(
@@ -39,7 +39,7 @@ class HttpSender:
                 url,
                 data=body,
                 headers=dict(headers),
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as reply:
                 status = reply.status
@@ -48,7 +48,7 @@ class HttpSender:
                     text = (await reply.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
                     error = f"HTTP {status}: {' '.join(text.split())}".strip()
         except TimeoutError:
-            return SendResult(None, f"no answer within {timeout:g} s", _ms(started))
+            return SendResult(None, f"no answer within {timeout_s:g} s", _ms(started))
         except aiohttp.ClientError as exc:
             return SendResult(None, f"{type(exc).__name__}: {exc}", _ms(started))
         except (OSError, asyncio.IncompleteReadError) as exc:

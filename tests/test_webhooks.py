@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -26,9 +27,8 @@ from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.domain import DeliveryState, RolloutState, WebhookEvent
-from server.services import rollouts
+from server.services import rollouts, webhook_events
 from server.services import specs as specs_service
-from server.services import webhook_events
 from server.services import webhooks as webhooks_service
 from server.services.webhook_dispatcher import backoff_seconds
 from server.services.webhook_secrets import SecretBox
@@ -87,7 +87,7 @@ def test_signature_verifies_and_tampered_or_old_does_not() -> None:
 def test_backoff_grows_exponentially_up_to_the_cap_with_full_jitter() -> None:
     ceilings = [backoff_seconds(n, 10, 3600, rand=lambda: 1.0) for n in range(1, 12)]
     assert ceilings[:4] == [10, 20, 40, 80] and ceilings[-1] == 3600
-    assert all(b >= a for a, b in zip(ceilings, ceilings[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(ceilings))
     assert backoff_seconds(3, 10, 3600, rand=lambda: 0.0) == 0
     assert all(0 <= backoff_seconds(5, 10, 3600) <= 160 for _ in range(100))
 
@@ -129,7 +129,7 @@ async def test_a_failing_receiver_is_retried_with_backoff_and_logged(
             "url": "https://flagpost.example.com/x",
             "data": {},
         }
-        gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
         # full jitter: attempt n waits up to min(cap, base * 2**(n-1)) (+ a tick)
         for n, gap in enumerate(gaps, 1):
             assert gap <= min(1.0, 0.2 * 2 ** (n - 1)) + 0.5, gaps

@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -47,10 +47,8 @@ class Receiver:
             left = deadline - time.monotonic()
             assert left > 0, f"only {len(self.got)} of {count} requests arrived"
             self.arrived.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), left)
-            except TimeoutError:
-                pass
         return self.got
 
 

@@ -64,8 +64,8 @@ def backoff_seconds(
 ) -> float:
     """The delay before retrying after failed attempt number ``attempt`` (1-based): uniformly
     random in [0, min(cap, base * 2**(attempt-1))] ("full jitter")."""
-    ceiling = min(cap, base * 2 ** min(attempt - 1, 62))
-    return rand() * ceiling
+    ceiling: float = min(cap, base * 2.0 ** min(attempt - 1, 62))
+    return float(rand() * ceiling)
 
 
 class WebhookDispatcher:
@@ -105,10 +105,8 @@ class WebhookDispatcher:
             return
         self._stopping = True
         self._wake.set()
-        try:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(task, self._config.webhook_timeout_seconds + 2)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,7 +155,9 @@ class WebhookDispatcher:
             "last_error": result.error[:MAX_ERROR],
         }
         if result.ok:
-            values.update(state=DeliveryState.DELIVERED.value, delivered_at=now, next_attempt_at=None)
+            values.update(
+                state=DeliveryState.DELIVERED.value, delivered_at=now, next_attempt_at=None
+            )
             self.sent += 1
         elif attempt >= config.webhook_max_attempts:
             values.update(state=DeliveryState.FAILED.value, next_attempt_at=None)

@@ -146,8 +146,7 @@ def runs_payload(
     return {
         "event": event.value,
         "at": _iso(until),
-        "text": f"{count} {what} between {since:%H:%M:%S} and {until:%H:%M:%S} UTC: "
-        f"{hosts}{more}",
+        "text": f"{count} {what} between {since:%H:%M:%S} and {until:%H:%M:%S} UTC: {hosts}{more}",
         "path": f"/runs/{runs[0].run_id}" if len(runs) == 1 else f"/runs?state={state}",
         "data": {
             "since": _iso(since),

@@ -19,7 +19,7 @@ from server.config import ServerConfig
 from server.errors import ConfigError, InvalidArgument
 from server.services.inputs import KEY_FILE, load_or_create_key
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 MIN_SECRET = 16
 MAX_SECRET = 256
 

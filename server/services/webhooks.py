@@ -31,7 +31,9 @@ def check_url(url: str) -> str:
     no credentials."""
     url = url.strip()
     if not url or len(url) > MAX_URL or not url.isprintable() or " " in url:
-        raise InvalidArgument(f"must be an http(s) URL of at most {MAX_URL} characters", field="url")
+        raise InvalidArgument(
+            f"must be an http(s) URL of at most {MAX_URL} characters", field="url"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -86,7 +88,9 @@ def _webhook_id(webhook_id: str) -> str:
     try:
         return str(uuid.UUID(webhook_id.strip()))
     except ValueError:
-        raise NotFound(f"no webhook {webhook_id[:64]} (see: flagpost-server webhook list)") from None
+        raise NotFound(
+            f"no webhook {webhook_id[:64]} (see: flagpost-server webhook list)"
+        ) from None
 
 
 async def add_webhook(
@@ -164,6 +168,4 @@ async def deliveries_of(
     """The newest ``limit`` deliveries of each webhook (the /webhooks page)."""
     with unavailable_on_outage("webhook deliveries"):
         async with sessions() as session:
-            return {
-                w.id: await webhooks_db.list_deliveries(session, w.id, limit) for w in webhooks
-            }
+            return {w.id: await webhooks_db.list_deliveries(session, w.id, limit) for w in webhooks}

@@ -255,6 +255,7 @@ async def runs_between(
 ) -> list[RunNotice]:
     """Runs that failed (FAILED or PARTIAL, by the time the server stored it) or asked for
     input (by ``input_requested_at``) in ``[since, until)``, oldest first."""
+    at: Any
     if event == WebhookEvent.RUN_FAILED:
         at = MigrationRun.updated_at
         condition = MigrationRun.state.in_(FAILED_RUN_STATES)
