@@ -157,7 +157,8 @@ async def _webhook_command(
         print("no deliveries yet")
         return 0
     print(
-        f"{'ID':>8}  {'EVENT':18}  {'STATE':9}  {'TRIES':>5}  {'STATUS':>6}  {'MS':>6}  NEXT / ERROR"
+        f"{'ID':>8}  {'EVENT':18}  {'STATE':9}  {'TRIES':>5}  {'STATUS':>6}  {'MS':>6}  "
+        "NEXT / ERROR"
     )
     for d in log:
         status = "-" if d.last_status is None else str(d.last_status)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from agent_tests.spec_testlib import SAMPLE
-from server_testlib import make_server_config
+from server_testlib import logged_in_http, make_server_config
 from sqlalchemy import select
 from webhooks_testlib import receiver, report_run, seed_agents
 
@@ -154,6 +154,50 @@ async def test_giving_up_after_max_attempts_shows_the_error(server: RunningServe
     assert log[0].state == DeliveryState.FAILED and log[0].attempts == 4
     assert log[0].last_status == 500 and log[0].last_error == "HTTP 500: boom"
     assert log[0].next_attempt_at is None
+    async with logged_in_http(server) as admin:  # the API and the page show the same log
+        url = f"{server.web_url}/api/v1/webhooks/{webhook_id}/deliveries"
+        async with admin.get(url) as reply:
+            assert reply.status == 200
+            [shown] = (await reply.json())["deliveries"]
+        async with admin.get(f"{server.web_url}/webhooks") as reply:
+            assert reply.status == 200
+            page = await reply.text()
+    assert shown["state"] == "failed" and shown["attempts"] == 4
+    assert shown["last_status"] == 500 and shown["last_error"] == "HTTP 500: boom"
+    assert shown["last_latency_ms"] >= 0 and shown["next_attempt_at"] is None
+    row = page[page.index(f'id="delivery-{log[0].id}"') :].split("</tr>")[0]
+    for cell in ("failed", ">500<", ">4<", "HTTP 500: boom", " ms<"):
+        assert cell in row, row
+
+
+async def test_the_page_adds_and_removes_webhooks_for_admins_only(
+    server: RunningServer,
+) -> None:
+    async with logged_in_http(server, "viewer") as viewer:
+        async with viewer.get(f"{server.web_url}/webhooks") as reply:
+            assert reply.status == 403
+    async with logged_in_http(server) as admin:
+        csrf = admin.headers["X-CSRF-Token"]
+        form = {"csrf_token": csrf, "url": "ftp://x", "events": "rollout.halted"}
+        async with admin.post(f"{server.web_url}/webhooks", data=form) as reply:
+            assert reply.status == 400
+            assert "url: must start with http:// or https://" in await reply.text()
+        form = {"csrf_token": csrf, "url": "https://h.example.com/x", "events": "run.failed"}
+        async with admin.post(f"{server.web_url}/webhooks", data=form) as reply:
+            assert reply.status == 200
+            page = await reply.text()
+        [webhook] = await webhooks_service.list_webhooks(server.app[app_keys.SESSIONS])
+        secret = page.split('id="new-secret-value">')[1].split("<")[0]
+        async with server.app[app_keys.SESSIONS]() as session:
+            row = (await session.execute(select(WebhookRow))).scalar_one()
+        assert server.app[app_keys.WEBHOOK_SECRETS].decrypt(webhook.id, row.secret) == secret
+        async with admin.get(f"{server.web_url}/webhooks") as reply:
+            again = await reply.text()
+        assert secret not in again and "https://h.example.com/x" in again
+        remove = f"{server.web_url}/webhooks/{webhook.id}/remove"
+        async with admin.post(remove, data={"csrf_token": csrf}) as reply:
+            assert reply.status == 200 and "Webhook removed." in await reply.text()
+    assert await webhooks_service.list_webhooks(server.app[app_keys.SESSIONS]) == []
 
 
 async def test_the_secret_is_stored_encrypted(server: RunningServer) -> None:

@@ -6,6 +6,7 @@ the secret is never put in a URL)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -153,8 +154,6 @@ async def add_webhook(request: web.Request) -> web.StreamResponse:
 async def remove_webhook(request: web.Request) -> web.StreamResponse:
     """``POST /webhooks/{webhook_id}/remove``."""
     webhook_id = path_id(request, "webhook_id")
-    try:
+    with contextlib.suppress(NotFound):  # already gone: the page shows what is left
         await webhooks_service.remove_webhook(web_sessions(request.app), webhook_id)
-    except NotFound:
-        pass  # already gone: the page shows what is left
     raise web.HTTPSeeOther("/webhooks?removed=1")
