@@ -173,9 +173,11 @@ async def test_giving_up_after_max_attempts_shows_the_error(server: RunningServe
 async def test_the_page_adds_and_removes_webhooks_for_admins_only(
     server: RunningServer,
 ) -> None:
-    async with logged_in_http(server, "viewer") as viewer:
-        async with viewer.get(f"{server.web_url}/webhooks") as reply:
-            assert reply.status == 403
+    async with (
+        logged_in_http(server, "viewer") as viewer,
+        viewer.get(f"{server.web_url}/webhooks") as reply,
+    ):
+        assert reply.status == 403
     async with logged_in_http(server) as admin:
         csrf = admin.headers["X-CSRF-Token"]
         form = {"csrf_token": csrf, "url": "ftp://x", "events": "rollout.halted"}
