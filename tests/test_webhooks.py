@@ -14,8 +14,10 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_tests.spec_testlib import SAMPLE
@@ -30,10 +32,11 @@ from server.domain import DeliveryState, RolloutState, WebhookEvent
 from server.services import rollouts, webhook_events
 from server.services import specs as specs_service
 from server.services import webhooks as webhooks_service
-from server.services.webhook_dispatcher import backoff_seconds
+from server.services.webhook_dispatcher import SendResult, WebhookDispatcher, backoff_seconds
 from server.services.webhook_secrets import SecretBox
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.models import PendingActionRow, WebhookRow
+from server.webhook_sender import HttpSender
 from server.webhook_signature import REPLAY_WINDOW_SECONDS, sign, verify
 
 FAST = {
@@ -325,4 +328,64 @@ async def test_failed_runs_are_aggregated_once_per_minute(config: ServerConfig) 
         later = start + timedelta(minutes=3, seconds=6)
         assert await webhook_events.aggregate_runs(sessions, later) == 1
     finally:
+        await engine.dispose()
+
+
+async def test_two_dispatchers_send_each_delivery_once(config: ServerConfig) -> None:
+    """Two replicas' dispatchers on one database: every delivery is POSTed exactly once."""
+    engine = create_engine_for_url(config.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        box = SecretBox.open(config)
+        await webhooks_service.add_webhook(
+            sessions, box, "http://127.0.0.1:9/h", ["rollout.halted"], "al"
+        )
+        now = datetime.now(UTC)
+        async with sessions() as session, session.begin():
+            for n in range(30):
+                payload = {"event": "rollout.halted", "at": "x", "text": str(n), "path": "/"}
+                await webhook_events.enqueue(session, WebhookEvent.ROLLOUT_HALTED, payload, now)
+        sent: list[str] = []
+
+        async def send(url: str, body: bytes, headers: Any, timeout_s: float) -> SendResult:
+            sent.append(headers["Flagpost-Delivery"])
+            await asyncio.sleep(0.05)
+            return SendResult(204, "", 50)
+
+        one, two = (WebhookDispatcher(sessions, config, box, send) for _ in range(2))
+        for _ in range(3):
+            await asyncio.gather(one.run_once(), two.run_once())
+        assert sorted(sent) == sorted(set(sent)) and len(sent) == 30
+        assert one.sent + two.sent == 30
+    finally:
+        await engine.dispose()
+
+
+async def test_a_slow_receiver_times_out_and_old_rows_are_pruned(config: ServerConfig) -> None:
+    engine = create_engine_for_url(config.database_url)
+    slow = replace(config, webhook_timeout_seconds=0.3, webhook_max_attempts=1)
+    sender = HttpSender()
+    try:
+        sessions = make_sessionmaker(engine)
+        box = SecretBox.open(config)
+        async with receiver() as hook:
+            hook.delay = 2.0
+            webhook, _ = await webhooks_service.add_webhook(
+                sessions, box, hook.url, ["rollout.halted"], "al"
+            )
+            now = datetime.now(UTC)
+            async with sessions() as session, session.begin():
+                payload = {"event": "rollout.halted", "at": "x", "text": "t", "path": "/"}
+                await webhook_events.enqueue(session, WebhookEvent.ROLLOUT_HALTED, payload, now)
+            dispatcher = WebhookDispatcher(sessions, slow, box, sender)
+            assert await dispatcher.run_once() == 1
+        _, [delivery] = await webhooks_service.deliveries(sessions, webhook.id)
+        assert delivery.state == DeliveryState.FAILED and delivery.last_status is None
+        assert delivery.last_error == "no answer within 0.3 s"
+        later = datetime.now(UTC) + timedelta(days=config.retention_days, minutes=1)
+        await WebhookDispatcher(sessions, slow, box, sender).run_once(later)
+        _, log = await webhooks_service.deliveries(sessions, webhook.id)
+        assert log == []
+    finally:
+        await sender.close()
         await engine.dispose()

@@ -33,11 +33,14 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     got: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    delay: float = 0.0  # seconds before answering
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.got.append(Received(time.monotonic(), dict(request.headers), body))
         self.arrived.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status, text="boom" if status >= 400 else "ok")
 

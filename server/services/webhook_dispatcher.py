@@ -7,7 +7,8 @@ Every ``webhook_tick_seconds`` it (1) turns the minutes that ended into ``run.*`
 transaction), (3) POSTs them at once, signed (``server.webhook_signature``), and (4) records
 each attempt: the status, latency and error, ``attempts`` + 1, and then delivered (2xx), the
 next attempt after :func:`backoff_seconds` (exponential backoff with full jitter), or failed
-after ``webhook_max_attempts``. Deliveries are rows: pending ones survive a restart, and one
+after ``webhook_max_attempts``; once an hour, delivered and failed rows older than
+``retention_days`` are deleted. Deliveries are rows: pending ones survive a restart, and one
 whose POST a crash cut short is sent again when its lease ends (at least once: receivers
 dedupe by the ``Flagpost-Delivery`` header).
 
@@ -39,6 +40,7 @@ from server.webhook_signature import HEADER, sign
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN_SECONDS = 30.0
+PRUNE_EVERY = timedelta(hours=1)  # delivered / failed rows older than retention_days go
 BATCH = 50
 MAX_ERROR = 500
 
@@ -85,6 +87,7 @@ class WebhookDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._pruned_at: datetime | None = None
         self.sent = 0
         self.ticks = 0
 
@@ -116,6 +119,7 @@ class WebhookDispatcher:
         """One tick; returns how many deliveries were attempted."""
         now = now or datetime.now(UTC)
         await aggregate_runs(self._sessions, now)
+        await self._prune(now)
         lease = now + timedelta(seconds=self._config.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
         async with self._sessions() as session, session.begin():
             claimed = await webhooks_db.claim_due(session, now, lease, BATCH)
@@ -123,6 +127,20 @@ class WebhookDispatcher:
             await asyncio.gather(*(self._deliver(c) for c in claimed))
         self.ticks += 1
         return len(claimed)
+
+    async def _prune(self, now: datetime) -> None:
+        days = self._config.retention_days
+        if days <= 0 or (self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY):
+            return
+        self._pruned_at = now
+        batch = self._config.retention_batch_size
+        while True:
+            async with self._sessions() as session, session.begin():
+                deleted = await webhooks_db.prune_finished(
+                    session, now - timedelta(days=days), batch
+                )
+            if deleted < batch:
+                return
 
     async def _deliver(self, claimed: webhooks_db.Claimed) -> None:
         config = self._config

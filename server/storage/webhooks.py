@@ -278,3 +278,18 @@ async def runs_between(
         .limit(limit)
     )
     return [RunNotice(*row) for row in rows]
+
+
+async def prune_finished(session: AsyncSession, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` delivered or failed deliveries created before ``before``."""
+    ids = (
+        select(WebhookDeliveryRow.id)
+        .where(
+            WebhookDeliveryRow.state != DeliveryState.PENDING.value,
+            WebhookDeliveryRow.created_at < before,
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await session.execute(delete(WebhookDeliveryRow).where(WebhookDeliveryRow.id.in_(ids)))
+    return int(getattr(result, "rowcount", 0) or 0)
