@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,9 @@ async def _webhook_command(
 
     command = args.webhook_command
     if command == "add":
+        from server.services.inputs import KEY_FILE
+
+        key_existed = (config.state_dir / KEY_FILE).exists()
         box = await asyncio.to_thread(SecretBox.open, config)
         created, secret = await webhooks.add_webhook(
             sessions,
@@ -124,6 +128,12 @@ async def _webhook_command(
             fmt=args.format,
             secret=args.secret,
         )
+        if not key_existed:
+            print(
+                f"note: created {config.state_dir / KEY_FILE}; the server must use this "
+                "state directory (--state-dir) to sign with the secret",
+                file=sys.stderr,
+            )
         if args.json:
             _print_json(webhook_created_json(created, secret))
         else:
