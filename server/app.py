@@ -18,7 +18,10 @@ One asyncio loop runs both transports. ``create_app`` builds the aiohttp applica
 6. the retention job (``server.services.retention``): prunes events, runs and logs beyond the
    configured limits every ``retention_interval_minutes``, in bounded batches;
 7. the rollout scheduler (``server.services.rollout_scheduler``, ``app_keys.ROLLOUTS``): moves
-   every unsettled rollout along every ``rollout_tick_seconds``.
+   every unsettled rollout along every ``rollout_tick_seconds``;
+8. the webhook dispatcher (``server.services.webhook_dispatcher``, ``app_keys.WEBHOOKS``; its
+   secrets box ``app_keys.WEBHOOK_SECRETS``): sends due webhook deliveries every
+   ``webhook_tick_seconds``; on stop the POSTs in flight finish first.
 
 Shutdown order (``RunningServer.stop`` / ``runner.cleanup()``): the web stops listening, then
 (``on_shutdown``) live streams end and gRPC refuses new calls and gives in-flight ones up to
@@ -59,6 +62,8 @@ from server.services.ingest import IngestWriter
 from server.services.inputs import InputVault
 from server.services.retention import RetentionJob
 from server.services.rollout_scheduler import RolloutScheduler
+from server.services.webhook_dispatcher import WebhookDispatcher
+from server.services.webhook_secrets import SecretBox
 from server.signing import KEY_FILE_NAME as SIGNING_KEY_FILE
 from server.signing import load_or_create
 from server.storage import schema
@@ -67,6 +72,7 @@ from server.storage.db import create_engine, create_web_engine, make_sessionmake
 from server.tls import ServerTLS, load_server_tls, warn_if_plaintext, web_ssl_context
 from server.web import setup_web
 from server.web.listener import WebListener
+from server.webhook_sender import HttpSender
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +275,21 @@ async def _rollouts(app: web.Application) -> AsyncIterator[None]:
         await scheduler.stop()
 
 
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    config = app[app_keys.CONFIG]
+    box = await asyncio.to_thread(SecretBox.open, config)  # <state_dir>/inputs.key
+    app[app_keys.WEBHOOK_SECRETS] = box
+    sender = HttpSender()
+    dispatcher = WebhookDispatcher(app[app_keys.SESSIONS], config, box, sender)
+    app[app_keys.WEBHOOKS] = dispatcher
+    dispatcher.start()
+    try:
+        yield
+    finally:
+        await dispatcher.stop()
+        await sender.close()
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """The aiohttp application of one server process (see the module docstring)."""
     app = web.Application()
@@ -279,7 +300,17 @@ def create_app(config: ServerConfig) -> web.Application:
     metrics = ServerMetrics()
     app[app_keys.METRICS] = metrics
     app.cleanup_ctx.extend(
-        [_database, _signing, bus_ctx, _health_monitor, _ingest, _grpc, _retention, _rollouts]
+        [
+            _database,
+            _signing,
+            bus_ctx,
+            _health_monitor,
+            _ingest,
+            _grpc,
+            _retention,
+            _rollouts,
+            _webhooks,
+        ]
     )
     setup_web(app)  # its on_shutdown hook (end the live streams) runs before gRPC stops
     app.on_shutdown.append(_stop_grpc)

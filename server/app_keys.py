@@ -13,6 +13,8 @@ from server.services import Services
 from server.services.bus import EventBus
 from server.services.health import DatabaseHealth
 from server.services.rollout_scheduler import RolloutScheduler
+from server.services.webhook_dispatcher import WebhookDispatcher
+from server.services.webhook_secrets import SecretBox
 from server.signing import ActionSigner
 
 
@@ -41,3 +43,5 @@ SIGNER = web.AppKey("signer", ActionSigner)  # the server's Ed25519 action-signi
 ROLLOUTS = web.AppKey(
     "rollouts", RolloutScheduler
 )  # the rollout scheduler (wake it after a change)
+WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)  # sends the webhook outbox
+WEBHOOK_SECRETS = web.AppKey("webhook_secrets", SecretBox)  # encrypts webhook secrets

@@ -11,6 +11,8 @@
     flagpost-server [--config FILE] user create NAME --role admin|viewer [--password-file FILE]
     flagpost-server [--config FILE] user list | user delete NAME
     flagpost-server [--config FILE] prune [--database-url URL]
+    flagpost-server [--config FILE] webhook add URL --events LIST [--format json|slack]
+                                            [--secret S] | list | remove ID | deliveries ID
     flagpost-server tls selfsigned --out DIR [--host HOST]... [--days N]
 
 Flags override the config file and ``FLAGPOST_*`` environment (``load_config(overrides=…)``).
@@ -47,6 +49,7 @@ from server.migration_cli import add_migration_commands, migration_command
 from server.rollout_cli import add_rollout_commands, rollout_command
 from server.targets_cli import add_list_select, add_target_commands, targets_command
 from server.user_cli import add_user_commands, user_command
+from server.webhook_cli import add_webhook_commands, webhook_command
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -248,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_commands(commands.add, db_url)
     add_migration_commands(commands.add, db_url)
     add_rollout_commands(commands.add, db_url)
+    add_webhook_commands(commands.add, db_url)
 
     commands.add(
         "prune",
@@ -326,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(migration_command(config, args))
         if args.command == "rollout":
             return asyncio.run(_with_database(config, args, rollout_command))
+        if args.command == "webhook":
+            return asyncio.run(_with_database(config, args, webhook_command))
         if args.command == "prune":
             return asyncio.run(_prune(config))
         if args.command == "tls":

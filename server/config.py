@@ -84,6 +84,18 @@ class ServerConfig:
     # Rollouts (server/services/rollout_scheduler.py): every unsettled rollout is looked at
     # every rollout_tick_seconds (a gate breach halts it within about that long).
     rollout_tick_seconds: float = 1.0
+    # Links in notifications (webhooks) point at this base URL of the web ("": the web's own
+    # address, http(s)://web_host:web_port).
+    public_url: str = ""
+    # Webhooks (server/services/webhook_dispatcher.py): due deliveries are sent every
+    # webhook_tick_seconds, each POST given webhook_timeout_seconds; a failed one is retried
+    # after a random delay of up to min(cap, base * 2**(attempt-1)) seconds (full jitter), and
+    # given up (state failed) after webhook_max_attempts attempts.
+    webhook_tick_seconds: float = 1.0
+    webhook_timeout_seconds: float = 5.0
+    webhook_backoff_base_seconds: float = 10.0
+    webhook_backoff_cap_seconds: float = 3_600.0
+    webhook_max_attempts: int = 8
     # Web
     history_page_size: int = 50
     # Live streams (History and run streams together) open at once per web session and in all;
@@ -138,9 +150,30 @@ class ServerConfig:
             "web_keepalive_timeout_seconds",
             "web_max_connections",
             "rollout_tick_seconds",
+            "webhook_tick_seconds",
+            "webhook_timeout_seconds",
+            "webhook_backoff_base_seconds",
+            "webhook_backoff_cap_seconds",
+            "webhook_max_attempts",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config {name} must be greater than 0")
+        if self.webhook_backoff_cap_seconds < self.webhook_backoff_base_seconds:
+            raise ConfigError(
+                "config webhook_backoff_cap_seconds must be at least webhook_backoff_base_seconds"
+            )
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"config public_url ({self.public_url!r}) must start with http:// or https://"
+            )
+
+    @property
+    def web_base_url(self) -> str:
+        """Where people open the web: ``public_url``, else the web's own address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert_file else "http"
+        return f"{scheme}://{self.web_host}:{self.web_port}"
 
     @property
     def is_sqlite(self) -> bool:

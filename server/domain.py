@@ -788,3 +788,67 @@ class RolloutDetail:
     transitions: tuple[RolloutTransition, ...]
     hosts: tuple[RolloutHost, ...]
     reverts: dict[RevertState, int]
+
+
+# --- Webhooks -------------------------------------------------------------------------------------
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook may subscribe to (``server.services.webhook_events`` enqueues them)."""
+
+    ROLLOUT_HALTED = "rollout.halted"
+    ROLLOUT_COMPLETED = "rollout.completed"
+    ROLLOUT_ABORTED = "rollout.aborted"  # also an abort with revert (REVERTING)
+    RUN_FAILED = "run.failed"  # aggregated: one delivery per webhook per minute at most
+    RUN_WAITING_INPUT = "run.waiting_input"  # aggregated like run.failed
+
+
+RUN_WEBHOOK_EVENTS: frozenset[WebhookEvent] = frozenset(
+    {WebhookEvent.RUN_FAILED, WebhookEvent.RUN_WAITING_INPUT}
+)
+
+
+class WebhookFormat(StrEnum):
+    """The body a webhook receives: the full JSON payload, or Slack's ``{"text": ...}``."""
+
+    JSON = "json"
+    SLACK = "slack"
+
+
+class DeliveryState(StrEnum):
+    """One delivery of the webhook outbox (``webhook_deliveries``)."""
+
+    PENDING = "pending"  # due at next_attempt_at (retries included)
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # gave up after webhook_max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A registered receiver (never its secret)."""
+
+    id: str
+    url: str
+    events: tuple[WebhookEvent, ...]
+    format: WebhookFormat
+    created_by: str
+    created_at: datetime
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One row of a webhook's delivery log."""
+
+    id: int
+    webhook_id: str
+    event: WebhookEvent
+    payload: dict[str, Any]
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None  # None once delivered or failed
+    last_status: int | None  # the receiver's HTTP status (None: no answer)
+    last_error: str
+    last_latency_ms: int | None
+    created_at: datetime
+    delivered_at: datetime | None

@@ -26,6 +26,7 @@ TABLES_0006 = {"health_probe"}
 TABLES_0007 = {"migration_specs", "agent_spec_versions"}
 TABLES_0008 = {"agent_tags"}
 TABLES_0009 = {"rollouts", "rollout_hosts", "rollout_transitions"}
+TABLES_0010 = {"webhooks", "webhook_deliveries"}
 TABLES = (
     TABLES_0001
     | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
@@ -35,6 +36,7 @@ TABLES = (
     | TABLES_0007
     | TABLES_0008
     | TABLES_0009
+    | TABLES_0010
 )
 
 

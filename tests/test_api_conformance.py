@@ -436,6 +436,40 @@ async def exercise_rollouts(
     return mine
 
 
+async def exercise_webhooks(
+    caller: Caller, admin: aiohttp.ClientSession, viewer: aiohttp.ClientSession
+) -> dict[str, str]:
+    """Every ``/api/v1/webhooks`` status (admin only)."""
+    call = caller.call
+    webhooks: Op = ("get", "/api/v1/webhooks")
+    add: Op = ("post", "/api/v1/webhooks")
+    good = {"url": "https://hooks.example.com/x", "events": ["rollout.halted"]}
+    made = await call(admin, add, 201, body={**good, "format": "slack"})
+    assert made["secret"] and made["format"] == "slack"
+    error = await call(admin, add, 400, body={**good, "url": "ftp://x"})
+    assert error["message"].startswith("url: "), error
+    await call(admin, add, 400, body={**good, "events": ["rollout.nope"]})
+    await call(admin, add, 415, body=good, content_type="text/plain")
+    await call(viewer, add, 403, body=good)
+    listed = await call(admin, webhooks, 200)
+    assert [w["id"] for w in listed["webhooks"]] == [made["id"]]
+    assert "secret" not in listed["webhooks"][0]
+    await call(viewer, webhooks, 403)
+    mine = {"webhook_id": made["id"]}
+    unknown = {"webhook_id": str(uuid.uuid4())}
+    log: Op = ("get", "/api/v1/webhooks/{webhook_id}/deliveries")
+    assert (await call(admin, log, 200, mine))["deliveries"] == []
+    await call(admin, log, 400, mine, params={"limit": "0"})
+    await call(admin, log, 404, unknown)
+    await call(viewer, log, 403, mine)
+    remove: Op = ("delete", "/api/v1/webhooks/{webhook_id}")
+    await call(viewer, remove, 403, mine)
+    await call(admin, remove, 400, {"webhook_id": "x" * 65})
+    await call(admin, remove, 404, unknown)
+    assert (await call(admin, remove, 200, mine)) == {"id": made["id"], "removed": True}
+    return mine
+
+
 async def test_every_api_response_matches_the_document(
     running_server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
@@ -544,6 +578,7 @@ async def test_every_api_response_matches_the_document(
         # migration specs
         spec_args = await exercise_specs(caller, admin, viewer, agent, revoked, ids, too_long)
         rollout_args = await exercise_rollouts(caller, admin, viewer)
+        webhook_args = await exercise_webhooks(caller, admin, viewer)
         # targets: selectors, the live count, bulk tags
         listed: Op = ("get", "/api/v1/agents")
         picked = await call(viewer, listed, 200, params=[("select", "host=web-*")])
@@ -571,7 +606,10 @@ async def test_every_api_response_matches_the_document(
         assert served == DOCUMENT
         for method, template in sorted(api_operations()):
             await call(
-                anonymous, (method, template), 401, running | mine | spec_args | rollout_args
+                anonymous,
+                (method, template),
+                401,
+                running | mine | spec_args | rollout_args | webhook_args,
             )
 
     assert not caller.failures, "\n".join(caller.failures)

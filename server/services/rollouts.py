@@ -49,6 +49,7 @@ from server.services.health import unavailable_on_outage
 from server.services.runs import requester
 from server.services.specs import revision_in
 from server.services.targets import select_in
+from server.services.webhook_events import enqueue_rollout_change
 from server.storage import rollouts as rollouts_db
 from server.waves import check_waves, wave_sizes
 
@@ -116,7 +117,8 @@ async def change_state(
     **columns: object,
 ) -> None:
     """Move ``rollout`` (locked by the caller) to ``new``: Conflict unless the table above
-    allows it; the transition is recorded."""
+    allows it; the transition is recorded, and its webhook event (halted, completed, aborted)
+    enqueued in the same transaction (``server.services.webhook_events``)."""
     if not can_change(rollout.state, new):
         raise Conflict(
             f"rollout {rollout.id} is {rollout.state.value}; it cannot go to {new.value}"
@@ -127,6 +129,7 @@ async def change_state(
     await rollouts_db.insert_transition(
         session, rollout.id, rollout.state.value, new, now, by, reason
     )
+    await enqueue_rollout_change(session, rollout, new, by, reason, now)
 
 
 async def create_rollout(

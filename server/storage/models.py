@@ -479,3 +479,50 @@ class RolloutTransitionRow(Base):
     at: Mapped[datetime]
     by: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class WebhookRow(Base):
+    """A webhook (``server.services.webhooks``): a URL that receives the subscribed ``events``
+    (a list of ``WebhookEvent`` values) as ``format`` ('json' | 'slack'), signed with its
+    secret. ``secret`` is Fernet ciphertext under ``<state_dir>/inputs.key`` (the key that
+    encrypts input answers), bound to the webhook id. ``runs_cursor_at``: the end of the last
+    minute whose failed / waiting runs the dispatcher turned into deliveries for it."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSONType)
+    format: Mapped[str] = mapped_column(String(16))
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    runs_cursor_at: Mapped[datetime]
+
+
+class WebhookDeliveryRow(Base):
+    """The webhook outbox: one event for one webhook. ``payload`` is the JSON text of the
+    event ({event, at, text, path, data}; the body is rendered for the webhook's format at
+    each attempt). Pending rows are due at ``next_attempt_at``; a claimed one is leased (its
+    ``next_attempt_at`` pushed past the POST's timeout) so replicas never send it at once."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_latency_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "webhook_id", "id"),
+    )

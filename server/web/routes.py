@@ -27,6 +27,7 @@ from server.web.api import events as api_events
 from server.web.api import rollouts as api_rollouts
 from server.web.api import runs as api_runs
 from server.web.api import specs as api_specs
+from server.web.api import webhooks as api_webhooks
 from server.web.auth import Access, Handler, declare
 from server.web.fleet import pages as fleet
 from server.web.history import pages as history
@@ -36,6 +37,7 @@ from server.web.rollouts import pages as rollouts
 from server.web.runs import inputs as run_inputs
 from server.web.runs import pages as runs
 from server.web.runs import stream as run_stream
+from server.web.webhooks import pages as webhooks
 
 PUBLIC, VIEWER, ADMIN, METRICS = Access.PUBLIC, Access.VIEWER, Access.ADMIN, Access.METRICS
 
@@ -84,6 +86,10 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/rollouts/{rollout_id}/pause",         ADMIN,   rollouts.pause, "rollout_pause"),
     Route("POST", "/rollouts/{rollout_id}/resume",        ADMIN,   rollouts.resume, "rollout_resume"),
     Route("POST", "/rollouts/{rollout_id}/abort",         ADMIN,   rollouts.abort, "rollout_abort"),
+    # --- webhooks
+    Route("GET",  "/webhooks",                            ADMIN,   webhooks.webhooks, "webhooks"),
+    Route("POST", "/webhooks",                            ADMIN,   webhooks.add_webhook, "webhook_add"),
+    Route("POST", "/webhooks/{webhook_id}/remove",        ADMIN,   webhooks.remove_webhook, "webhook_remove"),
     # --- the JSON API
     Route("GET",  "/api/v1/events",                       VIEWER,  api_events.api_events, "api_events"),
     Route("GET",  "/api/v1/runs",                         VIEWER,  api_runs.list_runs, "api_runs"),
@@ -114,6 +120,10 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/api/v1/rollouts/{rollout_id}/pause",  ADMIN,   api_rollouts.pause, "api_pause_rollout"),
     Route("POST", "/api/v1/rollouts/{rollout_id}/resume", ADMIN,   api_rollouts.resume, "api_resume_rollout"),
     Route("POST", "/api/v1/rollouts/{rollout_id}/abort",  ADMIN,   api_rollouts.abort, "api_abort_rollout"),
+    Route("GET",  "/api/v1/webhooks",                     ADMIN,   api_webhooks.list_webhooks, "api_webhooks"),
+    Route("POST", "/api/v1/webhooks",                     ADMIN,   api_webhooks.add_webhook, "api_add_webhook"),
+    Route("DELETE", "/api/v1/webhooks/{webhook_id}",      ADMIN,   api_webhooks.remove_webhook, "api_remove_webhook"),
+    Route("GET",  "/api/v1/webhooks/{webhook_id}/deliveries", ADMIN, api_webhooks.deliveries, "api_webhook_deliveries"),
     Route("GET",  "/api/v1/openapi.json",                 VIEWER,  api_document.openapi, "api_openapi"),
     # --- sessions
     Route("GET",  "/login",                               PUBLIC,  login.login_page, "login"),

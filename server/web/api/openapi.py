@@ -15,7 +15,7 @@ from types import GenericAlias
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from server import __version__ as SERVER_VERSION
-from server.web.api import rollout_shapes, shapes, spec_shapes
+from server.web.api import rollout_shapes, shapes, spec_shapes, webhook_shapes
 from server.web.request import (
     EVENT_QUERY,
     LOG_QUERY,
@@ -265,6 +265,7 @@ class _Document:
             },
             **self.spec_paths(run_id),
             **self.rollout_paths(),
+            **self.webhook_paths(),
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "getOpenApi",
@@ -476,6 +477,68 @@ class _Document:
                 "abortRollout",
                 "Abort a rollout; with revert, every host it migrated reverts, newest wave first",
             ),
+        }
+
+    def webhook_paths(self) -> dict[str, Any]:
+        """Webhooks (admin only): list, add, remove, delivery log."""
+        webhook_id = self.path_id("webhook_id", Uuid)
+        admin = "Admin only."
+        return {
+            "/api/v1/webhooks": {
+                "get": {
+                    "operationId": "listWebhooks",
+                    "summary": "Webhooks, oldest first (never their secrets)",
+                    "description": admin,
+                    "responses": self.answers(webhook_shapes.WebhookList, "webhooks", 200, 503),
+                },
+                "post": {
+                    "operationId": "addWebhook",
+                    "summary": "Add a webhook: its events are POSTed to the URL, signed "
+                    "(Flagpost-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t.body)>)",
+                    "description": _JSON_BODY_NOTE + " The secret is generated unless given, "
+                    "and returned only in this answer.",
+                    "requestBody": self.body(webhook_shapes.WebhookCreate, required=True),
+                    "responses": self.answers(
+                        webhook_shapes.WebhookCreated,
+                        "the new webhook, with its secret",
+                        201,
+                        400,
+                        415,
+                        503,
+                    ),
+                },
+            },
+            "/api/v1/webhooks/{webhook_id}": {
+                "delete": {
+                    "operationId": "removeWebhook",
+                    "summary": "Remove a webhook and its delivery log",
+                    "description": admin + " Needs the CSRF token in `X-CSRF-Token`.",
+                    "parameters": [webhook_id],
+                    "responses": self.answers(
+                        webhook_shapes.WebhookRemoved, "removed", 200, 400, 404, 503
+                    ),
+                }
+            },
+            "/api/v1/webhooks/{webhook_id}/deliveries": {
+                "get": {
+                    "operationId": "listWebhookDeliveries",
+                    "summary": "A webhook's delivery log, newest first: state, attempts, last "
+                    "status, latency and error, next attempt",
+                    "description": admin,
+                    "parameters": [
+                        webhook_id,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        },
+                    ],
+                    "responses": self.answers(
+                        webhook_shapes.DeliveryList, "the delivery log", 200, 400, 404, 503
+                    ),
+                }
+            },
         }
 
     def secured(self, paths: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The /webhooks page (admin): webhooks, their delivery logs, the add form."""
