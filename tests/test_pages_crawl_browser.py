@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -236,3 +237,25 @@ def _brightness(rgb: str) -> float:
     """The mean channel of a CSS ``rgb(r, g, b)`` value (0 black, 255 white)."""
     channels = [float(v) for v in rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")[:3]]
     return sum(channels) / 3
+
+
+async def test_times_show_in_the_viewers_zone_with_utc_on_hover(server: RunningServer) -> None:
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(timezone_id="Asia/Tokyo")
+            page = await context.new_page()
+            await browser_logged_in(server, page, "viewer", "/history")
+            first = page.locator(".cell-time time").first
+            await first.wait_for()
+            utc = await first.get_attribute("title")
+            assert utc is not None and utc.endswith(" UTC"), utc
+            shown = datetime.strptime(utc, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+            tokyo = shown.astimezone(ZoneInfo("Asia/Tokyo"))
+            assert await first.inner_text() == f"{tokyo:%Y-%m-%d %H:%M:%S} GMT+9"
+            assert "Asia/Tokyo" in await page.locator("#footer-zone").inner_text()
+        finally:
+            await browser.close()
