@@ -36,3 +36,15 @@ def transition(source: str, target: str) -> str:
     if not source and not target:
         return ""
     return f"{source or '?'} → {target or '?'}"
+
+
+def human_bytes(count: int) -> str:
+    """``1.5 GiB`` style size; ``—`` for zero (not reported)."""
+    if count <= 0:
+        return "—"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover - the loop always returns

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 from server.domain import ActionKind, AgentHealth, PendingAction
 from server.services.fleet import AgentDetail, FleetAgent, FleetOverview, version_key
 from server.web.fleet.charts import StackedBarChart, events_per_hour_chart
-from server.web.format import display_time, relative_time
+from server.web.format import display_time, human_bytes, relative_time
 from server.web.history.views import DetailItem, EventRow, event_row
 from server.web.runs.views import RunRow
 
@@ -44,18 +44,6 @@ def health_style(health: str, revoked: bool = False) -> HealthStyle:
 def agent_url(agent_id: str) -> str:
     """``/agents/{id}`` with the id percent-encoded."""
     return f"/agents/{quote(agent_id, safe='')}"
-
-
-def human_bytes(count: int) -> str:
-    """``1.5 GiB`` style size; ``—`` for zero (not reported)."""
-    if count <= 0:
-        return "—"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"  # pragma: no cover - the loop always returns
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from server.domain import (
     StoredEvent,
     outcome_name,
 )
-from server.web.format import display_time, relative_time, transition
+from server.web.format import display_time, human_bytes, relative_time, transition
 from server.web.forms import Option, agent_options
 from server.web.request import filter_url, format_time, is_filtered
 
@@ -238,13 +238,23 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         run_id=event.run_id,
         run_url=f"/runs/{quote(event.run_id, safe='')}" if event.run_id else None,
         error_items=error_items(event.error_detail),
-        system_items=tuple(sorted(event.system_info.items())),
+        system_items=system_items(event.system_info),
         detail_json=pretty_json(event.error_detail),
         awaiting_input=event.run_id is not None and event.run_id in waiting_runs,
         spec_id=event.spec_id,
         spec_revision=event.spec_revision,
         spec_url=_spec_url(event.spec_id, event.spec_revision) if event.spec_id else None,
     )
+
+
+def system_items(info: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The host facts of an event, sorted; a byte count (``disk_free_bytes``) also in units."""
+    items = []
+    for key, value in sorted(info.items()):
+        if key.endswith("_bytes") and value.isdigit():
+            value = f"{human_bytes(int(value))} ({int(value):,} bytes)"
+        items.append((key, value))
+    return tuple(items)
 
 
 def _spec_url(spec_id: str, revision: int) -> str:
