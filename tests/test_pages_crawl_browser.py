@@ -259,3 +259,33 @@ async def test_times_show_in_the_viewers_zone_with_utc_on_hover(server: RunningS
             assert "Asia/Tokyo" in await page.locator("#footer-zone").inner_text()
         finally:
             await browser.close()
+
+
+async def test_copy_buttons_put_ids_and_errors_on_the_clipboard(server: RunningServer) -> None:
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context()
+            await context.grant_permissions(["clipboard-read", "clipboard-write"])
+            page = await context.new_page()
+            await browser_logged_in(server, page, "viewer", "/")
+            await page.locator("a", has_text="web-bad").first.click()
+            agent_id = page.url.rsplit("/", 1)[1]
+            copy = page.get_by_role("button", name="Copy agent id")
+            await copy.click()
+            await (
+                page.get_by_role("button", name="Copy agent id", exact=True)
+                .filter(has_text="Copied")
+                .wait_for()
+            )
+            assert await page.evaluate("navigator.clipboard.readText()") == agent_id
+            await page.goto(server.web_url + "/history?severity=error")
+            await page.locator("li.event summary").first.click()
+            await page.get_by_role("button", name="Copy error message").first.click()
+            copied = await page.evaluate("navigator.clipboard.readText()")
+            assert copied == "PermissionError [EACCES] /etc/aggregator/agent.conf"
+        finally:
+            await browser.close()
