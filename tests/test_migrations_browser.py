@@ -121,6 +121,12 @@ async def test_admin_uploads_previews_runs_and_reverts_a_spec(
     # Run it on the host: a "waiting for the agent" page, then the run page.
     await page.get_by_role("link", name="myapp").first.click()
     await expect(page.locator("#run-agent")).to_be_visible()
+    await page.locator("#run-submit").click()  # dismissed by the fixture: nothing runs
+    assert browser_page.dialogs == [
+        "Run myapp revision 1 on the chosen host? It changes its files (a backup is kept)."
+    ]
+    browser_page.dialogs.clear()
+    await page.evaluate("window.confirm = () => true")
     await page.locator("#run-submit").click()
     await page.wait_for_url("**/runs/*", timeout=15000)
     await expect(page.locator("#run-status .state-badge")).to_have_text("Succeeded", timeout=15000)
@@ -136,6 +142,7 @@ async def test_admin_uploads_previews_runs_and_reverts_a_spec(
 
     # Revert from the run page (a succeeded spec run): the files go back to v1.
     await page.goto(run_url)
+    await page.evaluate("window.confirm = () => true")  # "Revert this run? …"
     async with page.expect_navigation():
         await page.locator("#revert-button").click()
     await expect(page.locator(".notice-ok")).to_contain_text("Revert requested")

@@ -289,3 +289,21 @@ async def test_copy_buttons_put_ids_and_errors_on_the_clipboard(server: RunningS
             assert copied == "PermissionError [EACCES] /etc/aggregator/agent.conf"
         finally:
             await browser.close()
+
+
+async def test_fleet_affecting_buttons_ask_first(
+    server: RunningServer, browser_page: WatchedPage
+) -> None:
+    page = browser_page.page
+    await browser_logged_in(server, page, "admin", "/")
+    await page.locator("a", has_text="web-ok").first.click()
+    agent_url = page.url
+    await page.get_by_role("button", name="Run migration now").click()  # dismissed
+    assert browser_page.dialogs == ["Run the migration on web-ok now?"]
+    assert page.url == agent_url and await page.locator(".notice-ok").count() == 0
+    await page.goto(server.web_url + "/webhooks")
+    await page.get_by_role("button", name="Remove").click()  # dismissed: the webhook stays
+    assert browser_page.dialogs[-1] == (
+        "Remove the webhook http://127.0.0.1:9/hook? Its delivery log goes with it."
+    )
+    assert await page.get_by_role("button", name="Remove").count() == 1

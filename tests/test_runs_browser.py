@@ -39,6 +39,9 @@ async def server(sqlite_db_url: str, tmp_path: Path) -> AsyncIterator[RunningSer
         await running.stop()
 
 
+CANCEL_QUESTION = "Cancel this run? The agent stops after its current step and rolls back."
+
+
 async def test_run_page_live_tail_level_filter_and_cancel(
     server: RunningServer, browser_page: WatchedPage
 ) -> None:
@@ -126,7 +129,12 @@ async def test_run_page_live_tail_level_filter_and_cancel(
         await expect(page.locator("#log-lines > li.level-info")).to_have_count(0)
         await page.screenshot(path=str(SHOTS / "run-filtered.png"), full_page=True)
 
-        # Cancel from the button; the agent receives it and reports CANCELLED: live.
+        # Cancel from the button, after a confirmation (dismissed first: nothing happens); the
+        # agent receives it and reports CANCELLED: live.
+        await page.get_by_role("button", name="Cancel run").click()
+        assert browser_page.dialogs == [CANCEL_QUESTION] and "cancel=" not in page.url
+        browser_page.dialogs.clear()
+        await page.evaluate("window.confirm = () => true")
         await page.get_by_role("button", name="Cancel run").click()
         await page.wait_for_url("**cancel=requested**")
         await expect(page.locator(".notice-cancel")).to_contain_text("Cancellation requested")
@@ -159,6 +167,7 @@ async def _runs_list_and_screens(page: Page, server: RunningServer, agent: RunAg
     await page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
 
     await page.goto(f"{server.web_url}/agents/{agent.agent_id}")
+    await page.evaluate("window.confirm = () => true")  # "Run the migration on … now?"
     await page.get_by_role("button", name="Run migration now").click()
     await expect(page.locator(".notice-ok")).to_contain_text("Run requested")
     await page.screenshot(path=str(SHOTS / "agent.png"), full_page=True)
