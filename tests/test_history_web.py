@@ -435,8 +435,12 @@ async def test_agent_supplied_markup_is_escaped(client: Client) -> None:
     assert "<svg onload" not in body and "&lt;svg onload=alert(3)&gt;" in body
     assert "<b>key</b>" not in body and "&lt;b&gt;key&lt;/b&gt;" in body
     assert "<i>value</i>" not in body and "&lt;i&gt;value&lt;/i&gt;" in body
-    # The only <script> tags on the page would be ours (there are none: no inline script).
-    assert "<script" not in body
+    # The only <script> tags on the page are ours: external files from /static, none inline.
+    scripts = re.findall(r"<script[^>]*>", body)
+    assert scripts and all(
+        re.fullmatch(r'<script src="/static/[a-z_]+\.js\?v=[^"]+" defer>', tag) for tag in scripts
+    ), scripts
+    assert body.count("<script") == len(scripts)
 
 
 async def test_expanded_detail_shows_the_failure(client: Client, seeded: list[Seeded]) -> None:

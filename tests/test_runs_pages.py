@@ -594,7 +594,7 @@ async def test_cancel_button_and_run_now_queue_actions_for_the_agent(
     async with logged_in_http(server, base_url=True, account=alice) as http:
         page = await get_text(http, f"/runs/{run.run_id}")
         assert re.search(
-            r'<form class="inline-form" method="post" action="([^"]+)" id="cancel-form">', page
+            r'<form class="inline-form" method="post" action="([^"]+)" id="cancel-form"[^>]*>', page
         )
         stream = await open_stream(http, f"{server.web_url}/runs/{run.run_id}/stream")
         await run_frame(stream, "RUNNING")
