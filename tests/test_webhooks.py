@@ -314,8 +314,8 @@ async def test_failed_runs_are_aggregated_once_per_minute(config: ServerConfig) 
             sessions, b, "AWAITING_INPUT", at=start + timedelta(seconds=7), input_requested=True
         )
         now = start + timedelta(minutes=1, seconds=10)  # minute 1 ended, minute 3 did not
-        assert await webhook_events.aggregate_runs(sessions, now) == 2
-        assert await webhook_events.aggregate_runs(sessions, now) == 0  # exactly once
+        assert await webhook_events.aggregate(sessions, config, now) == 2
+        assert await webhook_events.aggregate(sessions, config, now) == 0  # exactly once
         _, log = await webhooks_service.deliveries(sessions, webhook.id)
         by_event = {d.event: d.payload for d in log}
         failed = by_event[WebhookEvent.RUN_FAILED]
@@ -326,7 +326,7 @@ async def test_failed_runs_are_aggregated_once_per_minute(config: ServerConfig) 
         waiting = by_event[WebhookEvent.RUN_WAITING_INPUT]
         assert waiting["data"]["count"] == 1 and waiting["path"].startswith("/runs/")
         later = start + timedelta(minutes=3, seconds=6)
-        assert await webhook_events.aggregate_runs(sessions, later) == 1
+        assert await webhook_events.aggregate(sessions, config, later) == 1
     finally:
         await engine.dispose()
 
