@@ -3,7 +3,8 @@
 
 Claiming due deliveries (:func:`claim_due`) takes them with ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL and leases them in the same transaction (``next_attempt_at`` pushed past the
-POST's timeout), so replicas sharing the database never send one delivery at the same time.
+POST's timeout, only where it is still due: a compare-and-set, what guards SQLite), so
+replicas sharing the database never send one delivery at the same time.
 """
 
 from __future__ import annotations
@@ -148,11 +149,21 @@ async def claim_due(
     ids = list((await session.execute(ids_query)).scalars())
     if not ids:
         return []
-    await session.execute(
+    # The lease is a compare-and-set: on SQLite the SELECT above holds no lock, so another
+    # process may have leased some of these rows since; only the rows still due are taken.
+    leased = await session.execute(
         update(WebhookDeliveryRow)
-        .where(WebhookDeliveryRow.id.in_(ids))
+        .where(
+            WebhookDeliveryRow.id.in_(ids),
+            WebhookDeliveryRow.state == DeliveryState.PENDING.value,
+            WebhookDeliveryRow.next_attempt_at <= now,
+        )
         .values(next_attempt_at=lease_until)
+        .returning(WebhookDeliveryRow.id)
     )
+    ids = list(leased.scalars())
+    if not ids:
+        return []
     rows = await session.execute(
         select(
             WebhookDeliveryRow.id,
