@@ -801,6 +801,9 @@ class WebhookEvent(StrEnum):
     ROLLOUT_ABORTED = "rollout.aborted"  # also an abort with revert (REVERTING)
     RUN_FAILED = "run.failed"  # aggregated: one delivery per webhook per minute at most
     RUN_WAITING_INPUT = "run.waiting_input"  # aggregated like run.failed
+    # aggregated like run.failed: agents whose last check-in became older than the offline
+    # threshold (server.services.agents.offline_window) in that minute
+    AGENT_OFFLINE = "agent.offline"
 
 
 RUN_WEBHOOK_EVENTS: frozenset[WebhookEvent] = frozenset(

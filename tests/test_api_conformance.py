@@ -446,6 +446,11 @@ async def exercise_webhooks(
     good = {"url": "https://hooks.example.com/x", "events": ["rollout.halted"]}
     made = await call(admin, add, 201, body={**good, "format": "slack"})
     assert made["secret"] and made["format"] == "slack"
+    offline = await call(admin, add, 201, body={**good, "events": ["agent.offline"]})
+    assert offline["events"] == ["agent.offline"]
+    await call(
+        admin, ("delete", "/api/v1/webhooks/{webhook_id}"), 200, {"webhook_id": offline["id"]}
+    )
     error = await call(admin, add, 400, body={**good, "url": "ftp://x"})
     assert error["message"].startswith("url: "), error
     await call(admin, add, 400, body={**good, "events": ["rollout.nope"]})

@@ -22,20 +22,21 @@ from typing import Any
 import pytest
 from agent_tests.spec_testlib import SAMPLE
 from server_testlib import logged_in_http, make_server_config
-from sqlalchemy import select
+from sqlalchemy import select, update
 from webhooks_testlib import receiver, report_run, seed_agents
 
 from server import app_keys
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
-from server.domain import DeliveryState, RolloutState, WebhookEvent
+from server.domain import AgentHealth, DeliveryState, RolloutState, WebhookEvent
 from server.services import rollouts, webhook_events
 from server.services import specs as specs_service
 from server.services import webhooks as webhooks_service
+from server.services.agents import agent_health, offline_window
 from server.services.webhook_dispatcher import SendResult, WebhookDispatcher, backoff_seconds
 from server.services.webhook_secrets import SecretBox
 from server.storage.db import create_engine_for_url, make_sessionmaker
-from server.storage.models import PendingActionRow, WebhookRow
+from server.storage.models import Agent, PendingActionRow, WebhookRow
 from server.webhook_sender import HttpSender
 from server.webhook_signature import REPLAY_WINDOW_SECONDS, sign, verify
 
@@ -314,8 +315,8 @@ async def test_failed_runs_are_aggregated_once_per_minute(config: ServerConfig) 
             sessions, b, "AWAITING_INPUT", at=start + timedelta(seconds=7), input_requested=True
         )
         now = start + timedelta(minutes=1, seconds=10)  # minute 1 ended, minute 3 did not
-        assert await webhook_events.aggregate_runs(sessions, now) == 2
-        assert await webhook_events.aggregate_runs(sessions, now) == 0  # exactly once
+        assert await webhook_events.aggregate(sessions, config, now) == 2
+        assert await webhook_events.aggregate(sessions, config, now) == 0  # exactly once
         _, log = await webhooks_service.deliveries(sessions, webhook.id)
         by_event = {d.event: d.payload for d in log}
         failed = by_event[WebhookEvent.RUN_FAILED]
@@ -326,7 +327,105 @@ async def test_failed_runs_are_aggregated_once_per_minute(config: ServerConfig) 
         waiting = by_event[WebhookEvent.RUN_WAITING_INPUT]
         assert waiting["data"]["count"] == 1 and waiting["path"].startswith("/runs/")
         later = start + timedelta(minutes=3, seconds=6)
-        assert await webhook_events.aggregate_runs(sessions, later) == 1
+        assert await webhook_events.aggregate(sessions, config, later) == 1
+    finally:
+        await engine.dispose()
+
+
+async def _set_last_checkin(sessions: Any, agent_id: str, at: datetime, **values: Any) -> None:
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(Agent).where(Agent.id == agent_id).values(last_checkin_at=at, **values)
+        )
+
+
+async def test_agents_going_offline_are_delivered_once_per_minute(config: ServerConfig) -> None:
+    """Agents whose last check-in + the offline window falls in an ended minute: one
+    agent.offline delivery per subscribed webhook listing them, sent once (two replicas' ticks
+    at the same time, then a restarted dispatcher); not to a webhook not subscribed; an agent
+    that checked in again, a revoked one and one offline before the webhook existed are not
+    listed."""
+    engine = create_engine_for_url(config.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        box = SecretBox.open(config)
+        base = "http://127.0.0.1:9/"
+        hook, _ = await webhooks_service.add_webhook(
+            sessions, box, base + "json", ["agent.offline"], "al"
+        )
+        await webhooks_service.add_webhook(
+            sessions, box, base + "slack", ["agent.offline"], "al", fmt="slack"
+        )
+        runs_only, _ = await webhooks_service.add_webhook(
+            sessions, box, base + "runs", ["run.failed"], "al"
+        )
+        a, b, back, revoked, later, old = await seed_agents(sessions, 6)
+        window = offline_window(config)
+        assert window == timedelta(
+            seconds=config.checkin_interval_seconds * config.offline_after_intervals
+        )
+        start = hook.created_at.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        await _set_last_checkin(sessions, b, start + timedelta(seconds=20) - window)
+        await _set_last_checkin(sessions, a, start + timedelta(seconds=10) - window)
+        await _set_last_checkin(sessions, back, start + timedelta(seconds=30) - window)
+        await _set_last_checkin(sessions, back, start + timedelta(seconds=25))  # checked in again
+        await _set_last_checkin(
+            sessions, revoked, start + timedelta(seconds=15) - window, revoked=True
+        )
+        await _set_last_checkin(sessions, later, start + timedelta(minutes=1, seconds=5) - window)
+        await _set_last_checkin(sessions, old, hook.created_at - window - timedelta(seconds=1))
+        sent: list[tuple[str, dict[str, Any]]] = []
+
+        async def send(url: str, body: bytes, headers: Any, timeout_s: float) -> SendResult:
+            assert headers["Flagpost-Event"] == "agent.offline"
+            sent.append((url.rsplit("/", 1)[1], json.loads(body)))
+            return SendResult(204, "", 5)
+
+        now = start + timedelta(minutes=1, seconds=10)  # minute 1 ended, minute 2 did not
+        one, two = (WebhookDispatcher(sessions, config, box, send) for _ in range(2))
+        await asyncio.gather(one.run_once(now), two.run_once(now))
+        await one.run_once(now + timedelta(seconds=20))  # the next tick: nothing new
+        assert sorted(name for name, _ in sent) == ["json", "slack"]
+        [full] = [body for name, body in sent if name == "json"]
+        [slack] = [body for name, body in sent if name == "slack"]
+        assert full["event"] == "agent.offline"
+        assert full["at"] == (start + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+        data = full["data"]
+        assert data["count"] == 2 and data["offline_after_seconds"] == window.total_seconds()
+        assert [(x["agent_id"], x["hostname"]) for x in data["agents"]] == [
+            (a, "web-000"),
+            (b, "web-001"),
+        ]
+        first = data["agents"][0]
+        assert first["url"] == f"https://flagpost.example.com/agents/{a}" and "path" not in first
+        last_a = start + timedelta(seconds=10) - window
+        assert datetime.fromisoformat(first["last_checkin_at"]) == last_a
+        assert datetime.fromisoformat(first["offline_at"]) == start + timedelta(seconds=10)
+        assert full["url"] == "https://flagpost.example.com/"
+        assert full["text"].startswith("2 agents went offline (no check-in for 10 min) between")
+        assert f"web-000 (last check-in {last_a:%H:%M:%S}), web-001" in full["text"]
+        assert set(slack) == {"text"}
+        assert f"<https://flagpost.example.com/agents/{a}|web-000>" in slack["text"]
+        assert f"<https://flagpost.example.com/agents/{b}|web-001>" in slack["text"]
+        # the moment it is listed for is when its health turns offline
+        offline_at = start + timedelta(seconds=10)
+        assert agent_health(last_a, offline_at, config) == AgentHealth.STALE
+        assert agent_health(last_a, offline_at + timedelta(seconds=1), config) == (
+            AgentHealth.OFFLINE
+        )
+
+        sent.clear()  # a restarted dispatcher, once the next minute ended: only that one
+        await WebhookDispatcher(sessions, config, box, send).run_once(now + timedelta(minutes=1))
+        assert sorted(name for name, _ in sent) == ["json", "slack"]
+        [full] = [body for name, body in sent if name == "json"]
+        assert [x["agent_id"] for x in full["data"]["agents"]] == [later]
+        assert full["url"] == f"https://flagpost.example.com/agents/{later}"
+        assert full["text"].startswith("1 agent went offline")
+        _, log = await webhooks_service.deliveries(sessions, hook.id)
+        assert [d.event for d in log] == [WebhookEvent.AGENT_OFFLINE] * 2
+        assert all(d.state == DeliveryState.DELIVERED for d in log)
+        _, nothing = await webhooks_service.deliveries(sessions, runs_only.id)
+        assert nothing == []
     finally:
         await engine.dispose()
 

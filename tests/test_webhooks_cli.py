@@ -38,7 +38,7 @@ def test_add_list_deliveries_remove(sqlite_db_url: str, tmp_path: Path) -> None:
         "add",
         "https://hooks.example.com/flagpost",
         "--events",
-        "rollout.halted,run.failed",
+        "rollout.halted,run.failed,agent.offline",
         "--format",
         "slack",
     )
@@ -53,7 +53,8 @@ def test_add_list_deliveries_remove(sqlite_db_url: str, tmp_path: Path) -> None:
     assert secret.encode() not in stored  # Fernet ciphertext
     listed = _run(tmp_path, sqlite_db_url, "list")
     assert listed.returncode == 0 and webhook_id in listed.stdout
-    assert "rollout.halted,run.failed" in listed.stdout and secret not in listed.stdout
+    assert "rollout.halted,run.failed,agent.offline" in listed.stdout
+    assert secret not in listed.stdout
     as_json = json.loads(_run(tmp_path, sqlite_db_url, "list", "--json").stdout)
     assert as_json["webhooks"][0]["format"] == "slack"
     log = _run(tmp_path, sqlite_db_url, "deliveries", webhook_id)

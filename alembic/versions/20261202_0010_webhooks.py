@@ -1,12 +1,13 @@
-"""webhooks: receivers of rollout and run notifications, and their delivery outbox
+"""webhooks: receivers of rollout, run and agent notifications, and their delivery outbox
 
 Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-03 06:00:00
 
 ``webhooks`` (URL, subscribed events, body format, the signing secret encrypted with the
-inputs key, and the cursor of the per-minute run aggregation) and ``webhook_deliveries`` (the
-outbox: one row per event per webhook, its state, attempts and the last attempt's outcome).
+inputs key, and the cursor of the per-minute aggregation of run events and ``agent.offline``)
+and ``webhook_deliveries`` (the outbox: one row per event per webhook, its state, attempts and
+the last attempt's outcome).
 Types written out as in 0001 (no application imports).
 """
 

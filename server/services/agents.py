@@ -182,17 +182,28 @@ async def request_rotation(
         authenticator.forget(agent_id)
 
 
+def stale_window(config: ServerConfig) -> timedelta:
+    """How long an agent may be silent and still count as online."""
+    return timedelta(seconds=config.checkin_interval_seconds) * config.stale_after_intervals
+
+
+def offline_window(config: ServerConfig) -> timedelta:
+    """How long an agent may be silent before it counts as offline: it goes offline at
+    ``last_checkin_at + offline_window`` (the health shown, the fleet counts and the
+    ``agent.offline`` webhook event all use this)."""
+    return timedelta(seconds=config.checkin_interval_seconds) * config.offline_after_intervals
+
+
 def agent_health(
     last_checkin_at: datetime | None, now: datetime, config: ServerConfig
 ) -> AgentHealth:
     """Online / stale / offline from the last check-in and the configured interval."""
     if last_checkin_at is None:
         return AgentHealth.NEVER
-    interval = timedelta(seconds=config.checkin_interval_seconds)
     silent = now - last_checkin_at
-    if silent <= interval * config.stale_after_intervals:
+    if silent <= stale_window(config):
         return AgentHealth.ONLINE
-    if silent <= interval * config.offline_after_intervals:
+    if silent <= offline_window(config):
         return AgentHealth.STALE
     return AgentHealth.OFFLINE
 

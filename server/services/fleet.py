@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.config import ServerConfig
 from server.domain import AgentHealth, EventFilter, Severity, StoredEvent
 from server.errors import NotFound
-from server.services.agents import agent_health
+from server.services.agents import agent_health, offline_window, stale_window
 from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_store
 from server.storage import fleet as fleet_store
@@ -104,15 +104,14 @@ async def fleet_overview(
 ) -> FleetOverview:
     """Agent health counts, config versions, events per hour over the last day (the current
     hour included) and the agent list, as of ``now``."""
-    interval = timedelta(seconds=config.checkin_interval_seconds)
     current_hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current_hour - timedelta(hours=CHART_HOURS - 1)
     with unavailable_on_outage("fleet overview"):
         async with sessions() as session, session.begin():
             health = await fleet_store.count_agents_by_checkin(
                 session,
-                online_since=now - interval * config.stale_after_intervals,
-                offline_before=now - interval * config.offline_after_intervals,
+                online_since=now - stale_window(config),
+                offline_before=now - offline_window(config),
             )
             versions = await fleet_store.count_config_versions(session)
             hourly = await fleet_store.count_events_by_hour(

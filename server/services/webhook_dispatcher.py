@@ -1,13 +1,13 @@
 """The webhook dispatcher: the background job that empties the outbox.
 
-Every ``webhook_tick_seconds`` it (1) turns the minutes that ended into ``run.*`` deliveries
-(``webhook_events.aggregate_runs``), (2) claims the due pending deliveries (on PostgreSQL
-``FOR UPDATE SKIP LOCKED``; each claimed row is leased, its ``next_attempt_at`` pushed
-``webhook_timeout_seconds`` + :data:`LEASE_MARGIN_SECONDS` ahead, in the claiming
-transaction), (3) POSTs them at once, signed (``server.webhook_signature``), and (4) records
-each attempt: the status, latency and error, ``attempts`` + 1, and then delivered (2xx), the
-next attempt after :func:`backoff_seconds` (exponential backoff with full jitter), or failed
-after ``webhook_max_attempts``; once an hour, delivered and failed rows older than
+Every ``webhook_tick_seconds`` it (1) turns the minutes that ended into ``run.*`` and
+``agent.offline`` deliveries (``webhook_events.aggregate``), (2) claims the due pending
+deliveries (on PostgreSQL ``FOR UPDATE SKIP LOCKED``; each claimed row is leased, its
+``next_attempt_at`` pushed ``webhook_timeout_seconds`` + :data:`LEASE_MARGIN_SECONDS` ahead, in
+the claiming transaction), (3) POSTs them at once, signed (``server.webhook_signature``), and
+(4) records each attempt: the status, latency and error, ``attempts`` + 1, and then delivered
+(2xx), the next attempt after :func:`backoff_seconds` (exponential backoff with full jitter), or
+failed after ``webhook_max_attempts``; once an hour, delivered and failed rows older than
 ``retention_days`` are deleted. Deliveries are rows: pending ones survive a restart, and one
 whose POST a crash cut short is sent again when its lease ends (at least once: receivers
 dedupe by the ``Flagpost-Delivery`` header).
@@ -33,7 +33,7 @@ from server.config import ServerConfig
 from server.domain import DeliveryState
 from server.errors import FlagpostError
 from server.services.health import is_outage
-from server.services.webhook_events import aggregate_runs, render
+from server.services.webhook_events import aggregate, render
 from server.services.webhook_secrets import SecretBox
 from server.storage import webhooks as webhooks_db
 from server.webhook_signature import HEADER, sign
@@ -119,7 +119,7 @@ class WebhookDispatcher:
     async def run_once(self, now: datetime | None = None) -> int:
         """One tick; returns how many deliveries were attempted."""
         now = now or datetime.now(UTC)
-        await aggregate_runs(self._sessions, now)
+        await aggregate(self._sessions, self._config, now)
         await self._prune(now)
         lease = now + timedelta(seconds=self._config.webhook_timeout_seconds + LEASE_MARGIN_SECONDS)
         async with self._sessions() as session, session.begin():

@@ -6,7 +6,7 @@ the transaction that records the transition: the delivery rows commit with the t
 not at all, so each transition is notified exactly once, durably.
 
 Run events (``run.failed``, ``run.waiting_input``) are aggregated per minute by
-:func:`aggregate_runs` (called by the dispatcher every tick). Each webhook subscribed to one
+:func:`aggregate` (called by the dispatcher every tick). Each webhook subscribed to one
 keeps a cursor (``webhooks.runs_cursor_at``, starting at its creation): every minute that has
 ended (plus :data:`GRACE_SECONDS`, for commits still in flight) since the cursor is read from
 ``migration_runs`` (FAILED/PARTIAL runs by ``updated_at``, the time the server stored the final
@@ -15,6 +15,14 @@ event per minute with runs in it is inserted, and the cursor moves to the end of
 minute read, all in one transaction (a compare-and-set on the cursor: replicas never enqueue a
 minute twice). So a webhook gets at most one ``run.failed`` delivery per minute, listing that
 minute's failed runs, and no minute is missed across restarts.
+
+``agent.offline`` rides on the same cursor and minutes: an agent goes offline at
+``last_checkin_at + offline_window`` (``server.services.agents.offline_window``, the threshold
+of the health shown). For each minute read, the agents (not revoked) whose offline moment is in
+it are the ones that crossed the threshold then and have not checked in since (a check-in
+moves ``last_checkin_at``); one delivery per minute lists them. An agent that came back before
+the tick read its minute is not listed; one already offline when the webhook was created is
+not either.
 
 The stored payload is ``{event, at, text, path, data}``; :func:`render` makes the body at each
 attempt: JSON ``{event, at, text, url, data}`` (``url`` = ``public_url`` + ``path``) or Slack's
@@ -26,9 +34,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from server.config import ServerConfig
 from server.domain import (
     DeliveryState,
     RolloutState,
@@ -36,12 +46,14 @@ from server.domain import (
     WebhookEvent,
     WebhookFormat,
 )
+from server.services.agents import offline_window
 from server.storage import webhooks as webhooks_db
 
 GRACE_SECONDS = 5.0
 MINUTE = timedelta(minutes=1)
-MAX_RUNS_LISTED = 50  # per delivery; data.count has them all
-MAX_RUNS_READ = 5_000  # per webhook per tick (a long outage catches up over several ticks)
+MAX_RUNS_LISTED = 50  # runs or agents per delivery; data.count has them all
+MAX_RUNS_READ = 5_000  # runs or agents per event per webhook per tick (a long outage catches
+# up over several ticks)
 MAX_TEXT_HOSTS = 5
 
 _ROLLOUT_EVENTS: dict[RolloutState, WebhookEvent] = {
@@ -168,10 +180,79 @@ def runs_payload(
     }
 
 
-async def aggregate_runs(sessions: async_sessionmaker[AsyncSession], now: datetime) -> int:
-    """Turn the ended minutes since each run-subscribed webhook's cursor into deliveries (see
-    the module docstring); returns how many deliveries were enqueued."""
+def _window_text(window: timedelta) -> str:
+    seconds = int(window.total_seconds())
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def offline_text(data: dict[str, Any], base_url: str | None = None) -> str:
+    """The text of an ``agent.offline`` payload's ``data``: plain, or with each host a Slack
+    link to its agent page when ``base_url`` is given."""
+    agents = data["agents"]
+    count = int(data["count"])
+    since = datetime.fromisoformat(data["since"])
+    until = datetime.fromisoformat(data["until"])
+    hosts = []
+    for agent in agents[:MAX_TEXT_HOSTS]:
+        last = datetime.fromisoformat(agent["last_checkin_at"])
+        name = agent["hostname"] or agent["agent_id"][:8]
+        if base_url is not None:
+            name = f"<{base_url.rstrip('/')}{agent['path']}|{_slack_escape(name)}>"
+        hosts.append(f"{name} (last check-in {last:%H:%M:%S})")
+    more = f" and {count - MAX_TEXT_HOSTS} more" if count > MAX_TEXT_HOSTS else ""
+    noun = "agent" if count == 1 else "agents"
+    window = _window_text(timedelta(seconds=int(data["offline_after_seconds"])))
+    return (
+        f"{count} {noun} went offline (no check-in for {window}) between "
+        f"{since:%H:%M:%S} and {until:%H:%M:%S} UTC: {', '.join(hosts)}{more}"
+    )
+
+
+def offline_payload(
+    agents: list[webhooks_db.OfflineNotice], window: timedelta, since: datetime, until: datetime
+) -> dict[str, Any]:
+    """The payload of one minute's agents gone offline."""
+    data = {
+        "since": _iso(since),
+        "until": _iso(until),
+        "count": len(agents),
+        "offline_after_seconds": int(window.total_seconds()),
+        "agents": [
+            {
+                "agent_id": a.agent_id,
+                "hostname": a.hostname,
+                "last_checkin_at": _iso(a.last_checkin_at),
+                "offline_at": _iso(a.at),
+                "path": agent_path(a.agent_id),
+            }
+            for a in agents[:MAX_RUNS_LISTED]
+        ],
+    }
+    return {
+        "event": WebhookEvent.AGENT_OFFLINE.value,
+        "at": _iso(until),
+        "text": offline_text(data),
+        "path": agent_path(agents[0].agent_id) if len(agents) == 1 else "/",
+        "data": data,
+    }
+
+
+def agent_path(agent_id: str) -> str:
+    return f"/agents/{quote(agent_id, safe='')}"
+
+
+async def aggregate(
+    sessions: async_sessionmaker[AsyncSession], config: ServerConfig, now: datetime
+) -> int:
+    """Turn the ended minutes since each aggregating webhook's cursor into deliveries (run
+    events and ``agent.offline``, see the module docstring); returns how many deliveries were
+    enqueued."""
     end = _floor_minute(now - timedelta(seconds=GRACE_SECONDS))
+    window = offline_window(config)
     async with sessions() as session:
         cursors = [c for c in await webhooks_db.run_cursors(session) if c.cursor < end]
     enqueued = 0
@@ -180,15 +261,23 @@ async def aggregate_runs(sessions: async_sessionmaker[AsyncSession], now: dateti
             rows: list[dict[str, Any]] = []
             until = end
             for event in cursor.events:
-                runs = await webhooks_db.runs_between(
-                    session, event, cursor.cursor, end, MAX_RUNS_READ
-                )
-                if len(runs) == MAX_RUNS_READ:  # read on from the last full minute next tick
+                found: list[webhooks_db.RunNotice] | list[webhooks_db.OfflineNotice]
+                if event == WebhookEvent.AGENT_OFFLINE:
+                    found = await webhooks_db.agents_offline_between(
+                        session, window, cursor.cursor, end, MAX_RUNS_READ
+                    )
+                else:
+                    found = await webhooks_db.runs_between(
+                        session, event, cursor.cursor, end, MAX_RUNS_READ
+                    )
+                if len(found) == MAX_RUNS_READ:  # read on from the last full minute next tick
                     until = min(
                         until,
-                        max(_floor_minute(runs[-1].at), _floor_minute(cursor.cursor) + MINUTE),
+                        max(_floor_minute(found[-1].at), _floor_minute(cursor.cursor) + MINUTE),
                     )
-                rows.extend(_minute_rows(cursor.webhook_id, event, runs, cursor.cursor, now))
+                rows.extend(
+                    _minute_rows(cursor.webhook_id, event, found, cursor.cursor, now, window)
+                )
             rows = [r for r in rows if r["_since"] < until]
             for row in rows:
                 del row["_since"]
@@ -205,17 +294,21 @@ async def aggregate_runs(sessions: async_sessionmaker[AsyncSession], now: dateti
 def _minute_rows(
     webhook_id: str,
     event: WebhookEvent,
-    runs: list[webhooks_db.RunNotice],
+    found: list[webhooks_db.RunNotice] | list[webhooks_db.OfflineNotice],
     start: datetime,
     now: datetime,
+    window: timedelta,
 ) -> list[dict[str, Any]]:
-    by_minute: dict[datetime, list[webhooks_db.RunNotice]] = {}
-    for run in runs:
-        by_minute.setdefault(_floor_minute(run.at), []).append(run)
+    by_minute: dict[datetime, list[Any]] = {}
+    for item in found:
+        by_minute.setdefault(_floor_minute(item.at), []).append(item)
     rows = []
-    for minute, found in sorted(by_minute.items()):
+    for minute, items in sorted(by_minute.items()):
         since = max(minute, start)
-        payload = runs_payload(event, found, since, minute + MINUTE)
+        if event == WebhookEvent.AGENT_OFFLINE:
+            payload = offline_payload(items, window, since, minute + MINUTE)
+        else:
+            payload = runs_payload(event, items, since, minute + MINUTE)
         text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         rows.append({**_row(webhook_id, event, text, now), "_since": minute})
     return rows
@@ -223,15 +316,27 @@ def _minute_rows(
 
 def render(payload: dict[str, Any], fmt: WebhookFormat, base_url: str) -> bytes:
     """The body of one attempt for a webhook of format ``fmt``."""
-    url = base_url.rstrip("/") + str(payload.get("path", "/"))
+    base = base_url.rstrip("/")
+    url = base + str(payload.get("path", "/"))
+    data = payload.get("data", {})
+    offline = payload.get("event") == WebhookEvent.AGENT_OFFLINE.value
     if fmt == WebhookFormat.SLACK:
-        body: dict[str, Any] = {"text": f"{payload['text']} <{url}|Open in Flagpost>"}
+        text = offline_text(data, base) if offline else payload["text"]
+        body: dict[str, Any] = {"text": f"{text} <{url}|Open in Flagpost>"}
     else:
+        if offline:  # each agent's page as a URL, like the payload's own
+            data = {
+                **data,
+                "agents": [
+                    {**{k: v for k, v in a.items() if k != "path"}, "url": base + a["path"]}
+                    for a in data["agents"]
+                ],
+            }
         body = {
             "event": payload["event"],
             "at": payload["at"],
             "text": payload["text"],
             "url": url,
-            "data": payload.get("data", {}),
+            "data": data,
         }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -486,7 +486,8 @@ class WebhookRow(Base):
     (a list of ``WebhookEvent`` values) as ``format`` ('json' | 'slack'), signed with its
     secret. ``secret`` is Fernet ciphertext under ``<state_dir>/inputs.key`` (the key that
     encrypts input answers), bound to the webhook id. ``runs_cursor_at``: the end of the last
-    minute whose failed / waiting runs the dispatcher turned into deliveries for it."""
+    minute whose failed / waiting runs and agents gone offline (every aggregated event shares
+    it) the dispatcher turned into deliveries for it."""
 
     __tablename__ = "webhooks"
 

@@ -3,7 +3,8 @@
 
 Claiming due deliveries (:func:`claim_due`) takes them with ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL and leases them in the same transaction (``next_attempt_at`` pushed past the
-POST's timeout), so replicas sharing the database never send one delivery at the same time.
+POST's timeout, only where it is still due: a compare-and-set, what guards SQLite), so
+replicas sharing the database never send one delivery at the same time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -148,11 +149,21 @@ async def claim_due(
     ids = list((await session.execute(ids_query)).scalars())
     if not ids:
         return []
-    await session.execute(
+    # The lease is a compare-and-set: on SQLite the SELECT above holds no lock, so another
+    # process may have leased some of these rows since; only the rows still due are taken.
+    leased = await session.execute(
         update(WebhookDeliveryRow)
-        .where(WebhookDeliveryRow.id.in_(ids))
+        .where(
+            WebhookDeliveryRow.id.in_(ids),
+            WebhookDeliveryRow.state == DeliveryState.PENDING.value,
+            WebhookDeliveryRow.next_attempt_at <= now,
+        )
         .values(next_attempt_at=lease_until)
+        .returning(WebhookDeliveryRow.id)
     )
+    ids = list(leased.scalars())
+    if not ids:
+        return []
     rows = await session.execute(
         select(
             WebhookDeliveryRow.id,
@@ -190,9 +201,17 @@ async def record_attempt(session: AsyncSession, delivery_id: int, **values: Any)
     )
 
 
+AGGREGATED_EVENTS = (
+    WebhookEvent.RUN_FAILED,
+    WebhookEvent.RUN_WAITING_INPUT,
+    WebhookEvent.AGENT_OFFLINE,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RunCursor:
-    """A webhook subscribed to run events, and how far its aggregation got."""
+    """A webhook subscribed to aggregated events (run events, ``agent.offline``), and how far
+    its aggregation got (``webhooks.runs_cursor_at``, shared by all of them)."""
 
     webhook_id: str
     events: tuple[WebhookEvent, ...]
@@ -200,16 +219,15 @@ class RunCursor:
 
 
 async def run_cursors(session: AsyncSession) -> list[RunCursor]:
-    """The enabled webhooks subscribed to a run event, with their cursors."""
+    """The enabled webhooks subscribed to an aggregated event, with their cursors."""
     rows = await session.execute(
         select(WebhookRow.id, WebhookRow.events, WebhookRow.runs_cursor_at).where(
             WebhookRow.enabled.is_(True)
         )
     )
-    run_events = (WebhookEvent.RUN_FAILED, WebhookEvent.RUN_WAITING_INPUT)
     out = []
     for webhook_id, events, cursor in rows:
-        wanted = tuple(e for e in run_events if e.value in events)
+        wanted = tuple(e for e in AGGREGATED_EVENTS if e.value in events)
         if wanted:
             out.append(RunCursor(webhook_id, wanted, cursor))
     return out
@@ -278,6 +296,39 @@ async def runs_between(
         .limit(limit)
     )
     return [RunNotice(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineNotice:
+    """An agent that went offline at ``at`` (its last check-in + the offline window) and has
+    not checked in since."""
+
+    agent_id: str
+    hostname: str
+    last_checkin_at: datetime
+    at: datetime
+
+
+async def agents_offline_between(
+    session: AsyncSession, window: timedelta, since: datetime, until: datetime, limit: int
+) -> list[OfflineNotice]:
+    """Agents (not revoked) whose ``last_checkin_at + window`` is in ``[since, until)``, so
+    they crossed the offline threshold then and have not checked in since; oldest first."""
+    rows = await session.execute(
+        select(Agent.id, Agent.hostname, Agent.last_checkin_at)
+        .where(
+            Agent.revoked.is_(False),
+            Agent.last_checkin_at >= since - window,
+            Agent.last_checkin_at < until - window,
+        )
+        .order_by(Agent.last_checkin_at, Agent.id)
+        .limit(limit)
+    )
+    return [
+        OfflineNotice(agent_id, hostname, last, last + window)
+        for agent_id, hostname, last in rows
+        if last is not None  # never checked in: the WHERE already leaves these out
+    ]
 
 
 async def prune_finished(session: AsyncSession, before: datetime, limit: int) -> int:
