@@ -34,6 +34,7 @@ from server.web.history import pages as history
 from server.web.history import stream as history_stream
 from server.web.migrations import pages as migrations
 from server.web.rollouts import pages as rollouts
+from server.web.runs import download as run_download
 from server.web.runs import inputs as run_inputs
 from server.web.runs import pages as runs
 from server.web.runs import stream as run_stream
@@ -67,6 +68,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/runs/rows",                           VIEWER,  runs.runs_rows, "runs_rows"),
     Route("GET",  "/runs/{run_id}",                       VIEWER,  runs.run_page, "run"),
     Route("GET",  "/runs/{run_id}/stream",                VIEWER,  run_stream.run_stream, "run_stream"),
+    Route("GET",  "/runs/{run_id}/log.txt",               VIEWER,  run_download.log_text, "run_log_text"),
+    Route("GET",  "/runs/{run_id}/log.jsonl",             VIEWER,  run_download.log_jsonl, "run_log_jsonl"),
     Route("POST", "/runs/{run_id}/cancel",                ADMIN,   runs.cancel_run, "run_cancel"),
     Route("POST", "/runs/{run_id}/inputs",                ADMIN,   run_inputs.submit_form, "run_inputs"),
     Route("POST", "/runs/{run_id}/revert",                ADMIN,   migrations.request_revert, "run_revert"),

@@ -73,7 +73,18 @@
     });
   }
 
-  scrollToEnd();
+  // A link to a line (#log-SEQ) opens at that line; a finished run opens at its top; a live one
+  // follows its tail.
+  var target = window.location.hash ? document.getElementById(window.location.hash.slice(1)) : null;
+  if (target && list.contains(target)) {
+    following = false;
+    view.scrollTop = target.offsetTop - view.offsetTop - view.clientHeight / 3;
+  } else if (panel.getAttribute("data-finished") === "true") {
+    view.scrollTop = 0; // nothing more will come: no "Follow" button either
+  } else {
+    scrollToEnd();
+  }
+  updateFollowButton();
 
   var LABELS = {
     connecting: "Connecting…",
