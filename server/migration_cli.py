@@ -67,7 +67,8 @@ def add_migration_commands(
             dest="agents",
             required=name == "preview",
             metavar="AGENT_ID",
-            help="agent id (required" + ("; repeat for more)" if name == "preview" else ")"),
+            help="agent id (required"
+            + ("; repeat for more)" if name == "preview" else " unless --select)"),
         )
         if name == "run":
             parser.add_argument(
@@ -75,8 +76,8 @@ def add_migration_commands(
                 action="append",
                 dest="select",
                 metavar="EXPR",
-                help="run on every agent the selector picks, instead of --agent (repeat: all "
-                "must hold; see `agent select`)",
+                help="run on every agent the selector picks, instead of --agent (required "
+                "unless --agent; repeat: all must hold; see `agent select`)",
             )
         parser.add_argument("--revision", type=int, metavar="N", help="default: latest")
         _wait_flags(parser)
