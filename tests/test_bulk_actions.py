@@ -280,3 +280,22 @@ async def test_cli_select_forms(running_server: RunningServer, channel: grpc.aio
     assert code == 0 and out.startswith("revoked 1 of 1 agents picked"), err
     assert await refused_within(agents["db-1"], 10) == grpc.StatusCode.PERMISSION_DENIED
     await agents["web-1"].checkin()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_only_admins_get_the_bulk_controls(
+    running_server: RunningServer, channel: grpc.aio.Channel
+) -> None:
+    await fleet(running_server, channel)
+    await add_spec(running_server)
+    for role, shown in (("admin", True), ("viewer", False)):
+        async with (
+            logged_in_http(running_server, role) as http,
+            http.get(running_server.web_url + "/") as reply,
+        ):
+            page = await reply.text()
+        assert reply.status == 200
+        assert ('id="bulk-action"' in page) is shown
+        assert (page.count('class="bulk-row"') == 3) is shown
+        assert ("bulk.js" in page) is shown
+        assert ('<option value="myapp">myapp</option>' in page) is shown
