@@ -7,7 +7,8 @@
     flagpost-server [--config FILE] db upgrade | db downgrade REV | db current
     flagpost-server [--config FILE] token create [--uses N] [--expires 24h|30m|7d|never]
     flagpost-server [--config FILE] token list | token revoke PREFIX|ID
-    flagpost-server [--config FILE] agent list | agent revoke AGENT_ID | agent rotate AGENT_ID
+    flagpost-server [--config FILE] agent list | agent revoke AGENT_ID|--select EXPR
+    flagpost-server [--config FILE] agent rotate AGENT_ID
     flagpost-server [--config FILE] user create NAME --role admin|viewer [--password-file FILE]
     flagpost-server [--config FILE] user list | user delete NAME
     flagpost-server [--config FILE] prune [--database-url URL]
@@ -47,7 +48,12 @@ from server.errors import ConfigError, FlagpostError, SchemaOutOfDate
 from server.logging import setup_logging
 from server.migration_cli import add_migration_commands, migration_command
 from server.rollout_cli import add_rollout_commands, rollout_command
-from server.targets_cli import add_list_select, add_target_commands, targets_command
+from server.targets_cli import (
+    add_list_select,
+    add_target_commands,
+    revoke_selected,
+    targets_command,
+)
 from server.user_cli import add_user_commands, user_command
 from server.webhook_cli import add_webhook_commands, webhook_command
 
@@ -238,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = agent_commands.add(
         "revoke", "revoke an agent: its check-ins are refused from now on", parents=[db_url]
     )
-    revoke.add_argument("agent_id", metavar="AGENT_ID", help="as shown by `agent list`")
+    revoke.add_argument("agent_id", nargs="?", metavar="AGENT_ID", help="as shown by `agent list`")
+    add_list_select(revoke, "revoke every agent the selector picks (instead of AGENT_ID)")
     rotate = agent_commands.add(
         "rotate",
         "give the agent a new credential at its next check-in (the old one stops working "
@@ -477,6 +484,8 @@ async def _agent(config: ServerConfig, args: argparse.Namespace) -> int:
     try:
         await schema.assert_schema_current(engine)
         sessions = make_sessionmaker(engine)
+        if args.agent_command == "revoke" and (args.select is not None or not args.agent_id):
+            return await revoke_selected(config, sessions, args)
         if args.agent_command == "revoke":
             await agent_service.revoke(sessions, args.agent_id)
             print(f"revoked {args.agent_id} (servers refuse it within a few seconds)")

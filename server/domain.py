@@ -293,6 +293,25 @@ class ActionKind(StrEnum):
     REVERT_RUN = "revert_run"  # put a finished spec run's files back
 
 
+class BulkAction(StrEnum):
+    """What a bulk action on many agents does (``POST /api/v1/agents/bulk`` ``action``)."""
+
+    RUN_SPEC = "run_spec"  # one run_migration action per agent
+    CANCEL_RUNS = "cancel_runs"  # cancel every active run of the agents
+    ADD_TAGS = "add_tags"
+    REMOVE_TAGS = "remove_tags"
+    REVOKE = "revoke"  # revoke the agents' credentials
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    """The outcome of a bulk action: agents addressed, and how many changed (agents queued,
+    tagged or revoked; for ``cancel_runs`` runs asked to cancel)."""
+
+    matched: int
+    changed: int
+
+
 class StepStatus(StrEnum):
     """The status of one step of a run (``StepResult.status`` on the wire)."""
 

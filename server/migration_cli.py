@@ -65,10 +65,20 @@ def add_migration_commands(
             "--agent",
             action="append",
             dest="agents",
-            required=True,
+            required=name == "preview",
             metavar="AGENT_ID",
-            help="agent id (required" + ("; repeat for more)" if name == "preview" else ")"),
+            help="agent id (required"
+            + ("; repeat for more)" if name == "preview" else " unless --select)"),
         )
+        if name == "run":
+            parser.add_argument(
+                "--select",
+                action="append",
+                dest="select",
+                metavar="EXPR",
+                help="run on every agent the selector picks, instead of --agent (required "
+                "unless --agent; repeat: all must hold; see `agent select`)",
+            )
         parser.add_argument("--revision", type=int, metavar="N", help="default: latest")
         _wait_flags(parser)
     revert = sub("revert", "ask the run's agent to put the files of a succeeded spec run back")
@@ -176,7 +186,11 @@ async def _dispatch(
             sessions, config, args.spec_id, args.agents, cli_user(), args.revision
         )
         return await _preview(sessions, actions, args)
+    if command == "run" and args.select is not None:
+        return await _run_selected(config, sessions, args)
     if command == "run":
+        if not args.agents:
+            raise InvalidArgument("is required (or --select EXPR)", field="--agent")
         if len(args.agents) != 1:
             raise InvalidArgument("takes exactly one agent", field="--agent")
         action = await specs.request_run(
@@ -185,6 +199,30 @@ async def _dispatch(
         return await _follow_run(sessions, action, args)
     action = await specs.request_revert(sessions, config, args.run_id, cli_user())
     return await _follow_run(sessions, action, args)
+
+
+async def _run_selected(
+    config: ServerConfig, sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace
+) -> int:
+    """``migration run ID --select EXPR``: one run_migration action per agent picked."""
+    from server.services import specs, targets
+
+    if args.agents:
+        raise InvalidArgument("give --agent or --select, not both", field="--select")
+    if args.wait:
+        raise InvalidArgument(
+            "waits for one --agent only; follow runs started with --select on the Runs page",
+            field="--wait",
+        )
+    where = targets.targets_of(args.select, None, targets.MAX_BULK_AGENTS)
+    outcome = await specs.request_runs(
+        sessions, config, args.spec_id, where, cli_user(), args.revision
+    )
+    if args.json:
+        _print_json({"matched": outcome.matched, "changed": outcome.changed})
+    else:
+        print(f"queued {args.spec_id} on {outcome.changed} of {outcome.matched} agents picked")
+    return 0
 
 
 def _list(summaries: Sequence[Any], as_json: bool) -> int:

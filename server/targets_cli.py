@@ -10,6 +10,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
+from server.errors import InvalidArgument
 
 SELECT_HELP = (
     "selector expression, e.g. env=prod, 'role in (db,cache)', '!canary', 'host=web-*', "
@@ -50,11 +51,34 @@ def add_target_commands(
         )
 
 
-def add_list_select(parser: argparse.ArgumentParser) -> None:
-    """``agent list --select EXPR``."""
+def add_list_select(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """``agent list --select EXPR`` (and ``agent revoke --select EXPR``)."""
     parser.add_argument(
-        "--select", action="append", dest="select", metavar="EXPR", help=SELECT_HELP
+        "--select",
+        action="append",
+        dest="select",
+        metavar="EXPR",
+        help=f"{purpose}: {SELECT_HELP}" if purpose else SELECT_HELP,
     )
+
+
+async def revoke_selected(
+    config: ServerConfig, sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace
+) -> int:
+    """``agent revoke --select EXPR``: revoke every agent the selector picks."""
+    from server.services import agents, targets
+
+    if args.agent_id and args.select is not None:
+        raise InvalidArgument("give AGENT_ID or --select, not both", field="--select")
+    if args.select is None:
+        raise InvalidArgument("give an agent id or --select EXPR", field="AGENT_ID")
+    where = targets.targets_of(args.select, None)
+    outcome = await agents.revoke_agents(sessions, config, where)
+    print(
+        f"revoked {outcome.changed} of {outcome.matched} agents picked "
+        "(servers refuse them within a few seconds)"
+    )
+    return 0
 
 
 async def targets_command(

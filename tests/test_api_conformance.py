@@ -605,6 +605,28 @@ async def test_every_api_response_matches_the_document(
         await call(admin, tags, 404, body={"add": ["x"], "agent_ids": ["no-such-agent"]})
         await call(admin, tags, 415, content_type="text/plain")
         await call(viewer, tags, 403, body={"add": ["x"], "agent_ids": [agent.agent_id]})
+        bulk: Op = ("post", "/api/v1/agents/bulk")
+        both = [agent.agent_id, revoked.agent_id]
+        ran = await call(
+            admin, bulk, 200, body={"action": "run_spec", "spec_id": "myapp", "agent_ids": both}
+        )
+        assert ran == {"matched": 2, "changed": 1}  # the revoked agent is skipped
+        cancelled = await call(
+            admin, bulk, 200, body={"action": "cancel_runs", "select": ["health=any"]}
+        )
+        assert cancelled == {"matched": 1, "changed": 1}  # the waiting run; "running" was asked
+        tagged = {"action": "add_tags", "tags": ["wave=1"], "select": ["health=any"]}
+        assert await call(admin, bulk, 200, body=tagged) == {"matched": 1, "changed": 1}
+        bad_action = await call(admin, bulk, 400, body={"action": "explode", "select": []})
+        assert bad_action["message"].startswith("action: "), bad_action
+        not_taken = await call(
+            admin, bulk, 400, body={"action": "revoke", "select": [], "tags": ["x"]}
+        )
+        assert not_taken["message"].startswith("tags: "), not_taken
+        await call(admin, bulk, 404, body={"action": "revoke", "agent_ids": ["no-such-agent"]})
+        await call(admin, bulk, 404, body={"action": "run_spec", "spec_id": "nope", "select": []})
+        await call(admin, bulk, 415, content_type="text/plain")
+        await call(viewer, bulk, 403, body={"action": "revoke", "agent_ids": [agent.agent_id]})
 
         # the document itself, and no session at all
         served = await call(viewer, ("get", "/api/v1/openapi.json"), 200)

@@ -20,12 +20,12 @@ from typing import NamedTuple
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
-from server.domain import AgentHealth, AgentSummary
+from server.domain import AgentHealth, AgentSummary, BulkOutcome
 from server.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from server.selectors import parse_selector
 from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
 from server.services.health import unavailable_on_outage
-from server.services.targets import select_in
+from server.services.targets import MAX_BULK_AGENTS, Targets, resolve_in, select_in
 from server.storage import agents as agents_db
 from server.storage import targets as targets_db
 
@@ -161,6 +161,24 @@ async def revoke(
         raise NotFound(f"no agent {agent_id}")
     if authenticator is not None:
         authenticator.forget(agent_id)
+
+
+async def revoke_agents(
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    targets: Targets,
+    authenticator: Authenticator | None = None,
+) -> BulkOutcome:
+    """Revoke every agent ``targets`` addresses (at most ``MAX_BULK_AGENTS``) as
+    :func:`revoke` does; ``changed`` counts those not revoked before."""
+    with unavailable_on_outage("revoke agents"):
+        async with sessions() as session, session.begin():
+            ids = await resolve_in(session, config, targets, MAX_BULK_AGENTS)
+            revoked = await agents_db.set_revoked_many(session, ids, datetime.now(UTC))
+    if authenticator is not None:
+        for agent_id in revoked:
+            authenticator.forget(agent_id)
+    return BulkOutcome(len(ids), len(revoked))
 
 
 async def request_rotation(

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.config import ServerConfig
 from server.domain import (
     ActionKind,
+    BulkOutcome,
     EtaBasis,
     PendingAction,
     RunDetail,
@@ -35,6 +36,7 @@ from server.domain import (
 from server.errors import Conflict, InvalidArgument, NotFound
 from server.services.bus import EventBus
 from server.services.health import unavailable_on_outage
+from server.services.targets import MAX_BULK_AGENTS, Targets, resolve
 from server.storage import actions as actions_store
 from server.storage import agents as agents_store
 from server.storage import logs as logs_store
@@ -257,3 +259,36 @@ async def _queue_cancel(
             await runs_store.mark_cancel_requested(session, run.id, by, now)
             await notify.announce_runs_changed(session, [run.id])  # other replicas' streams
     return action
+
+
+async def cancel_runs_of(
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    targets: Targets,
+    by: str,
+    *,
+    bus: EventBus | None = None,
+) -> BulkOutcome:
+    """Ask every active run of the agents ``targets`` addresses to cancel, as
+    :func:`request_cancel` does for one: ``changed`` counts the runs asked now (runs with a
+    cancel already requested are left alone)."""
+    by = requester(by)
+    ids = await resolve(sessions, config, targets, MAX_BULK_AGENTS)
+    now = datetime.now(UTC)
+    with unavailable_on_outage("cancel runs"):
+        async with sessions() as session, session.begin():
+            runs = await runs_store.lock_active_runs(session, ids)
+            todo = [run.id for run in runs if run.cancel_requested_at is None]
+            agent_of = {run.id: run.agent_id for run in runs}
+            actions = [
+                new_action(
+                    config, agent_of[run_id], ActionKind.CANCEL_RUN, {"run_id": run_id}, by, now
+                )
+                for run_id in todo
+            ]
+            await actions_store.create_actions(session, actions)
+            await runs_store.mark_cancels_requested(session, todo, by, now)
+            await notify.announce_runs_changed(session, todo)  # other replicas' streams
+    if bus is not None and todo:
+        bus.publish_runs(todo)
+    return BulkOutcome(len(ids), len(todo))

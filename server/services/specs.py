@@ -24,6 +24,7 @@ from agent.specs.validate import SPEC_ID
 from server.config import ServerConfig
 from server.domain import (
     ActionKind,
+    BulkOutcome,
     EventStatus,
     EventType,
     PendingAction,
@@ -39,10 +40,12 @@ from server.errors import Conflict, InvalidArgument, NotFound
 from server.services.health import unavailable_on_outage
 from server.services.runs import new_action, requester
 from server.services.spec_checks import check_spec
+from server.services.targets import MAX_BULK_AGENTS, Targets, resolve_in
 from server.storage import actions as actions_store
 from server.storage import agents as agents_store
 from server.storage import runs as runs_store
 from server.storage import specs as specs_store
+from server.storage import targets as targets_store
 
 MAX_PREVIEW_AGENTS = 100
 # Open preview/run actions per agent: each carries up to 64 KiB of spec, and every open action
@@ -262,6 +265,35 @@ async def request_run(
             return await _queue_spec_action(
                 session, config, agent_id, ActionKind.RUN_MIGRATION, spec, by, now
             )
+
+
+async def request_runs(
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    spec_id: str,
+    targets: Targets,
+    by: str,
+    revision: int | None = None,
+) -> BulkOutcome:
+    """:func:`request_run` on every agent ``targets`` addresses (at most ``MAX_BULK_AGENTS``),
+    one signed ``run_migration`` action each, queued in one transaction. Revoked agents and
+    agents with ``MAX_OPEN_SPEC_ACTIONS`` spec actions waiting are skipped (not ``changed``)."""
+    by = requester(by)
+    now = datetime.now(UTC)
+    with unavailable_on_outage("request spec runs"):
+        async with sessions() as session, session.begin():
+            spec = await revision_in(session, spec_id, revision)
+            ids = await resolve_in(session, config, targets, MAX_BULK_AGENTS)
+            revoked = await targets_store.revoked_among(session, ids)
+            waiting = await actions_store.open_action_counts(session, ids, _SPEC_KINDS, now)
+            params = spec_params(spec)
+            actions = [
+                new_action(config, agent_id, ActionKind.RUN_MIGRATION, params, by, now)
+                for agent_id in ids
+                if agent_id not in revoked and waiting.get(agent_id, 0) < MAX_OPEN_SPEC_ACTIONS
+            ]
+            await actions_store.create_actions(session, actions)
+    return BulkOutcome(len(ids), len(actions))
 
 
 async def request_revert(

@@ -21,6 +21,7 @@ from server.storage import targets as targets_db
 
 MAX_TAGS_PER_CHANGE = 32
 MAX_AGENT_IDS = 100_000
+MAX_BULK_AGENTS = 10_000  # per bulk action request (POST /api/v1/agents/bulk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,68 @@ class TagChange:
     changed: int
 
 
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """The agents a bulk action addresses: those a parsed selector picks, or listed ids
+    (deduplicated, in order)."""
+
+    selector: Selector | None
+    agent_ids: tuple[str, ...] = ()
+
+
+def targets_of(
+    expressions: Sequence[str] | None,
+    agent_ids: Sequence[str] | None,
+    limit: int = MAX_AGENT_IDS,
+) -> Targets:
+    """Exactly one of ``expressions`` (SelectorError naming the bad one) and ``agent_ids``
+    (1 to ``limit`` ids); InvalidArgument naming the field otherwise."""
+    if (expressions is None) == (agent_ids is None):
+        raise InvalidArgument("give either select or agent_ids", field="select")
+    if expressions is not None:
+        return Targets(parse_selector(expressions))
+    assert agent_ids is not None
+    ids = tuple(dict.fromkeys(agent_ids))
+    if not ids:
+        raise InvalidArgument("give at least one agent id", field="agent_ids")
+    if len(ids) > limit:
+        raise InvalidArgument(f"at most {limit} ids per request", field="agent_ids")
+    return Targets(None, ids)
+
+
+async def resolve_in(
+    session: AsyncSession, config: ServerConfig, targets: Targets, limit: int = MAX_AGENT_IDS
+) -> list[str]:
+    """The ids ``targets`` addresses, read in ``session``: NotFound naming the first unknown
+    listed id, InvalidArgument (field ``select``) when the selector picks more than ``limit``."""
+    if targets.selector is not None:
+        selection = await select_in(session, config, targets.selector, limit + 1)
+        if selection.count > limit:
+            raise InvalidArgument(
+                f"picks {selection.count} agents; at most {limit} per request (narrow it)",
+                field="select",
+            )
+        return [agent_id for agent_id, _ in selection.agents]
+    ids = list(targets.agent_ids)
+    known = await targets_db.existing_agent_ids(session, ids)
+    missing = [agent_id for agent_id in ids if agent_id not in known]
+    if missing:
+        raise NotFound(f"no agent {missing[0]}")
+    return ids
+
+
+async def resolve(
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    targets: Targets,
+    limit: int = MAX_AGENT_IDS,
+) -> list[str]:
+    """:func:`resolve_in` in a read transaction of its own."""
+    with unavailable_on_outage("select agents"):
+        async with sessions() as session:
+            return await resolve_in(session, config, targets, limit)
+
+
 async def change_tags(
     sessions: async_sessionmaker[AsyncSession],
     config: ServerConfig,
@@ -81,34 +144,33 @@ async def change_tags(
     remove: Sequence[str] = (),
     expressions: Sequence[str] | None = None,
     agent_ids: Sequence[str] | None = None,
+    limit: int = MAX_AGENT_IDS,
 ) -> TagChange:
     """Add and remove tags on the agents ``expressions`` pick, or on ``agent_ids`` (exactly
-    one of them). InvalidArgument on a bad tag or selector, NotFound on an unknown agent id."""
+    one of them, at most ``limit`` agents). InvalidArgument on a bad tag or selector, NotFound
+    on an unknown agent id."""
     if not add and not remove:
         raise InvalidArgument("give at least one tag to add or remove", field="add")
     if len(add) + len(remove) > MAX_TAGS_PER_CHANGE:
         raise InvalidArgument(f"at most {MAX_TAGS_PER_CHANGE} tags per change", field="add")
     added = [validate_tag(tag, f"add[{i}]") for i, tag in enumerate(add)]
     removed = [validate_tag(tag, f"remove[{i}]") for i, tag in enumerate(remove)]
-    if (expressions is None) == (agent_ids is None):
-        raise InvalidArgument("give either select or agent_ids", field="select")
-    selector = parse_selector(expressions) if expressions is not None else None
+    return await change_tags_of(
+        sessions, config, targets_of(expressions, agent_ids, limit), added, removed, limit
+    )
+
+
+async def change_tags_of(
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    targets: Targets,
+    add: Sequence[str],
+    remove: Sequence[str],
+    limit: int = MAX_AGENT_IDS,
+) -> TagChange:
+    """Add and remove (already validated) tags on the agents ``targets`` addresses."""
     with unavailable_on_outage("change tags"):
         async with sessions() as session, session.begin():
-            if selector is not None:
-                ids = [
-                    agent_id for agent_id, _ in (await select_in(session, config, selector)).agents
-                ]
-            else:
-                assert agent_ids is not None
-                ids = list(dict.fromkeys(agent_ids))
-                if not ids:
-                    raise InvalidArgument("give at least one agent id", field="agent_ids")
-                if len(ids) > MAX_AGENT_IDS:
-                    raise InvalidArgument(f"at most {MAX_AGENT_IDS} ids", field="agent_ids")
-                known = await targets_db.existing_agent_ids(session, ids)
-                missing = [agent_id for agent_id in ids if agent_id not in known]
-                if missing:
-                    raise NotFound(f"no agent {missing[0]}")
-            changed = await targets_db.change_tags(session, ids, added, removed)
+            ids = await resolve_in(session, config, targets, limit)
+            changed = await targets_db.change_tags(session, ids, add, remove)
     return TagChange(len(ids), changed)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import ActionKind, PendingAction
@@ -95,3 +95,28 @@ async def create_actions(session: AsyncSession, actions: Sequence[PendingAction]
     ]
     for start in range(0, len(rows), 500):
         await session.execute(insert(PendingActionRow), rows[start : start + 500])
+
+
+async def open_action_counts(
+    session: AsyncSession,
+    agent_ids: Sequence[str],
+    kinds: Sequence[ActionKind],
+    now: datetime,
+) -> dict[str, int]:
+    """``agent id -> open (unacknowledged, unexpired) actions of kinds`` for ``agent_ids``
+    (agents without any are absent)."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(agent_ids), 500):
+        chunk = list(agent_ids[start : start + 500])
+        query = (
+            select(PendingActionRow.agent_id, func.count())
+            .where(
+                PendingActionRow.agent_id.in_(chunk),
+                PendingActionRow.kind.in_([k.value for k in kinds]),
+                PendingActionRow.acknowledged_at.is_(None),
+                PendingActionRow.expires_at > now,
+            )
+            .group_by(PendingActionRow.agent_id)
+        )
+        counts.update({str(a): int(n) for a, n in await session.execute(query)})
+    return counts

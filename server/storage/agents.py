@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, Update, bindparam, select, update
+from sqlalchemy import ColumnElement, Table, Update, bindparam, false, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -299,3 +299,20 @@ async def revoke_unused_newer(
         .returning(AgentCredential.id)
     )
     return len(result.all())
+
+
+async def set_revoked_many(
+    session: AsyncSession, agent_ids: Sequence[str], at: datetime
+) -> list[str]:
+    """Revoke those of ``agent_ids`` not revoked yet; returns the ids revoked now."""
+    revoked: list[str] = []
+    for start in range(0, len(agent_ids), 500):
+        chunk = list(agent_ids[start : start + 500])
+        result = await session.execute(
+            update(Agent)
+            .where(Agent.id.in_(chunk), Agent.revoked == false())
+            .values(revoked=True, revoked_at=at)
+            .returning(Agent.id)
+        )
+        revoked.extend(result.scalars())
+    return revoked

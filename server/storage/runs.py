@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.domain import InputRequest, RunState, RunStep, RunSummary
+from server.domain import ACTIVE_RUN_STATES, InputRequest, RunState, RunStep, RunSummary
 from server.storage.models import Agent, MigrationRun, RunStepRow
 
 PAST_RUNS_FOR_ETA = 20
@@ -253,3 +253,37 @@ async def reverted_by(session: AsyncSession, run_id: str) -> RunSummary | None:
     )
     row = (await session.execute(query)).first()
     return None if row is None else _summary(row)
+
+
+async def lock_active_runs(session: AsyncSession, agent_ids: Sequence[str]) -> list[RunSummary]:
+    """The active runs (``ACTIVE_RUN_STATES``) of ``agent_ids``, row-locked as ``lock_run``
+    does (PostgreSQL ``FOR UPDATE``; SQLite: a no-op write first, the database's write lock).
+    Call it first in its transaction."""
+    active = [state.value for state in ACTIVE_RUN_STATES]
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    runs: list[RunSummary] = []
+    for start in range(0, len(agent_ids), 500):
+        chunk = list(agent_ids[start : start + 500])
+        where = and_(MigrationRun.agent_id.in_(chunk), MigrationRun.state.in_(active))
+        query = _select_summaries().where(where).order_by(MigrationRun.id)
+        if postgresql:
+            query = query.with_for_update(of=MigrationRun)
+        else:
+            await session.execute(
+                update(MigrationRun).where(where).values(updated_at=MigrationRun.updated_at)
+            )
+        runs.extend(_summary(row) for row in await session.execute(query))
+    return runs
+
+
+async def mark_cancels_requested(
+    session: AsyncSession, run_ids: Sequence[str], by: str, at: datetime
+) -> None:
+    """``mark_cancel_requested`` for many runs."""
+    for start in range(0, len(run_ids), 500):
+        chunk = list(run_ids[start : start + 500])
+        await session.execute(
+            update(MigrationRun)
+            .where(MigrationRun.id.in_(chunk), MigrationRun.cancel_requested_at.is_(None))
+            .values(cancel_requested_by=by, cancel_requested_at=at)
+        )

@@ -156,3 +156,14 @@ async def change_tags(
             )
             changed.update(agent_id for agent_id, _ in gone)
     return len(changed)
+
+
+async def revoked_among(session: AsyncSession, agent_ids: Sequence[str]) -> set[str]:
+    """Which of ``agent_ids`` are revoked agents."""
+    found: set[str] = set()
+    for chunk in _chunks(agent_ids):
+        result = await session.execute(
+            select(Agent.id).where(Agent.id.in_(chunk), Agent.revoked == true())
+        )
+        found.update(result.scalars())
+    return found

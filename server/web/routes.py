@@ -22,6 +22,7 @@ from aiohttp import web
 
 from server.web import health, login
 from server.web.api import agents as api_agents
+from server.web.api import bulk as api_bulk
 from server.web.api import document as api_document
 from server.web.api import events as api_events
 from server.web.api import rollouts as api_rollouts
@@ -106,6 +107,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/api/v1/agents",                       VIEWER,  api_agents.list_agents, "api_agents"),
     Route("GET",  "/api/v1/agents/select/count",          VIEWER,  api_agents.select_count, "api_select_count"),
     Route("POST", "/api/v1/agents/tags",                  ADMIN,   api_agents.change_tags, "api_agent_tags"),
+    Route("POST", "/api/v1/agents/bulk",                  ADMIN,   api_bulk.bulk_action, "api_agents_bulk"),
     Route("GET",  "/api/v1/agents/{agent_id}",            VIEWER,  api_agents.get_agent, "api_agent"),
     Route("POST", "/api/v1/agents/{agent_id}/runs",       ADMIN,   api_agents.request_agent_run, "api_request_run"),
     Route("GET",  "/api/v1/migrations",                   VIEWER,  api_specs.list_specs, "api_migrations"),

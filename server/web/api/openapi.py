@@ -242,6 +242,22 @@ class _Document:
                     ),
                 }
             },
+            "/api/v1/agents/bulk": {
+                "post": {
+                    "operationId": "bulkAgentAction",
+                    "summary": "One action on the agents a selector picks, or on listed agent "
+                    "ids: run a spec, cancel their active runs, add or remove tags, revoke",
+                    "description": _JSON_BODY_NOTE + " At most 10,000 agents per request (400 "
+                    "naming `select` or `agent_ids` beyond). 400 names a bad, missing or "
+                    "unknown field, or one the action does not take; 404 when an agent id or "
+                    "the spec is unknown. `run_spec` skips revoked agents and agents with 16 "
+                    "spec actions waiting; `cancel_runs` skips runs already asked to cancel.",
+                    "requestBody": self.body(shapes.BulkActionRequest, required=True),
+                    "responses": self.answers(
+                        shapes.BulkActionResult, "the action done", 200, 400, 404, 415, 503
+                    ),
+                }
+            },
             "/api/v1/agents/{agent_id}": {
                 "get": {
                     "operationId": "getAgent",

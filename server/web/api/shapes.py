@@ -380,6 +380,31 @@ class TagChangeResult(TypedDict):
     changed: Annotated[NonNegative, Doc(description="agents that gained or lost a tag")]
 
 
+class BulkActionRequest(TypedDict):
+    """The body of ``POST /api/v1/agents/bulk``: the action, the agents picked by ``select``
+    (expressions, all must hold) or listed in ``agent_ids`` (exactly one; at most 10,000
+    agents), and the action's arguments: ``spec_id`` (and ``revision``) for ``run_spec``,
+    ``tags`` for ``add_tags`` / ``remove_tags``; others are refused."""
+
+    action: domain.BulkAction
+    select: NotRequired[Annotated[list[str], Doc(maxItems=32)]]
+    agent_ids: NotRequired[Annotated[list[str], Doc(minItems=1, maxItems=10000)]]
+    spec_id: NotRequired[Annotated[str, Doc(pattern="^[a-z0-9][a-z0-9_.-]{0,63}$")]]
+    revision: NotRequired[Annotated[int, Doc(minimum=1)]]
+    tags: NotRequired[Annotated[list[str], Doc(minItems=1, maxItems=32)]]
+
+
+class BulkActionResult(TypedDict):
+    matched: Annotated[NonNegative, Doc(description="agents picked")]
+    changed: Annotated[
+        NonNegative,
+        Doc(
+            description="agents queued a run, tagged, untagged or revoked; for cancel_runs "
+            "the runs asked to cancel"
+        ),
+    ]
+
+
 def select_count_json(selection: Selection) -> SelectCount:
     """The live count of a selector."""
     return SelectCount(

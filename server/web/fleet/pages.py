@@ -16,6 +16,7 @@ from server.domain import RunFilter, RunState
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
 from server.services import runs as runs_service
+from server.services import specs as specs_service
 from server.web.auth import actor_name
 from server.web.fleet.views import agent_page, overview_page, pending_action_note
 from server.web.request import path_id
@@ -40,6 +41,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         waiting_runs=by_state.get(RunState.AWAITING_INPUT, 0),
         active_runs=by_state.get(RunState.RUNNING, 0) + by_state.get(RunState.PENDING, 0),
         latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
+        spec_ids=tuple(s.spec_id for s in await specs_service.list_specs(sessions)),
     )
     return await render_page("overview.html", request, {"page": view})
 

@@ -97,6 +97,7 @@ class OverviewPage:
     versions: tuple[VersionShare, ...]
     chart: StackedBarChart
     agents: tuple[AgentListRow, ...]
+    spec_ids: tuple[str, ...] = ()  # the bulk "run a spec" choices
 
 
 def _percent(part: int, whole: int) -> int:
@@ -135,6 +136,7 @@ def overview_page(
     waiting_runs: int = 0,
     active_runs: int = 0,
     latest_runs: dict[str, RunRow] | None = None,
+    spec_ids: tuple[str, ...] = (),
 ) -> OverviewPage:
     """The overview's view model. Run figures come from the runs service (0 without it)."""
     now = overview.now
@@ -176,6 +178,7 @@ def overview_page(
         versions=shares,
         chart=events_per_hour_chart(overview.hours),
         agents=tuple(_agent_row(a, now, runs.get(a.record.id)) for a in overview.agents),
+        spec_ids=spec_ids,
     )
 
 
