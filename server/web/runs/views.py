@@ -391,6 +391,7 @@ class RunsPage:
     more_url: str | None
     more_fragment_url: str | None
     limit: int | None  # only when it differs from the default
+    live_url: str | None = None  # the first page's rows, polled by runs.js (first pages only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +415,7 @@ class RunPage:
     log_cursor: int  # the stream's start: lines up to here were examined for this page
     cancel_action: str
     notice: str
+    notice_until: str = ""  # "terminal" / "answered": run.js drops the notice when that passes
     revert_action: str = ""
     revert_run_url: str = ""  # the revert this page's Revert button asked for, once reported
     reverted_by_url: str = ""  # the succeeded revert of this run (then no Revert button)
