@@ -83,12 +83,12 @@ async def test_history_order_matches_the_times_shown_and_no_run_link_404s(
     await browser_logged_in(server, page, "viewer")
     rows = page.locator("li.event")
     await expect(rows).to_have_count(2)
-    await expect(page.locator(".page-sub")).to_contain_text("newest received first")
     shown = await page.locator(".cell-time time").evaluate_all(
         "ts => ts.map(t => t.getAttribute('datetime'))"
     )
     times = [datetime.fromisoformat(t) for t in shown]
     assert times == sorted(times, reverse=True), times
+    await expect(page.locator(".page-sub")).to_contain_text("newest received first")
     # The expanded row says which clock is which.
     await rows.first.locator("summary").click()
     detail = rows.first.locator(".event-detail")
