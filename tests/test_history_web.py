@@ -435,8 +435,12 @@ async def test_agent_supplied_markup_is_escaped(client: Client) -> None:
     assert "<svg onload" not in body and "&lt;svg onload=alert(3)&gt;" in body
     assert "<b>key</b>" not in body and "&lt;b&gt;key&lt;/b&gt;" in body
     assert "<i>value</i>" not in body and "&lt;i&gt;value&lt;/i&gt;" in body
-    # The only <script> tags on the page would be ours (there are none: no inline script).
-    assert "<script" not in body
+    # The only <script> tags on the page are ours: static files (waiting.js), no inline script.
+    scripts = re.findall(r"<script[^>]*>", body)
+    assert all(
+        re.fullmatch(r'<script src="/static/[a-z_]+\.js\?v=[^"]+" defer>', s) for s in scripts
+    )
+    assert body.count("<script") == len(scripts) and "<script>" not in body
 
 
 async def test_expanded_detail_shows_the_failure(client: Client, seeded: list[Seeded]) -> None:
