@@ -290,3 +290,15 @@ async def awaiting_among(
     with unavailable_on_outage("waiting runs"):
         async with sessions() as session:
             return await inputs_store.awaiting_among(session, run_ids)
+
+
+async def run_states_among(
+    sessions: async_sessionmaker[AsyncSession], run_ids: Sequence[str]
+) -> dict[str, str]:
+    """The state of each of ``run_ids`` that has a run; ids without a run are absent (History
+    rows link only to runs that exist, and badge those waiting for input)."""
+    if not run_ids:
+        return {}
+    with unavailable_on_outage("run states"):
+        async with sessions() as session:
+            return await inputs_store.run_states_among(session, run_ids)

@@ -129,6 +129,20 @@ async def awaiting_among(session: AsyncSession, run_ids: Sequence[str]) -> set[s
     return found
 
 
+async def run_states_among(session: AsyncSession, run_ids: Sequence[str]) -> dict[str, str]:
+    """The state of each of ``run_ids`` that has a run (an id without one is absent): which
+    History rows may link to their run, and which wait for input. One query per chunk."""
+    found: dict[str, str] = {}
+    ids = sorted(set(run_ids))
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        rows = await session.execute(
+            select(MigrationRun.id, MigrationRun.state).where(MigrationRun.id.in_(chunk))
+        )
+        found.update((str(row.id), str(row.state)) for row in rows)
+    return found
+
+
 async def delete_undeliverable(session: AsyncSession, now: datetime) -> int:
     """Delete the ciphertext of answers that can no longer reach their agent: the action
     carrying them expired without an acknowledgement (or is gone), or the agent was revoked.

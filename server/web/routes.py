@@ -67,6 +67,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     # --- runs
     Route("GET",  "/runs",                                VIEWER,  runs.runs, "runs"),
     Route("GET",  "/runs/rows",                           VIEWER,  runs.runs_rows, "runs_rows"),
+    Route("GET",  "/runs/waiting",                        VIEWER,  runs.runs_waiting, "runs_waiting"),
     Route("GET",  "/runs/{run_id}",                       VIEWER,  runs.run_page, "run"),
     Route("GET",  "/runs/{run_id}/stream",                VIEWER,  run_stream.run_stream, "run_stream"),
     Route("GET",  "/runs/{run_id}/log.txt",               VIEWER,  run_download.log_text, "run_log_text"),

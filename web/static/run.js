@@ -259,6 +259,21 @@
     }
   }
 
+  // The page's notice ("Cancellation requested…", "Answers sent, waiting for the agent…")
+  // goes once what it waits for has happened: the run ended, or the agent took the answers.
+  function dropPassedNotice(run) {
+    var notice = document.getElementById("page-notice");
+    var until = notice ? notice.getAttribute("data-until") : "";
+    if (!until) {
+      return;
+    }
+    var ask = run.input_request;
+    var passed = until === "terminal" ? run.terminal : !(ask && ask.answered);
+    if (passed) {
+      notice.remove();
+    }
+  }
+
   function onRun(message) {
     var data;
     try {
@@ -276,6 +291,7 @@
       replaceById("log-counts", data.counts_html);
     }
     updatePrompt(data.run.input_request);
+    dropPassedNotice(data.run);
     var cancelForm = document.getElementById("cancel-form");
     if (cancelForm) {
       cancelForm.hidden = !data.run.cancellable;

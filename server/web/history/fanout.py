@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Set
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,12 +65,12 @@ class SharedRow:
 
     event: StoredEvent
     now: datetime
-    waiting: Set[str]
+    run_states: Mapping[str, str]
     _frame: bytes | None = None
 
     def frame(self, render: RowRenderer) -> bytes:
         if self._frame is None:
-            html = str(render(event_row(self.event, self.now, self.waiting)))
+            html = str(render(event_row(self.event, self.now, run_states=self.run_states)))
             self._frame = event_frame(self.event, html).encode()
         return self._frame
 
@@ -172,7 +172,7 @@ class HistoryFanout:
                     sessions, EVERYTHING, self.position, self.batch_size
                 )
                 run_ids = sorted({e.run_id for e in batch.events if e.run_id})
-                waiting = await inputs_service.awaiting_among(sessions, run_ids)
+                states = await inputs_service.run_states_among(sessions, run_ids)
             except Overloaded as exc:  # the web pool is exhausted: keep the streams, retry
                 log.info("history fan-out: %s; retrying", exc.message)
                 await asyncio.sleep(exc.retry_after_ms / 1000)
@@ -184,7 +184,7 @@ class HistoryFanout:
             self.batches_read += 1
             if epoch != self._epoch:  # every stream left during the read: start again
                 continue
-            await self._deliver(batch, waiting, spread=not batch.more)
+            await self._deliver(batch, states, spread=not batch.more)
             if self.position is None:  # the last stream left or was dropped
                 return True
             if not batch.more:
@@ -192,7 +192,7 @@ class HistoryFanout:
         return True
 
     async def _deliver(
-        self, batch: history_service.StreamBatch, waiting: Set[str], *, spread: bool
+        self, batch: history_service.StreamBatch, states: Mapping[str, str], *, spread: bool
     ) -> None:
         """Hand ``batch`` to every subscriber: streams with the same filters at the same cursor
         (most of them, usually) share one matching pass and one bytes object. The position
@@ -201,7 +201,7 @@ class HistoryFanout:
         delivery). With ``spread`` (nothing more to read) the chunks are spaced over
         ``DELIVERY_SPREAD`` of the read interval; a backlog is delivered without the spacing."""
         now = datetime.now(UTC)
-        rows = [SharedRow(e, now, waiting) for e in batch.events]
+        rows = [SharedRow(e, now, states) for e in batch.events]
         targets = list(self.subscribers)
         if self.position is not None:
             self.position = max(self.position, batch.cursor)

@@ -27,7 +27,7 @@ async def history(request: web.Request) -> web.StreamResponse:
     else:
         page = await history_service.list_events(sessions, f)
     agents = await history_service.list_agent_choices(sessions)
-    waiting = await inputs_service.awaiting_among(
+    run_states = await inputs_service.run_states_among(
         sessions, sorted({e.run_id for e in page.events if e.run_id})
     )
     view = history_page(
@@ -36,6 +36,6 @@ async def history(request: web.Request) -> web.StreamResponse:
         default_limit=config.history_page_size,
         now=datetime.now(UTC),
         live_after=live_after,
-        waiting_runs=waiting,
+        run_states=run_states,
     )
     return await render_page("history.html", request, {"page": view})

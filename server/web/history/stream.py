@@ -165,10 +165,12 @@ async def _send_new_rows(
     batch; returns the new cursor and whether the batch was full."""
     now = datetime.now(UTC)
     batch = await history_service.read_new_events(sessions, f, cursor, batch_size)
-    waiting = await inputs_service.awaiting_among(
+    states = await inputs_service.run_states_among(
         sessions, sorted({e.run_id for e in batch.events if e.run_id})
     )
-    parts = [event_frame(e, str(render_row(event_row(e, now, waiting)))) for e in batch.events]
+    parts = [
+        event_frame(e, str(render_row(event_row(e, now, run_states=states)))) for e in batch.events
+    ]
     last_sent = batch.events[-1].id if batch.events else cursor
     if batch.cursor > last_sent:
         parts.append(cursor_frame(batch.cursor))

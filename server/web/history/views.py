@@ -27,6 +27,7 @@ from server.domain import (
 from server.web.format import display_time, human_bytes, relative_time, transition
 from server.web.forms import Option, agent_options
 from server.web.request import filter_url, format_time, is_filtered
+from server.web.runs.styles import EVENT_ENDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,11 @@ SEVERITY_STYLES: dict[str, SeverityStyle] = {
     Severity.WARNING: SeverityStyle("warning", "Warning", "warning", "sev-warning"),
     Severity.SUCCESS: SeverityStyle("success", "Success", "success", "sev-success"),
     Severity.INFO: SeverityStyle("info", "Info", "info", "sev-info"),
+}
+# Ends that are nobody's error (server.web.runs.styles.EVENT_ENDS): neutral, their own words.
+END_STYLES: dict[str, SeverityStyle] = {
+    "cancelled": SeverityStyle("cancelled", "Cancelled", "cancelled", "sev-cancelled"),
+    "timed_out": SeverityStyle("timed_out", "Timed out", "cancelled", "sev-timed_out"),
 }
 
 OUTCOME_LABELS: dict[str, str] = {
@@ -192,10 +198,10 @@ class EventRow:
     migration_from: str
     migration_to: str
     transition: str  # "1 → 2", "" when neither version is known
-    occurred_iso: str
+    occurred_iso: str  # on the host (the agent's clock)
     occurred_display: str
     occurred_relative: str
-    received_iso: str
+    received_iso: str  # by the server: what the page orders by (and shows in the row)
     received_display: str
     run_id: str | None
     run_url: str | None
@@ -206,12 +212,39 @@ class EventRow:
     spec_id: str = ""  # the migration spec the event is about ("" if none)
     spec_revision: int = 0
     spec_url: str | None = None
+    received_relative: str = ""
 
 
-def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozenset()) -> EventRow:
+def _end_key(event: StoredEvent, run_state: str | None) -> str | None:
+    """``cancelled`` / ``timed_out`` for an execution that ended so (no one's error), else None."""
+    if event.event_type != EventType.MIGRATION_EXECUTION or event.status != EventStatus.FAILED:
+        return None
+    kind = _pick(event.error_detail, "exception_type", "exceptionType")
+    if kind is not None and str(kind) in EVENT_ENDS:
+        return EVENT_ENDS[str(kind)][1]
+    return "cancelled" if run_state == "CANCELLED" else None
+
+
+def event_row(
+    event: StoredEvent,
+    now: datetime,
+    waiting_runs: Set[str] = frozenset(),
+    run_states: Mapping[str, str] | None = None,
+) -> EventRow:
     """Build the view model of one event (``now`` anchors the relative time; ``waiting_runs``:
-    ids of runs waiting for input, whose rows get a badge)."""
+    ids of runs waiting for input, whose rows get a badge; ``run_states``: the state of each run
+    that exists (storage, one query per page): a row links to its run only when it exists, and
+    is badged while that run waits for input)."""
+    run_state = run_states.get(event.run_id) if run_states and event.run_id else None
+    if run_states is not None:
+        waiting_runs = {r for r, state in run_states.items() if state == "AWAITING_INPUT"}
+    has_run = event.run_id is not None and (run_states is None or run_state is not None)
     label = outcome_label(event.event_type, event.status)
+    severity = severity_style(event.severity)
+    end = _end_key(event, run_state)
+    if end is not None:
+        severity = END_STYLES[end]
+        label = next(words for words, key in EVENT_ENDS.values() if key == end)
     return EventRow(
         id=event.id,
         event_id=event.event_id,
@@ -223,7 +256,7 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         status=event.status,
         outcome=event.outcome,
         outcome_label=label,
-        severity=severity_style(event.severity),
+        severity=severity,
         message=event.message,
         summary=event.message or event.error_message or label,
         error_message=event.error_message,
@@ -236,7 +269,7 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         received_iso=event.received_at.astimezone(UTC).isoformat(),
         received_display=display_time(event.received_at),
         run_id=event.run_id,
-        run_url=f"/runs/{quote(event.run_id, safe='')}" if event.run_id else None,
+        run_url=f"/runs/{quote(event.run_id, safe='')}" if has_run and event.run_id else None,
         error_items=error_items(event.error_detail),
         system_items=system_items(event.system_info),
         detail_json=pretty_json(event.error_detail),
@@ -244,6 +277,7 @@ def event_row(event: StoredEvent, now: datetime, waiting_runs: Set[str] = frozen
         spec_id=event.spec_id,
         spec_revision=event.spec_revision,
         spec_url=_spec_url(event.spec_id, event.spec_revision) if event.spec_id else None,
+        received_relative=relative_time(event.received_at, now),
     )
 
 
@@ -332,13 +366,14 @@ def history_page(
     path: str = "/history",
     live_after: int | None = None,
     waiting_runs: Set[str] = frozenset(),
+    run_states: Mapping[str, str] | None = None,
 ) -> HistoryPage:
     """The History page's view model: rows, the filter form and pagination links. With
     ``live_after`` (and no ``before`` cursor) the page also carries its live stream's URL."""
     f = page.filters
     live = live_after is not None and f.before_id is None
     return HistoryPage(
-        rows=tuple(event_row(e, now, waiting_runs) for e in page.events),
+        rows=tuple(event_row(e, now, waiting_runs, run_states) for e in page.events),
         form=_filter_form(f, agents, default_limit),
         filtered=is_filtered(f),
         paged=f.before_id is not None,

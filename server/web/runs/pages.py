@@ -16,6 +16,7 @@ from aiohttp import web
 from server import app_keys
 from server.domain import LogQuery, RunFilter, RunPage, RunState
 from server.services import history as history_service
+from server.services import inputs as inputs_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.services import specs as specs_service
@@ -78,6 +79,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
         if page.next_before
         else None,
         limit=f.limit if f.limit != RUNS_PAGE_SIZE else None,
+        live_url=with_query("/runs/rows", run_filter_params(f)) if f.before is None else None,
     )
     return await render_page("runs.html", request, {"page": view})
 
@@ -100,6 +102,13 @@ async def runs_rows(request: web.Request) -> web.StreamResponse:
             else None,
         }
     )
+
+
+async def runs_waiting(request: web.Request) -> web.StreamResponse:
+    """``GET /runs/waiting``: ``{"count": n}``, the runs waiting for input (the header's live
+    "N waiting for input", polled by ``web/static/waiting.js``)."""
+    count = await inputs_service.count_awaiting(web_sessions(request.app))
+    return web.json_response({"count": count}, headers={"Cache-Control": "no-store"})
 
 
 # --------------------------------------------------------------------------- /runs/{id}
@@ -153,8 +162,12 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         "requested": "Cancellation requested: the agent stops at the next step boundary and "
         "rolls back.",
     }.get(request.query.get("cancel", ""), "")
+    notice_until = "terminal" if notice and not status.terminal else ""
+    if notice and status.terminal:
+        notice = ""  # the outcome is here: the status block says how it ended
     revert_run_url = ""
     if request.query.get("revert") == "requested":
+        notice_until = ""
         notice = (
             "Revert requested: the agent puts the files back from the run's backup with its "
             "next check-in, and reports the revert as a run of its own."
@@ -166,7 +179,13 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         if reverting is not None:
             revert_run_url = run_url(reverting.id)
     if request.query.get("inputs") == "sent":
-        notice = "Answers sent, waiting for the agent (delivered with its next check-in)."
+        answered = status.input_prompt is not None and status.input_prompt.answered
+        notice = (
+            "Answers sent, waiting for the agent (delivered with its next check-in)."
+            if answered
+            else ""
+        )
+        notice_until = "answered" if answered else ""
     reverted = await specs_service.reverted_by(sessions, run_id) if status.revertible else None
     view = RunPageView(
         run=status,
@@ -178,6 +197,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         log_cursor=cursor,
         cancel_action=f"{status.row.url}/cancel",
         notice=notice,
+        notice_until=notice_until,
         revert_action=f"{status.row.url}/revert" if status.revertible and not reverted else "",
         revert_run_url=revert_run_url,
         reverted_by_url=run_url(reverted.id) if reverted is not None else "",

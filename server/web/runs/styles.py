@@ -30,6 +30,21 @@ STATE_STYLES: dict[str, StateStyle] = {
 }
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "PARTIAL", "CANCELLED"})
 
+# Ends that are nobody's error: shown neutrally (grey badge, no red error box) in the runs list,
+# on the run page and in History. A run that timed out waiting for input is stored FAILED; it is
+# told apart by the agent's reason ("no input within ...") after it asked for input.
+TIMED_OUT = StateStyle("timed_out", "Timed out waiting for input", "cancelled")
+UP_TO_DATE = StateStyle("up_to_date", "Already up to date", "success")
+QUIET_KEYS = frozenset({"cancelled", "timed_out", "awaiting_input", "up_to_date"})
+_TIMED_OUT_TEXT = "no input within"
+
+# History: how an execution event of such an end reads, by the agent's exception type.
+# (label, severity style key) — the key is a SeverityStyle of server.web.history.views.
+EVENT_ENDS: dict[str, tuple[str, str]] = {
+    "RunCancelled": ("Execution cancelled", "cancelled"),
+    "InputTimeout": ("Execution timed out waiting for input", "timed_out"),
+}
+
 STEP_STYLES: dict[str, StateStyle] = {
     "pending": StateStyle("pending", "Pending", "pending"),
     "running": StateStyle("running", "Running", "running"),
@@ -48,6 +63,25 @@ def state_style(state: str) -> StateStyle:
     return STATE_STYLES.get(key) or StateStyle(
         "pending", key.replace("_", " ").capitalize(), "info"
     )
+
+
+def run_state_style(
+    state: str, error_message: str = "", asked_input: bool = False, no_op: bool = False
+) -> StateStyle:
+    """The style of a run as lists and its page show it: its state's, except a FAILED run that
+    timed out waiting for input (``asked_input`` and the agent's reason) and a SUCCEEDED run
+    that had nothing to do (``no_op``: already at the target version, no steps)."""
+    key = state.upper()
+    if key == "FAILED" and asked_input and _TIMED_OUT_TEXT in error_message:
+        return TIMED_OUT
+    if key == "SUCCEEDED" and no_op:
+        return UP_TO_DATE
+    return state_style(state)
+
+
+def is_quiet(style: StateStyle) -> bool:
+    """Whether a run in this style ended (or waits) without an error: no red error box."""
+    return style.key in QUIET_KEYS
 
 
 def step_style(status: str) -> StateStyle:
@@ -99,14 +133,18 @@ def display_clock(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
-def eta_text(seconds: float | None, basis: str) -> str:
-    """``about 2 min 05 s left (from this run's steps)``; ``""`` when unknown."""
+ESTIMATING = "estimating…"
+
+
+def eta_text(seconds: float | None, basis: str, steps_done: int = 0) -> str:
+    """``about 2 min 05 s left (from this run's steps)``; ``estimating…`` when there is nothing
+    to estimate from yet. "almost done" only once a step is done (never at 0 of 3 steps)."""
     if seconds is None:
-        return ""
+        return ESTIMATING
     source = {
         "this_run": " (from this run's steps so far)",
         "past_runs": " (from past runs of this migration)",
     }.get(basis, "")
     if seconds < 1:
-        return f"almost done{source}"
+        return f"almost done{source}" if steps_done > 0 else f"less than 1 s left{source}"
     return f"about {format_duration(seconds)} left{source}"

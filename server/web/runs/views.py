@@ -26,10 +26,11 @@ from server.web.runs.styles import (
     display_clock,
     eta_text,
     format_duration,
+    is_quiet,
     level_key,
+    run_state_style,
     run_url,
     short_id,
-    state_style,
     step_style,
 )
 
@@ -58,6 +59,7 @@ class RunRow:
     spec_url: str | None = None
     reverts_run_id: str = ""  # a revert: the run it puts back
     reverts_url: str | None = None
+    quiet: bool = False  # cancelled, timed out, waiting, up to date: no error styling
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,13 +256,26 @@ def _display(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
 
 
+def _no_op(run: RunSummary) -> bool:
+    """A succeeded run that changed nothing: already at its target version, no steps."""
+    return (
+        run.state == RunState.SUCCEEDED
+        and run.steps_total == 0
+        and bool(run.migration_to)
+        and run.migration_from == run.migration_to
+    )
+
+
 def run_row(run: RunSummary, now: datetime) -> RunRow:
     """One runs-table row."""
+    style = run_state_style(
+        run.state, run.error_message, run.input_requested_at is not None, _no_op(run)
+    )
     return RunRow(
         id=run.id,
         short_id=short_id(run.id),
         url=run_url(run.id),
-        state=state_style(run.state),
+        state=style,
         agent_id=run.agent_id,
         hostname=run.hostname or run.agent_id,
         agent_url=_agent_url(run.agent_id),
@@ -279,6 +294,7 @@ def run_row(run: RunSummary, now: datetime) -> RunRow:
         ),
         reverts_run_id=run.reverts_run_id,
         reverts_url=run_url(run.reverts_run_id) if run.reverts_run_id else None,
+        quiet=is_quiet(style),
     )
 
 
@@ -329,8 +345,11 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
     percent = max(0, min(100, round(detail.progress * 100)))
     if run.steps_total:
         progress_text = f"{run.steps_done} of {run.steps_total} steps · {percent}%"
+    elif _no_op(run):
+        progress_text = f"already up to date ({run.migration_to}), nothing to do"
     else:
         progress_text = "done" if run.terminal else "planning…"
+    estimating = run.state in (RunState.RUNNING, RunState.PENDING)
     input_request = ""
     if run.state == "AWAITING_INPUT":
         input_request = (
@@ -344,7 +363,7 @@ def run_detail_view(detail: RunDetail, stats: LogStats, now: datetime) -> RunDet
         cancellable=not run.terminal and not detail.cancel_pending,
         percent=percent,
         progress_text=progress_text,
-        eta=eta_text(detail.eta_seconds, detail.eta_basis) if not run.terminal else "",
+        eta=eta_text(detail.eta_seconds, detail.eta_basis, run.steps_done) if estimating else "",
         finished_iso=_iso(run.finished_at),
         finished_display=_display(run.finished_at),
         error_message=run.error_message,
@@ -372,6 +391,7 @@ class RunsPage:
     more_url: str | None
     more_fragment_url: str | None
     limit: int | None  # only when it differs from the default
+    live_url: str | None = None  # the first page's rows, polled by runs.js (first pages only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +415,7 @@ class RunPage:
     log_cursor: int  # the stream's start: lines up to here were examined for this page
     cancel_action: str
     notice: str
+    notice_until: str = ""  # "terminal" / "answered": run.js drops the notice when that passes
     revert_action: str = ""
     revert_run_url: str = ""  # the revert this page's Revert button asked for, once reported
     reverted_by_url: str = ""  # the succeeded revert of this run (then no Revert button)
