@@ -109,8 +109,8 @@ async def seed(server: RunningServer) -> None:
                 run_updates=[update],
                 log_lines=[log_line(run_id, seq) for seq in range(1, 30)],
                 events=[
-                    event(
-                        "",
+                    event(  # names a run the agent never reported: no link may lead there
+                        str(uuid.uuid4()),
                         agent_pb2.EVENT_TYPE_MIGRATION_DETECTION,
                         agent_pb2.EVENT_STATUS_NOT_NEEDED,
                         "Detection: up to date",

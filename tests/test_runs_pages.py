@@ -659,8 +659,19 @@ async def test_cancel_button_and_run_now_queue_actions_for_the_agent(
         assert "Run requested by alice" not in agent_page  # said once
         agent_page = await get_text(http, f"/agents/{agent.agent_id}")
         assert "Run requested by alice just now: waiting for the agent" in agent_page
+        assert 'http-equiv="refresh"' in await get_text(http, location)  # until the run exists
         reply = await agent.check_in()
-        assert [action_body(a).kind for a in reply.actions] == ["run_migration"]
+        [asked] = [action_body(a) for a in reply.actions]
+        assert asked.kind == "run_migration"
+        # The agent reports the run it was asked for: the banner links to it at once.
+        requested = RunState(run_id=str(uuid.uuid4()), state="RUNNING")
+        update = agent.update(requested)
+        update.requested_by_action_id = asked.action_id
+        await agent.check_in([update], acked_actions=[asked.action_id])
+        agent_page = await get_text(http, location)
+        assert "Run requested: the agent started it." in agent_page
+        assert f'<a href="/runs/{requested.run_id}">Open the run</a>' in agent_page
+        assert 'http-equiv="refresh"' not in agent_page
         async with http.post(f"/agents/{uuid.uuid4()}/runs") as resp:
             assert resp.status == 404
 

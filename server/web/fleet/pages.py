@@ -10,16 +10,20 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server import app_keys
 from server.domain import RunFilter, RunState
+from server.services import action_notices
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
+from server.services import inputs as inputs_service
 from server.services import runs as runs_service
 from server.services import specs as specs_service
 from server.web.auth import actor_name
-from server.web.fleet.views import agent_page, overview_page, pending_action_note
-from server.web.request import path_id
+from server.web.fleet.views import RequestNotice, agent_page, overview_page, pending_action_note
+from server.web.request import path_id, single
+from server.web.runs.styles import run_url
 from server.web.runs.views import run_row
 from server.web.sessions import web_sessions
 from server.web.templates import render_page
@@ -57,16 +61,39 @@ async def agent(request: web.Request) -> web.StreamResponse:
         sessions, RunFilter(agent_id=agent_id, limit=AGENT_PAGE_RUNS)
     )
     pending = await actions_service.list_pending_actions(sessions, agent_id, now)
-    requested = request.query.get("requested", "")
-    just_asked = any(a.action_id == requested for a in pending)
+    requested = single(request.query, "requested", 64)
+    notice = await _requested_notice(
+        sessions, agent_id, requested, any(a.action_id == requested for a in pending)
+    )
+    run_states = await inputs_service.run_states_among(
+        sessions, sorted({e.run_id for e in detail.events if e.run_id})
+    )
     view = agent_page(
         detail,
         now,
+        run_states=run_states,
         runs=[run_row(r, now) for r in runs.runs],
         pending=[pending_action_note(a, now) for a in pending if a.action_id != requested],
-        notice="Run requested: the agent starts it with its next check-in." if just_asked else "",
+        notice=notice,
     )
     return await render_page("agent.html", request, {"page": view})
+
+
+async def _requested_notice(
+    sessions: async_sessionmaker[AsyncSession], agent_id: str, requested: str, waiting: bool
+) -> RequestNotice | None:
+    """What became of the run "Run migration now" asked for (``?requested=ACTION_ID``): its run
+    as soon as the agent reported one, the agent's answer when there is none (up to date,
+    refused), else still waiting for the agent (the page then refreshes itself)."""
+    if not requested:
+        return None
+    run = await specs_service.run_for_action(sessions, requested)
+    if run is not None:
+        return RequestNotice("Run requested: the agent started it.", run_url(run.id), False)
+    if waiting:
+        return RequestNotice("Run requested: the agent starts it with its next check-in.", "", True)
+    end = await action_notices.action_end(sessions, agent_id, requested)
+    return RequestNotice(end.message, "", False) if end is not None else None
 
 
 async def request_agent_run(request: web.Request) -> web.StreamResponse:

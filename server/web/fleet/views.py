@@ -6,7 +6,7 @@ Built from service results; templates never see ORM rows. Agent-supplied strings
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
@@ -183,6 +183,15 @@ def overview_page(
 
 
 @dataclass(frozen=True, slots=True)
+class RequestNotice:
+    """The agent page's banner about the run "Run migration now" asked for."""
+
+    text: str
+    run_url: str  # the run, once the agent reported it ("" before)
+    waiting: bool  # still waiting for the agent: the page refreshes itself
+
+
+@dataclass(frozen=True, slots=True)
 class AgentPage:
     """Everything ``agent.html`` renders."""
 
@@ -199,7 +208,7 @@ class AgentPage:
     history_url: str
     all_runs_url: str
     pending: tuple[str, ...]  # actions queued for the agent, not acknowledged yet
-    notice: str
+    notice: RequestNotice | None
 
 
 def pending_action_note(action: PendingAction, now: datetime) -> str:
@@ -222,9 +231,11 @@ def agent_page(
     *,
     runs: Sequence[RunRow] = (),
     pending: Sequence[str] = (),
-    notice: str = "",
+    notice: RequestNotice | None = None,
+    run_states: Mapping[str, str] | None = None,
 ) -> AgentPage:
-    """The agent page's view model: facts, runs, recent events."""
+    """The agent page's view model: facts, runs, recent events (``run_states``: the states of
+    the runs its events name that exist; a row links only to those)."""
     r = detail.agent.record
     health = health_style(detail.agent.health, r.revoked)
     last = r.last_checkin_at
@@ -253,7 +264,7 @@ def agent_page(
         revoked=r.revoked,
         facts=facts,
         runs=tuple(runs),
-        events=tuple(event_row(e, now) for e in detail.events),
+        events=tuple(event_row(e, now, run_states=run_states or {}) for e in detail.events),
         run_now_action=f"{agent_url(r.id)}/runs",
         can_run=not r.revoked,
         run_disabled_reason="this agent is revoked" if r.revoked else "",
