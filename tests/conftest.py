@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from server_testlib import WatchedPage, make_server_config
+from server_testlib import CHROMIUM, CHROMIUM_ARGS, WatchedPage, make_server_config
 
 if TYPE_CHECKING:
     from playwright.async_api import ConsoleMessage, Dialog, Response
@@ -167,10 +167,6 @@ async def running_server(server_config) -> AsyncIterator[object]:  # type: ignor
         yield server
     finally:
         await server.stop()
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ from aiohttp.test_utils import TestClient
 from server.config import ServerConfig
 from server.domain import Category, EventStatus, NewEvent, Severity
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (Playwright downloads no browser here)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
 if TYPE_CHECKING:
     from playwright.async_api import Page
 

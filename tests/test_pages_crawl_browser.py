@@ -23,7 +23,13 @@ import grpc
 import pytest
 from agent_tests.spec_testlib import SAMPLE
 from runs_testlib import AgentClient, log_line, run_update, step, ts
-from server_testlib import browser_logged_in, logged_in_http, make_server_config
+from server_testlib import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser_logged_in,
+    logged_in_http,
+    make_server_config,
+)
 
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2
@@ -240,7 +246,6 @@ def _brightness(rgb: str) -> float:
 
 
 async def test_times_show_in_the_viewers_zone_with_utc_on_hover(server: RunningServer) -> None:
-    from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -262,7 +267,6 @@ async def test_times_show_in_the_viewers_zone_with_utc_on_hover(server: RunningS
 
 
 async def test_copy_buttons_put_ids_and_errors_on_the_clipboard(server: RunningServer) -> None:
-    from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
