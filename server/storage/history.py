@@ -7,13 +7,27 @@ reach the database as bound parameters; the same statements run on SQLite and Po
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, false, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    table,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import EventFilter, EventStatus, EventType, StoredEvent, outcome_name
+from server.storage import search
 from server.storage.models import Agent, UpdateEvent
 
 # outcome name ("migration_execution_failed") -> (event_type, status)
@@ -42,21 +56,55 @@ def _event_type_condition(values: tuple[str, ...]) -> ColumnElement[bool]:
     return or_(*clauses) if clauses else false()
 
 
-def _text_condition(text: str) -> ColumnElement[bool]:
-    """Case-insensitive substring match; ``%``, ``_`` and the escape character are escaped
-    (``autoescape``) and the pattern is a bound parameter."""
+def _text_condition(text: str, dialect: str, host_agents: Sequence[str]) -> ColumnElement[bool]:
+    """Case-insensitive substring match of message, error message, event id, run id or the
+    agent's hostname; ``%``, ``_`` and the escape character are escaped (``autoescape``) and
+    every value is a bound parameter.
+
+    A text of 3 characters or more is first looked up in the trigram index
+    (:mod:`server.storage.search`: FTS5 on SQLite, ``pg_trgm`` on PostgreSQL), which yields a
+    superset of the rows; the per-column test then keeps exactly the rows the plain scan
+    would. Shorter texts have no trigram and use the plain scan. The hostname was matched in
+    ``agents`` beforehand (:func:`_agents_by_hostname`: ``host_agents``), its events are
+    found by ``agent_id`` (an index; an OR of two indexed terms is a bitmap / multi-index OR
+    for the planner, a sub-select there would not be)."""
     columns: list[Any] = [
         UpdateEvent.message,
         UpdateEvent.error_message,
-        Agent.hostname,
         UpdateEvent.event_id,
         UpdateEvent.run_id,
     ]
-    return or_(*(column.icontains(text, autoescape=True) for column in columns))
+    exact = or_(*(column.icontains(text, autoescape=True) for column in columns))
+    by_host = [UpdateEvent.agent_id.in_(list(host_agents))] if host_agents else []
+    if len(text) < search.MIN_INDEXED_LENGTH:
+        return or_(exact, *by_host)
+    indexed: ColumnElement[bool]
+    if dialect == "postgresql":
+        escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        indexed = literal_column(search.PG_EXPRESSION).ilike(literal(f"%{escaped}%"), escape="/")
+    else:
+        indexed = UpdateEvent.id.in_(
+            select(literal_column("rowid"))
+            .select_from(table(search.FTS_TABLE))
+            .where(literal_column(search.FTS_TABLE).op("MATCH")(search.match_phrase(text)))
+        )
+    return or_(and_(indexed, exact), *by_host)
 
 
-def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of ``f`` (all bound parameters)."""
+async def _agents_by_hostname(session: AsyncSession, text: str) -> list[str]:
+    """Ids of the agents whose hostname contains ``text`` (case-insensitively, as
+    :func:`_text_condition` matches the other columns)."""
+    result = await session.execute(
+        select(Agent.id).where(Agent.hostname.icontains(text, autoescape=True))
+    )
+    return list(result.scalars())
+
+
+def _conditions(
+    f: EventFilter, dialect: str, host_agents: Sequence[str] = ()
+) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of ``f`` (all bound parameters); ``host_agents``: the agents whose
+    hostname contains ``f.text`` (:func:`_agents_by_hostname`)."""
     where: list[ColumnElement[bool]] = []
     if f.migration_only:
         where.append(UpdateEvent.category == "migration")
@@ -73,7 +121,7 @@ def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
     if f.until is not None:
         where.append(UpdateEvent.occurred_at <= f.until)
     if f.text:
-        where.append(_text_condition(f.text))
+        where.append(_text_condition(f.text, dialect, host_agents))
     if f.before_id is not None:
         where.append(UpdateEvent.id < f.before_id)
     if f.after_id is not None:
@@ -187,6 +235,11 @@ def _stored(row: Row[*tuple[Any, ...]]) -> StoredEvent:
     )
 
 
+async def _where(session: AsyncSession, f: EventFilter) -> list[ColumnElement[bool]]:
+    hosts = await _agents_by_hostname(session, f.text) if f.text else []
+    return _conditions(f, session.get_bind().dialect.name, hosts)
+
+
 async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEvent]:
     """Events matching ``f``, newest (highest id) first.
 
@@ -194,7 +247,7 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     (the service trims it and derives the next cursor). ``before_id`` / ``after_id`` bound the
     id range exclusively; ``since`` / ``until`` bound ``occurred_at`` inclusively.
     """
-    stmt = _select_events().where(*_conditions(f))
+    stmt = _select_events().where(*await _where(session, f))
     result = await session.execute(stmt.order_by(UpdateEvent.id.desc()).limit(f.limit + 1))
     return [_stored(row) for row in result]
 
@@ -207,7 +260,7 @@ async def query_events_after(
     ``f.before_id`` / ``f.after_id`` / ``f.limit`` are ignored."""
     f = replace(f, before_id=None, after_id=None)
     stmt = _select_events().where(
-        *_conditions(f), UpdateEvent.id > after_id, UpdateEvent.id <= upto_id
+        *await _where(session, f), UpdateEvent.id > after_id, UpdateEvent.id <= upto_id
     )
     result = await session.execute(stmt.order_by(UpdateEvent.id.asc()).limit(limit))
     return [_stored(row) for row in result]
