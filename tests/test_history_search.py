@@ -190,7 +190,13 @@ async def search_ids(
         f = EventFilter(text=q, severities=severities, limit=limit, before_id=page.next_before_id)
 
 
-async def test_indexed_search_equals_substring_scan(engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("window", [0, 700])
+async def test_indexed_search_equals_substring_scan(
+    engine: AsyncEngine, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``window``: how many of the newest ids are scanned plainly before the index serves the
+    rest (0: the index alone; 700: a page often straddles the two)."""
+    monkeypatch.setattr(history, "PLAIN_WINDOW", window)
     sessions = make_sessionmaker(engine)
     rows = await seed(sessions)
     ascii_only = engine.dialect.name == "sqlite"
@@ -209,7 +215,10 @@ async def test_indexed_search_equals_substring_scan(engine: AsyncEngine) -> None
         assert await search_ids(sessions, q, None, 50) == expected(rows, q, ascii_only, None)
 
 
-async def test_deleted_events_leave_the_search(engine: AsyncEngine) -> None:
+async def test_deleted_events_leave_the_search(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "PLAIN_WINDOW", 0)  # the index alone
     sessions = make_sessionmaker(engine)
     rows = await seed(sessions)
     ascii_only = engine.dialect.name == "sqlite"
@@ -267,6 +276,26 @@ async def test_plan_uses_the_index(engine: AsyncEngine) -> None:
             await conn.exec_driver_sql("SET enable_indexscan = off")
             plan = " | ".join(str(r[0]) for r in await conn.exec_driver_sql(f"EXPLAIN {compiled}"))
             assert search.PG_INDEX in plan, plan
+
+
+async def test_live_stream_reads_match_the_page(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live stream's ascending range reads (plain for a short range, indexed for a wide
+    one) return the same rows as the page query."""
+    sessions = make_sessionmaker(engine)
+    rows = await seed(sessions)
+    ascii_only = engine.dialect.name == "sqlite"
+    top = rows[-1].id
+    for window in (10**9, 0):
+        monkeypatch.setattr(history, "PLAIN_WINDOW", window)
+        for q in ("zebrafish", "MIGRATION", "web-03", "r_s"):
+            async with sessions() as session:
+                got = await history.query_events_after(
+                    session, EventFilter(text=q), rows[100].id, top, 10**6
+                )
+            want = [i for i in reversed(expected(rows, q, ascii_only, None)) if i > rows[100].id]
+            assert [e.id for e in got] == want, (q, window)
 
 
 async def test_short_text_is_not_sent_to_the_index(engine: AsyncEngine) -> None:
