@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     table,
 )
+from sqlalchemy import text as text_sql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import EventFilter, EventStatus, EventType, StoredEvent, outcome_name
@@ -273,6 +274,10 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     want = f.limit + 1
     if not f.text or len(f.text) < search.MIN_INDEXED_LENGTH:
         return await _fetch(session, _conditions(f, dialect, hosts), want, True)
+    if dialect == "postgresql":
+        # A prepared statement's generic plan cannot see how selective the pattern is (and
+        # falls back to scanning the primary key); plan each search for its own values.
+        await session.execute(text_sql("SET LOCAL plan_cache_mode = force_custom_plan"))
     top = f.before_id - 1 if f.before_id is not None else await max_event_id(session)
     floor = top - PLAIN_WINDOW  # the plain scan reads floor < id <= top
     newest = await _fetch(
