@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from server.storage.db import async_url, create_engine_for_url, sqlite_path
 from server.storage.models import Base
+from server.storage.search import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -51,6 +52,8 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         target_metadata=target_metadata,
         render_as_batch=render_as_batch,
         compare_type=True,
+        # The History search's FTS5 table / trigram index are not models (alembic 0011).
+        include_name=include_name,
         literal_binds=connection is None,
         dialect_opts={"paramstyle": "named"} if connection is None else {},
     )

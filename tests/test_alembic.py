@@ -15,7 +15,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from server.errors import SchemaOutOfDate
-from server.storage import schema
+from server.storage import schema, search
 from server.storage.db import create_engine_for_url
 from server.storage.models import Base
 
@@ -27,6 +27,13 @@ TABLES_0007 = {"migration_specs", "agent_spec_versions"}
 TABLES_0008 = {"agent_tags"}
 TABLES_0009 = {"rollouts", "rollout_hosts", "rollout_transitions"}
 TABLES_0010 = {"webhooks", "webhook_deliveries"}
+# SQLite only: the History search's FTS5 table and its shadow tables (PostgreSQL: an index).
+TABLES_0011_SQLITE = {
+    "update_events_search",
+    "update_events_search_config",
+    "update_events_search_data",
+    "update_events_search_idx",
+}
 TABLES = (
     TABLES_0001
     | {"migration_runs", "run_steps", "task_logs", "pending_actions"}
@@ -48,12 +55,18 @@ def test_single_head() -> None:
 
 
 def _diff(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": search.include_name}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 
 def _tables(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names()) - {"alembic_version"}
+
+
+def _expected_tables(url: str) -> set[str]:
+    return TABLES | (TABLES_0011_SQLITE if url.startswith("sqlite") else set())
 
 
 async def _inspect(url: str) -> tuple[list[object], set[str]]:
@@ -97,7 +110,7 @@ async def test_upgrade_downgrade_upgrade_matches_models(empty_any_db_url: str) -
     assert schema.current_revision(url) == schema.head_revision()
     diff, tables = await _inspect(url)
     assert diff == [], f"models and migrations differ: {diff}"
-    assert tables == TABLES
+    assert tables == _expected_tables(url)
     engine = create_engine_for_url(url)
     try:
         await schema.assert_schema_current(engine)
@@ -114,7 +127,7 @@ async def test_upgrade_downgrade_upgrade_matches_models(empty_any_db_url: str) -
 
     await asyncio.to_thread(schema.upgrade, url)
     diff, tables = await _inspect(url)
-    assert diff == [] and tables == TABLES
+    assert diff == [] and tables == _expected_tables(url)
     assert schema.current_revision(url) == schema.head_revision()
 
 

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from server.storage import schema
+from server.storage import schema, search
 from server.storage.db import create_engine_for_url
 from server.storage.models import Base
 
@@ -21,7 +21,9 @@ NEW_TABLES = {"migration_runs", "run_steps", "task_logs", "pending_actions"}
 
 def _state(connection: Connection) -> tuple[set[str], list[object]]:
     tables = set(inspect(connection).get_table_names()) - {"alembic_version"}
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": search.include_name}
+    )
     return tables, list(compare_metadata(context, Base.metadata))
 
 

@@ -7,13 +7,28 @@ reach the database as bound parameters; the same statements run on SQLite and Po
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, false, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    table,
+)
+from sqlalchemy import text as text_sql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.domain import EventFilter, EventStatus, EventType, StoredEvent, outcome_name
+from server.storage import search
 from server.storage.models import Agent, UpdateEvent
 
 # outcome name ("migration_execution_failed") -> (event_type, status)
@@ -42,21 +57,59 @@ def _event_type_condition(values: tuple[str, ...]) -> ColumnElement[bool]:
     return or_(*clauses) if clauses else false()
 
 
-def _text_condition(text: str) -> ColumnElement[bool]:
-    """Case-insensitive substring match; ``%``, ``_`` and the escape character are escaped
-    (``autoescape``) and the pattern is a bound parameter."""
+def _text_condition(
+    text: str, dialect: str, host_agents: Sequence[str], indexed: bool = True
+) -> ColumnElement[bool]:
+    """Case-insensitive substring match of message, error message, event id, run id or the
+    agent's hostname; ``%``, ``_`` and the escape character are escaped (``autoescape``) and
+    every value is a bound parameter.
+
+    A text of 3 characters or more is first looked up in the trigram index
+    (:mod:`server.storage.search`: FTS5 on SQLite, ``pg_trgm`` on PostgreSQL), which yields a
+    superset of the rows; the per-column test then keeps exactly the rows the plain scan
+    would. Shorter texts have no trigram and use the plain scan (as does ``indexed=False``:
+    see :func:`query_events`). The hostname was matched in
+    ``agents`` beforehand (:func:`_agents_by_hostname`: ``host_agents``), its events are
+    found by ``agent_id`` (an index; an OR of two indexed terms is a bitmap / multi-index OR
+    for the planner, a sub-select there would not be)."""
     columns: list[Any] = [
         UpdateEvent.message,
         UpdateEvent.error_message,
-        Agent.hostname,
         UpdateEvent.event_id,
         UpdateEvent.run_id,
     ]
-    return or_(*(column.icontains(text, autoescape=True) for column in columns))
+    exact = or_(*(column.icontains(text, autoescape=True) for column in columns))
+    by_host = [UpdateEvent.agent_id.in_(list(host_agents))] if host_agents else []
+    if not indexed or len(text) < search.MIN_INDEXED_LENGTH:
+        return or_(exact, *by_host)
+    prefilter: ColumnElement[bool]
+    if dialect == "postgresql":
+        escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        prefilter = literal_column(search.PG_EXPRESSION).ilike(literal(f"%{escaped}%"), escape="/")
+    else:
+        prefilter = UpdateEvent.id.in_(
+            select(literal_column("rowid"))
+            .select_from(table(search.FTS_TABLE))
+            .where(literal_column(search.FTS_TABLE).op("MATCH")(search.match_phrase(text)))
+        )
+    return or_(and_(prefilter, exact), *by_host)
 
 
-def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of ``f`` (all bound parameters)."""
+async def _agents_by_hostname(session: AsyncSession, text: str) -> list[str]:
+    """Ids of the agents whose hostname contains ``text`` (case-insensitively, as
+    :func:`_text_condition` matches the other columns)."""
+    result = await session.execute(
+        select(Agent.id).where(Agent.hostname.icontains(text, autoescape=True))
+    )
+    return list(result.scalars())
+
+
+def _conditions(
+    f: EventFilter, dialect: str, host_agents: Sequence[str] = (), indexed: bool = True
+) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of ``f`` (all bound parameters); ``host_agents``: the agents whose
+    hostname contains ``f.text`` (:func:`_agents_by_hostname`); ``indexed``: whether the text
+    may use the search index."""
     where: list[ColumnElement[bool]] = []
     if f.migration_only:
         where.append(UpdateEvent.category == "migration")
@@ -73,7 +126,7 @@ def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
     if f.until is not None:
         where.append(UpdateEvent.occurred_at <= f.until)
     if f.text:
-        where.append(_text_condition(f.text))
+        where.append(_text_condition(f.text, dialect, host_agents, indexed))
     if f.before_id is not None:
         where.append(UpdateEvent.id < f.before_id)
     if f.after_id is not None:
@@ -187,16 +240,61 @@ def _stored(row: Row[*tuple[Any, ...]]) -> StoredEvent:
     )
 
 
+# A text search first scans this many of the newest ids plainly: a frequent text fills the
+# page there at once, where the index would list every one of its (many) rows first; a rare
+# text costs this short scan more, then the index serves the rest.
+PLAIN_WINDOW = 5_000
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+async def _fetch(
+    session: AsyncSession, where: list[ColumnElement[bool]], limit: int, newest_first: bool
+) -> list[StoredEvent]:
+    order = UpdateEvent.id.desc() if newest_first else UpdateEvent.id.asc()
+    result = await session.execute(_select_events().where(*where).order_by(order).limit(limit))
+    return [_stored(row) for row in result]
+
+
 async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEvent]:
     """Events matching ``f``, newest (highest id) first.
 
     Returns up to ``f.limit + 1`` rows: the extra row tells the caller an older page exists
     (the service trims it and derives the next cursor). ``before_id`` / ``after_id`` bound the
     id range exclusively; ``since`` / ``until`` bound ``occurred_at`` inclusively.
+
+    A text of 3+ characters: the newest :data:`PLAIN_WINDOW` ids below the cursor are scanned
+    plainly, then (page not full) the older ids through the search index; the two id ranges
+    are disjoint and consecutive, so the rows and their order are those of one query.
     """
-    stmt = _select_events().where(*_conditions(f))
-    result = await session.execute(stmt.order_by(UpdateEvent.id.desc()).limit(f.limit + 1))
-    return [_stored(row) for row in result]
+    dialect = _dialect(session)
+    hosts = await _agents_by_hostname(session, f.text) if f.text else []
+    want = f.limit + 1
+    if not f.text or len(f.text) < search.MIN_INDEXED_LENGTH:
+        return await _fetch(session, _conditions(f, dialect, hosts), want, True)
+    if dialect == "postgresql":
+        # A prepared statement's generic plan cannot see how selective the pattern is (and
+        # falls back to scanning the primary key); plan each search for its own values.
+        await session.execute(text_sql("SET LOCAL plan_cache_mode = force_custom_plan"))
+    top = f.before_id - 1 if f.before_id is not None else await max_event_id(session)
+    floor = top - PLAIN_WINDOW  # the plain scan reads floor < id <= top
+    newest = await _fetch(
+        session,
+        [*_conditions(f, dialect, hosts, indexed=False), UpdateEvent.id > floor],
+        want,
+        True,
+    )
+    if len(newest) >= want or (f.after_id is not None and f.after_id >= floor):
+        return newest
+    older = await _fetch(
+        session,
+        [*_conditions(f, dialect, hosts), UpdateEvent.id <= floor],
+        want - len(newest),
+        True,
+    )
+    return newest + older
 
 
 async def query_events_after(
@@ -204,13 +302,16 @@ async def query_events_after(
 ) -> list[StoredEvent]:
     """Events matching ``f`` with ``after_id < id <= upto_id``, oldest first, at most ``limit``
     (the live stream's read: ascending, so advancing the cursor never skips a row).
-    ``f.before_id`` / ``f.after_id`` / ``f.limit`` are ignored."""
+    ``f.before_id`` / ``f.after_id`` / ``f.limit`` are ignored. A range of at most
+    :data:`PLAIN_WINDOW` ids (a stream's usual read) is scanned plainly, a wider one through
+    the search index."""
     f = replace(f, before_id=None, after_id=None)
-    stmt = _select_events().where(
-        *_conditions(f), UpdateEvent.id > after_id, UpdateEvent.id <= upto_id
+    hosts = await _agents_by_hostname(session, f.text) if f.text else []
+    indexed = upto_id - after_id > PLAIN_WINDOW
+    where = _conditions(f, _dialect(session), hosts, indexed)
+    return await _fetch(
+        session, [*where, UpdateEvent.id > after_id, UpdateEvent.id <= upto_id], limit, False
     )
-    result = await session.execute(stmt.order_by(UpdateEvent.id.asc()).limit(limit))
-    return [_stored(row) for row in result]
 
 
 async def max_event_id(session: AsyncSession) -> int:

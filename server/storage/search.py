@@ -1,0 +1,44 @@
+"""The History's indexed free-text search: names and SQL shared by the alembic migration 0011,
+the queries (:mod:`server.storage.history`) and the schema comparison.
+
+SQLite: ``update_events_search``, an external-content FTS5 table (``tokenize='trigram'``,
+case-insensitive) over ``message``, ``error_message``, ``event_id`` and ``run_id`` with
+``rowid = update_events.id``, kept in step by triggers (alembic 0011), so in the inserting /
+deleting transaction (ingest, retention, an agent's cascade delete). PostgreSQL: one GIN
+trigram index (``pg_trgm``) on the concatenation of the same columns.
+
+Either is only a *prefilter* (a superset of the rows containing the text): the query keeps the
+exact per-column case-insensitive substring test, so results are those of the plain scan.
+A text of fewer than 3 characters has no trigram: it is matched by the plain scan only.
+"""
+
+from __future__ import annotations
+
+FTS_TABLE = "update_events_search"
+FTS_COLUMNS = ("message", "error_message", "event_id", "run_id")
+PG_INDEX = "ix_update_events_search"
+# Must be written exactly as the index expression for PostgreSQL's planner to match it.
+PG_EXPRESSION = (
+    "(update_events.message || ' ' || update_events.error_message || ' ' || "
+    "update_events.event_id || ' ' || coalesce(update_events.run_id, ''))"
+)
+MIN_INDEXED_LENGTH = 3  # trigram: a shorter text cannot use the index
+
+
+def is_search_object(name: str | None) -> bool:
+    """Whether ``name`` is the FTS table, one of its shadow tables, or the trigram index: not
+    in the models' metadata (the schema comparison must skip them)."""
+    if name is None:
+        return False
+    return name in (FTS_TABLE, PG_INDEX) or name.startswith(f"{FTS_TABLE}_")
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """alembic ``include_name`` hook: everything except the search objects."""
+    return not (type_ in ("table", "index") and is_search_object(name))
+
+
+def match_phrase(text: str) -> str:
+    """``text`` as one FTS5 phrase (double quotes doubled): with the trigram tokenizer, rows
+    containing it as a substring (case-insensitively)."""
+    return '"' + text.replace('"', '""') + '"'

@@ -1,0 +1,325 @@
+"""History query benchmark: p50/p95 of the History page's reads on a large, realistic History.
+
+    python -m tests.bench.history --db sqlite --events 1000000
+    python -m tests.bench.history --db postgresql --events 1000000
+    python -m tests.bench.history --db sqlite --ingest-ab 100000
+
+Creates a fresh database migrated by alembic up to 0010, seeds ``--events`` events quickly
+(executemany on SQLite, COPY on PostgreSQL; 1,000 agents, 30 days, 80% success / 10% info /
+7% error / 3% warning, messages from a small vocabulary plus a few rare words), upgrades to
+head (so 0011's backfill / index build is timed too), then times ``--reps`` calls of each case
+through :func:`server.services.history.list_events` (what the History page and the API call).
+Text cases are also timed with the plain scan (the query before 0011) for comparison.
+
+``--ingest-ab N``: the SQLite insert cost of the search triggers: N events inserted through the
+ingest's own statement (``storage.events.insert_rows_sync``, batches of 500, one transaction
+each) into a fresh head database, then into one whose insert trigger was dropped.
+A figure printer, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import create_engine
+
+from server.domain import EventFilter, Severity
+from server.services.history import list_events
+from server.storage import events as events_db
+from server.storage import schema, search
+from server.storage.db import create_engine_for_url, make_sessionmaker
+
+PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+DAYS = 30
+RARE_WORD = "quetzalcoatl"  # in about 1 event in 20,000
+NOTHING = "no-event-says-this"
+COMMON_WORD = "applied"  # in most success messages
+
+SUCCESS = [
+    "Config migrated 1 -> 4",
+    "Migration applied in {n} ms",
+    "Applied config version {n}",
+    "Nothing to migrate: already at version 4",
+]
+INFO = ["Detected legacy config at /etc/aggregator/agent.conf", "Checked {n} files"]
+ERRORS = [
+    "Execution failed: permission denied",
+    "Execution failed: disk full",
+    "Rollback after failed step move_legacy_config",
+]
+WARNINGS = ["Partial migration: {n} of 5 steps", "Config validated with warnings"]
+ERROR_MESSAGES = [
+    "[Errno 13] Permission denied: '/etc/aggregator/agent.conf'",
+    "[Errno 28] No space left on device",
+    "step move_legacy_config exited 1",
+]
+# severity -> (event_type, status, messages)
+KINDS = {
+    "success": ("migration_execution", "success", SUCCESS),
+    "info": ("migration_detection", "not_needed", INFO),
+    "error": ("migration_execution", "failed", ERRORS),
+    "warning": ("migration_execution", "partial", WARNINGS),
+}
+WEIGHTS = (("success", 80), ("info", 10), ("error", 7), ("warning", 3))
+
+
+def hostname(i: int) -> str:
+    return f"web-{i:04d}.dc{i % 3 + 1}.example.com"
+
+
+def generate(n: int, agents: list[str], seed: int = 7) -> list[tuple[Any, ...]]:
+    """``n`` rows in ``events_db.COLUMNS`` order (SQLite encoding), oldest first."""
+    rnd = random.Random(seed)
+    severities = rnd.choices([s for s, _ in WEIGHTS], [w for _, w in WEIGHTS], k=n)
+    start = NOW - timedelta(days=DAYS)
+    step = timedelta(days=DAYS) / n
+    rows = []
+    for i in range(n):
+        severity = severities[i]
+        event_type, status, messages = KINDS[severity]
+        message = rnd.choice(messages).format(n=rnd.randint(1, 999))
+        if rnd.random() < 1 / 20_000:
+            message += f" ({RARE_WORD} seen)"
+        error = rnd.choice(ERROR_MESSAGES) if severity == "error" else ""
+        at = events_db.sqlite_timestamp(start + step * i)
+        rows.append(
+            (
+                str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+                agents[rnd.randrange(len(agents))],
+                "migration",
+                event_type,
+                status,
+                severity,
+                message,
+                error,
+                "{}",
+                "1",
+                "4",
+                str(uuid.UUID(int=rnd.getrandbits(128), version=4)) if i % 2 else None,
+                "{}",
+                at,
+                at,
+                "",
+                0,
+                "",
+                None,
+            )
+        )
+    return rows
+
+
+def _agent_rows(count: int) -> list[tuple[str, str]]:
+    return [(str(uuid.UUID(int=i + 1, version=4)), hostname(i)) for i in range(count)]
+
+
+AGENT_SQL = (
+    "INSERT INTO agents (id, hostname, machine_id, os, kernel, agent_version, config_version, "
+    "disk_free_bytes, facts, labels, enrolled_at, checkin_interval_seconds, revoked) "
+    "VALUES (?, ?, '', '', '', '', '', 0, '{}', '{}', ?, 60, 0)"
+)
+EVENT_SQL = (
+    f"INSERT INTO update_events ({', '.join(events_db.COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in events_db.COLUMNS)})"
+)
+
+
+def seed_sqlite(path: Path, n: int, agents: list[tuple[str, str]]) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    enrolled = events_db.sqlite_timestamp(NOW - timedelta(days=60))
+    db.executemany(AGENT_SQL, [(a, h, enrolled) for a, h in agents])
+    ids = [a for a, _ in agents]
+    done = 0
+    while done < n:
+        chunk = min(100_000, n - done)
+        db.executemany(EVENT_SQL, generate(chunk, ids, seed=done)[:chunk])
+        done += chunk
+    db.commit()
+    db.close()
+
+
+async def seed_postgresql(dsn: str, n: int, agents: list[tuple[str, str]]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        enrolled = NOW - timedelta(days=60)
+        await conn.executemany(
+            AGENT_SQL.replace("?", "$1", 1)
+            .replace("?", "$2", 1)
+            .replace("?", "$3", 1)
+            .replace("60, 0)", "60, false)"),
+            [(a, h, enrolled) for a, h in agents],
+        )
+        ids = [a for a, _ in agents]
+        done = 0
+        while done < n:
+            chunk = min(100_000, n - done)
+            records = [
+                (
+                    *r[:13],
+                    datetime.fromisoformat(r[13]).replace(tzinfo=UTC),
+                    datetime.fromisoformat(r[14]).replace(tzinfo=UTC),
+                    *r[15:],
+                )
+                for r in generate(chunk, ids, seed=done)
+            ]
+            await conn.copy_records_to_table(
+                "update_events", records=records, columns=list(events_db.COLUMNS)
+            )
+            done += chunk
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+def cases(agent: str, host: str) -> list[tuple[str, EventFilter, bool]]:
+    """(name, filter, is a text case)."""
+    day = NOW - timedelta(days=20)
+    return [
+        ("first page", EventFilter(), False),
+        ("severity=error", EventFilter(severities=(Severity.ERROR,)), False),
+        ("one agent", EventFilter(agent_id=agent), False),
+        (f"text rare word {RARE_WORD!r}", EventFilter(text=RARE_WORD), True),
+        ("text matching nothing", EventFilter(text=NOTHING), True),
+        (f"text hostname {host!r}", EventFilter(text=host), True),
+        (f"text common word {COMMON_WORD!r}", EventFilter(text=COMMON_WORD), True),
+        ("text 2 chars 'zq' (plain scan)", EventFilter(text="zq"), True),
+        (
+            "errors in one day 20 days ago",
+            EventFilter(severities=(Severity.ERROR,), since=day, until=day + timedelta(days=1)),
+            False,
+        ),
+        (
+            "rare word + severity=error",
+            EventFilter(text=RARE_WORD, severities=(Severity.ERROR,)),
+            True,
+        ),
+    ]
+
+
+async def timed(call: Callable[[], Awaitable[Any]], reps: int) -> tuple[float, float, int]:
+    times = []
+    count = 0
+    for _ in range(reps):
+        t = time.perf_counter()
+        page = await call()
+        times.append((time.perf_counter() - t) * 1000)
+        count = len(page.events)
+    times.sort()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return statistics.median(times), p95, count
+
+
+async def run_cases(url: str, reps: int, plain_reps: int, agents: list[tuple[str, str]]) -> None:
+    engine = create_engine_for_url(url)
+    sessions = make_sessionmaker(engine)
+    agent, host = agents[420]
+    try:
+        for name, f, is_text in cases(agent, host):
+            p50, p95, count = await timed(lambda f=f: list_events(sessions, f), reps)
+            print(f"  {name:<44} p50={p50:9.1f}ms p95={p95:9.1f}ms rows={count}")
+            if is_text and plain_reps and f.text and len(f.text) >= 3:
+                saved = search.MIN_INDEXED_LENGTH
+                search.MIN_INDEXED_LENGTH = 10**9  # the plain scan: the query before 0011
+                try:
+                    p50, p95, count = await timed(lambda f=f: list_events(sessions, f), plain_reps)
+                finally:
+                    search.MIN_INDEXED_LENGTH = saved
+                print(
+                    f"    {'(plain scan, before 0011)':<42} p50={p50:9.1f}ms "
+                    f"p95={p95:9.1f}ms rows={count} reps={plain_reps}"
+                )
+    finally:
+        await engine.dispose()
+
+
+async def pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_BASE.replace("+asyncpg", "") + "/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def ingest_ab(n: int) -> None:
+    agents = _agent_rows(64)
+    ids = [a for a, _ in agents]
+    rows = generate(n, ids, seed=99)
+    for label, drop in (("with search triggers", False), ("insert trigger dropped", True)):
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite+aiosqlite:///{tmp}/ab.db"
+            schema.upgrade(url)
+            engine = create_engine(f"sqlite:///{tmp}/ab.db")
+            with engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                enrolled = events_db.sqlite_timestamp(NOW)
+                conn.exec_driver_sql(AGENT_SQL, [(a, h, enrolled) for a, h in agents])
+                if drop:
+                    conn.exec_driver_sql("DROP TRIGGER update_events_search_ai")
+            t = time.perf_counter()
+            for i in range(0, n, 500):
+                with engine.begin() as conn:
+                    events_db.insert_rows_sync(conn, rows[i : i + 500])
+            elapsed = time.perf_counter() - t
+            engine.dispose()
+        print(f"  {label:<24} {n / elapsed:10,.0f} events/s ({elapsed * 1e6 / n:.1f} us/event)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--plain-reps", type=int, default=5, help="0: skip the plain scans")
+    parser.add_argument("--ingest-ab", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    if args.ingest_ab:
+        print(f"db=sqlite ingest A/B events={args.ingest_ab:,}")
+        ingest_ab(args.ingest_ab)
+        return
+    agents = _agent_rows(args.agents)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = f"flagpost_bench_{uuid.uuid4().hex[:8]}"
+        if args.db == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp}/history.db"
+        else:
+            asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+            url = f"{PG_BASE}/{name}"
+        try:
+            t = time.perf_counter()
+            schema.upgrade(url, "0010")
+            if args.db == "sqlite":
+                seed_sqlite(Path(tmp) / "history.db", args.events, agents)
+            else:
+                asyncio.run(seed_postgresql(url.replace("+asyncpg", ""), args.events, agents))
+            seeded = time.perf_counter() - t
+            t = time.perf_counter()
+            schema.upgrade(url)
+            migrated = time.perf_counter() - t
+            print(
+                f"db={args.db} events={args.events:,} agents={args.agents} reps={args.reps} "
+                f"seed={seeded:.1f}s upgrade_0011={migrated:.1f}s"
+            )
+            asyncio.run(run_cases(url, args.reps, args.plain_reps, agents))
+        finally:
+            if args.db == "postgresql":
+                asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()
