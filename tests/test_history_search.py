@@ -96,6 +96,11 @@ QUERIES = [
     "nothing-matches-this",
     "---",
     "  ",
+    # hex digits and dashes only: could be part of an id (ids are not in the trigram index)
+    "abc",
+    "Dead",
+    "4a-",
+    "-4",
 ]
 
 

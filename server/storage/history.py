@@ -64,24 +64,26 @@ def _text_condition(
     agent's hostname; ``%``, ``_`` and the escape character are escaped (``autoescape``) and
     every value is a bound parameter.
 
-    A text of 3 characters or more is first looked up in the trigram index
-    (:mod:`server.storage.search`: FTS5 on SQLite, ``pg_trgm`` on PostgreSQL), which yields a
-    superset of the rows; the per-column test then keeps exactly the rows the plain scan
-    would. Shorter texts have no trigram and use the plain scan (as does ``indexed=False``:
-    see :func:`query_events`). The hostname was matched in
-    ``agents`` beforehand (:func:`_agents_by_hostname`: ``host_agents``), its events are
-    found by ``agent_id`` (an index; an OR of two indexed terms is a bitmap / multi-index OR
-    for the planner, a sub-select there would not be)."""
-    columns: list[Any] = [
-        UpdateEvent.message,
-        UpdateEvent.error_message,
-        UpdateEvent.event_id,
-        UpdateEvent.run_id,
+    A text of 3 characters or more is first looked up in the trigram index of the message and
+    error message (:mod:`server.storage.search`: FTS5 on SQLite, ``pg_trgm`` on PostgreSQL),
+    which yields a superset of the rows; the per-column test then keeps exactly the rows the
+    plain scan would. The ids are scanned plainly, and only for a text that could be part of
+    one (hex digits and dashes). Shorter texts have no trigram and use the plain scan (as does
+    ``indexed=False``: see :func:`query_events`). The hostname was matched in ``agents``
+    beforehand (:func:`_agents_by_hostname`: ``host_agents``), its events are found by
+    ``agent_id`` (an index; an OR of two indexed terms is a bitmap / multi-index OR for the
+    planner, a sub-select there would not be)."""
+    texts: list[Any] = [UpdateEvent.message, UpdateEvent.error_message]
+    exact = or_(*(column.icontains(text, autoescape=True) for column in texts))
+    ids = [
+        column.icontains(text, autoescape=True)
+        for column in (UpdateEvent.event_id, UpdateEvent.run_id)
     ]
-    exact = or_(*(column.icontains(text, autoescape=True) for column in columns))
     by_host = [UpdateEvent.agent_id.in_(list(host_agents))] if host_agents else []
     if not indexed or len(text) < search.MIN_INDEXED_LENGTH:
-        return or_(exact, *by_host)
+        return or_(exact, *ids, *by_host)
+    if not search.could_be_id(text):
+        ids = []  # an id is hex digits and dashes: no id contains this text
     prefilter: ColumnElement[bool]
     if dialect == "postgresql":
         escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
@@ -92,7 +94,7 @@ def _text_condition(
             .select_from(table(search.FTS_TABLE))
             .where(literal_column(search.FTS_TABLE).op("MATCH")(search.match_phrase(text)))
         )
-    return or_(and_(prefilter, exact), *by_host)
+    return or_(and_(prefilter, exact), *ids, *by_host)
 
 
 async def _agents_by_hostname(session: AsyncSession, text: str) -> list[str]:
