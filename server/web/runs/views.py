@@ -372,6 +372,8 @@ class RunsPage:
     more_url: str | None
     more_fragment_url: str | None
     limit: int | None  # only when it differs from the default
+    export_csv_url: str = ""  # every run matching the filters, as a download
+    export_jsonl_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
