@@ -511,12 +511,14 @@ def parse_export_format(query: MultiMapping[str]) -> str:
 
 def parse_event_export(query: MultiMapping[str], default_limit: int) -> tuple[str, EventFilter]:
     """``GET /api/v1/events/export``: the format and the History filter (``limit`` unused)."""
-    return parse_export_format(query), parse_event_filter(query, default_limit)
+    f = parse_event_filter(query, default_limit)
+    return parse_export_format(query), f
 
 
 def parse_run_export(query: MultiMapping[str]) -> tuple[str, RunFilter]:
     """``GET /api/v1/runs/export``: the format and the runs filter (``limit`` unused)."""
-    return parse_export_format(query), parse_run_filter(query)
+    f = parse_run_filter(query)
+    return parse_export_format(query), f
 
 
 def event_export_url(f: EventFilter, default_limit: int, fmt: str) -> str:
