@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import shutil
 import sqlite3
@@ -185,11 +184,12 @@ def main() -> int:
         account = WebAccount("bench", password, "viewer")
         for fmt in args.formats.split(","):
             r = asyncio.run(run_export(web, account, server.pid, fmt, params))  # type: ignore[arg-type]
+            growth = r["rss_peak"] - r["rss_before"]
             print(
                 f"{fmt}: {r['rows']:,.0f} rows, {r['mib']:.1f} MiB in {r['seconds']:.1f} s "
                 f"= {r['rows'] / r['seconds']:,.0f} rows/s; server RSS {r['rss_before']:.1f} MiB "
-                f"before, peak {r['rss_peak']:.1f} MiB during (+{r['rss_peak'] - r['rss_before']:.1f}"
-                f" MiB); VmHWM {r['hwm_before']:.1f} -> {r['hwm_after']:.1f} MiB"
+                f"before, peak {r['rss_peak']:.1f} MiB during (+{growth:.1f} MiB); "
+                f"VmHWM {r['hwm_before']:.1f} -> {r['hwm_after']:.1f} MiB"
             )
         return 0
     finally:
