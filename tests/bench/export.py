@@ -37,7 +37,9 @@ from tests.server_testlib import WebAccount, login_http
 
 AGENTS = 50
 BATCH = 20_000
-BASE = datetime(2026, 1, 1, tzinfo=UTC)
+# Within retention (30 days by default; the bench also turns the retention job off): a purge
+# during the export would delete rows under it.
+BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(days=14)
 STATUSES = list(EventStatus)
 
 
@@ -165,6 +167,7 @@ def main() -> int:
     server = None
     try:
         env, _ = server_env("sqlite", workdir)
+        env["FLAGPOST_RETENTION_INTERVAL_MINUTES"] = "0"
         cli(env, "db", "upgrade")
         db_path = workdir / "bench.db"
         asyncio.run(create_agents(env["FLAGPOST_DATABASE_URL"]))
