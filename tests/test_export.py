@@ -34,6 +34,7 @@ from flagpost.v1 import agent_pb2
 from server import app_keys
 from server.app import RunningServer, start_server
 from server.domain import EventStatus, EventType, NewEvent
+from server.errors import Unavailable
 from server.services import history as history_service
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
@@ -345,3 +346,29 @@ async def test_a_run_export_holds_what_the_api_lists(
     assert {r["hostname"] for r in rows} == {"web-1", "'=db-1"}
     assert {r["error_message"] for r in rows} == {"", "'-1 is not a port"}
     assert {r["terminal"] for r in rows} == {"true", "false"}
+
+
+async def test_a_failure_mid_export_ends_the_download_incomplete(
+    server: RunningServer, viewer: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = history_service.list_events
+    calls = 0
+
+    async def failing(sessions: Any, f: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise Unavailable("the database is unavailable")
+        return await original(sessions, f)
+
+    monkeypatch.setattr(export.history_service, "list_events", failing)
+    monkeypatch.setattr(export, "EVENT_CHUNK_ROWS", 5)
+    async with viewer.get("/api/v1/events/export", params={"format": "csv"}) as response:
+        assert response.status == 200  # the first chunk was read before the answer started
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    # before the first byte: a proper 503
+    calls = 2
+    async with viewer.get("/api/v1/events/export", params={"format": "csv"}) as response:
+        assert response.status == 503
+        assert "Content-Disposition" not in response.headers
