@@ -57,6 +57,7 @@ CONTENT_TYPES: Final[dict[str, str]] = {
     "jsonl": "application/x-ndjson; charset=utf-8",
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_json_cell = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 C = TypeVar("C")
 Item = Mapping[str, Any]
@@ -66,6 +67,8 @@ ReadChunk = Callable[[C | None], Awaitable[tuple[Sequence[Item], C | None]]]
 def csv_cell(value: Any) -> str:
     """One CSV cell: ``None`` empty, booleans ``true``/``false``, numbers as written, objects as
     compact JSON; text starting like a formula gets a leading ``'``."""
+    if isinstance(value, str):  # most cells: checked first
+        return "'" + value if value.startswith(_FORMULA_START) else value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -73,9 +76,8 @@ def csv_cell(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, dict | list):
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    else:
-        text = str(value)
+        return _json_cell(value)  # starts with { or [: never a formula
+    text = str(value)
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
