@@ -372,3 +372,28 @@ async def test_a_failure_mid_export_ends_the_download_incomplete(
     async with viewer.get("/api/v1/events/export", params={"format": "csv"}) as response:
         assert response.status == 503
         assert "Content-Disposition" not in response.headers
+
+
+async def test_an_export_ends_when_its_session_ends(
+    server: RunningServer,
+    viewer: aiohttp.ClientSession,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await bulk_events(db_url, 500)
+    original = history_service.list_events
+
+    async def slow_read(sessions: Any, f: Any) -> Any:
+        await asyncio.sleep(0.02)
+        return await original(sessions, f)
+
+    monkeypatch.setattr(export.history_service, "list_events", slow_read)
+    monkeypatch.setattr(export, "EVENT_CHUNK_ROWS", 10)
+    monkeypatch.setattr(export, "SESSION_CHECK_SECONDS", 0.0)
+    async with viewer.get("/api/v1/events/export", params={"format": "jsonl"}) as response:
+        assert response.status == 200
+        assert json.loads(await response.content.readline())["id"]
+        async with viewer.post("/logout", allow_redirects=False) as out:
+            assert out.status == 303
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()

@@ -18,9 +18,11 @@ is still a proper error answer. Rows newer than the export's start are not inclu
 above the first chunk's keyset position).
 
 Endings: a client that goes away ends the export at its next write (no further query); a
-client that stops reading for ``WRITE_TIMEOUT_SECONDS`` is dropped; a failure mid-export (the
-database went away) aborts the connection without the chunked body's terminator, so the
-download shows as failed rather than as a complete, truncated file.
+client that stops reading for ``WRITE_TIMEOUT_SECONDS`` is dropped, and so is one whose session
+ended (logged out, expired, disabled: checked every ``SESSION_CHECK_SECONDS``, as live streams
+check at their heartbeat); a failure mid-export (the database went away) aborts the connection
+without the chunked body's terminator, so the download shows as failed rather than as a
+complete, truncated file.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from server import app_keys
 from server.services import history as history_service
 from server.services import runs as runs_service
 from server.web.api.shapes import Event, Run, event_json, run_json
+from server.web.auth import session_still_valid
 from server.web.request import parse_event_export, parse_run_export
 from server.web.sessions import web_sessions
 
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 EVENT_CHUNK_ROWS = 1000
 RUN_CHUNK_ROWS = runs_service.MAX_LIST_LIMIT
 WRITE_TIMEOUT_SECONDS = 60.0
+SESSION_CHECK_SECONDS = 30.0  # a long export re-checks its session this often, like a stream
 EVENT_FIELDS: Final[tuple[str, ...]] = tuple(Event.__annotations__)
 RUN_FIELDS: Final[tuple[str, ...]] = tuple(Run.__annotations__)
 CONTENT_TYPES: Final[dict[str, str]] = {
@@ -127,6 +131,10 @@ def export_filename(name: str, fmt: str, started: datetime) -> str:
     return f"flagpost-{name}-{started.astimezone(UTC):%Y%m%dT%H%M%SZ}.{fmt}"
 
 
+class SessionEnded(Exception):
+    """The session that started an export was logged out, expired or disabled."""
+
+
 def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
@@ -163,9 +171,14 @@ async def stream_export(
         async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
             await response.write(encoder.start() + encoder.rows(items))
         rows += len(items)
+        checked = time.monotonic()
         while cursor is not None:
             if request.transport is None or request.transport.is_closing():
                 raise ConnectionResetError("the client went away")
+            if time.monotonic() - checked >= SESSION_CHECK_SECONDS:
+                if not await session_still_valid(request):
+                    raise SessionEnded
+                checked = time.monotonic()
             items, cursor = await read(cursor)
             count, data = len(items), encoder.rows(items)
             del items  # hold one chunk at a time: the encoded one
@@ -174,6 +187,10 @@ async def stream_export(
             rows += count
     except ConnectionResetError:
         log.info("%s export %s: the client went away after %d rows", name, filename, rows)
+        return response
+    except SessionEnded:
+        log.info("%s export %s: the session ended after %d rows", name, filename, rows)
+        _abort(request)
         return response
     except TimeoutError:
         log.info("%s export %s: the client stopped reading after %d rows", name, filename, rows)
