@@ -13,6 +13,8 @@ read exactly the query parameters they declare for the document.
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -30,12 +32,15 @@ from server_testlib import create_web_user, logged_in_http
 from flagpost.v1 import agent_pb2
 from server import app_keys
 from server.app import RunningServer
+from server.errors import InvalidArgument
 from server.services import agents as agents_service
 from server.web import request as request_helpers
 from server.web.api.openapi import openapi_document
 from server.web.request import (
+    EVENT_EXPORT_QUERY,
     EVENT_QUERY,
     LOG_QUERY,
+    RUN_EXPORT_QUERY,
     RUN_QUERY,
     SELECT_COUNT_QUERY,
     SELECT_QUERY,
@@ -43,6 +48,8 @@ from server.web.request import (
 )
 
 JSON = "application/json"
+CSV = "text/csv"
+JSON_LINES = "application/x-ndjson"
 SPEC_SAMPLE = Path(__file__).parent / "agent_tests" / "specs" / "myapp.toml"
 Op = tuple[str, str]  # (method, path template)
 
@@ -169,6 +176,12 @@ class Recording(MultiMapping[str]):
         return 0
 
 
+def without_format(parse: Any, *args: Any) -> None:
+    """Call an export's parser on a query without ``format`` (the one required parameter)."""
+    with pytest.raises(InvalidArgument, match=r"^format: "):
+        parse(*args)
+
+
 @pytest.mark.parametrize(
     ("parse", "declared"),
     [
@@ -177,8 +190,10 @@ class Recording(MultiMapping[str]):
         (request_helpers.parse_log_query, LOG_QUERY),
         (request_helpers.parse_select, SELECT_QUERY),
         (request_helpers.parse_select_count, SELECT_COUNT_QUERY),
+        (lambda q: without_format(request_helpers.parse_event_export, q, 50), EVENT_EXPORT_QUERY),
+        (lambda q: without_format(request_helpers.parse_run_export, q), RUN_EXPORT_QUERY),
     ],
-    ids=["events", "runs", "logs", "select", "select-count"],
+    ids=["events", "runs", "logs", "select", "select-count", "events-export", "runs-export"],
 )
 def test_each_parser_reads_exactly_the_parameters_it_declares(
     parse: Any, declared: tuple[QueryParam, ...]
@@ -299,6 +314,65 @@ class Caller:
             self.failures.append(f"{method.upper()} {path} {status}: {found}")
         self.seen.add((method, template, status))
         return answer
+
+    async def download(
+        self, http: aiohttp.ClientSession, op: Op, fmt: str, params: list[tuple[str, str]]
+    ) -> list[Any]:
+        """A 200 export: its media type is documented; JSON lines: each line matches the
+        documented schema; CSV: a header of that schema's fields. Returns the items (CSV:
+        rows as dicts of strings)."""
+        method, template = op
+        response_doc = DOCUMENT["paths"][template][method]["responses"]["200"]
+        async with http.get(
+            self.server.web_url + template, params=[("format", fmt), *params]
+        ) as response:
+            assert response.status == 200, await response.text()
+            text = await response.text()
+            media = response.content_type
+        assert "attachment; filename=" in response.headers["Content-Disposition"]
+        content = response_doc["content"]
+        if media not in content:
+            self.failures.append(f"{template} answered undocumented {media}")
+            return []
+        self.seen.add((method, template, 200))
+        if media == CSV:
+            item_schema = DOCUMENT["paths"][template][method]["responses"]["200"]["content"]
+            ref = item_schema[JSON_LINES]["schema"]["$ref"].rsplit("/", 1)[-1]
+            fields = list(DOCUMENT["components"]["schemas"][ref]["properties"])
+            reader = csv.reader(io.StringIO(text, newline=""))
+            header = next(reader)
+            if header != fields:
+                self.failures.append(f"{template} csv header {header} != {fields}")
+            return [dict(zip(header, row, strict=True)) for row in reader]
+        root = {"components": closed(DOCUMENT["components"]), **closed(content[media]["schema"])}
+        validator = Draft202012Validator(root, format_checker=FormatChecker())
+        items = [json.loads(line) for line in text.splitlines()]
+        for item in items:
+            for error in validator.iter_errors(item):
+                self.failures.append(f"{template} {media} line: {error.message}")
+        return items
+
+
+async def exercise_exports(
+    caller: Caller, viewer: aiohttp.ClientSession, run_ids: Mapping[str, str]
+) -> None:
+    """Both exports, each format, and their 400s (after ``seed``)."""
+    events: Op = ("get", "/api/v1/events/export")
+    lines = await caller.download(viewer, events, "jsonl", [])
+    assert len(lines) == 3
+    rows = await caller.download(viewer, events, "csv", [("severity", "error")])
+    assert [row["severity"] for row in rows] == ["error"]
+    for bad in ({"format": "xml"}, {"format": "csv", "severity": "fatal"}):
+        error = await caller.call(viewer, events, 400, params=bad)
+        assert error["message"].startswith(f"{list(bad)[-1]}: "), error
+    runs: Op = ("get", "/api/v1/runs/export")
+    listed = await caller.download(viewer, runs, "jsonl", [])
+    assert {r["id"] for r in listed} == set(run_ids.values())
+    rows = await caller.download(viewer, runs, "csv", [("state", "running")])
+    assert [row["id"] for row in rows] == [run_ids["running"]]
+    for bad in ({"format": ""}, {"format": "jsonl", "before": "nope"}):
+        error = await caller.call(viewer, runs, 400, params=bad)
+        assert error["message"].startswith(f"{list(bad)[-1]}: "), error
 
 
 async def exercise_specs(
@@ -512,6 +586,7 @@ async def test_every_api_response_matches_the_document(
         await call(viewer, runs, 200, params={"state": "awaiting_input", "limit": "1"})
         await call(viewer, runs, 400, params={"limit": "501"})
         await call(viewer, runs, 400, params={"state": "DONE"})
+        await exercise_exports(caller, viewer, run_ids)
         for name, run_id in run_ids.items():
             detail = await call(viewer, ("get", "/api/v1/runs/{run_id}"), 200, {"run_id": run_id})
             assert (

@@ -16,7 +16,7 @@ reads exactly the names it declares.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 from urllib.parse import urlencode
@@ -468,3 +468,68 @@ def parse_select_count(query: MultiMapping[str]) -> tuple[list[str], int]:
     return parse_select(query), (
         parse_int("limit", limit, 0, MAX_SELECT_COUNT_LIMIT) if limit else SELECT_COUNT_LIMIT
     )
+
+
+# --- exports ----------------------------------------------------------------------------------
+
+EXPORT_FORMATS: Final[tuple[str, ...]] = ("csv", "jsonl")
+_EXPORT_FORMAT = QueryParam(
+    "format",
+    Annotated[str, Doc(enum=list(EXPORT_FORMATS))],
+    "csv (a header row, then one row per item) or jsonl (one JSON object per line)",
+)
+_EXPORT_NOTE = "accepted as by the list; not used: an export streams every matching row"
+
+
+def _export_query(params: tuple[QueryParam, ...], cursor_note: str) -> tuple[QueryParam, ...]:
+    """An export's parameters: ``format`` and the list's own (same names, same validation)."""
+    out = [_EXPORT_FORMAT]
+    for param in params:
+        if param.name == "limit":
+            param = QueryParam("limit", param.type, _EXPORT_NOTE)
+        elif param.name == "before":
+            param = QueryParam("before", param.type, cursor_note)
+        out.append(param)
+    return tuple(out)
+
+
+EVENT_EXPORT_QUERY: Final[tuple[QueryParam, ...]] = _export_query(
+    EVENT_QUERY, "start below this event id (resume an export from the last id received)"
+)
+RUN_EXPORT_QUERY: Final[tuple[QueryParam, ...]] = _export_query(
+    RUN_QUERY, "start after this cursor (a next_before of the list)"
+)
+
+
+def parse_export_format(query: MultiMapping[str]) -> str:
+    """``format``: ``csv`` or ``jsonl`` (required), or a 400 naming it."""
+    value = single(query, "format", 16).lower()
+    if value not in EXPORT_FORMATS:
+        raise InvalidArgument(f"must be one of {', '.join(EXPORT_FORMATS)}", field="format")
+    return value
+
+
+def parse_event_export(query: MultiMapping[str], default_limit: int) -> tuple[str, EventFilter]:
+    """``GET /api/v1/events/export``: the format and the History filter (``limit`` unused)."""
+    f = parse_event_filter(query, default_limit)
+    return parse_export_format(query), f
+
+
+def parse_run_export(query: MultiMapping[str]) -> tuple[str, RunFilter]:
+    """``GET /api/v1/runs/export``: the format and the runs filter (``limit`` unused)."""
+    f = parse_run_filter(query)
+    return parse_export_format(query), f
+
+
+def event_export_url(f: EventFilter, default_limit: int, fmt: str) -> str:
+    """The export of the History filtered by ``f`` (every page: no cursor, no page size)."""
+    unpaged = replace(f, before_id=None, limit=default_limit)
+    return with_query(
+        "/api/v1/events/export", [("format", fmt), *filter_params(unpaged, default_limit)]
+    )
+
+
+def run_export_url(f: RunFilter, fmt: str) -> str:
+    """The export of the runs filtered by ``f`` (every page: no cursor, no page size)."""
+    unpaged = replace(f, before=None, limit=RUNS_PAGE_SIZE)
+    return with_query("/api/v1/runs/export", [("format", fmt), *run_filter_params(unpaged)])

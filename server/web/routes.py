@@ -25,6 +25,7 @@ from server.web.api import agents as api_agents
 from server.web.api import bulk as api_bulk
 from server.web.api import document as api_document
 from server.web.api import events as api_events
+from server.web.api import export as api_export
 from server.web.api import rollouts as api_rollouts
 from server.web.api import runs as api_runs
 from server.web.api import specs as api_specs
@@ -97,7 +98,9 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/webhooks/{webhook_id}/remove",        ADMIN,   webhooks.remove_webhook, "webhook_remove"),
     # --- the JSON API
     Route("GET",  "/api/v1/events",                       VIEWER,  api_events.api_events, "api_events"),
+    Route("GET",  "/api/v1/events/export",                VIEWER,  api_export.export_events, "api_events_export"),
     Route("GET",  "/api/v1/runs",                         VIEWER,  api_runs.list_runs, "api_runs"),
+    Route("GET",  "/api/v1/runs/export",                  VIEWER,  api_export.export_runs, "api_runs_export"),
     Route("GET",  "/api/v1/runs/{run_id}",                VIEWER,  api_runs.get_run, "api_run"),
     Route("GET",  "/api/v1/runs/{run_id}/logs",           VIEWER,  api_runs.run_logs, "api_run_logs"),
     Route("GET",  "/api/v1/runs/{run_id}/logs/stats",     VIEWER,  api_runs.run_log_stats, "api_log_stats"),

@@ -17,8 +17,10 @@ from typing import Annotated, Any, NotRequired, TypedDict
 from server import __version__ as SERVER_VERSION
 from server.web.api import rollout_shapes, shapes, spec_shapes, webhook_shapes
 from server.web.request import (
+    EVENT_EXPORT_QUERY,
     EVENT_QUERY,
     LOG_QUERY,
+    RUN_EXPORT_QUERY,
     RUN_QUERY,
     SELECT_COUNT_QUERY,
     SELECT_QUERY,
@@ -27,6 +29,8 @@ from server.web.request import (
 from server.web.schema import Doc, SchemaBuilder, Uuid
 
 JSON = "application/json"
+CSV = "text/csv"
+JSON_LINES = "application/x-ndjson"
 _FORM = "application/x-www-form-urlencoded"
 _HTML = {"text/html": {"schema": {"type": "string"}}}
 _ERRORS = {
@@ -115,6 +119,46 @@ class _Document:
             out[str(code)] = {"description": _ERRORS[code], "content": self.content(shapes.Error)}
         return out
 
+    def export(self, shape: type, what: str, operation: str, params: tuple[QueryParam, ...]) -> Any:
+        """An export: the list's filters, every matching row streamed as CSV or JSON lines."""
+        return {
+            "get": {
+                "operationId": operation,
+                "summary": f"Export {what} matching the list's filters as CSV or JSON lines "
+                "(streamed, newest first)",
+                "description": f"The list's filters (400 names a bad one) and `format`. "
+                f"`{JSON_LINES}`: one `{shape.__name__}` per line. `{CSV}`: a header row of the "
+                f"`{shape.__name__}` field names, then one row per item; objects as JSON, null "
+                "as an empty cell, and a text cell starting with = + - @ gets a leading ' (no "
+                "spreadsheet formulas). Rows newer than the export's start are not included. "
+                "A download that fails mid-way ends without the chunked body's terminator.",
+                "parameters": self.query(params),
+                "responses": {
+                    "200": {
+                        "description": f"{what}, as an attachment",
+                        "headers": {
+                            "Content-Disposition": {
+                                "description": "attachment; filename=flagpost-<name>-"
+                                "<UTC time, e.g. 20261203T061500Z>.csv|.jsonl",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": {
+                            CSV: {"schema": {"type": "string"}},
+                            JSON_LINES: {"schema": self.schemas.ref(shape)},
+                        },
+                    },
+                    **{
+                        str(code): {
+                            "description": _ERRORS[code],
+                            "content": self.content(shapes.Error),
+                        }
+                        for code in (400, 503)
+                    },
+                },
+            }
+        }
+
     def paths(self) -> dict[str, Any]:
         run_id = self.path_id("run_id", Uuid)
         agent_id = self.path_id("agent_id")
@@ -127,6 +171,9 @@ class _Document:
                     "responses": self.answers(shapes.EventPage, "a page of events", 200, 400, 503),
                 }
             },
+            "/api/v1/events/export": self.export(
+                shapes.Event, "the History", "exportEvents", EVENT_EXPORT_QUERY
+            ),
             "/api/v1/runs": {
                 "get": {
                     "operationId": "listRuns",
@@ -135,6 +182,7 @@ class _Document:
                     "responses": self.answers(shapes.RunPage, "a page of runs", 200, 400, 503),
                 }
             },
+            "/api/v1/runs/export": self.export(shapes.Run, "runs", "exportRuns", RUN_EXPORT_QUERY),
             "/api/v1/runs/{run_id}": {
                 "get": {
                     "operationId": "getRun",

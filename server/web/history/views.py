@@ -26,7 +26,7 @@ from server.domain import (
 )
 from server.web.format import display_time, human_bytes, relative_time, transition
 from server.web.forms import Option, agent_options
-from server.web.request import filter_url, format_time, is_filtered
+from server.web.request import event_export_url, filter_url, format_time, is_filtered
 from server.web.runs.styles import EVENT_ENDS
 
 
@@ -324,6 +324,8 @@ class HistoryPage:
     clear_url: str
     live_url: str | None  # the live stream of this view (first pages only), without its cursor
     live_after: int | None  # the stream cursor: the highest id when the page was read
+    export_csv_url: str = ""  # every event matching the filters, as a download
+    export_jsonl_url: str = ""
 
 
 def _filter_form(
@@ -386,6 +388,8 @@ def history_page(
         clear_url=path,
         live_url=stream_url(f, default_limit) if live else None,
         live_after=live_after if live else None,
+        export_csv_url=event_export_url(f, default_limit, "csv"),
+        export_jsonl_url=event_export_url(f, default_limit, "jsonl"),
     )
 
 

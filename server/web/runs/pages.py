@@ -29,6 +29,7 @@ from server.web.request import (
     parse_log_filter,
     parse_run_filter,
     path_id,
+    run_export_url,
     run_filter_params,
     single,
     with_query,
@@ -80,6 +81,8 @@ async def runs(request: web.Request) -> web.StreamResponse:
         else None,
         limit=f.limit if f.limit != RUNS_PAGE_SIZE else None,
         live_url=with_query("/runs/rows", run_filter_params(f)) if f.before is None else None,
+        export_csv_url=run_export_url(f, "csv"),
+        export_jsonl_url=run_export_url(f, "jsonl"),
     )
     return await render_page("runs.html", request, {"page": view})
 

@@ -392,6 +392,8 @@ class RunsPage:
     more_fragment_url: str | None
     limit: int | None  # only when it differs from the default
     live_url: str | None = None  # the first page's rows, polled by runs.js (first pages only)
+    export_csv_url: str = ""  # every run matching the filters, as a download
+    export_jsonl_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
