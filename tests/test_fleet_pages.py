@@ -145,9 +145,13 @@ async def test_overview_counts_a_seeded_fleet(fleet: tuple[Client, FleetSeed]) -
     assert card_value(body, "never") == 1
     assert "8 agents enrolled" in body
     # Rollout: newest version is "10" (natural order); revoked gone-01 does not count.
-    # Agents reporting a version (not revoked): 6; on "10": 1.
-    assert "<strong>16%</strong> of the fleet is on config version <code>10</code>" in body
-    assert 'max="6" value="1"' in body
+    # The fleet (not revoked): 7, of which 6 report a version; on "10": 1. The figure and the
+    # table's row for "10" are the same share of the same fleet.
+    assert "<strong>14%</strong> of the fleet is on config version <code>10</code>" in body
+    assert 'max="7" value="1"' in body
+    assert "1 of 7 agents (1 not reporting a config version)." in body
+    row = re.search(r'<tr class="version-target">.*?</tr>', body, re.S)
+    assert row is not None and '<span class="muted">14%</span>' in row.group(0)
     # The chart: 11 events inside the last 24 hours (not the 25 h and 48 h old ones).
     in_window = seeded.events[:11]
     errors = sum(1 for e in in_window if e.status is EventStatus.FAILED)

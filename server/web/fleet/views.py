@@ -94,6 +94,7 @@ class OverviewPage:
     migrated: int
     agents_with_version: int
     migrated_percent: int
+    fleet_size: int  # agents not revoked: the whole the shares are of
     versions: tuple[VersionShare, ...]
     chart: StackedBarChart
     agents: tuple[AgentListRow, ...]
@@ -174,7 +175,10 @@ def overview_page(
         target_version=target,
         migrated=overview.on_newest,
         agents_with_version=total_with_version,
-        migrated_percent=_percent(overview.on_newest, total_with_version),
+        fleet_size=fleet,
+        # One computation: the figure and the table's row of the newest version are the same
+        # share of the same fleet (every agent not revoked, reporting a version or not).
+        migrated_percent=_percent(overview.on_newest, fleet),
         versions=shares,
         chart=events_per_hour_chart(overview.hours),
         agents=tuple(_agent_row(a, now, runs.get(a.record.id)) for a in overview.agents),
