@@ -242,3 +242,21 @@ async def test_waiting_count_endpoint(server: RunningServer, agent: AgentClient)
         assert await count() == 1
         await agent.checkin(run_updates=[run_update(run_id, agent_pb2.RUN_STATE_CANCELLED)])
         assert await count() == 0
+
+
+async def test_a_bad_history_filter_is_shown_at_its_field_with_the_form_kept(
+    server: RunningServer,
+) -> None:
+    async with logged_in_http(server, "viewer") as http:
+        url = f"{server.web_url}/history"
+        params = [("since", "yesterday-ish"), ("q", "disk full"), ("severity", "error")]
+        async with http.get(url, params=params) as response:
+            assert response.status == 400
+            body = await response.text()
+        assert 'id="f-since-error"' in body and "since:" in body
+        assert 'value="yesterday-ish"' in body  # what was typed stays in its field
+        assert 'value="disk full"' in body  # the other filters are kept
+        assert re.search(r'value="error"\s+checked', body)
+        async with http.get(url, params=[("severity", "loud")]) as response:
+            assert response.status == 400
+            assert 'id="f-error"' in (body := await response.text()) and "severity" in body

@@ -309,6 +309,8 @@ class FilterForm:
     q: str
     limit: int | None  # only when it differs from the default page size
     spec: str = ""  # a migration spec id
+    error_field: str = ""  # the query parameter refused (the page then shows no rows)
+    error: str = ""  # why, shown next to that field
 
 
 @dataclass(frozen=True, slots=True)
