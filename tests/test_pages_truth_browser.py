@@ -202,6 +202,7 @@ async def test_run_page_notices_go_when_the_outcome_arrives(
     await agent.checkin(run_updates=[run_update(running, agent_pb2.RUN_STATE_RUNNING)])
     await page.goto(f"{server.web_url}/runs/{running}")
     await expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+    await page.evaluate("window.confirm = () => true")  # "Cancel this run? …"
     await page.get_by_role("button", name="Cancel run").click()
     await page.wait_for_url("**cancel=requested**")
     await expect(notice).to_contain_text("Cancellation requested")

@@ -8,7 +8,9 @@ engine, real enrollment and gRPC check-ins, real spec runs and reverts on disk) 
 - A healthy fleet completes every wave, each wave starting a soak after the previous one ended,
   through a pause (nothing new starts while paused) and a kill -9 of the server mid-wave: every
   host migrated once, one action each.
-- Two replicas on one PostgreSQL, half the fleet on each: every host migrated exactly once.
+
+Two replicas on one PostgreSQL: tests/test_rollouts_replicas.py (its own file, so that the test
+runs spread the fleets over their worker processes).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from bench.fleet import Database, ServerProcess, environment, free_port, query
+from bench.fleet import Database, ServerProcess, environment, query
 from rollout_fleet import SAMPLE_PATH, backups, etc_files, make_hosts, running_fleet
 
 HOSTS = 200
@@ -219,58 +221,3 @@ def test_a_healthy_fleet_completes_through_soak_pause_and_a_server_kill(
     for name, root in roots.items():
         assert (root / "etc/myapp/config.toml").exists(), name
         assert len(backups(root)) == 1, name
-
-
-def test_two_replicas_on_postgresql_migrate_every_host_exactly_once(tmp_path: Path) -> None:
-    db = Database.create("postgresql", tmp_path)
-    replicas: list[ServerProcess] = []
-    try:
-        for name in ("a", "b"):
-            replica = ServerProcess(db, tmp_path / name, free_port())
-            (tmp_path / name).mkdir()
-            replica.env.update(
-                # Replicas share the signing and input keys (README, "Replicas").
-                FLAGPOST_STATE_DIR=str(tmp_path / "server-state"),
-                FLAGPOST_CHECKIN_INTERVAL_SECONDS="10",
-                FLAGPOST_ROLLOUT_TICK_SECONDS="0.2",
-            )
-            replicas.append(replica)
-        first, second = replicas
-        first.upgrade()
-        for replica in replicas:
-            replica.start()
-        first.cli("migration", "add", str(SAMPLE_PATH))
-        halves = [tmp_path / "hosts-a", tmp_path / "hosts-b"]
-        roots = {}
-        for index, half in enumerate(halves):
-            half.mkdir()
-            made = make_hosts(half, HOSTS // 2, bad=set(), offset=index * (HOSTS // 2))
-            roots.update({root.name: root for root in made})
-        with (
-            running_fleet(halves[0], first.address, first.token(HOSTS // 2)),
-            running_fleet(halves[1], second.address, second.token(HOSTS // 2)),
-        ):
-            enrolled(halves[0], first, HOSTS)
-            rollout_id = second.cli(
-                "rollout", "create", "myapp", "--waves", "5,25%,100%", "--max-failures", "0"
-            )
-            done = until(in_state(first, rollout_id, "COMPLETED", "HALTED"), "completion", 240)
-            assert done["state"] == "COMPLETED", done["reason"]
-        assert Counter(h["state"] for h in done["hosts"]) == {"succeeded": HOSTS}
-        actions = query(
-            db, "SELECT agent_id, count(*) FROM pending_actions WHERE kind = 'run_migration' "
-            "GROUP BY agent_id",
-        )  # fmt: skip
-        assert len(actions) == HOSTS and {count for _, count in actions} == {"1"}
-        runs = query(
-            db, "SELECT agent_id, count(*) FROM migration_runs WHERE migration_id = 'myapp' "
-            "GROUP BY agent_id",
-        )  # fmt: skip
-        assert len(runs) == HOSTS and {count for _, count in runs} == {"1"}
-        for name, root in roots.items():
-            assert (root / "etc/myapp/config.toml").exists(), name
-            assert len(backups(root)) == 1, name
-    finally:
-        for replica in replicas:
-            replica.stop()
-        db.drop()
