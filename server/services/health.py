@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.config import ServerConfig
-from server.errors import Unavailable
+from server.errors import ResourceExhausted, Unavailable
 from server.storage.db import (
     SQLITE_MIN_FREE_BYTES,
     database_free_bytes,
@@ -64,6 +64,18 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OUTAGE_ERRORS) or classify(exc).unwritable
+
+
+def log_tick_failure(logger: logging.Logger, job: str, exc: BaseException) -> None:
+    """One line for a background job's failed tick (the next tick tries again): a warning when
+    the database is unavailable (the health monitor reports it) or no pooled connection is free
+    (overload), a traceback for anything else."""
+    if is_outage(exc):
+        logger.warning("%s: tick skipped, the database is unavailable", job)
+    elif isinstance(exc, ResourceExhausted):
+        logger.warning("%s: tick skipped, no database connection free", job)
+    else:
+        logger.error("%s: tick failed", job, exc_info=exc)
 
 
 def describe(fault: DbFault) -> str:

@@ -45,6 +45,7 @@ from server.domain import (
     RolloutSummary,
     RunState,
 )
+from server.services.health import log_tick_failure
 from server.services.ingest import CommittedBatch
 from server.services.rollouts import SCHEDULER, change_state, waves_of
 from server.services.runs import new_action
@@ -463,8 +464,8 @@ class RolloutScheduler:
         while True:
             try:
                 await self.run_once()
-            except Exception:  # keep the job alive; the next tick tries again
-                log.exception("rollouts: tick failed")
+            except Exception as exc:  # keep the job alive; the next tick tries again
+                log_tick_failure(log, "rollouts", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.rollout_tick_seconds)
             self._wake.clear()

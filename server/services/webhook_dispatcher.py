@@ -32,7 +32,7 @@ from server import __version__
 from server.config import ServerConfig
 from server.domain import DeliveryState
 from server.errors import FlagpostError
-from server.services.health import is_outage
+from server.services.health import log_tick_failure
 from server.services.webhook_events import aggregate, render
 from server.services.webhook_secrets import SecretBox
 from server.storage import webhooks as webhooks_db
@@ -200,10 +200,7 @@ class WebhookDispatcher:
             try:
                 await self.run_once()
             except Exception as exc:  # keep the job alive; the next tick tries again
-                if is_outage(exc):  # the health monitor reports outages; no traceback each tick
-                    log.warning("webhooks: tick skipped, the database is unavailable")
-                else:
-                    log.exception("webhooks: tick failed")
+                log_tick_failure(log, "webhooks", exc)
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
