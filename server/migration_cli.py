@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.cli_commands import action_group
 from server.domain import RunState
 from server.errors import InvalidArgument
 
@@ -34,16 +35,9 @@ def add_migration_commands(
     add: Callable[..., argparse.ArgumentParser], db_url: argparse.ArgumentParser
 ) -> None:
     """Add the ``migration`` command to ``flagpost-server``."""
-    migration = add("migration", "upload migration specs, preview, run and revert them")
-    commands = migration.add_subparsers(dest="migration_command", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False, parents=[db_url])
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-    def sub(name: str, text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(
-            name, help=text, description=text[0].upper() + text[1:] + ".", parents=[common]
-        )
-        return parser
+    sub = action_group(
+        add, "migration", "upload migration specs, preview, run and revert them", db_url
+    )
 
     add_cmd = sub("add", "upload a spec (TOML, or JSON when the name ends in .json)")
     add_cmd.add_argument("file", type=Path, metavar="FILE")

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from server.cli_commands import action_group, naming_flags
 from server.targets_cli import SELECT_HELP
 from server.waves import format_duration, parse_duration, parse_rate, split_list
 
@@ -23,16 +24,9 @@ def add_rollout_commands(
     add: Callable[..., argparse.ArgumentParser], db_url: argparse.ArgumentParser
 ) -> None:
     """Add the ``rollout`` command to ``flagpost-server``."""
-    rollout = add("rollout", "run a migration spec on many hosts in waves that halt themselves")
-    commands = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False, parents=[db_url])
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-    def sub(name: str, text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(
-            name, help=text, description=text[0].upper() + text[1:] + ".", parents=[common]
-        )
-        return parser
+    sub = action_group(
+        add, "rollout", "run a migration spec on many hosts in waves that halt themselves", db_url
+    )
 
     create = sub("create", "start a rollout of a spec; prints its id")
     create.add_argument("spec_id", metavar="SPEC_ID")
@@ -163,14 +157,7 @@ async def rollout_command(
     config: ServerConfig, sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace
 ) -> int:
     """Run one ``rollout`` action; returns the exit code. A bad setting names its flag."""
-    from server.errors import InvalidArgument
-
-    try:
-        return await _rollout_command(config, sessions, args)
-    except InvalidArgument as exc:
-        if exc.field in _FLAGS:
-            raise InvalidArgument(exc.detail, field=_FLAGS[exc.field]) from None
-        raise
+    return await naming_flags(_FLAGS, _rollout_command(config, sessions, args))
 
 
 async def _rollout_command(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.cli_commands import action_group, naming_flags
 from server.domain import WebhookEvent
 
 if TYPE_CHECKING:
@@ -27,16 +28,9 @@ def add_webhook_commands(
     add: Callable[..., argparse.ArgumentParser], db_url: argparse.ArgumentParser
 ) -> None:
     """Add the ``webhook`` command to ``flagpost-server``."""
-    webhook = add("webhook", "send rollout and run notifications to HTTP receivers (signed)")
-    commands = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False, parents=[db_url])
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-    def sub(name: str, text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(
-            name, help=text, description=text[0].upper() + text[1:] + ".", parents=[common]
-        )
-        return parser
+    sub = action_group(
+        add, "webhook", "send rollout and run notifications to HTTP receivers (signed)", db_url
+    )
 
     adder = sub("add", "add a webhook; prints its id and its signing secret (shown once)")
     adder.add_argument("url", metavar="URL", help="http:// or https:// URL to POST to")
@@ -89,14 +83,7 @@ async def webhook_command(
     config: ServerConfig, sessions: async_sessionmaker[AsyncSession], args: argparse.Namespace
 ) -> int:
     """Run one ``webhook`` action; returns the exit code. A bad setting names its flag."""
-    from server.errors import InvalidArgument
-
-    try:
-        return await _webhook_command(config, sessions, args)
-    except InvalidArgument as exc:
-        if exc.field in _FLAGS:
-            raise InvalidArgument(exc.detail, field=_FLAGS[exc.field]) from None
-        raise
+    return await naming_flags(_FLAGS, _webhook_command(config, sessions, args))
 
 
 async def _webhook_command(

@@ -10,9 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from bench.fleet import Database, ServerProcess, free_port, query
-from rollout_fleet import SAMPLE_PATH, backups, make_hosts, running_fleet
-from test_rollouts_fleet import HOSTS, enrolled, in_state, until
+from bench.fleet import Database, ServerProcess, free_port
+from rollout_fleet import SAMPLE_PATH, make_hosts, running_fleet
+from test_rollouts_fleet import HOSTS, enrolled, in_state, migrated_exactly_once, until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,19 +53,7 @@ def test_two_replicas_on_postgresql_migrate_every_host_exactly_once(tmp_path: Pa
             done = until(in_state(first, rollout_id, "COMPLETED", "HALTED"), "completion", 240)
             assert done["state"] == "COMPLETED", done["reason"]
         assert Counter(h["state"] for h in done["hosts"]) == {"succeeded": HOSTS}
-        actions = query(
-            db, "SELECT agent_id, count(*) FROM pending_actions WHERE kind = 'run_migration' "
-            "GROUP BY agent_id",
-        )  # fmt: skip
-        assert len(actions) == HOSTS and {count for _, count in actions} == {"1"}
-        runs = query(
-            db, "SELECT agent_id, count(*) FROM migration_runs WHERE migration_id = 'myapp' "
-            "GROUP BY agent_id",
-        )  # fmt: skip
-        assert len(runs) == HOSTS and {count for _, count in runs} == {"1"}
-        for name, root in roots.items():
-            assert (root / "etc/myapp/config.toml").exists(), name
-            assert len(backups(root)) == 1, name
+        migrated_exactly_once(db, roots)
     finally:
         for replica in replicas:
             replica.stop()
