@@ -209,8 +209,12 @@ async def check_in(channel: grpc.aio.Channel, credential: str) -> str:
 
 
 async def healthz(web_url: str) -> int:
-    async with aiohttp.ClientSession() as http, http.get(f"{web_url}/healthz") as reply:
-        return reply.status
+    """``/healthz``'s status; 0 when the connection was refused (closed by the cap)."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{web_url}/healthz") as reply:
+            return reply.status
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+        return 0
 
 
 def session() -> aiohttp.ClientSession:

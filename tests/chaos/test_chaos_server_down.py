@@ -52,7 +52,11 @@ def test_outage_then_everything_delivered_with_spread_reconnections(tmp_path: Pa
         if any(not ok and down_at < t < ready_at for t, ok, _ in a.attempts)
     ]
     assert len(failed_during) == spec.agents
-    assert len(times) == spec.agents
+    # No check-in can succeed while the server is down, so a success after ``down_at`` is one
+    # after the restart (``ready_at`` is read from the server's output a little after it
+    # already answers, so a first success may carry a slightly earlier time).
+    back = [a for a in report.agents if any(ok and t > down_at for t, ok, _ in a.attempts)]
+    assert len(back) == spec.agents
     # Spread out by their own jittered backoff: not all at once, and none waits past the cap
     # (plus one check-in interval and scheduling slack).
     assert max(times) - min(times) > 1.0
