@@ -68,9 +68,12 @@ async def seed_fleet(db_url: str) -> FleetSeed:
     ]
     # Hours ago of each event: several in the current hour, some spread over the day, two
     # outside the window (25 h ago, and 2 days ago) that the chart must not count.
+    # The chart's buckets are clock hours, so an earlier event sits in the middle of its hour:
+    # "now minus 23 h 1 min" would leave the window when the test runs in a minute :00.
     hours_ago = [0, 0, 0, 1, 1, 5, 5, 5, 5, 12, 23, 25, 48]
+    hour_start = now.replace(minute=0, second=0, microsecond=0)
     for i, ago in enumerate(hours_ago):
-        when = now - timedelta(hours=ago, minutes=1 if ago else 0)
+        when = now if ago == 0 else hour_start - timedelta(hours=ago) + timedelta(minutes=30)
         event = _event(
             5000 + i,
             FLEET[i % 3].id,
