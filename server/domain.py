@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,52 @@ class AgentHealth(StrEnum):
     STALE = "stale"
     OFFLINE = "offline"
     NEVER = "never"  # enrolled, never checked in
+
+
+class AgentState(StrEnum):
+    """What the agent list filters by: a health, or revoked (whatever its check-ins)."""
+
+    ONLINE = "online"
+    STALE = "stale"
+    OFFLINE = "offline"
+    NEVER = "never"
+    REVOKED = "revoked"
+
+
+class AgentSort(StrEnum):
+    """The agent list's sortable columns."""
+
+    HOST = "host"
+    HEALTH = "health"  # online, stale, offline, never checked in, revoked; by host within
+    CONFIG_VERSION = "config"  # natural order ("2" < "10"), by host within
+    AGENT_VERSION = "agent"
+    LAST_CHECKIN = "checkin"  # never checked in sorts as the oldest
+
+
+# The value of the agent list's config version filter that means "not reported yet".
+UNREPORTED_VERSION = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentListQuery:
+    """One page of the agent list. ``after``: the sort values of the last row of the previous
+    page (a keyset cursor, see :func:`server.services.fleet.list_agents`)."""
+
+    text: str = ""  # hostname or label substring, id prefix; "key=value": that label
+    state: AgentState | None = None
+    config_version: str | None = None  # "" = not reported
+    sort: AgentSort = AgentSort.HOST
+    descending: bool = False
+    after: tuple[str, ...] | None = None
+    limit: int = 100
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural sort key: ``"2" < "10"``, ``"v1.9" < "v1.10"``; numbers before text."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.findall(r"\d+|[^\d]+", version)
+    )
 
 
 def uuid_is_valid(value: str) -> bool:

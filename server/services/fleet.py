@@ -8,16 +8,26 @@ in the database with the same thresholds. Database connectivity failures become
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
-from server.domain import AgentHealth, EventFilter, Severity, StoredEvent
-from server.errors import NotFound
+from server.domain import (
+    AgentHealth,
+    AgentListQuery,
+    AgentSort,
+    AgentState,
+    EventFilter,
+    Severity,
+    StoredEvent,
+    version_key,
+)
+from server.errors import InvalidArgument, NotFound
 from server.services.agents import agent_health, offline_window, stale_window
 from server.services.health import unavailable_on_outage
 from server.storage import agents as agents_store
@@ -29,7 +39,6 @@ from server.storage.agents import AgentRecord
 log = logging.getLogger(__name__)
 
 CHART_HOURS = 24
-AGENT_LIST_LIMIT = 500
 HourCounts = tuple[datetime, dict[str, int]]
 
 
@@ -51,7 +60,6 @@ class FleetOverview:
     config_versions: dict[str, int]  # version ("" = not reported) -> agents, revoked excluded
     newest_version: str | None
     hours: list[HourCounts]  # CHART_HOURS entries, oldest first, every severity present
-    agents: list[FleetAgent]  # up to AGENT_LIST_LIMIT, by hostname
     agents_total: int  # enrolled, revoked included
 
     @property
@@ -71,14 +79,6 @@ class AgentDetail:
 
     agent: FleetAgent
     events: list[StoredEvent]
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural sort key: ``"2" < "10"``, ``"v1.9" < "v1.10"``; numbers before text."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part)
-        for part in re.findall(r"\d+|[^\d]+", version)
-    )
 
 
 def newest_version(versions: dict[str, int]) -> str | None:
@@ -102,8 +102,8 @@ def _hours(counts: list[fleet_store.HourlyCount], start: datetime) -> list[HourC
 async def fleet_overview(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig, now: datetime
 ) -> FleetOverview:
-    """Agent health counts, config versions, events per hour over the last day (the current
-    hour included) and the agent list, as of ``now``."""
+    """Agent health counts, config versions and events per hour over the last day (the current
+    hour included), as of ``now``."""
     current_hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = current_hour - timedelta(hours=CHART_HOURS - 1)
     with unavailable_on_outage("fleet overview"):
@@ -117,19 +117,110 @@ async def fleet_overview(
             hourly = await fleet_store.count_events_by_hour(
                 session, start, current_hour + timedelta(hours=1)
             )
-            records = await fleet_store.list_agent_records(session, AGENT_LIST_LIMIT)
-            tags = await targets_store.tags_of(session, [r.id for r in records])
     return FleetOverview(
         now=now,
         health_counts=health,
         config_versions=versions,
         newest_version=newest_version(versions),
         hours=_hours(hourly, start),
-        agents=[
-            FleetAgent(r, agent_health(r.last_checkin_at, now, config), tags.get(r.id, ()))
-            for r in records
-        ],
         agents_total=sum(health.values()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentList:
+    """One page of the agent list: ``next_after`` is the cursor of the next page (None on the
+    last), ``matching`` how many agents the filters match in all."""
+
+    agents: list[FleetAgent]
+    next_after: str | None
+    matching: int
+
+
+def encode_list_cursor(record: AgentRecord, sort: AgentSort, health: AgentHealth) -> str:
+    """The keyset position just after ``record`` in ``sort`` (its sort value, hostname and id),
+    as URL-safe text."""
+    lead = {
+        AgentSort.HOST: "",
+        AgentSort.HEALTH: AgentState.REVOKED.value if record.revoked else health.value,
+        AgentSort.CONFIG_VERSION: record.config_version,
+        AgentSort.AGENT_VERSION: record.agent_version,
+        AgentSort.LAST_CHECKIN: record.last_checkin_at.astimezone(UTC).isoformat()
+        if record.last_checkin_at
+        else "",
+    }[sort]
+    raw = json.dumps([sort.value, lead, record.hostname, record.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_list_cursor(cursor: str, sort: AgentSort) -> tuple[str, str, str]:
+    """Inverse of :func:`encode_list_cursor` for the same ``sort``; InvalidArgument (field
+    ``after``) when malformed or made for another sort."""
+    bad = InvalidArgument("is not a cursor of this list (open the first page)", field="after")
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:
+        raise bad from None
+    if (
+        not isinstance(values, list)
+        or len(values) != 4
+        or not all(isinstance(v, str) for v in values)
+        or values[0] != sort.value
+    ):
+        raise bad
+    _, lead, hostname, agent_id = values
+    try:
+        if sort is AgentSort.HEALTH:
+            AgentState(lead)
+        elif sort is AgentSort.LAST_CHECKIN and lead:
+            datetime.fromisoformat(lead)
+    except ValueError:
+        raise bad from None
+    return lead, hostname, agent_id
+
+
+async def list_agents(
+    sessions: async_sessionmaker[AsyncSession],
+    config: ServerConfig,
+    query: AgentListQuery,
+    now: datetime,
+) -> AgentList:
+    """One page of agents matching ``query`` (text, health, config version), sorted by its
+    column with hostname and id breaking ties, after its keyset cursor. Version columns sort
+    in natural order (:func:`server.domain.version_key`)."""
+    cut = fleet_store.HealthCutoffs(now - stale_window(config), now - offline_window(config))
+    with unavailable_on_outage("agent list"):
+        async with sessions() as session, session.begin():
+            versions: dict[AgentSort, list[str]] = {}
+            if query.sort in (AgentSort.CONFIG_VERSION, AgentSort.AGENT_VERSION):
+                column = "config" if query.sort is AgentSort.CONFIG_VERSION else "agent"
+                found = await fleet_store.distinct_versions(session, column)
+                versions[query.sort] = sorted(found, key=version_key)
+            order = fleet_store.agent_list_order(
+                query,
+                cut,
+                versions.get(AgentSort.CONFIG_VERSION, ()),
+                versions.get(AgentSort.AGENT_VERSION, ()),
+            )
+            page = replace(query, limit=query.limit + 1)
+            records = await fleet_store.list_agents(session, page, cut, order)
+            if query.after is None and len(records) <= query.limit:
+                matching = len(records)  # the first page holds them all: no second scan
+            else:
+                matching = await fleet_store.count_listed(session, query, cut)
+            shown = records[: query.limit]
+            tags = await targets_store.tags_of(session, [r.id for r in shown])
+    agents = [
+        FleetAgent(r, agent_health(r.last_checkin_at, now, config), tags.get(r.id, ()))
+        for r in shown
+    ]
+    more = len(records) > query.limit and bool(agents)
+    return AgentList(
+        agents=agents,
+        next_after=encode_list_cursor(agents[-1].record, query.sort, agents[-1].health)
+        if more
+        else None,
+        matching=matching,
     )
 
 

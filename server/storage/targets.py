@@ -10,7 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, insert, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    cast,
+    delete,
+    false,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.selectors import HealthFilter, HostTerm, LabelTerm, PresenceTerm, Selector, Term
@@ -28,9 +41,18 @@ def _label(key: str) -> ColumnElement[str]:
     return label
 
 
+def _escaped(text: str) -> str:
+    """``text`` lower-cased with LIKE's wildcards escaped (escape character ``\\``)."""
+    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _like(glob: str) -> str:
-    escaped = glob.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
+    return _escaped(glob).replace("*", "%").replace("?", "_")
+
+
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (escape ``\\``) matching anything that contains ``text``, lower-cased."""
+    return f"%{_escaped(text)}%"
 
 
 def _positive(term: Term) -> ColumnElement[bool]:
@@ -54,6 +76,26 @@ def _positive(term: Term) -> ColumnElement[bool]:
         hostname = func.lower(Agent.hostname)
         return or_(*(hostname.like(_like(glob), escape="\\") for glob in term.patterns))
     return Agent.id.in_(term.ids)
+
+
+def label_is(key: str, value: str) -> ColumnElement[bool]:
+    """Label ``key`` is ``value``, or tag ``key=value`` is set (as the selector reads them)."""
+    return _positive(LabelTerm(key, (value,)))
+
+
+def contains(column: ColumnElement[str], text: str, dialect: str) -> ColumnElement[bool]:
+    """``column`` contains ``text``, any case: SQLite's LIKE already ignores ASCII case (no
+    ``lower()`` per row), PostgreSQL's ILIKE."""
+    pattern = contains_pattern(text)
+    if dialect == "sqlite":
+        return column.like(pattern, escape="\\")
+    return column.ilike(pattern, escape="\\")
+
+
+def labels_or_tags_contain(text: str, dialect: str) -> ColumnElement[bool]:
+    """Some label key or value, or some tag, contains ``text`` (any case)."""
+    tagged = select(AgentTag.agent_id).where(contains(AgentTag.tag.expression, text, dialect))
+    return or_(contains(cast(Agent.labels, String), text, dialect), Agent.id.in_(tagged))
 
 
 def selector_where(selector: Selector, online_since: datetime) -> ColumnElement[bool]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from enum import StrEnum
+from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -26,8 +27,20 @@ from multidict import MultiMapping
 
 from agent.specs.validate import SPEC_ID
 from server import selectors
-from server.domain import EventFilter, LogLevel, LogQuery, RunFilter, RunState, Severity
+from server.domain import (
+    UNREPORTED_VERSION,
+    AgentListQuery,
+    AgentSort,
+    AgentState,
+    EventFilter,
+    LogLevel,
+    LogQuery,
+    RunFilter,
+    RunState,
+    Severity,
+)
 from server.errors import InvalidArgument
+from server.services import fleet as fleet_service
 from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.storage.history import known_event_type_filters
@@ -533,3 +546,68 @@ def run_export_url(f: RunFilter, fmt: str) -> str:
     """The export of the runs filtered by ``f`` (every page: no cursor, no page size)."""
     unpaged = replace(f, before=None, limit=RUNS_PAGE_SIZE)
     return with_query("/api/v1/runs/export", [("format", fmt), *run_filter_params(unpaged)])
+
+
+# --- the agent list (the fleet overview) --------------------------------------------------------
+
+AGENT_LIST_PAGE_SIZE = 100
+_E = TypeVar("_E", bound=StrEnum)
+MAX_AGENT_CURSOR = 1024  # an encoded agent-list cursor: four JSON strings, base64
+
+AGENT_LIST_QUERY: Final[tuple[QueryParam, ...]] = (
+    QueryParam("q", _text(MAX_TEXT), "hostname or label substring, id prefix, or key=value"),
+    QueryParam("health", AgentState, "online, stale, offline, never or revoked"),
+    QueryParam("version", _text(MAX_ID), f"config version ({UNREPORTED_VERSION}: not reported)"),
+    QueryParam("sort", AgentSort, f"column (default {AgentSort.HOST.value})"),
+    QueryParam("order", _text(4), "asc (default) or desc"),
+    QueryParam("after", _text(MAX_AGENT_CURSOR), "cursor: the next page link's after"),
+)
+
+
+def _choice(query: MultiMapping[str], name: str, kind: type[_E]) -> _E | None:
+    raw = single(query, name, MAX_ID).lower()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        names = ", ".join(v.value for v in kind)
+        raise InvalidArgument(f"must be one of {names}", field=name) from None
+
+
+def parse_agent_list(query: MultiMapping[str]) -> AgentListQuery:
+    """The fleet overview's agent list: ``q``, ``health``, ``version``, ``sort``, ``order``,
+    ``after`` (a cursor of the same sort)."""
+    version = single(query, "version", MAX_ID)
+    order = single(query, "order", 4).lower()
+    if order not in ("", "asc", "desc"):
+        raise InvalidArgument("must be asc or desc", field="order")
+    sort = _choice(query, "sort", AgentSort) or AgentSort.HOST
+    after = single(query, "after", MAX_AGENT_CURSOR)
+    return AgentListQuery(
+        text=single(query, "q", MAX_TEXT).strip(),
+        state=_choice(query, "health", AgentState),
+        config_version=None if not version else "" if version == UNREPORTED_VERSION else version,
+        sort=sort,
+        descending=order == "desc",
+        after=fleet_service.decode_list_cursor(after, sort) if after else None,
+        limit=AGENT_LIST_PAGE_SIZE,
+    )
+
+
+def agent_list_params(
+    q: AgentListQuery, *, after: str | None = None, **changes: str | None
+) -> list[tuple[str, str]]:
+    """The query parameters that reproduce ``q``'s filters and sort (without its cursor), with
+    ``changes`` (a value of None drops that parameter), plus ``after``."""
+    version = q.config_version
+    params: dict[str, str | None] = {
+        "q": q.text,
+        "health": q.state.value if q.state else None,
+        "version": None if version is None else version or UNREPORTED_VERSION,
+        "sort": q.sort.value if q.sort is not AgentSort.HOST else None,
+        "order": "desc" if q.descending else None,
+    }
+    params.update(changes)
+    pairs = [(name, value) for name, value in params.items() if value]
+    return [*pairs, ("after", after)] if after else pairs

@@ -6,14 +6,17 @@ runs service (:mod:`server.services.runs`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import MultiDict, MultiMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server import app_keys
-from server.domain import RunFilter, RunState
+from server.domain import AgentListQuery, RunFilter, RunState
+from server.errors import InvalidArgument
 from server.services import action_notices
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
@@ -21,8 +24,21 @@ from server.services import inputs as inputs_service
 from server.services import runs as runs_service
 from server.services import specs as specs_service
 from server.web.auth import actor_name
-from server.web.fleet.views import RequestNotice, agent_page, overview_page, pending_action_note
-from server.web.request import path_id, single
+from server.web.fleet.views import (
+    RequestNotice,
+    agent_list_view,
+    agent_page,
+    overview_page,
+    pending_action_note,
+)
+from server.web.request import (
+    AGENT_LIST_PAGE_SIZE,
+    AGENT_LIST_QUERY,
+    MAX_TEXT,
+    parse_agent_list,
+    path_id,
+    single,
+)
 from server.web.runs.styles import run_url
 from server.web.runs.views import run_row
 from server.web.sessions import web_sessions
@@ -33,21 +49,59 @@ AGENT_PAGE_RUNS = 10
 
 async def overview(request: web.Request) -> web.StreamResponse:
     """``GET /``: agents online / stale / offline, config versions and rollout, runs waiting
-    for input, events per hour over the last day."""
+    for input, events per hour over the last day, and the agent list (search, health and
+    version filters, sort, keyset pages). A bad list parameter shows the page again (400) with
+    the error next to its field."""
     app = request.app
+    config = app[app_keys.CONFIG]
     now = datetime.now(UTC)
     sessions = web_sessions(app)
-    fleet = await fleet_service.fleet_overview(sessions, app[app_keys.CONFIG], now)
+    query, refused = _list_query(request.query)
+    fleet = await fleet_service.fleet_overview(sessions, config, now)
+    found = await fleet_service.list_agents(sessions, config, query, now)
     by_state = await runs_service.count_runs_by_state(sessions)
-    latest = await runs_service.latest_runs(sessions, [a.record.id for a in fleet.agents])
+    latest = await runs_service.latest_runs(sessions, [a.record.id for a in found.agents])
+    listed = agent_list_view(
+        query,
+        found,
+        now,
+        versions=fleet.config_versions,
+        fleet_total=fleet.agents_total,
+        latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
+        error_field=refused.field or "" if refused else "",
+        error=refused.detail if refused else "",
+    )
+    if refused is not None and refused.field == "q":  # the text as it was typed
+        listed = replace(listed, text=request.query.get("q", "")[:MAX_TEXT])
     view = overview_page(
         fleet,
+        listed,
         waiting_runs=by_state.get(RunState.AWAITING_INPUT, 0),
         active_runs=by_state.get(RunState.RUNNING, 0) + by_state.get(RunState.PENDING, 0),
-        latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
         spec_ids=tuple(s.spec_id for s in await specs_service.list_specs(sessions)),
+        state=query.state,
     )
-    return await render_page("overview.html", request, {"page": view})
+    response = await render_page("overview.html", request, {"page": view})
+    if refused is not None:
+        response.set_status(400)
+    return response
+
+
+def _list_query(query: MultiMapping[str]) -> tuple[AgentListQuery, InvalidArgument | None]:
+    """The agent list's query and the first refused parameter: a refused parameter is
+    dropped (one after the other) so the others still apply."""
+    first: InvalidArgument | None = None
+    params: MultiDict[str] = MultiDict(query)
+    for _ in range(len(AGENT_LIST_QUERY) + 1):
+        try:
+            return parse_agent_list(params), first
+        except InvalidArgument as exc:
+            first = first or exc
+            name = exc.field or ""
+            if name not in params:
+                break
+            params = MultiDict((k, v) for k, v in params.items() if k != name)
+    return AgentListQuery(limit=AGENT_LIST_PAGE_SIZE), first
 
 
 async def agent(request: web.Request) -> web.StreamResponse:

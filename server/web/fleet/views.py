@@ -11,11 +11,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
-from server.domain import ActionKind, AgentHealth, PendingAction
-from server.services.fleet import AgentDetail, FleetAgent, FleetOverview, version_key
+from server.domain import (
+    UNREPORTED_VERSION,
+    ActionKind,
+    AgentHealth,
+    AgentListQuery,
+    AgentSort,
+    AgentState,
+    PendingAction,
+    version_key,
+)
+from server.services.fleet import AgentDetail, AgentList, FleetAgent, FleetOverview
 from server.web.fleet.charts import StackedBarChart, events_per_hour_chart
 from server.web.format import display_time, human_bytes, relative_time
+from server.web.forms import Option
 from server.web.history.views import DetailItem, EventRow, event_row
+from server.web.request import agent_list_params, with_query
 from server.web.runs.views import RunRow
 
 
@@ -52,7 +63,8 @@ class HealthCard:
     label: str
     count: int
     note: str
-    url: str
+    url: str  # the agent list filtered by this health
+    current: bool = False  # the list is filtered by this health
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,7 @@ class VersionShare:
     count: int
     percent: int
     is_target: bool
+    url: str = ""  # the agent list filtered by this version
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,116 @@ class AgentListRow:
     latest_run: RunRow | None
     labels: tuple[str, ...] = ()  # "key=value", by key
     tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SortHeader:
+    """A column head of the agent list: ``url`` sorts by it (the other direction when it is
+    the current sort); ``aria_sort`` is "ascending", "descending" or "none"."""
+
+    label: str
+    url: str | None  # None: the column does not sort
+    aria_sort: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentListView:
+    """The agent list: one keyset page of rows, its filter form and its column heads."""
+
+    rows: tuple[AgentListRow, ...]
+    headers: tuple[SortHeader, ...]
+    text: str
+    states: tuple[Option, ...]
+    versions: tuple[Option, ...]
+    sort: str
+    order: str
+    matching: int
+    fleet_total: int  # every enrolled agent, revoked included
+    filtered: bool
+    paged: bool
+    next_url: str | None
+    first_url: str
+    clear_url: str
+    error_field: str = ""
+    error: str = ""
+
+
+AGENTS_ANCHOR = "#agents-title"
+_SORTED_COLUMNS: tuple[tuple[str, AgentSort | None], ...] = (
+    ("Host", AgentSort.HOST),
+    ("Health", AgentSort.HEALTH),
+    ("Config version", AgentSort.CONFIG_VERSION),
+    ("Agent version", AgentSort.AGENT_VERSION),
+    ("Last check-in", AgentSort.LAST_CHECKIN),
+    ("Labels & tags", None),
+    ("Latest run", None),
+)
+STATE_LABELS: dict[AgentState, str] = {
+    AgentState.ONLINE: "Online",
+    AgentState.STALE: "Stale",
+    AgentState.OFFLINE: "Offline",
+    AgentState.NEVER: "Never checked in",
+    AgentState.REVOKED: "Revoked",
+}
+
+
+def list_url(q: AgentListQuery, *, after: str | None = None, **changes: str | None) -> str:
+    """``/`` with the agent list's parameters (``changes`` applied), at the list."""
+    return with_query("/", agent_list_params(q, after=after, **changes)) + AGENTS_ANCHOR
+
+
+def _headers(q: AgentListQuery) -> tuple[SortHeader, ...]:
+    heads: list[SortHeader] = []
+    for label, sort in _SORTED_COLUMNS:
+        if sort is None:
+            heads.append(SortHeader(label, None, "none"))
+            continue
+        current = sort is q.sort
+        order = "desc" if current and not q.descending else None  # a new column: ascending
+        aria = ("descending" if q.descending else "ascending") if current else "none"
+        by = sort.value if sort is not AgentSort.HOST else None  # host: the default
+        heads.append(SortHeader(label, list_url(q, sort=by, order=order), aria))
+    return tuple(heads)
+
+
+def agent_list_view(
+    q: AgentListQuery,
+    found: AgentList,
+    now: datetime,
+    *,
+    versions: Mapping[str, int],
+    fleet_total: int,
+    latest_runs: Mapping[str, RunRow] | None = None,
+    error_field: str = "",
+    error: str = "",
+) -> AgentListView:
+    """The agent list's view model; ``versions``: the config versions the filter offers."""
+    runs = latest_runs or {}
+    version_options = [
+        Option(v or UNREPORTED_VERSION, v or "not reported", v == q.config_version)
+        for v in sorted(versions, key=version_key, reverse=True)
+    ]
+    if q.config_version is not None and q.config_version not in versions:
+        shown = q.config_version or UNREPORTED_VERSION
+        version_options.append(Option(shown, q.config_version or "not reported", True))
+    return AgentListView(
+        rows=tuple(_agent_row(a, now, runs.get(a.record.id)) for a in found.agents),
+        headers=_headers(q),
+        text=q.text,
+        states=tuple(Option(s.value, STATE_LABELS[s], s is q.state) for s in AgentState),
+        versions=tuple(version_options),
+        sort=q.sort.value,
+        order="desc" if q.descending else "asc",
+        matching=found.matching,
+        fleet_total=fleet_total,
+        filtered=bool(q.text or q.state or q.config_version is not None),
+        paged=q.after is not None,
+        next_url=list_url(q, after=found.next_after) if found.next_after else None,
+        first_url=list_url(q),
+        clear_url="/" + AGENTS_ANCHOR,
+        error_field=error_field,
+        error=error,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +220,7 @@ class OverviewPage:
     fleet_size: int  # agents not revoked: the whole the shares are of
     versions: tuple[VersionShare, ...]
     chart: StackedBarChart
-    agents: tuple[AgentListRow, ...]
+    agent_list: AgentListView
     spec_ids: tuple[str, ...] = ()  # the bulk "run a spec" choices
 
 
@@ -133,13 +256,15 @@ def _agent_row(agent: FleetAgent, now: datetime, latest_run: RunRow | None) -> A
 
 def overview_page(
     overview: FleetOverview,
+    agent_list: AgentListView,
     *,
     waiting_runs: int = 0,
     active_runs: int = 0,
-    latest_runs: dict[str, RunRow] | None = None,
     spec_ids: tuple[str, ...] = (),
+    state: AgentState | None = None,
 ) -> OverviewPage:
-    """The overview's view model. Run figures come from the runs service (0 without it)."""
+    """The overview's view model (``state``: the health the agent list is filtered by, its
+    card is marked). Run figures come from the runs service (0 without it)."""
     now = overview.now
     counts = overview.health_counts
     notes = {
@@ -149,7 +274,14 @@ def overview_page(
         "never": "enrolled, no check-in yet",
     }
     cards = tuple(
-        HealthCard(key, HEALTH_STYLES[key].label, counts.get(key, 0), notes[key], "#agents-title")
+        HealthCard(
+            key,
+            HEALTH_STYLES[key].label,
+            counts.get(key, 0),
+            notes[key],
+            list_url(AgentListQuery(), health=key),
+            state is not None and state.value == key,
+        )
         for key in ("online", "stale", "offline", "never")
         if key != "never" or counts.get("never", 0)
     )
@@ -160,10 +292,15 @@ def overview_page(
     )
     fleet = sum(overview.config_versions.values())
     shares = tuple(
-        VersionShare(version or "not reported", n, _percent(n, fleet), version == target)
+        VersionShare(
+            version or "not reported",
+            n,
+            _percent(n, fleet),
+            version == target,
+            list_url(AgentListQuery(), version=version or UNREPORTED_VERSION),
+        )
         for version, n in versions
     )
-    runs = latest_runs or {}
     return OverviewPage(
         now_iso=now.astimezone(UTC).isoformat(),
         now_display=display_time(now),
@@ -181,7 +318,7 @@ def overview_page(
         migrated_percent=_percent(overview.on_newest, fleet),
         versions=shares,
         chart=events_per_hour_chart(overview.hours),
-        agents=tuple(_agent_row(a, now, runs.get(a.record.id)) for a in overview.agents),
+        agent_list=agent_list,
         spec_ids=spec_ids,
     )
 
