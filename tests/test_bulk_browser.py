@@ -1,5 +1,5 @@
 """The fleet page's bulk actions in a real chromium: two hosts checked, a spec run on them after
-a confirmation naming "2 hosts"; "all matching this filter" with a selector revokes after its
+a confirmation naming "2 hosts"; "all hosts the selector matches" with a selector revokes after its
 confirmation; each shows how many were affected."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ async def test_run_a_spec_on_checked_hosts_and_revoke_a_filter(
         assert await page.locator("#bulk-checked-count").inner_text() == "0"
         assert await apply.is_disabled()
 
-        # all matching this filter: revoke role=web
+        # all hosts the selector matches: revoke role=web
         questions: list[str] = []
         await page.evaluate("window.confirm = function (q) { window.__asked = q; return true; }")
         await page.locator("#selector-input").fill("role=web")
