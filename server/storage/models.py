@@ -169,6 +169,9 @@ class UpdateEvent(Base):
         Index(None, "event_type", "id"),
         Index(None, "category", "id"),
         Index(None, "occurred_at"),
+        # A severity or an outcome within a time window reads only the window (alembic 0013).
+        Index(None, "severity", "occurred_at"),
+        Index(None, "event_type", "status", "occurred_at"),
         Index(None, "run_id"),
         Index(None, "spec_id", "id"),
         # The few events answering an action (previews): found without scanning the History.

@@ -3,6 +3,7 @@
     python -m tests.bench.history --db sqlite --events 1000000
     python -m tests.bench.history --db postgresql --events 1000000
     python -m tests.bench.history --db sqlite --ingest-ab 100000
+    python -m tests.bench.history --vs-0012 --events 1000000
 
 Creates a fresh database migrated by alembic up to 0010, seeds ``--events`` events quickly
 (executemany on SQLite, COPY on PostgreSQL; 1,000 agents, 30 days, 80% success / 10% info /
@@ -11,9 +12,13 @@ head (so 0011's backfill / index build is timed too), then times ``--reps`` call
 through :func:`server.services.history.list_events` (what the History page and the API call).
 Text cases are also timed with the plain scan (the query before 0011) for comparison.
 
-``--ingest-ab N``: the SQLite insert cost of the search triggers: N events inserted through the
-ingest's own statement (``storage.events.insert_rows_sync``, batches of 500, one transaction
-each) into a fresh head database, then into one whose insert trigger was dropped.
+``--vs-0012``: the cases side by side, each in turn on a SQLite copy at 0012 read without the
+one-agent rule and at head (0013's time-window indexes, the rule).
+
+``--ingest-ab N``: the SQLite insert cost of the search triggers and of 0013's window indexes:
+N events inserted through the ingest's own statement (``storage.events.insert_rows_sync``,
+batches of 500, one transaction each) into a fresh head database, into one without 0013's
+indexes, and into one whose search insert trigger was dropped.
 A figure printer, not a timed test.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -37,6 +43,7 @@ from sqlalchemy import create_engine
 from server.domain import EventFilter, Severity
 from server.services.history import list_events
 from server.storage import events as events_db
+from server.storage import history as history_store
 from server.storage import schema, search
 from server.storage.db import create_engine_for_url, make_sessionmaker
 
@@ -79,15 +86,19 @@ def hostname(i: int) -> str:
     return f"web-{i:04d}.dc{i % 3 + 1}.example.com"
 
 
-def generate(n: int, agents: list[str], seed: int = 7) -> list[tuple[Any, ...]]:
-    """``n`` rows in ``events_db.COLUMNS`` order (SQLite encoding), oldest first."""
+def generate(
+    n: int, agents: list[str], seed: int = 7, first: int = 0, total: int = 0
+) -> list[tuple[Any, ...]]:
+    """Rows ``first`` to ``first + n`` of ``total`` (default ``n``) spread evenly over the
+    last :data:`DAYS` days, in ``events_db.COLUMNS`` order (SQLite encoding), oldest first:
+    the ids arrive in time order, as a fleet's events do."""
     rnd = random.Random(seed)
     severities = rnd.choices([s for s, _ in WEIGHTS], [w for _, w in WEIGHTS], k=n)
     start = NOW - timedelta(days=DAYS)
-    step = timedelta(days=DAYS) / n
+    step = timedelta(days=DAYS) / (total or n)
     rows = []
-    for i in range(n):
-        severity = severities[i]
+    for i in range(first, first + n):
+        severity = severities[i - first]
         event_type, status, messages = KINDS[severity]
         message = rnd.choice(messages).format(n=rnd.randint(1, 999))
         if rnd.random() < 1 / 20_000:
@@ -147,7 +158,7 @@ def seed_sqlite(path: Path, n: int, agents: list[tuple[str, str]]) -> None:
     done = 0
     while done < n:
         chunk = min(100_000, n - done)
-        db.executemany(EVENT_SQL, generate(chunk, ids, seed=done)[:chunk])
+        db.executemany(EVENT_SQL, generate(chunk, ids, seed=done, first=done, total=n))
         done += chunk
     db.commit()
     db.close()
@@ -175,7 +186,7 @@ async def seed_postgresql(dsn: str, n: int, agents: list[tuple[str, str]]) -> No
                     datetime.fromisoformat(r[14]).replace(tzinfo=UTC),
                     *r[15:],
                 )
-                for r in generate(chunk, ids, seed=done)
+                for r in generate(chunk, ids, seed=done, first=done, total=n)
             ]
             await conn.copy_records_to_table(
                 "update_events", records=records, columns=list(events_db.COLUMNS)
@@ -186,8 +197,8 @@ async def seed_postgresql(dsn: str, n: int, agents: list[tuple[str, str]]) -> No
         await conn.close()
 
 
-def cases(agent: str, host: str) -> list[tuple[str, EventFilter, bool]]:
-    """(name, filter, is a text case)."""
+def cases(agent: str, host: str, events: int) -> list[tuple[str, EventFilter, bool]]:
+    """(name, filter, is a text case); ``events``: how many were seeded (ids 1..events)."""
     day = NOW - timedelta(days=20)
     return [
         ("first page", EventFilter(), False),
@@ -208,6 +219,53 @@ def cases(agent: str, host: str) -> list[tuple[str, EventFilter, bool]]:
             EventFilter(text=RARE_WORD, severities=(Severity.ERROR,)),
             True,
         ),
+        # Combinations (issue 16, item 2): time windows with the other filters, deep pages.
+        ("last hour", EventFilter(since=NOW - timedelta(hours=1)), False),
+        (
+            "errors in the last hour",
+            EventFilter(severities=(Severity.ERROR,), since=NOW - timedelta(hours=1)),
+            False,
+        ),
+        (
+            "one agent in one day 20 days ago",
+            EventFilter(agent_id=agent, since=day, until=day + timedelta(days=1)),
+            False,
+        ),
+        (
+            "outcome failed in one day 20 days ago",
+            EventFilter(
+                event_types=("migration_execution_failed",),
+                since=day,
+                until=day + timedelta(days=1),
+            ),
+            False,
+        ),
+        (
+            "warnings in the 7 days before 20 days ago",
+            EventFilter(severities=(Severity.WARNING,), since=day - timedelta(days=7), until=day),
+            False,
+        ),
+        (
+            "one agent + severity=error",
+            EventFilter(agent_id=agent, severities=(Severity.ERROR,)),
+            False,
+        ),
+        ("deep page (keyset, half way)", EventFilter(before_id=events // 2), False),
+        (
+            "errors, deep page (keyset, a quarter in)",
+            EventFilter(severities=(Severity.ERROR,), before_id=events // 4),
+            False,
+        ),
+        (
+            f"hostname {host!r} in one day 20 days ago",
+            EventFilter(text=host, since=day, until=day + timedelta(days=1)),
+            True,
+        ),
+        (
+            f"rare word {RARE_WORD!r} in the last 7 days",
+            EventFilter(text=RARE_WORD, since=NOW - timedelta(days=7)),
+            True,
+        ),
     ]
 
 
@@ -224,12 +282,14 @@ async def timed(call: Callable[[], Awaitable[Any]], reps: int) -> tuple[float, f
     return statistics.median(times), p95, count
 
 
-async def run_cases(url: str, reps: int, plain_reps: int, agents: list[tuple[str, str]]) -> None:
+async def run_cases(
+    url: str, reps: int, plain_reps: int, agents: list[tuple[str, str]], events: int
+) -> None:
     engine = create_engine_for_url(url)
     sessions = make_sessionmaker(engine)
     agent, host = agents[420]
     try:
-        for name, f, is_text in cases(agent, host):
+        for name, f, is_text in cases(agent, host, events):
             p50, p95, count = await timed(lambda f=f: list_events(sessions, f), reps)
             print(f"  {name:<44} p50={p50:9.1f}ms p95={p95:9.1f}ms rows={count}")
             if is_text and plain_reps and f.text and len(f.text) >= 3:
@@ -259,7 +319,16 @@ def ingest_ab(n: int) -> None:
     agents = _agent_rows(64)
     ids = [a for a, _ in agents]
     rows = generate(n, ids, seed=99)
-    for label, drop in (("with search triggers", False), ("insert trigger dropped", True)):
+    window_indexes = (
+        "DROP INDEX ix_update_events_severity_occurred_at",
+        "DROP INDEX ix_update_events_event_type_status_occurred_at",
+    )
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("head", ()),
+        ("0013 window indexes dropped", window_indexes),
+        ("insert trigger dropped", ("DROP TRIGGER update_events_search_ai",)),
+    )
+    for label, drops in variants:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{tmp}/ab.db"
             schema.upgrade(url)
@@ -268,15 +337,56 @@ def ingest_ab(n: int) -> None:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
                 enrolled = events_db.sqlite_timestamp(NOW)
                 conn.exec_driver_sql(AGENT_SQL, [(a, h, enrolled) for a, h in agents])
-                if drop:
-                    conn.exec_driver_sql("DROP TRIGGER update_events_search_ai")
+                for statement in drops:
+                    conn.exec_driver_sql(statement)
             t = time.perf_counter()
             for i in range(0, n, 500):
                 with engine.begin() as conn:
                     events_db.insert_rows_sync(conn, rows[i : i + 500])
             elapsed = time.perf_counter() - t
             engine.dispose()
-        print(f"  {label:<24} {n / elapsed:10,.0f} events/s ({elapsed * 1e6 / n:.1f} us/event)")
+        print(f"  {label:<28} {n / elapsed:10,.0f} events/s ({elapsed * 1e6 / n:.1f} us/event)")
+
+
+def vs_0012(n: int, reps: int, agents: list[tuple[str, str]]) -> None:
+    """The cases side by side: a database at 0012 read without the agent rule of
+    ``storage.history._conditions`` (before) and the same rows at head (after), in turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        before, after = Path(tmp) / "before.db", Path(tmp) / "after.db"
+        schema.upgrade(f"sqlite+aiosqlite:///{before}", "0010")
+        seed_sqlite(before, n, agents)
+        schema.upgrade(f"sqlite+aiosqlite:///{before}", "0012")
+        shutil.copyfile(before, after)
+        schema.upgrade(f"sqlite+aiosqlite:///{after}")
+        print(f"db=sqlite events={n:,} agents={len(agents)} reps={reps}: 0012 vs head, in turn")
+        asyncio.run(_vs_0012(before, after, reps, agents, n))
+
+
+async def _vs_0012(
+    before: Path, after: Path, reps: int, agents: list[tuple[str, str]], n: int
+) -> None:
+    engines = [create_engine_for_url(f"sqlite+aiosqlite:///{p}") for p in (before, after)]
+    old, new = (make_sessionmaker(e) for e in engines)
+    agent_rule = history_store._unindexed
+    agent, host = agents[420]
+    try:
+        for name, f, _ in cases(agent, host, n):
+            if f.text and len(f.text) < search.MIN_INDEXED_LENGTH:
+                continue  # a plain scan either way
+            times: tuple[list[float], list[float]] = ([], [])
+            for _ in range(reps):
+                for i, sessions in enumerate((old, new)):
+                    history_store._unindexed = agent_rule if i else history_store._column
+                    t = time.perf_counter()
+                    await list_events(sessions, f)
+                    times[i].append((time.perf_counter() - t) * 1000)
+            history_store._unindexed = agent_rule
+            p50_old, p50_new = (statistics.median(t) for t in times)
+            print(f"  {name:<44} 0012 p50={p50_old:8.1f}ms  head p50={p50_new:8.1f}ms")
+    finally:
+        history_store._unindexed = agent_rule
+        for engine in engines:
+            await engine.dispose()
 
 
 def main() -> None:
@@ -287,7 +397,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--plain-reps", type=int, default=5, help="0: skip the plain scans")
     parser.add_argument("--ingest-ab", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--vs-0012",
+        action="store_true",
+        help="SQLite: each case in turn on a copy at 0012 without the agent rule, then at head",
+    )
     args = parser.parse_args()
+    if args.vs_0012:
+        vs_0012(args.events, args.reps, _agent_rows(args.agents))
+        return
     if args.ingest_ab:
         print(f"db=sqlite ingest A/B events={args.ingest_ab:,}")
         ingest_ab(args.ingest_ab)
@@ -315,7 +433,7 @@ def main() -> None:
                 f"db={args.db} events={args.events:,} agents={args.agents} reps={args.reps} "
                 f"seed={seeded:.1f}s upgrade_0011={migrated:.1f}s"
             )
-            asyncio.run(run_cases(url, args.reps, args.plain_reps, agents))
+            asyncio.run(run_cases(url, args.reps, args.plain_reps, agents, args.events))
         finally:
             if args.db == "postgresql":
                 asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
