@@ -93,9 +93,7 @@ async def seed(sessions: async_sessionmaker[AsyncSession]) -> tuple[list[str], l
         await session.execute(insert(UpdateEvent), rows)
     async with sessions() as session:
         result = await session.execute(
-            text(
-                "SELECT id, agent_id, event_type, status, severity FROM update_events ORDER BY id"
-            )
+            text("SELECT id, agent_id, event_type, status, severity FROM update_events ORDER BY id")
         )
         stored = list(result)
     # the seeded times (the database returns them in its own encoding; ids follow insertion)
