@@ -257,7 +257,7 @@ def test_labels_make_sense_for_each_range() -> None:
 NODES = 101  # one more than a page of the agent list: a next link
 
 
-def _mid_bucket(now: datetime, chart_range: ChartRange, ago: int) -> datetime:
+def mid_bucket(now: datetime, chart_range: ChartRange, ago: int) -> datetime:
     """The middle of the bucket ``ago`` buckets before the one holding ``now``: well away from
     any bucket boundary, so the test cannot flake when it runs at one."""
     start, _ = fleet_service.chart_window(chart_range, now)
@@ -271,10 +271,10 @@ async def page_client(db_url: str) -> AsyncIterator[Client]:
     # 2 events in the last 24 hours, 3 more in the last 7 days, 4 more in the last 30 days,
     # 1 older than that.
     seeds = [
-        *[(_mid_bucket(now, ChartRange.DAY, 2), Severity.ERROR)] * 2,
-        *[(_mid_bucket(now, ChartRange.WEEK, 12), Severity.SUCCESS)] * 3,
-        *[(_mid_bucket(now, ChartRange.MONTH, 12), Severity.INFO)] * 4,
-        (_mid_bucket(now, ChartRange.MONTH, 45), Severity.WARNING),
+        *[(mid_bucket(now, ChartRange.DAY, 2), Severity.ERROR)] * 2,
+        *[(mid_bucket(now, ChartRange.WEEK, 12), Severity.SUCCESS)] * 3,
+        *[(mid_bucket(now, ChartRange.MONTH, 12), Severity.INFO)] * 4,
+        (mid_bucket(now, ChartRange.MONTH, 45), Severity.WARNING),
     ]
     await seed_events(db_url, seeds)
     engine = create_engine_for_url(db_url)
