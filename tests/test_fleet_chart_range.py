@@ -238,7 +238,7 @@ def test_labels_make_sense_for_each_range() -> None:
     assert week.bars[0].title == "Wed 25 Feb 18:00\N{EN DASH}00:00 UTC: no events"
     assert week.bars[-1].title == "Wed 4 Mar 12:00\N{EN DASH}18:00 UTC: no events"
     assert week.description.endswith(
-        "Busiest 6 hours: Thu 26 Feb 06:00\N{EN DASH}12:00 UTC with 1 events."
+        "Busiest 6 hours: Thu 26 Feb 06:00\N{EN DASH}12:00 UTC with 1 event."
     )
 
     month = events_chart(_chart(ChartRange.MONTH, {27: 5}), 86400)

@@ -230,8 +230,8 @@ def events_chart(
         summary = ", ".join(_count(item.total, Severity(item.severity)) for item in legend)
         busiest = max(range(len(utc)), key=lambda i: totals[i])
         description = (
-            f"{total} events in the last {span}: {summary}. "
-            f"Busiest {per}: {bars[busiest].label} UTC with {totals[busiest]} events."
+            f"{_amount(total, 'event')} in the last {span}: {summary}. "
+            f"Busiest {per}: {bars[busiest].label} UTC with {_amount(totals[busiest], 'event')}."
         )
     else:
         description = f"No events in the last {span}."
