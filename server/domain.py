@@ -88,6 +88,31 @@ class AgentSort(StrEnum):
 UNREPORTED_VERSION = "-"
 
 
+class ChartRange(StrEnum):
+    """How far back the fleet page's events chart looks (``?range=``): ``buckets`` bars of
+    ``bucket_seconds`` each, aligned to whole multiples of the bucket since the epoch (UTC
+    midnight for the day-long and 6-hour buckets); the newest bar holds now."""
+
+    DAY = "24h"  # 24 bars of an hour
+    WEEK = "7d"  # 28 bars of 6 hours: 00, 06, 12 and 18 UTC
+    MONTH = "30d"  # 30 bars of a day
+
+    @property
+    def bucket_seconds(self) -> int:
+        return _CHART_BUCKETS[self][0]
+
+    @property
+    def buckets(self) -> int:
+        return _CHART_BUCKETS[self][1]
+
+
+_CHART_BUCKETS: dict[ChartRange, tuple[int, int]] = {  # range -> (bucket seconds, buckets)
+    ChartRange.DAY: (3600, 24),
+    ChartRange.WEEK: (6 * 3600, 28),
+    ChartRange.MONTH: (24 * 3600, 30),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class AgentListQuery:
     """One page of the agent list. ``after``: the sort values of the last row of the previous

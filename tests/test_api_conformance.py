@@ -37,6 +37,8 @@ from server.services import agents as agents_service
 from server.web import request as request_helpers
 from server.web.api.openapi import openapi_document
 from server.web.request import (
+    AGENT_LIST_QUERY,
+    CHART_QUERY,
     EVENT_EXPORT_QUERY,
     EVENT_QUERY,
     LOG_QUERY,
@@ -192,8 +194,20 @@ def without_format(parse: Any, *args: Any) -> None:
         (request_helpers.parse_select_count, SELECT_COUNT_QUERY),
         (lambda q: without_format(request_helpers.parse_event_export, q, 50), EVENT_EXPORT_QUERY),
         (lambda q: without_format(request_helpers.parse_run_export, q), RUN_EXPORT_QUERY),
+        (request_helpers.parse_agent_list, AGENT_LIST_QUERY),
+        (request_helpers.parse_chart_range, CHART_QUERY),
     ],
-    ids=["events", "runs", "logs", "select", "select-count", "events-export", "runs-export"],
+    ids=[
+        "events",
+        "runs",
+        "logs",
+        "select",
+        "select-count",
+        "events-export",
+        "runs-export",
+        "agent-list",
+        "chart-range",
+    ],
 )
 def test_each_parser_reads_exactly_the_parameters_it_declares(
     parse: Any, declared: tuple[QueryParam, ...]

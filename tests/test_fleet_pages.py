@@ -18,7 +18,7 @@ from server.services.fleet import newest_version, version_key
 from server.storage.agents import CheckinUpdate, create_agent, record_checkins, set_revoked
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.events import insert_events
-from server.web.fleet.charts import events_per_hour_chart, nice_max
+from server.web.fleet.charts import events_chart, nice_max
 
 XSS_HOST = "<img src=x onerror=alert(1)>"
 
@@ -232,7 +232,7 @@ def test_version_order_and_chart_geometry() -> None:
     assert [nice_max(v) for v in (0, 4, 5, 9, 21, 99, 101)] == [4, 4, 8, 20, 40, 100, 200]
     start = datetime(2026, 3, 1, tzinfo=UTC)
     hours = [(start + timedelta(hours=i), {"error": 2, "success": i}) for i in range(24)]
-    chart = events_per_hour_chart(hours)
+    chart = events_chart(hours, 3600)
     assert len(chart.bars) == 24 and chart.total == 48 + sum(range(24))
     tallest = chart.bars[-1]
     top = min(s.y for s in tallest.segments)

@@ -1,5 +1,6 @@
-"""Fleet service: the overview's figures (agent health, config versions, events per hour) and
-one agent's facts with its recent events.
+"""Fleet service: the overview's figures (agent health, config versions), its events chart
+(events per time bucket over a :class:`server.domain.ChartRange`), and one agent's facts with
+its recent events.
 
 Health is derived in one place (:func:`server.services.agents.agent_health`); counting happens
 in the database with the same thresholds. Database connectivity failures become
@@ -22,6 +23,7 @@ from server.domain import (
     AgentListQuery,
     AgentSort,
     AgentState,
+    ChartRange,
     EventFilter,
     Severity,
     StoredEvent,
@@ -38,8 +40,7 @@ from server.storage.agents import AgentRecord
 
 log = logging.getLogger(__name__)
 
-CHART_HOURS = 24
-HourCounts = tuple[datetime, dict[str, int]]
+BucketCounts = tuple[datetime, dict[str, int]]  # (bucket start, {severity: events})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,6 @@ class FleetOverview:
     health_counts: dict[str, int]  # online / stale / offline / never / revoked
     config_versions: dict[str, int]  # version ("" = not reported) -> agents, revoked excluded
     newest_version: str | None
-    hours: list[HourCounts]  # CHART_HOURS entries, oldest first, every severity present
     agents_total: int  # enrolled, revoked included
 
     @property
@@ -87,25 +87,58 @@ def newest_version(versions: dict[str, int]) -> str | None:
     return max(known, key=version_key) if known else None
 
 
-def _hours(counts: list[fleet_store.HourlyCount], start: datetime) -> list[HourCounts]:
-    buckets: list[HourCounts] = [
-        (start + timedelta(hours=i), {s.value: 0 for s in Severity}) for i in range(CHART_HOURS)
+@dataclass(frozen=True, slots=True)
+class EventsChart:
+    """History events per bucket and severity over ``chart_range``: ``buckets`` oldest first,
+    the last one holding now, every severity present (0 in an empty bucket)."""
+
+    chart_range: ChartRange
+    buckets: list[BucketCounts]
+
+
+def chart_window(chart_range: ChartRange, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` of ``chart_range`` at ``now``: its buckets are whole multiples of the
+    bucket size since the epoch (UTC), the last one holding ``now``."""
+    size = chart_range.bucket_seconds
+    current = datetime.fromtimestamp(int(now.timestamp()) // size * size, UTC)
+    bucket = timedelta(seconds=size)
+    return current - (chart_range.buckets - 1) * bucket, current + bucket
+
+
+def _fill_buckets(
+    counts: list[fleet_store.BucketCount], start: datetime, chart_range: ChartRange
+) -> list[BucketCounts]:
+    size = timedelta(seconds=chart_range.bucket_seconds)
+    buckets: list[BucketCounts] = [
+        (start + i * size, {s.value: 0 for s in Severity}) for i in range(chart_range.buckets)
     ]
     for item in counts:
-        index = int((item.hour - start).total_seconds() // 3600)
-        if 0 <= index < CHART_HOURS:
+        index = (item.start - start) // size
+        if 0 <= index < chart_range.buckets:
             per_severity = buckets[index][1]
             per_severity[item.severity] = per_severity.get(item.severity, 0) + item.count
     return buckets
 
 
+async def events_chart(
+    sessions: async_sessionmaker[AsyncSession], chart_range: ChartRange, now: datetime
+) -> EventsChart:
+    """History events per bucket of ``chart_range`` and severity, as of ``now`` (the bucket
+    holding ``now`` included); counted in the database."""
+    start, end = chart_window(chart_range, now)
+    with unavailable_on_outage("events chart"):
+        async with sessions() as session, session.begin():
+            counts = await fleet_store.count_events_by_bucket(
+                session, start, end, chart_range.bucket_seconds
+            )
+    return EventsChart(chart_range, _fill_buckets(counts, start, chart_range))
+
+
 async def fleet_overview(
     sessions: async_sessionmaker[AsyncSession], config: ServerConfig, now: datetime
 ) -> FleetOverview:
-    """Agent health counts, config versions and events per hour over the last day (the current
-    hour included), as of ``now``."""
-    current_hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    start = current_hour - timedelta(hours=CHART_HOURS - 1)
+    """Agent health counts and config versions as of ``now`` (the events chart:
+    :func:`events_chart`)."""
     with unavailable_on_outage("fleet overview"):
         async with sessions() as session, session.begin():
             health = await fleet_store.count_agents_by_checkin(
@@ -114,15 +147,11 @@ async def fleet_overview(
                 offline_before=now - offline_window(config),
             )
             versions = await fleet_store.count_config_versions(session)
-            hourly = await fleet_store.count_events_by_hour(
-                session, start, current_hour + timedelta(hours=1)
-            )
     return FleetOverview(
         now=now,
         health_counts=health,
         config_versions=versions,
         newest_version=newest_version(versions),
-        hours=_hours(hourly, start),
         agents_total=sum(health.values()),
     )
 

@@ -1,8 +1,8 @@
 """Read queries behind the fleet overview and the agent page: agents with their facts, and
-History counts per hour and severity.
+History counts per time bucket and severity.
 
-Plain dataclasses out, never ORM rows. The hour bucket is the one dialect-specific expression
-(integer hours since the epoch, computed by the database so only the counts travel).
+Plain dataclasses out, never ORM rows. The time bucket is the one dialect-specific expression
+(whole buckets since the epoch, computed by the database so only the counts travel).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
-class HourlyCount:
-    """``count`` History rows of ``severity`` whose ``occurred_at`` falls in the hour starting
-    at ``hour``."""
+class BucketCount:
+    """``count`` History rows of ``severity`` whose ``occurred_at`` falls in the bucket starting
+    at ``start``."""
 
-    hour: datetime
+    start: datetime
     severity: str
     count: int
 
@@ -248,27 +248,35 @@ async def count_config_versions(session: AsyncSession) -> dict[str, int]:
     return {str(version or ""): int(count) for version, count in result}
 
 
-def _hour_number(dialect: str) -> Any:
-    """Whole hours since the epoch of ``update_events.occurred_at``, per dialect."""
+def _bucket_number(dialect: str, bucket_seconds: int) -> Any:
+    """Whole buckets of ``bucket_seconds`` since the epoch of ``update_events.occurred_at``,
+    per dialect."""
     if dialect == "sqlite":
-        # Stored as naive UTC text; strftime('%s') reads it as UTC.
+        # Stored as naive UTC text; strftime('%s') reads it as UTC. Integer division.
         seconds = cast(func.strftime("%s", UpdateEvent.occurred_at), Integer)
-        return cast(seconds / 3600, Integer)
-    return cast(func.floor(func.extract("epoch", UpdateEvent.occurred_at) / 3600), BigInteger)
+        return cast(seconds / bucket_seconds, Integer)
+    epoch = func.extract("epoch", UpdateEvent.occurred_at)
+    return cast(func.floor(epoch / bucket_seconds), BigInteger)
 
 
-async def count_events_by_hour(
-    session: AsyncSession, since: datetime, until: datetime
-) -> list[HourlyCount]:
-    """History rows with ``since <= occurred_at < until`` counted per (hour, severity)."""
+async def count_events_by_bucket(
+    session: AsyncSession, start: datetime, end: datetime, bucket_seconds: int
+) -> list[BucketCount]:
+    """History rows with ``start <= occurred_at < end`` counted per (bucket, severity): the
+    buckets are ``bucket_seconds`` long and aligned to whole multiples of it since the epoch
+    (UTC). Only buckets and severities holding rows come back."""
     dialect = session.get_bind().dialect.name
-    hour = _hour_number(dialect).label("hour")
+    bucket = _bucket_number(dialect, bucket_seconds).label("bucket")
     result = await session.execute(
-        select(hour, UpdateEvent.severity, func.count().label("n"))
-        .where(UpdateEvent.occurred_at >= since, UpdateEvent.occurred_at < until)
-        .group_by(hour, UpdateEvent.severity)
+        select(bucket, UpdateEvent.severity, func.count().label("n"))
+        .where(UpdateEvent.occurred_at >= start, UpdateEvent.occurred_at < end)
+        .group_by(bucket, UpdateEvent.severity)
     )
     return [
-        HourlyCount(_EPOCH + timedelta(hours=int(row.hour)), str(row.severity), int(row.n))
+        BucketCount(
+            _EPOCH + timedelta(seconds=int(row.bucket) * bucket_seconds),
+            str(row.severity),
+            int(row.n),
+        )
         for row in result
     ]

@@ -32,6 +32,7 @@ from server.domain import (
     AgentListQuery,
     AgentSort,
     AgentState,
+    ChartRange,
     EventFilter,
     LogLevel,
     LogQuery,
@@ -562,6 +563,9 @@ AGENT_LIST_QUERY: Final[tuple[QueryParam, ...]] = (
     QueryParam("order", _text(4), "asc (default) or desc"),
     QueryParam("after", _text(MAX_AGENT_CURSOR), "cursor: the next page link's after"),
 )
+CHART_QUERY: Final[tuple[QueryParam, ...]] = (
+    QueryParam("range", ChartRange, f"events chart range (default {ChartRange.DAY.value})"),
+)
 
 
 def _choice(query: MultiMapping[str], name: str, kind: type[_E]) -> _E | None:
@@ -595,11 +599,21 @@ def parse_agent_list(query: MultiMapping[str]) -> AgentListQuery:
     )
 
 
+def parse_chart_range(query: MultiMapping[str]) -> ChartRange:
+    """The fleet overview's events chart: ``range`` (24h by default, 7d or 30d; any case)."""
+    return _choice(query, "range", ChartRange) or ChartRange.DAY
+
+
 def agent_list_params(
-    q: AgentListQuery, *, after: str | None = None, **changes: str | None
+    q: AgentListQuery,
+    *,
+    chart_range: ChartRange = ChartRange.DAY,
+    after: str | None = None,
+    **changes: str | None,
 ) -> list[tuple[str, str]]:
-    """The query parameters that reproduce ``q``'s filters and sort (without its cursor), with
-    ``changes`` (a value of None drops that parameter), plus ``after``."""
+    """The query parameters that reproduce ``q``'s filters and sort (without its cursor) and
+    the overview's ``chart_range``, with ``changes`` (a value of None drops that parameter),
+    plus ``after``."""
     version = q.config_version
     params: dict[str, str | None] = {
         "q": q.text,
@@ -607,6 +621,7 @@ def agent_list_params(
         "version": None if version is None else version or UNREPORTED_VERSION,
         "sort": q.sort.value if q.sort is not AgentSort.HOST else None,
         "order": "desc" if q.descending else None,
+        "range": chart_range.value if chart_range is not ChartRange.DAY else None,
     }
     params.update(changes)
     pairs = [(name, value) for name, value in params.items() if value]

@@ -4,8 +4,9 @@ page: health cards, versions, chart, one page of 100 agents) for each search, fi
     python -m tests.bench.agent_list --agents 100000 [--db sqlite|postgresql] [--reps 7]
 
 Builds a fresh database with alembic (``flagpost-server db upgrade``), inserts ``--agents``
-agents in batches (then ``VACUUM ANALYZE`` on PostgreSQL; hostnames ``web-000123.dc2``, labels env / role, a few tags, config versions
-1-12, agent versions, check-ins spread over online / stale / offline / never, 1 % revoked),
+agents in batches (then ``VACUUM ANALYZE`` on PostgreSQL; hostnames ``web-000123.dc2``,
+labels env / role, a few tags, config versions 1-12, agent versions, check-ins spread over
+online / stale / offline / never, 1 % revoked),
 starts a real server in a subprocess (``python -m server serve``), logs in as a viewer and
 prints, per case, the agents matched, the median, p95 and max of ``--reps`` requests in
 milliseconds (after one warm-up request). A figure printer, not a timed test.

@@ -15,7 +15,7 @@ from multidict import MultiDict, MultiMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server import app_keys
-from server.domain import AgentListQuery, RunFilter, RunState
+from server.domain import AgentListQuery, ChartRange, RunFilter, RunState
 from server.errors import InvalidArgument
 from server.services import action_notices
 from server.services import actions as actions_service
@@ -36,6 +36,7 @@ from server.web.request import (
     AGENT_LIST_QUERY,
     MAX_TEXT,
     parse_agent_list,
+    parse_chart_range,
     path_id,
     single,
 )
@@ -49,15 +50,17 @@ AGENT_PAGE_RUNS = 10
 
 async def overview(request: web.Request) -> web.StreamResponse:
     """``GET /``: agents online / stale / offline, config versions and rollout, runs waiting
-    for input, events per hour over the last day, and the agent list (search, health and
-    version filters, sort, keyset pages). A bad list parameter shows the page again (400) with
-    the error next to its field."""
+    for input, events per time bucket over ``range`` (24h, 7d or 30d), and the agent list
+    (search, health and version filters, sort, keyset pages). A bad list parameter or range
+    shows the page again (400) with the error next to its field; the rest still applies."""
     app = request.app
     config = app[app_keys.CONFIG]
     now = datetime.now(UTC)
     sessions = web_sessions(app)
     query, refused = _list_query(request.query)
+    chart_range, range_refused = _chart_range(request.query)
     fleet = await fleet_service.fleet_overview(sessions, config, now)
+    chart = await fleet_service.events_chart(sessions, chart_range, now)
     found = await fleet_service.list_agents(sessions, config, query, now)
     by_state = await runs_service.count_runs_by_state(sessions)
     latest = await runs_service.latest_runs(sessions, [a.record.id for a in found.agents])
@@ -70,21 +73,32 @@ async def overview(request: web.Request) -> web.StreamResponse:
         latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
         error_field=refused.field or "" if refused else "",
         error=refused.detail if refused else "",
+        chart_range=chart_range,
     )
     if refused is not None and refused.field == "q":  # the text as it was typed
         listed = replace(listed, text=request.query.get("q", "")[:MAX_TEXT])
     view = overview_page(
         fleet,
         listed,
+        chart,
+        list_query=query,
         waiting_runs=by_state.get(RunState.AWAITING_INPUT, 0),
         active_runs=by_state.get(RunState.RUNNING, 0) + by_state.get(RunState.PENDING, 0),
         spec_ids=tuple(s.spec_id for s in await specs_service.list_specs(sessions)),
-        state=query.state,
+        range_error=range_refused.detail if range_refused else "",
     )
     response = await render_page("overview.html", request, {"page": view})
-    if refused is not None:
+    if refused is not None or range_refused is not None:
         response.set_status(400)
     return response
+
+
+def _chart_range(query: MultiMapping[str]) -> tuple[ChartRange, InvalidArgument | None]:
+    """The chart's range, or the default range and why the given one was refused."""
+    try:
+        return parse_chart_range(query), None
+    except InvalidArgument as exc:
+        return ChartRange.DAY, exc
 
 
 def _list_query(query: MultiMapping[str]) -> tuple[AgentListQuery, InvalidArgument | None]:

@@ -18,11 +18,12 @@ from server.domain import (
     AgentListQuery,
     AgentSort,
     AgentState,
+    ChartRange,
     PendingAction,
     version_key,
 )
-from server.services.fleet import AgentDetail, AgentList, FleetAgent, FleetOverview
-from server.web.fleet.charts import StackedBarChart, events_per_hour_chart
+from server.services.fleet import AgentDetail, AgentList, EventsChart, FleetAgent, FleetOverview
+from server.web.fleet.charts import StackedBarChart, events_chart, span_words
 from server.web.format import display_time, human_bytes, relative_time
 from server.web.forms import Option
 from server.web.history.views import DetailItem, EventRow, event_row
@@ -122,9 +123,22 @@ class AgentListView:
     clear_url: str
     error_field: str = ""
     error: str = ""
+    chart_range: str = ""  # the chart's range the filter form keeps ("": the default)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeLink:
+    """One of the chart's range links (``24 h``): the page at that range, the agent list's
+    filters and sort kept, its cursor dropped."""
+
+    label: str
+    title: str
+    url: str
+    current: bool
 
 
 AGENTS_ANCHOR = "#agents-title"
+CHART_ANCHOR = "#chart-title"
 _SORTED_COLUMNS: tuple[tuple[str, AgentSort | None], ...] = (
     ("Host", AgentSort.HOST),
     ("Health", AgentSort.HEALTH),
@@ -143,12 +157,34 @@ STATE_LABELS: dict[AgentState, str] = {
 }
 
 
-def list_url(q: AgentListQuery, *, after: str | None = None, **changes: str | None) -> str:
-    """``/`` with the agent list's parameters (``changes`` applied), at the list."""
-    return with_query("/", agent_list_params(q, after=after, **changes)) + AGENTS_ANCHOR
+def list_url(
+    q: AgentListQuery,
+    chart_range: ChartRange = ChartRange.DAY,
+    *,
+    after: str | None = None,
+    **changes: str | None,
+) -> str:
+    """``/`` with the agent list's parameters (``changes`` applied) and the chart's range, at
+    the list."""
+    params = agent_list_params(q, chart_range=chart_range, after=after, **changes)
+    return with_query("/", params) + AGENTS_ANCHOR
 
 
-def _headers(q: AgentListQuery) -> tuple[SortHeader, ...]:
+def range_links(q: AgentListQuery, current: ChartRange) -> tuple[RangeLink, ...]:
+    """The chart's range links: each keeps the agent list's filters and sort, not its cursor
+    (a page of the list stays a page of the list: the chart does not move it)."""
+    return tuple(
+        RangeLink(
+            f"{r.value[:-1]} {r.value[-1:]}",  # "24h" -> "24 h"
+            f"Events in the last {span_words(r.bucket_seconds * r.buckets)}",
+            with_query("/", agent_list_params(q, chart_range=r)) + CHART_ANCHOR,
+            r is current,
+        )
+        for r in ChartRange
+    )
+
+
+def _headers(q: AgentListQuery, chart_range: ChartRange) -> tuple[SortHeader, ...]:
     heads: list[SortHeader] = []
     for label, sort in _SORTED_COLUMNS:
         if sort is None:
@@ -158,7 +194,7 @@ def _headers(q: AgentListQuery) -> tuple[SortHeader, ...]:
         order = "desc" if current and not q.descending else None  # a new column: ascending
         aria = ("descending" if q.descending else "ascending") if current else "none"
         by = sort.value if sort is not AgentSort.HOST else None  # host: the default
-        heads.append(SortHeader(label, list_url(q, sort=by, order=order), aria))
+        heads.append(SortHeader(label, list_url(q, chart_range, sort=by, order=order), aria))
     return tuple(heads)
 
 
@@ -172,8 +208,10 @@ def agent_list_view(
     latest_runs: Mapping[str, RunRow] | None = None,
     error_field: str = "",
     error: str = "",
+    chart_range: ChartRange = ChartRange.DAY,
 ) -> AgentListView:
-    """The agent list's view model; ``versions``: the config versions the filter offers."""
+    """The agent list's view model; ``versions``: the config versions the filter offers;
+    its links keep ``chart_range`` (the chart on the same page)."""
     runs = latest_runs or {}
     version_options = [
         Option(v or UNREPORTED_VERSION, v or "not reported", v == q.config_version)
@@ -184,7 +222,7 @@ def agent_list_view(
         version_options.append(Option(shown, q.config_version or "not reported", True))
     return AgentListView(
         rows=tuple(_agent_row(a, now, runs.get(a.record.id)) for a in found.agents),
-        headers=_headers(q),
+        headers=_headers(q, chart_range),
         text=q.text,
         states=tuple(Option(s.value, STATE_LABELS[s], s is q.state) for s in AgentState),
         versions=tuple(version_options),
@@ -194,11 +232,12 @@ def agent_list_view(
         fleet_total=fleet_total,
         filtered=bool(q.text or q.state or q.config_version is not None),
         paged=q.after is not None,
-        next_url=list_url(q, after=found.next_after) if found.next_after else None,
-        first_url=list_url(q),
-        clear_url="/" + AGENTS_ANCHOR,
+        next_url=list_url(q, chart_range, after=found.next_after) if found.next_after else None,
+        first_url=list_url(q, chart_range),
+        clear_url=list_url(AgentListQuery(), chart_range),
         error_field=error_field,
         error=error,
+        chart_range=chart_range.value if chart_range is not ChartRange.DAY else "",
     )
 
 
@@ -220,8 +259,10 @@ class OverviewPage:
     fleet_size: int  # agents not revoked: the whole the shares are of
     versions: tuple[VersionShare, ...]
     chart: StackedBarChart
+    ranges: tuple[RangeLink, ...]
     agent_list: AgentListView
     spec_ids: tuple[str, ...] = ()  # the bulk "run a spec" choices
+    range_error: str = ""  # a refused ``range`` (the chart then shows the default range)
 
 
 def _percent(part: int, whole: int) -> int:
@@ -257,15 +298,21 @@ def _agent_row(agent: FleetAgent, now: datetime, latest_run: RunRow | None) -> A
 def overview_page(
     overview: FleetOverview,
     agent_list: AgentListView,
+    chart: EventsChart,
     *,
+    list_query: AgentListQuery | None = None,
     waiting_runs: int = 0,
     active_runs: int = 0,
     spec_ids: tuple[str, ...] = (),
-    state: AgentState | None = None,
+    range_error: str = "",
 ) -> OverviewPage:
-    """The overview's view model (``state``: the health the agent list is filtered by, its
-    card is marked). Run figures come from the runs service (0 without it)."""
+    """The overview's view model. ``list_query``: the agent list's (its health card is marked;
+    the chart's range links keep its filters); every link keeps the chart's range. Run figures
+    come from the runs service (0 without it)."""
     now = overview.now
+    query = list_query or AgentListQuery()
+    state = query.state
+    chart_range = chart.chart_range
     counts = overview.health_counts
     notes = {
         "online": "checked in recently",
@@ -279,7 +326,7 @@ def overview_page(
             HEALTH_STYLES[key].label,
             counts.get(key, 0),
             notes[key],
-            list_url(AgentListQuery(), health=key),
+            list_url(AgentListQuery(), chart_range, health=key),
             state is not None and state.value == key,
         )
         for key in ("online", "stale", "offline", "never")
@@ -297,7 +344,7 @@ def overview_page(
             n,
             _percent(n, fleet),
             version == target,
-            list_url(AgentListQuery(), version=version or UNREPORTED_VERSION),
+            list_url(AgentListQuery(), chart_range, version=version or UNREPORTED_VERSION),
         )
         for version, n in versions
     )
@@ -317,9 +364,11 @@ def overview_page(
         # share of the same fleet (every agent not revoked, reporting a version or not).
         migrated_percent=_percent(overview.on_newest, fleet),
         versions=shares,
-        chart=events_per_hour_chart(overview.hours),
+        chart=events_chart(chart.buckets, chart_range.bucket_seconds),
+        ranges=range_links(query, chart_range),
         agent_list=agent_list,
         spec_ids=spec_ids,
+        range_error=range_error,
     )
 
 
