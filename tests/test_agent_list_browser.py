@@ -73,9 +73,9 @@ async def test_cards_search_and_sort(server: RunningServer, browser_page: Watche
     assert await head.get_attribute("aria-sort") == "descending"
     assert await page.locator("#agent-q").input_value() == "role=web"  # the filters stay
 
-    await page.goto(f"{server.web_url}/?health=asleep&q=db#agents-title")
+    await page.goto(f"{server.web_url}/?health=asleep&q=db-1#agents-title")
     error = page.locator("#agent-health-error")
     assert "must be one of online" in await error.inner_text()
     assert await page.locator("#agent-health").get_attribute("aria-invalid") == "true"
     assert await hosts.all_inner_texts() == ["db-1"]
-    assert browser_page.bad_responses == [f"400 {server.web_url}/?health=asleep&q=db"]
+    assert browser_page.bad_responses == [f"400 {server.web_url}/?health=asleep&q=db-1"]
