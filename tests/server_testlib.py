@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,3 +210,93 @@ def action_body(action: Any, public_key: bytes | None = None) -> Any:
     if public_key is not None:
         Ed25519PublicKey.from_public_bytes(public_key).verify(action.signature, action.body)
     return agent_pb2.ActionBody.FromString(action.body)
+
+
+# --------------------------------------------------------------------------- refused values
+
+CONTROLS = frozenset({"input", "select", "textarea"})
+
+
+class _Elements(HTMLParser):
+    """A page's start tags in order (``attrs["in-select"]``: the name of an option's select),
+    with the text of each ``p``."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.texts: dict[int, str] = {}
+        self._p: int | None = None
+        self._select = ""
+        self.feed(body)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        if tag == "select":
+            self._select = values.get("name", "")
+        elif tag == "option":
+            values["in-select"] = self._select
+        elif tag == "p":
+            self._p = len(self.tags)
+            self.texts[self._p] = ""
+        self.tags.append((tag, values))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "p":
+            self._p = None
+        elif tag == "select":
+            self._select = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._p is not None:
+            self.texts[self._p] += data
+
+
+def refused_value_error(body: str, name: str) -> str:
+    """The error a page shows for its refused query parameter ``name`` (``server.web.refused``),
+    without "name: ". Checked: it is a ``role="alert"`` message next to the field, i.e. every
+    visible control named ``name`` is ``aria-invalid`` and described by it, and it follows the
+    last of them before any other control. A parameter without a visible control (a hidden
+    one, a cursor) has the form's one message."""
+    page = _Elements(body)
+    errors = {
+        attrs.get("id", ""): i
+        for i, (tag, attrs) in enumerate(page.tags)
+        if tag == "p" and "field-error" in attrs.get("class", "").split()
+    }
+    controls = [
+        i
+        for i, (tag, attrs) in enumerate(page.tags)
+        if tag in CONTROLS and attrs.get("name") == name and attrs.get("type") != "hidden"
+    ]
+    if controls:
+        assert all(page.tags[i][1].get("aria-invalid") == "true" for i in controls), name
+        last = controls[-1]
+        error_id = page.tags[last][1].get("aria-describedby", "").split()[-1]
+        assert error_id.endswith("-error") and error_id in errors, (name, error_id, errors)
+        at = errors[error_id]
+        between = page.tags[last + 1 : at]
+        assert at > last and not any(tag in CONTROLS for tag, _ in between), name
+    else:
+        assert len(errors) == 1, (name, errors)
+        [at] = errors.values()
+    assert page.tags[at][1].get("role") == "alert"
+    text = page.texts[at]
+    assert text.startswith(f"{name}: "), (name, text)
+    return text.removeprefix(f"{name}: ")
+
+
+def form_values(body: str, name: str) -> list[str]:
+    """What the page's form controls named ``name`` would send: the value of a text (or
+    hidden) input, of each checked checkbox, and of a select's chosen option (the last one
+    marked selected, as a browser picks, else the first)."""
+    values: list[str] = []
+    options: list[tuple[str, bool]] = []
+    for tag, attrs in _Elements(body).tags:
+        if tag == "input" and attrs.get("name") == name:
+            if attrs.get("type") != "checkbox" or "checked" in attrs:
+                values.append(attrs.get("value", ""))
+        elif tag == "option" and attrs.get("in-select") == name:
+            options.append((attrs.get("value", ""), "selected" in attrs))
+    chosen = [value for value, selected in options if selected] or [v for v, _ in options[:1]]
+    return values + chosen[-1:]

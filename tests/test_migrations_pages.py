@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 from runs_testlib import AgentClient, run_update, ts
-from server_testlib import action_body, logged_in_http
+from server_testlib import action_body, form_values, logged_in_http, refused_value_error
 
 from flagpost.v1 import agent_pb2
 from server import app_keys
@@ -382,3 +382,40 @@ async def test_a_host_already_at_the_target_ends_the_run_wait(
             page = await reply.text()
         assert 'id="run-not-needed"' in page and "myapp is at version 3 already" in page
         assert '<meta http-equiv="refresh"' not in page
+
+
+async def test_a_bad_revision_number_is_shown_at_its_field_with_the_others_applied(
+    running_server: RunningServer,
+) -> None:
+    sessions = running_server.app[app_keys.SESSIONS]
+    await specs.add_spec(sessions, SOURCE, "toml", "bob")
+    await specs.add_spec(sessions, HOSTILE, "toml", "alice")
+    await specs.add_spec(sessions, SOURCE.replace('id = "myapp"', 'id = "solo"'), "toml", "bob")
+
+    async with logged_in_http(running_server, "viewer", base_url=True) as http:
+
+        async def refused(url: str) -> str:
+            async with http.get(url) as reply:
+                assert reply.status == 400, url
+                return await reply.text()
+
+        # The revision shown: refused, so the latest, with the diff asked for.
+        page = await refused("/migrations/myapp?revision=first&diff_from=1&diff_to=2")
+        assert refused_value_error(page, "revision").startswith("must be an integer between 1")
+        assert form_values(page, "revision") == ["first"]  # as typed, in a field of its own
+        assert '<span class="tag">revision 2</span>' in page
+        assert '<span class="diff-line diff-hunk">@@' in page
+        # A compared revision: revision 1 is shown, no diff; the refused number stays chosen.
+        page = await refused("/migrations/myapp?revision=1&diff_from=0&diff_to=2")
+        assert refused_value_error(page, "diff_from").startswith("must be an integer between 1")
+        assert form_values(page, "diff_from") == ["0"] and form_values(page, "revision") == ["1"]
+        assert "latest is revision 2" in page and 'class="diff-line' not in page
+        page = await refused("/migrations/myapp?diff_from=1&diff_to=2&diff_to=1")
+        assert refused_value_error(page, "diff_to") == "must be given at most once"
+        assert form_values(page, "diff_to") == ["2"]
+        # A spec with one revision has no compare form, but shows the refused field.
+        page = await refused("/migrations/solo?revision=0")
+        assert refused_value_error(page, "revision").startswith("must be an integer between 1")
+        assert form_values(page, "revision") == ["0"]
+        async with http.get("/migrations/solo?revision=2") as reply:
+            assert reply.status == 404  # a revision that does not exist is still not found

@@ -1,5 +1,5 @@
 """One truth for every state (issue 15 item 1), server side: what the History, runs list and run
-pages say matches what is stored.
+pages say matches what is stored; a bad filter value is shown next to its field, the form kept.
 
 Real servers (gRPC + web, the event bus wired in) on fresh SQLite and PostgreSQL databases; runs
 arrive as gRPC check-ins like an agent's, History events through the storage functions (so a
@@ -8,6 +8,7 @@ test can set both clocks: the host's ``occurred_at`` and the server's ``received
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -18,9 +19,9 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from runs_testlib import AgentClient, run_update, step
-from server_testlib import logged_in_http, new_event
-from test_runs_pages import WAITING_FOR_PASSWORD, start_with_settings
+from runs_testlib import AgentClient, log_line, run_update, step
+from server_testlib import form_values, logged_in_http, new_event, refused_value_error
+from test_runs_pages import WAITING_FOR_PASSWORD, log_seqs_in, start_with_settings
 
 from flagpost.v1 import agent_pb2
 from server import app_keys
@@ -254,9 +255,97 @@ async def test_a_bad_history_filter_is_shown_at_its_field_with_the_form_kept(
             assert response.status == 400
             body = await response.text()
         assert 'id="f-since-error"' in body and "since:" in body
+        assert refused_value_error(body, "since").startswith("must be an ISO 8601 date-time")
         assert 'value="yesterday-ish"' in body  # what was typed stays in its field
+        assert form_values(body, "since") == ["yesterday-ish"]
         assert 'value="disk full"' in body  # the other filters are kept
         assert re.search(r'value="error"\s+checked', body)
         async with http.get(url, params=[("severity", "loud")]) as response:
             assert response.status == 400
             assert 'id="f-error"' in (body := await response.text()) and "severity" in body
+
+
+# The runs list and the run page refuse a bad filter value the same way, the other filters
+# applied to what they list.
+
+
+async def test_a_bad_runs_filter_is_shown_at_its_field_with_the_others_applied(
+    server: RunningServer, agent: AgentClient
+) -> None:
+    failed, succeeded, elsewhere = (str(uuid.uuid4()) for _ in range(3))
+    await agent.checkin(
+        run_updates=[
+            run_update(failed, agent_pb2.RUN_STATE_FAILED),
+            run_update(succeeded, agent_pb2.RUN_STATE_SUCCEEDED),
+        ]
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        other = await AgentClient.enroll(server, channel, "db-01")
+        await other.checkin(run_updates=[run_update(elsewhere, agent_pb2.RUN_STATE_FAILED)])
+    long_id = "x" * 65
+    async with logged_in_http(server, "viewer") as http:
+        runs = f"{server.web_url}/runs"
+        body = await get_text(http, f"{runs}?state=FAILED&agent={long_id}", status=400)
+        assert refused_value_error(body, "agent") == "must be at most 64 characters"
+        assert form_values(body, "agent") == [long_id]  # kept in the select, chosen
+        assert form_values(body, "state") == ["FAILED"]
+        assert set(RUN_LINK.findall(body)) == {f"/runs/{failed}", f"/runs/{elsewhere}"}
+
+        body = await get_text(http, f"{runs}?state=DONE&agent={agent.agent_id}", status=400)
+        assert refused_value_error(body, "state").startswith("must be one of PENDING")
+        assert form_values(body, "agent") == [agent.agent_id]
+        assert form_values(body, "state") == []
+        assert set(RUN_LINK.findall(body)) == {f"/runs/{failed}", f"/runs/{succeeded}"}
+
+        # A hidden page size and a cursor have no field: the form says it, the rest applies.
+        for bad, detail in (("limit=0", "must be an integer"), ("before=x", "is not a valid")):
+            body = await get_text(http, f"{runs}?state=failed&{bad}", status=400)
+            assert refused_value_error(body, bad.split("=")[0]).startswith(detail)
+            assert form_values(body, "state") == ["FAILED"]
+            assert set(RUN_LINK.findall(body)) == {f"/runs/{failed}", f"/runs/{elsewhere}"}
+        async with http.get(f"{runs}/rows?state=DONE") as response:  # a fragment: no form
+            assert response.status == 400
+
+
+async def test_a_bad_log_filter_is_shown_at_its_field_and_the_log_still_loads(
+    server: RunningServer, agent: AgentClient
+) -> None:
+    run_id = str(uuid.uuid4())
+    lines = [
+        log_line(run_id, 1, level="INFO", source="detector"),
+        log_line(run_id, 2, level="WARNING", source="executor"),
+        log_line(run_id, 3, level="ERROR", source="executor"),
+    ]
+    await agent.checkin(
+        run_updates=[run_update(run_id, agent_pb2.RUN_STATE_RUNNING)], log_lines=lines
+    )
+    page = f"{server.web_url}/runs/{run_id}"
+    long_text = "x" * 201
+    async with logged_in_http(server, "viewer") as http:
+        body = await get_text(http, f"{page}?level=WARNING&level=error&q={long_text}", status=400)
+        assert refused_value_error(body, "q") == "must be at most 200 characters"
+        assert form_values(body, "q") == [long_text]  # as typed
+        assert form_values(body, "level") == ["WARNING", "ERROR"]
+        assert log_seqs_in(body) == [2, 3]
+        # The log viewer loads: its live stream has the filters that applied, not the refused.
+        stream = re.search(r'data-stream-url="([^"]+)"', body)
+        assert stream is not None
+        assert html.unescape(stream.group(1)) == f"/runs/{run_id}/stream?level=WARNING&level=ERROR"
+        async with http.get(f"{server.web_url}{html.unescape(stream.group(1))}") as response:
+            assert response.status == 200
+            assert response.content_type == "text/event-stream"
+
+        body = await get_text(http, f"{page}?level=LOUD&source=executor", status=400)
+        assert refused_value_error(body, "level").startswith("must be one of DEBUG")
+        assert form_values(body, "source") == ["executor"] and form_values(body, "level") == []
+        assert log_seqs_in(body) == [2, 3]
+
+        long_source = "s" * 129
+        body = await get_text(http, f"{page}?level=ERROR&source={long_source}", status=400)
+        assert refused_value_error(body, "source") == "must be at most 128 characters"
+        assert form_values(body, "source") == [long_source]
+        assert log_seqs_in(body) == [3]
+
+        body = await get_text(http, f"{page}?source=detector&from_seq=-1", status=400)
+        assert refused_value_error(body, "from_seq").startswith("must be an integer")
+        assert log_seqs_in(body) == [1]

@@ -1,6 +1,7 @@
 """The run page in a real browser (Debian's chromium via Playwright) against a real server: log
 lines appear live, the level filter hides INFO lines, "Cancel run" cancels, and "Load more"
-appends runs. The agent is a real gRPC client reporting runs and log lines with check-ins.
+appends runs; a bad value sent by the runs filter form comes back next to its field, the form
+kept. The agent is a real gRPC client reporting runs and log lines with check-ins.
 """
 
 from __future__ import annotations
@@ -152,6 +153,57 @@ async def test_run_page_live_tail_level_filter_and_cancel(
         await _runs_list_and_screens(page, server, agent)
     assert browser_page.dialogs == []
     assert browser_page.problems == []
+
+
+async def test_a_bad_runs_filter_value_is_shown_at_its_field_with_the_form_kept(
+    server: RunningServer, browser_page: WatchedPage
+) -> None:
+    page = browser_page.page
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        agent = await RunAgent.enroll(server, channel, "web-01")
+        failed = await agent.start_run("FAILED")
+        await agent.start_run("SUCCEEDED")
+    await browser_logged_in(server, page, "viewer")
+    await page.goto(f"{server.web_url}/runs")
+    rows = page.locator("#runs-body > tr")
+    await expect(rows).to_have_count(2)
+
+    await page.get_by_label("Failed", exact=True).check()
+    # The agent select offers only known agents: a value the server refuses comes from a
+    # stale or edited form, an id longer than any agent id here.
+    bad = "x" * 65
+    chooser = page.locator("#f-agent")
+    await chooser.evaluate("(s, v) => s.add(new Option(v, v, true, true))", bad)
+    async with page.expect_response(lambda r: "/runs?" in r.url) as sent:
+        await page.get_by_role("button", name="Apply filters").click()
+    assert (await sent.value).status == 400
+
+    error = page.locator("#f-agent-error")
+    await expect(error).to_have_text("agent: must be at most 64 characters")
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(page.locator(".field", has=chooser).locator(".field-error")).to_have_count(1)
+    await expect(chooser).to_have_attribute("aria-invalid", "true")
+    await expect(chooser).to_have_attribute("aria-describedby", "f-agent-error")
+    await expect(chooser).to_have_value(bad)  # the form as it was sent
+    await expect(page.get_by_label("Failed", exact=True)).to_be_checked()
+    await expect(rows).to_have_count(1)  # the other filter applied
+    await expect(page.locator(f"#run-{failed.run_id}")).to_be_visible()
+    await page.screenshot(path=str(SHOTS / "runs-refused.png"), full_page=True)
+
+    # Choosing a listed agent sends a good form: the error goes.
+    await chooser.select_option(agent.agent_id)
+    async with page.expect_response(lambda r: "/runs?" in r.url) as sent:
+        await page.get_by_role("button", name="Apply filters").click()
+    assert (await sent.value).status == 200
+    await expect(error).to_have_count(0)
+    await expect(chooser).not_to_have_attribute("aria-invalid", "true")
+    await expect(rows).to_have_count(1)
+    assert browser_page.dialogs == []
+    assert [r.split()[0] for r in browser_page.bad_responses] == ["400"]
+    # The console's one complaint is that 400; no script failed on the refused page.
+    assert browser_page.problems == [
+        "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    ]
 
 
 async def _runs_list_and_screens(page: Page, server: RunningServer, agent: RunAgent) -> None:

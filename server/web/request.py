@@ -332,13 +332,15 @@ def _states(query: MultiMapping[str]) -> tuple[RunState, ...]:
 
 
 def parse_run_filter(query: MultiMapping[str]) -> RunFilter:
-    """``state`` (repeatable, any case), ``agent``, ``before`` (opaque cursor), ``limit``
-    (1-500, as the OpenAPI document says; default 50). The ``/runs`` page and
+    """``state`` (repeatable, any case), ``agent``, ``before`` (opaque cursor, checked here),
+    ``limit`` (1-500, as the OpenAPI document says; default 50). The ``/runs`` page and
     ``/api/v1/runs`` share it."""
     agent = single(query, "agent", MAX_AGENT_ID)
     if agent and not agent.isprintable():
         raise InvalidArgument("is not an agent id", field="agent")
     before = single(query, "before", MAX_RUNS_CURSOR)
+    if before:
+        runs_service.decode_cursor(before)
     limit = single(query, "limit", 8)
     return RunFilter(
         states=_states(query),

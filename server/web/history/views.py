@@ -26,6 +26,7 @@ from server.domain import (
 )
 from server.web.format import display_time, human_bytes, relative_time, transition
 from server.web.forms import Option, agent_options
+from server.web.refused import RefusedParam
 from server.web.request import event_export_url, filter_url, format_time, is_filtered
 from server.web.runs.styles import EVENT_ENDS
 
@@ -309,8 +310,7 @@ class FilterForm:
     q: str
     limit: int | None  # only when it differs from the default page size
     spec: str = ""  # a migration spec id
-    error_field: str = ""  # the query parameter refused (the page then shows no rows)
-    error: str = ""  # why, shown next to that field
+    refused: RefusedParam | None = None  # a bad value (the page then shows no rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ preview result page and the page that waits for a requested run.
 Thin: parse and validate the form or query, call the specs service
 (:mod:`server.services.specs`), build view models, render. The POSTs are same-origin form posts
 (admin session + CSRF token, ``server.web.auth``) that redirect (303) to the page showing the
-outcome. An invalid upload re-renders the form (400) with the validator's words, the text kept.
+outcome. An invalid upload re-renders the form (400) with the validator's words, the text kept;
+a bad revision number in a spec page's query shows that page (400), the error next to its field.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDictProxy, MultiMapping
 
 from server import app_keys
 from server.errors import InvalidArgument
@@ -40,6 +41,7 @@ from server.web.migrations.views import (
     spec_run_url,
     spec_url,
 )
+from server.web.refused import parse_dropping_refused, refused_status
 from server.web.request import clean_text, parse_int, path_id, single
 from server.web.runs.styles import run_url
 from server.web.sessions import web_sessions
@@ -121,20 +123,29 @@ async def upload_spec(request: web.Request) -> web.StreamResponse:
 # --------------------------------------------------------------------------- /migrations/{id}
 
 
-def _revision_param(request: web.Request, name: str) -> int | None:
-    raw = single(request.query, name, 12)
+def _revision_param(query: MultiMapping[str], name: str) -> int | None:
+    raw = single(query, name, 12)
     return parse_int(name, raw, 1, MAX_REVISION) if raw else None
+
+
+def _revisions(query: MultiMapping[str]) -> tuple[int | None, int | None, int | None]:
+    """The spec page's ``revision``, ``diff_from`` and ``diff_to`` (None: not given)."""
+    return (
+        _revision_param(query, "revision"),
+        _revision_param(query, "diff_from"),
+        _revision_param(query, "diff_to"),
+    )
 
 
 async def spec_detail(request: web.Request) -> web.StreamResponse:
     """``GET /migrations/{spec_id}``: one revision (``?revision=N``, default the latest) with
     line numbers, every revision, a diff (``diff_from`` / ``diff_to``), hosts per version and,
-    for admins, the Preview and Run forms."""
+    for admins, the Preview and Run forms. A bad revision number shows the page (400) with the
+    others applied, the error next to its field."""
     sessions = web_sessions(request.app)
     spec_id = path_id(request, "spec_id")
-    revision = _revision_param(request, "revision")
+    (revision, old, new), refused = parse_dropping_refused(request.query, _revisions)
     detail = await specs_service.get_spec(sessions, spec_id, revision)  # NotFound -> 404
-    old, new = _revision_param(request, "diff_from"), _revision_param(request, "diff_to")
     diff = None
     if old is not None and new is not None:
         text = await specs_service.diff_revisions(sessions, spec_id, old, new)
@@ -150,8 +161,9 @@ async def spec_detail(request: web.Request) -> web.StreamResponse:
         spec=spec_page(detail, datetime.now(UTC), diff=diff),
         agents=tuple(Option(agent_id, host or agent_id, False) for agent_id, host in agents),
         saved=saved,
+        refused=refused,
     )
-    return await render_page("migration.html", request, {"page": view})
+    return refused_status(await render_page("migration.html", request, {"page": view}), refused)
 
 
 def _revision_field(form: Form) -> int | None:
@@ -254,7 +266,7 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
     run = await specs_service.run_for_action(sessions, action_id)
     if run is not None:
         raise web.HTTPSeeOther(run_url(run.id))
-    revision = _revision_param(request, "revision")
+    revision = _revision_param(request.query, "revision")
     detail = await specs_service.get_spec(sessions, spec_id, revision)
     hosts = dict(await history_service.list_agent_choices(sessions))
     end = await action_notices.action_end(sessions, agent_id, action_id) if agent_id else None

@@ -25,6 +25,7 @@ from server.domain import (
 from server.web.fleet.views import agent_url
 from server.web.format import display_time, relative_time
 from server.web.forms import Option
+from server.web.refused import RefusedParam
 
 BAR_WIDTH = 300
 BAR_HEIGHT = 14
@@ -263,11 +264,12 @@ class SpecPage:
 @dataclass(frozen=True, slots=True)
 class SpecDetailPage:
     """Everything ``migration.html`` renders: the spec, the agents the admin's forms offer, and
-    the notice after an upload."""
+    the notice after an upload, and a refused query parameter."""
 
     spec: SpecPage
     agents: tuple[Option, ...]
     saved: str
+    refused: RefusedParam | None = None  # a bad revision number: shown next to its field (400)
 
 
 def diff_lines(diff: str) -> tuple[DiffLine, ...]:

@@ -1,10 +1,11 @@
 """HTML handlers of the runs pages: ``/runs`` (+ its "Load more" fragment), ``/runs/{id}``, and
 the form POST "Cancel run".
 
-Thin: parse and validate the query (a bad value is an InvalidArgument naming it -> 400), call the
-runs / logs / history services, build view models, render. The POSTs are plain same-origin form
-posts (work without JavaScript) that call the same services as the JSON API and redirect back
-(303); they need an admin session and its CSRF token (``server.web.auth``).
+Thin: parse and validate the query (a bad value is an InvalidArgument naming it -> 400; the
+pages show themselves with it, ``server.web.refused``), call the runs / logs / history services,
+build view models, render. The POSTs are plain same-origin form posts (work without JavaScript)
+that call the same services as the JSON API and redirect back (303); they need an admin session
+and its CSRF token (``server.web.auth``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from server import app_keys
-from server.domain import LogQuery, RunFilter, RunPage, RunState
+from server.domain import LogQuery, RunState
 from server.services import history as history_service
 from server.services import inputs as inputs_service
 from server.services import logs as logs_service
@@ -22,6 +24,7 @@ from server.services import runs as runs_service
 from server.services import specs as specs_service
 from server.web.auth import actor_name
 from server.web.forms import Option, agent_options
+from server.web.refused import RefusedParam, parse_dropping_refused, refused_status
 from server.web.request import (
     RUNS_PAGE_SIZE,
     LogFilter,
@@ -55,14 +58,11 @@ MAX_SEQ = 2**63 - 1
 # --------------------------------------------------------------------------- /runs
 
 
-async def _runs_page(request: web.Request) -> tuple[RunFilter, RunPage]:
-    f = parse_run_filter(request.query)
-    return f, await runs_service.list_runs(web_sessions(request.app), f)
-
-
 async def runs(request: web.Request) -> web.StreamResponse:
-    """``GET /runs``: recent runs, newest first; state and agent filters; keyset pages."""
-    f, page = await _runs_page(request)
+    """``GET /runs``: recent runs, newest first; state and agent filters; keyset pages. A bad
+    filter value shows the page (400) with the others applied, the error next to its field."""
+    f, refused = parse_dropping_refused(request.query, parse_run_filter)
+    page = await runs_service.list_runs(web_sessions(request.app), f)
     now = datetime.now(UTC)
     agents = await history_service.list_agent_choices(web_sessions(request.app))
     chosen = set(f.states)
@@ -83,14 +83,16 @@ async def runs(request: web.Request) -> web.StreamResponse:
         live_url=with_query("/runs/rows", run_filter_params(f)) if f.before is None else None,
         export_csv_url=run_export_url(f, "csv"),
         export_jsonl_url=run_export_url(f, "jsonl"),
+        refused=refused,
     )
-    return await render_page("runs.html", request, {"page": view})
+    return refused_status(await render_page("runs.html", request, {"page": view}), refused)
 
 
 async def runs_rows(request: web.Request) -> web.StreamResponse:
     """``GET /runs/rows``: the next page of ``/runs`` as rendered rows, for "Load more":
     ``{"html": "<tr>…", "more_url": …, "more_fragment_url": …}``."""
-    f, page = await _runs_page(request)
+    f = parse_run_filter(request.query)
+    page = await runs_service.list_runs(web_sessions(request.app), f)
     now = datetime.now(UTC)
     macro = template_macro(request.app, "run_row", RUNS_TEMPLATE)
     html = "\n".join(str(macro(run_row(r, now), True)) for r in page.runs)
@@ -130,13 +132,12 @@ async def run_status(app: web.Application, run_id: str) -> RunDetailView:
 async def run_page(request: web.Request) -> web.StreamResponse:
     """``GET /runs/{run_id}``: state, progress, ETA, steps, log viewer (level / source / text
     filters, counts), live tail and cancel. ``from_seq`` pages back through a long log;
-    without it the page shows the newest ``LOG_PAGE_LINES`` lines."""
+    without it the page shows the newest ``LOG_PAGE_LINES`` lines. A bad filter value shows
+    the page (400) with the others applied, the error next to its field."""
     app = request.app
     sessions = web_sessions(app)
     run_id = path_id(request, "run_id")
-    log_filter = parse_log_filter(request.query)
-    from_raw = single(request.query, "from_seq", 20)
-    from_seq = parse_int("from_seq", from_raw, 0, MAX_SEQ) if from_raw else None
+    (log_filter, from_seq), refused = parse_dropping_refused(request.query, _log_view)
     status = await run_status(app, run_id)  # NotFound -> 404
     sources = await logs_service.log_sources(sessions, run_id)
     total = status.stats.total
@@ -194,7 +195,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         run=status,
         stats=status.stats,
         lines=lines,
-        filters=_log_filter_form(log_filter, sources),
+        filters=_log_filter_form(log_filter, sources, refused),
         earlier_url=earlier,
         stream_url=log_filter.url(f"{status.row.url}/stream"),
         log_cursor=cursor,
@@ -205,10 +206,19 @@ async def run_page(request: web.Request) -> web.StreamResponse:
         revert_run_url=revert_run_url,
         reverted_by_url=run_url(reverted.id) if reverted is not None else "",
     )
-    return await render_page("run.html", request, {"page": view})
+    return refused_status(await render_page("run.html", request, {"page": view}), refused)
 
 
-def _log_filter_form(f: LogFilter, sources: list[str]) -> LogFilterForm:
+def _log_view(query: MultiMapping[str]) -> tuple[LogFilter, int | None]:
+    """The run page's log filter and ``from_seq`` (None: the newest lines)."""
+    log_filter = parse_log_filter(query)
+    from_raw = single(query, "from_seq", 20)
+    return log_filter, parse_int("from_seq", from_raw, 0, MAX_SEQ) if from_raw else None
+
+
+def _log_filter_form(
+    f: LogFilter, sources: list[str], refused: RefusedParam | None
+) -> LogFilterForm:
     chosen = set(f.sources)
     options = [Option(s, s, s in chosen) for s in sources]
     options.extend(Option(s, s, True) for s in f.sources if s not in set(sources))
@@ -217,6 +227,7 @@ def _log_filter_form(f: LogFilter, sources: list[str]) -> LogFilterForm:
         sources=tuple(options),
         q=f.text,
         active=f.active,
+        refused=refused,
     )
 
 

@@ -20,6 +20,7 @@ from server.domain import (
 )
 from server.web.format import transition
 from server.web.forms import Option
+from server.web.refused import RefusedParam
 from server.web.runs.styles import (
     LOG_LEVELS,
     StateStyle,
@@ -394,6 +395,7 @@ class RunsPage:
     live_url: str | None = None  # the first page's rows, polled by runs.js (first pages only)
     export_csv_url: str = ""  # every run matching the filters, as a download
     export_jsonl_url: str = ""
+    refused: RefusedParam | None = None  # a bad filter value: shown next to its field (400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +404,7 @@ class LogFilterForm:
     sources: tuple[Option, ...]
     q: str
     active: bool
+    refused: RefusedParam | None = None  # a bad filter value: shown next to its field (400)
 
 
 @dataclass(frozen=True, slots=True)
