@@ -11,12 +11,10 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from aiohttp import web
-from multidict import MultiDict, MultiMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server import app_keys
-from server.domain import AgentListQuery, ChartRange, RunFilter, RunState
-from server.errors import InvalidArgument
+from server.domain import RunFilter, RunState
 from server.services import action_notices
 from server.services import actions as actions_service
 from server.services import fleet as fleet_service
@@ -31,9 +29,8 @@ from server.web.fleet.views import (
     overview_page,
     pending_action_note,
 )
+from server.web.refused import parse_dropping_refused, refused_status
 from server.web.request import (
-    AGENT_LIST_PAGE_SIZE,
-    AGENT_LIST_QUERY,
     MAX_TEXT,
     parse_agent_list,
     parse_chart_range,
@@ -57,8 +54,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
     config = app[app_keys.CONFIG]
     now = datetime.now(UTC)
     sessions = web_sessions(app)
-    query, refused = _list_query(request.query)
-    chart_range, range_refused = _chart_range(request.query)
+    query, refused = parse_dropping_refused(request.query, parse_agent_list)
+    chart_range, range_refused = parse_dropping_refused(request.query, parse_chart_range)
     fleet = await fleet_service.fleet_overview(sessions, config, now)
     chart = await fleet_service.events_chart(sessions, chart_range, now)
     found = await fleet_service.list_agents(sessions, config, query, now)
@@ -71,12 +68,12 @@ async def overview(request: web.Request) -> web.StreamResponse:
         versions=fleet.config_versions,
         fleet_total=fleet.agents_total,
         latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
-        error_field=refused.field or "" if refused else "",
+        error_field=refused.field if refused else "",
         error=refused.detail if refused else "",
         chart_range=chart_range,
     )
     if refused is not None and refused.field == "q":  # the text as it was typed
-        listed = replace(listed, text=request.query.get("q", "")[:MAX_TEXT])
+        listed = replace(listed, text=refused.typed[:MAX_TEXT])
     view = overview_page(
         fleet,
         listed,
@@ -88,34 +85,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         range_error=range_refused.detail if range_refused else "",
     )
     response = await render_page("overview.html", request, {"page": view})
-    if refused is not None or range_refused is not None:
-        response.set_status(400)
-    return response
-
-
-def _chart_range(query: MultiMapping[str]) -> tuple[ChartRange, InvalidArgument | None]:
-    """The chart's range, or the default range and why the given one was refused."""
-    try:
-        return parse_chart_range(query), None
-    except InvalidArgument as exc:
-        return ChartRange.DAY, exc
-
-
-def _list_query(query: MultiMapping[str]) -> tuple[AgentListQuery, InvalidArgument | None]:
-    """The agent list's query and the first refused parameter: a refused parameter is
-    dropped (one after the other) so the others still apply."""
-    first: InvalidArgument | None = None
-    params: MultiDict[str] = MultiDict(query)
-    for _ in range(len(AGENT_LIST_QUERY) + 1):
-        try:
-            return parse_agent_list(params), first
-        except InvalidArgument as exc:
-            first = first or exc
-            name = exc.field or ""
-            if name not in params:
-                break
-            params = MultiDict((k, v) for k, v in params.items() if k != name)
-    return AgentListQuery(limit=AGENT_LIST_PAGE_SIZE), first
+    return refused_status(response, refused or range_refused)
 
 
 async def agent(request: web.Request) -> web.StreamResponse:
