@@ -68,8 +68,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         versions=fleet.config_versions,
         fleet_total=fleet.agents_total,
         latest_runs={agent_id: run_row(run, now) for agent_id, run in latest.items()},
-        error_field=refused.field if refused else "",
-        error=refused.detail if refused else "",
+        refused=refused,
         chart_range=chart_range,
     )
     if refused is not None and refused.field == "q":  # the text as it was typed
@@ -82,7 +81,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         waiting_runs=by_state.get(RunState.AWAITING_INPUT, 0),
         active_runs=by_state.get(RunState.RUNNING, 0) + by_state.get(RunState.PENDING, 0),
         spec_ids=tuple(s.spec_id for s in await specs_service.list_specs(sessions)),
-        range_error=range_refused.detail if range_refused else "",
+        range_refused=range_refused,
     )
     response = await render_page("overview.html", request, {"page": view})
     return refused_status(response, refused or range_refused)

@@ -27,6 +27,7 @@ from server.web.fleet.charts import StackedBarChart, events_chart, span_words
 from server.web.format import display_time, human_bytes, relative_time
 from server.web.forms import Option
 from server.web.history.views import DetailItem, EventRow, event_row
+from server.web.refused import RefusedParam
 from server.web.request import agent_list_params, with_query
 from server.web.runs.views import RunRow
 
@@ -121,8 +122,7 @@ class AgentListView:
     next_url: str | None
     first_url: str
     clear_url: str
-    error_field: str = ""
-    error: str = ""
+    refused: RefusedParam | None = None  # a refused list parameter, shown next to its field
     chart_range: str = ""  # the chart's range the filter form keeps ("": the default)
 
 
@@ -206,8 +206,7 @@ def agent_list_view(
     versions: Mapping[str, int],
     fleet_total: int,
     latest_runs: Mapping[str, RunRow] | None = None,
-    error_field: str = "",
-    error: str = "",
+    refused: RefusedParam | None = None,
     chart_range: ChartRange = ChartRange.DAY,
 ) -> AgentListView:
     """The agent list's view model; ``versions``: the config versions the filter offers;
@@ -235,8 +234,7 @@ def agent_list_view(
         next_url=list_url(q, chart_range, after=found.next_after) if found.next_after else None,
         first_url=list_url(q, chart_range),
         clear_url=list_url(AgentListQuery(), chart_range),
-        error_field=error_field,
-        error=error,
+        refused=refused,
         chart_range=chart_range.value if chart_range is not ChartRange.DAY else "",
     )
 
@@ -262,7 +260,7 @@ class OverviewPage:
     ranges: tuple[RangeLink, ...]
     agent_list: AgentListView
     spec_ids: tuple[str, ...] = ()  # the bulk "run a spec" choices
-    range_error: str = ""  # a refused ``range`` (the chart then shows the default range)
+    range_refused: RefusedParam | None = None  # a refused ``range`` (the chart: the default)
 
 
 def _percent(part: int, whole: int) -> int:
@@ -304,7 +302,7 @@ def overview_page(
     waiting_runs: int = 0,
     active_runs: int = 0,
     spec_ids: tuple[str, ...] = (),
-    range_error: str = "",
+    range_refused: RefusedParam | None = None,
 ) -> OverviewPage:
     """The overview's view model. ``list_query``: the agent list's (its health card is marked;
     the chart's range links keep its filters); every link keeps the chart's range. Run figures
@@ -368,7 +366,7 @@ def overview_page(
         ranges=range_links(query, chart_range),
         agent_list=agent_list,
         spec_ids=spec_ids,
-        range_error=range_error,
+        range_refused=range_refused,
     )
 
 
