@@ -75,12 +75,15 @@ class ServerConfig:
     # Retention: events, runs (with their steps and logs) older than retention_days or beyond the
     # per-agent caps are pruned (0 disables a limit) in transactions of at most
     # retention_batch_size rows, every retention_interval_minutes (0: only `flagpost-server
-    # prune`). A run awaiting input is never pruned.
+    # prune`). A run awaiting input is never pruned. After each transaction a prune waits
+    # retention_pause_ratio times as long as it took (1.0: it holds the database at most half
+    # the time, so ingest keeps going during a large prune; 0: back to back).
     retention_days: int = 30
     max_events_per_agent: int = 100_000
     max_runs_per_agent: int = 1_000
     retention_batch_size: int = 1_000
     retention_interval_minutes: int = 60
+    retention_pause_ratio: float = 1.0
     # Rollouts (server/services/rollout_scheduler.py): every unsettled rollout is looked at
     # every rollout_tick_seconds (a gate breach halts it within about that long).
     rollout_tick_seconds: float = 1.0
@@ -158,6 +161,8 @@ class ServerConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config {name} must be greater than 0")
+        if self.retention_pause_ratio < 0:
+            raise ConfigError("config retention_pause_ratio must be 0 or more")
         if self.webhook_backoff_cap_seconds < self.webhook_backoff_base_seconds:
             raise ConfigError(
                 "config webhook_backoff_cap_seconds must be at least webhook_backoff_base_seconds"

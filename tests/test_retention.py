@@ -216,3 +216,40 @@ async def test_background_job_prunes_and_stops(engine: AsyncEngine, db_url: str)
     async with sessions() as session:
         assert await session.get(MigrationRun, seeded["waiting"]) is not None
         assert await session.get(MigrationRun, seeded["old_big"]) is None
+
+
+@pytest.mark.parametrize("ratio", [0.0, 2.0])
+async def test_each_transaction_is_followed_by_a_pause_in_proportion(
+    engine: AsyncEngine, db_url: str, monkeypatch: pytest.MonkeyPatch, ratio: float
+) -> None:
+    """``retention_pause_ratio``: after every pruning transaction the prune sleeps that many
+    times the transaction's duration (a clock that advances 0.25 s per reading makes each
+    transaction last 0.25 s); 0 never sleeps."""
+    from server.services import retention
+
+    sessions = make_sessionmaker(engine)
+    await seed(sessions)
+    readings = iter(range(10_000))
+    monkeypatch.setattr(retention, "monotonic", lambda: next(readings) * 0.25)
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(retention, "pause", sleep)
+    config = config_for(db_url, retention_batch_size=1000, retention_pause_ratio=ratio)
+    result = await prune(sessions, config)
+    assert result.log_lines == 2520 and result.events == 20  # what the other tests prune
+    if ratio == 0:
+        assert pauses == []
+    else:
+        # events by age and over the cap, old runs' logs in batches of 1,000 and the runs, ...
+        assert len(pauses) >= 6
+        assert set(pauses) == {0.25 * ratio}
+
+
+async def test_a_negative_pause_ratio_is_refused() -> None:
+    from server.config import ConfigError
+
+    with pytest.raises(ConfigError, match="retention_pause_ratio must be 0 or more"):
+        load_config(env={}, overrides={"retention_pause_ratio": -1})

@@ -6,7 +6,10 @@ and ``max_runs_per_agent`` (the newest are kept). A run awaiting input is never 
 counts towards its agent's cap).
 
 Every transaction deletes at most ``retention_batch_size`` rows, so pruning a large backlog
-never holds a long lock on a live server. :func:`prune` is called by the background job
+never holds a long lock on a live server, and is followed by a pause of
+``retention_pause_ratio`` times its duration, so a prune of millions of rows leaves the
+database (and on a small machine, the CPU) to ingest half the time (BENCHMARKS.md, "Retention
+during ingest"). :func:`prune` is called by the background job
 (:class:`RetentionJob`, every ``retention_interval_minutes``) and by ``flagpost-server prune``.
 """
 
@@ -16,9 +19,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from time import monotonic
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -54,6 +58,24 @@ class PruneResult:
 
 
 Progress = Callable[[PruneResult], None]
+pause = asyncio.sleep  # the wait after a transaction (a name of its own, for the tests)
+
+
+@dataclass
+class _Pace:
+    """Times each transaction and waits ``ratio`` times as long after it."""
+
+    ratio: float
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, sessions: async_sessionmaker[AsyncSession]
+    ) -> AsyncIterator[AsyncSession]:
+        started = monotonic()
+        async with sessions() as session, session.begin():
+            yield session
+        if self.ratio > 0:
+            await pause((monotonic() - started) * self.ratio)
 
 
 async def _delete_runs(
@@ -62,16 +84,17 @@ async def _delete_runs(
     batch: int,
     result: PruneResult,
     progress: Progress | None,
+    pace: _Pace,
 ) -> None:
     while True:  # the logs first, one bounded transaction at a time
-        async with sessions() as session, session.begin():
+        async with pace.transaction(sessions) as session:
             deleted = await store.delete_run_logs(session, run_ids, batch)
         result.log_lines += deleted
         if progress is not None:
             progress(result)
         if deleted < batch:
             break
-    async with sessions() as session, session.begin():
+    async with pace.transaction(sessions) as session:
         result.runs += await store.delete_runs(session, run_ids)
     if progress is not None:
         progress(result)
@@ -84,9 +107,10 @@ async def _drain(
     result: PruneResult,
     field: str,
     progress: Progress | None,
+    pace: _Pace,
 ) -> None:
     while True:
-        async with sessions() as session, session.begin():
+        async with pace.transaction(sessions) as session:
             deleted = await step(session)
         setattr(result, field, getattr(result, field) + deleted)
         if progress is not None:
@@ -109,6 +133,7 @@ async def prune(
     after every transaction with the running totals. Unavailable when the database is down."""
     now = now or datetime.now(UTC)
     batch = max(1, config.retention_batch_size)
+    pace = _Pace(config.retention_pause_ratio)
     result = PruneResult()
     cutoff = now - timedelta(days=config.retention_days) if config.retention_days > 0 else None
     with unavailable_on_outage("prune"):
@@ -121,6 +146,7 @@ async def prune(
                 result,
                 "events",
                 progress,
+                pace,
             )
         async with sessions() as session:
             agents = await store.agent_ids(session)
@@ -139,6 +165,7 @@ async def prune(
                     result,
                     "events",
                     progress,
+                    pace,
                 )
         if cutoff is not None:
             result.phase = "runs by age"
@@ -146,7 +173,7 @@ async def prune(
                 async with sessions() as session:
                     run_ids = await store.runs_before(session, cutoff, RUNS_PER_ROUND)
                 if run_ids:
-                    await _delete_runs(sessions, run_ids, batch, result, progress)
+                    await _delete_runs(sessions, run_ids, batch, result, progress, pace)
                 if len(run_ids) < RUNS_PER_ROUND:
                     break
         if config.max_runs_per_agent > 0:
@@ -158,7 +185,7 @@ async def prune(
                             session, agent_id, config.max_runs_per_agent, RUNS_PER_ROUND
                         )
                     if run_ids:
-                        await _delete_runs(sessions, run_ids, batch, result, progress)
+                        await _delete_runs(sessions, run_ids, batch, result, progress, pace)
                     if len(run_ids) < RUNS_PER_ROUND or not run_ids:
                         break
         if cutoff is not None:
@@ -170,6 +197,7 @@ async def prune(
                 result,
                 "actions",
                 progress,
+                pace,
             )
         # Whatever retention_days says: answers that can no longer be delivered (their action
         # expired, their agent was revoked) and expired web sessions go at every prune.

@@ -1,14 +1,15 @@
 """Ingest while retention prunes a large backlog: does a prune stall check-ins?
 
-    python -m tests.bench.retention --db sqlite --backlog 1000000 --seconds 20
-    python -m tests.bench.retention --db postgresql --backlog 1000000 --seconds 20
+    python -m tests.bench.retention --db sqlite --backlog 5000000 --seconds 20
+    python -m tests.bench.retention --db postgresql --backlog 5000000 --seconds 20
 
 Starts a real ``flagpost-server serve`` (its own retention job off), enrolls the agents, stores
 ``--backlog`` events that occurred 40 days ago (older than ``retention_days`` = 30) straight in
-the database, then drives the check-in load of :mod:`tests.bench.ingest` twice for
-``--seconds``: once alone, once while ``flagpost-server prune`` deletes the backlog (batches of
-``retention_batch_size``, one transaction each). Prints events/s and check-in p50 / p99 of both
-phases and the prune's rate. A figure printer, not a timed test.
+the database, then drives the check-in load of :mod:`tests.bench.ingest` for ``--seconds``
+alone, then again once per ``--pause-ratio`` while ``flagpost-server prune`` deletes the backlog
+(batches of ``retention_batch_size``, one transaction each, ``retention_pause_ratio`` as given;
+the prune is stopped when the load ends). Prints events/s and check-in p50 / p99 of each phase
+and how many events each prune deleted meanwhile. A figure printer, not a timed test.
 """
 
 from __future__ import annotations
@@ -88,6 +89,28 @@ async def _store_backlog_pg(dsn: str, agent_id: str, count: int) -> None:
         await conn.close()
 
 
+def old_events(database_url: str) -> int:
+    """Events older than 30 days still stored."""
+    sql = "SELECT count(*) FROM update_events WHERE occurred_at < {cutoff}"
+    if database_url.startswith("postgresql"):
+
+        async def count() -> int:
+            conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+            try:
+                return int(await conn.fetchval(sql.format(cutoff="now() - interval '30 days'")))
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
+    engine = create_engine(database_url.replace("+aiosqlite", ""))
+    try:
+        with engine.connect() as conn:
+            cutoff = "strftime('%Y-%m-%d %H:%M:%f', 'now', '-30 days')"
+            return int(conn.execute(text(sql.format(cutoff=cutoff))).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def load(
     target: str, agents: list[tuple[str, str]], procs: int, inflight: int, seconds: float
 ) -> tuple[float, list[WorkerResult]]:
@@ -120,6 +143,13 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=64)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument(
+        "--pause-ratio",
+        type=float,
+        nargs="+",
+        default=[0.0, 1.0],
+        help="retention_pause_ratio of each prune phase",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="flagpost-bench-"))
@@ -137,26 +167,21 @@ def main() -> int:
         )
         load(target, agents, args.procs, args.inflight, 3.0)  # warm-up, not reported
         report("ingest alone", *load(target, agents, args.procs, args.inflight, args.seconds))
-        prune = subprocess.Popen(
-            [sys.executable, "-m", "server", "prune"],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        started = time.perf_counter()
-        elapsed, results = load(target, agents, args.procs, args.inflight, args.seconds)
-        during = time.perf_counter() - started
-        out, _ = prune.communicate()
-        pruned = time.perf_counter() - started
-        report("ingest during prune", elapsed, results)
-        still = "" if pruned > during else " (it finished before the load did)"
-        print(f"  prune: {out.strip()} in {pruned:.1f}s{still}")
-        deleted = int(out.split()[1]) if out.startswith("pruned ") else 0
-        print(
-            f"  prune rate: {deleted / pruned:,.0f} events/s (the load ran its first {during:.0f}s)"
-        )
+        for ratio in args.pause_ratio:
+            before = old_events(env["FLAGPOST_DATABASE_URL"])
+            prune = subprocess.Popen(
+                [sys.executable, "-m", "server", "prune"],
+                env=env | {"FLAGPOST_RETENTION_PAUSE_RATIO": str(ratio)},
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            elapsed, results = load(target, agents, args.procs, args.inflight, args.seconds)
+            prune.terminate()  # between transactions or inside one (rolled back): either way
+            prune.wait(timeout=60)
+            deleted = before - old_events(env["FLAGPOST_DATABASE_URL"])
+            report(f"during prune, ratio {ratio:g}", elapsed, results)
+            print(f"  {'':<22} pruned {deleted:,} events, {deleted / elapsed:,.0f} events/s")
     finally:
         server.terminate()
         server.wait(timeout=30)
