@@ -127,7 +127,14 @@ async def test_create_show_halt_resume_abort(running_server: RunningServer) -> N
         assert "--reason: resuming a halted rollout overrides its gate: say why" in err
         out, _ = await rollout(server, "resume", rollout_id, "--reason", "known bad hosts")
         assert out.strip() == f"rollout {rollout_id}: RUNNING"
-        # every host of the wave has finished: with its gate overridden, the rollout completes
+        # Every host of the wave finishes (one whose action the halt withdrew before its agent
+        # took it is started again now): with its gate overridden, the rollout completes.
+        for _ in range(100):
+            for agent in agents:
+                await take_and_report(agent, agent_pb2.RUN_STATE_FAILED)
+            if (await show(server, rollout_id))["state"] == "COMPLETED":
+                break
+            await asyncio.sleep(0.2)
         await until_state(server, rollout_id, "COMPLETED")
         _, err = await rollout(server, "pause", rollout_id, expect=1)
         assert "is COMPLETED; only RUNNING pauses" in err

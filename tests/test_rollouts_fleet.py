@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 
 import pytest
 from bench.fleet import Database, ServerProcess, environment, query
-from rollout_fleet import SAMPLE_PATH, backups, etc_files, make_hosts, running_fleet
+from rollout_fleet import (
+    BAD_INI,
+    INI,
+    SAMPLE_PATH,
+    backups,
+    etc_files,
+    make_hosts,
+    running_fleet,
+)
 
 HOSTS = 200
 T = TypeVar("T")
@@ -113,22 +121,29 @@ def test_a_tenth_of_bad_hosts_halts_in_the_first_wave_beyond_the_gate_then_rever
     fleet_server: tuple[Database, ServerProcess], tmp_path: Path
 ) -> None:
     db, server = fleet_server
-    bad = set(random.Random(14).sample(range(HOSTS), HOSTS // 10))
     base = tmp_path / "hosts"
-    roots = {root.name: root for root in make_hosts(base, HOSTS, bad)}
-    start = {name: etc_files(root) for name, root in roots.items()}
-    bad_names = {root.name for index, root in enumerate(roots.values()) if index in bad}
-
+    roots = {root.name: root for root in make_hosts(base, HOSTS, set())}
     with running_fleet(base, server.address, server.token(HOSTS)):
         enrolled(base, server, HOSTS)
-        rollout_id = server.cli(
-            "rollout", "create", "myapp", "--select", "env=prod",
-            "--waves", "5,25%,100%", "--max-failure-rate", "5%",
-        )  # fmt: skip
-        created = show(server, rollout_id)
-        assert created["wave_sizes"] == [5, 50, 200]
-        waves = {host["hostname"]: host["wave"] for host in created["hosts"]}
-        assert len(waves) == HOSTS
+    # The fleet is stopped (its hosts stay online for 3 intervals) while the rollout is made
+    # and the bad tenth chosen: 20 hosts outside the first wave. Were one of the first 5 bad,
+    # its failure could halt the rollout before the other four took their runs (the gate is
+    # breached by the first failure of 5), leaving nothing migrated to revert.
+    rollout_id = server.cli(
+        "rollout", "create", "myapp", "--select", "env=prod",
+        "--waves", "5,25%,100%", "--max-failure-rate", "5%",
+    )  # fmt: skip
+    created = show(server, rollout_id)
+    assert created["wave_sizes"] == [5, 50, 200]
+    waves = {host["hostname"]: host["wave"] for host in created["hosts"]}
+    assert len(waves) == HOSTS
+    later = sorted(name for name, wave in waves.items() if wave > 0)
+    bad_names = set(random.Random(14).sample(later, HOSTS // 10))
+    for name in bad_names:
+        (roots[name] / INI).write_text(BAD_INI)
+    start = {name: etc_files(root) for name, root in roots.items()}
+
+    with running_fleet(base, server.address):
         # The first wave whose own hosts fail beyond 5 % (bad hosts fail; the others succeed).
         expected = next(
             wave
