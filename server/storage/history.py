@@ -133,7 +133,8 @@ def _conditions(
     One agent's events are found through ``(agent_id, id)`` (an agent holds a small share of
     the History); SQLite keeps no statistics unless told to (``ANALYZE`` blocks writers for
     its whole scan), so its planner is kept off the other filters' indexes, which it would
-    otherwise prefer and walk through every agent's rows (BENCHMARKS.md: 60 -> 3 ms at 1M)."""
+    otherwise prefer and walk through every agent's rows (BENCHMARKS.md, "History filter
+    combinations")."""
     col: Callable[[InstrumentedAttribute[Any]], ColumnElement[Any]] = (
         _unindexed if dialect == "sqlite" and f.agent_id is not None else _column
     )
