@@ -102,6 +102,9 @@ class Authenticator:
         self._sessions = sessions
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[AgentIdentity, float]] = {}
+        # agent id -> the digests of its cached credentials, so that settling or forgetting one
+        # agent touches its own entries only (a fleet's first check-ins settle every agent)
+        self._digests: dict[str, set[str]] = {}
         self.lookups = 0  # database lookups (cache misses), for metrics
 
     async def authenticate(self, credential: str) -> str:
@@ -127,25 +130,30 @@ class Authenticator:
         identity = checked_identity(record)
         if len(self._cache) >= AUTH_CACHE_MAX:
             self._cache.clear()
+            self._digests.clear()
         self._cache[digest] = (identity, now + self._ttl)
+        self._digests.setdefault(identity.agent_id, set()).add(digest)
         return identity
 
     def settle(self, identity: AgentIdentity) -> None:
         """After a credential's first use (``server.services.rotation``): remember it as
         ``identity`` says (used) and forget the agent's other cached credentials, which were
         just revoked, so they are refused at once by this process."""
-        for digest, (cached, until) in list(self._cache.items()):
-            if cached.agent_id != identity.agent_id:
-                continue
-            if cached.credential_id == identity.credential_id:
-                self._cache[digest] = (identity, until)
+        digests = self._digests.get(identity.agent_id, set())
+        for digest in list(digests):
+            hit = self._cache.get(digest)
+            if hit is None:
+                digests.discard(digest)
+            elif hit[0].credential_id == identity.credential_id:
+                self._cache[digest] = (identity, hit[1])
             else:
                 del self._cache[digest]
+                digests.discard(digest)
 
     def forget(self, agent_id: str) -> None:
         """Drop cached lookups for ``agent_id`` (after a revocation)."""
-        for digest in [d for d, (a, _) in self._cache.items() if a.agent_id == agent_id]:
-            del self._cache[digest]
+        for digest in self._digests.pop(agent_id, set()):
+            self._cache.pop(digest, None)
 
 
 async def revoke(
