@@ -61,10 +61,16 @@ async def _enroll(target: str, token: str, indexes: range) -> list[tuple[int, st
         stub = agent_pb2_grpc.AgentServiceStub(channel)
 
         async def one(index: int) -> None:
+            request = agent_pb2.EnrollRequest(token=token, facts=facts(index))
             async with gate:
-                reply = await stub.Enroll(
-                    agent_pb2.EnrollRequest(token=token, facts=facts(index)), timeout=120
-                )
+                for attempt in range(20):  # UNAVAILABLE says "retry later", as agents do
+                    try:
+                        reply = await stub.Enroll(request, timeout=120)
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 19:
+                            raise
+                        await asyncio.sleep(0.5)
             enrolled.append((index, reply.agent_id, reply.credential))
 
         await asyncio.gather(*(one(i) for i in indexes))
