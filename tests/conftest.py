@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from server_testlib import CHROMIUM, CHROMIUM_ARGS, WatchedPage, make_server_config
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:
     from playwright.async_api import ConsoleMessage, Dialog, Response
@@ -119,6 +120,18 @@ def agent_base() -> Iterator[Path]:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh alembic-migrated database, once on SQLite and once on PostgreSQL."""
     yield from fresh_database(request, request.param, tmp_path)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An async engine on ``db_url``, disposed after the test."""
+    from server.storage.db import create_engine_for_url
+
+    engine = create_engine_for_url(db_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

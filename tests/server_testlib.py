@@ -9,7 +9,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,13 +20,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.config import ServerConfig
-from server.domain import Category, EventStatus, NewEvent, Severity
+from server.domain import Category, EventFilter, EventStatus, NewEvent, Severity
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (Playwright downloads no browser here)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from server.app import RunningServer
 
@@ -56,6 +57,19 @@ class WatchedPage:
     dialogs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     bad_responses: list[str] = field(default_factory=list)
+
+
+async def every_event_id(sessions: async_sessionmaker[AsyncSession], f: EventFilter) -> list[int]:
+    """Every id the History returns for ``f``, page by page through its keyset cursor."""
+    from server.services.history import list_events
+
+    ids: list[int] = []
+    while True:
+        page = await list_events(sessions, f)
+        ids.extend(e.id for e in page.events)
+        if page.next_before_id is None:
+            return ids
+        f = replace(f, before_id=page.next_before_id)
 
 
 def new_event(agent_id: str, occurred_at: datetime | None = None) -> NewEvent:

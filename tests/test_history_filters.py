@@ -13,17 +13,16 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from server_testlib import every_event_id
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from server.domain import EventFilter, EventStatus, EventType, Severity, outcome_name
-from server.services.history import list_events
 from server.storage import history
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.models import Agent, UpdateEvent
@@ -50,15 +49,6 @@ class Seeded:
     status: str
     severity: str
     occurred_at: datetime
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine_for_url(db_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def seed(sessions: async_sessionmaker[AsyncSession]) -> tuple[list[str], list[Seeded]]:
@@ -119,25 +109,6 @@ def expected(rows: list[Seeded], f: EventFilter) -> list[int]:
     )
 
 
-async def every_id(sessions: async_sessionmaker[AsyncSession], f: EventFilter) -> list[int]:
-    """Every id the History returns for ``f``, page by page through the cursor."""
-    ids: list[int] = []
-    while True:
-        page = await list_events(sessions, f)
-        ids.extend(e.id for e in page.events)
-        if page.next_before_id is None:
-            return ids
-        f = EventFilter(
-            severities=f.severities,
-            event_types=f.event_types,
-            agent_id=f.agent_id,
-            since=f.since,
-            until=f.until,
-            limit=f.limit,
-            before_id=page.next_before_id,
-        )
-
-
 def windows() -> list[tuple[datetime | None, datetime | None]]:
     day = NOW - timedelta(days=20)
     return [
@@ -177,7 +148,7 @@ async def test_every_combination_returns_exactly_its_rows(engine: AsyncEngine) -
             limit=37,
         )
         want = expected(rows, f)
-        assert await every_id(sessions, f) == want, f
+        assert await every_event_id(sessions, f) == want, f
         checked += bool(want)
     assert checked > 40  # most combinations select something (the comparison is not vacuous)
 

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from server_testlib import every_event_id
 from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from server.domain import EventFilter, Severity
-from server.services.history import list_events
 from server.storage import history, retention, search
-from server.storage.db import create_engine_for_url, make_sessionmaker
+from server.storage.db import make_sessionmaker
 from server.storage.models import Agent, UpdateEvent
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -132,15 +131,6 @@ def expected(rows: list[Seeded], q: str, ascii_only: bool, severity: str | None)
     )
 
 
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine_for_url(db_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
 async def seed(sessions: async_sessionmaker[AsyncSession]) -> list[Seeded]:
     rnd = random.Random(16)
     agents = [(str(uuid.uuid4()), h) for h in HOSTNAMES]
@@ -185,14 +175,7 @@ async def search_ids(
 ) -> list[int]:
     """Every id the History returns for ``q``, page by page through the cursor."""
     severities = (Severity(severity),) if severity else ()
-    f = EventFilter(text=q, severities=severities, limit=limit)
-    ids: list[int] = []
-    while True:
-        page = await list_events(sessions, f)
-        ids.extend(e.id for e in page.events)
-        if page.next_before_id is None:
-            return ids
-        f = EventFilter(text=q, severities=severities, limit=limit, before_id=page.next_before_id)
+    return await every_event_id(sessions, EventFilter(text=q, severities=severities, limit=limit))
 
 
 @pytest.mark.parametrize("window", [0, 700])

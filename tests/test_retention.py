@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,21 +27,12 @@ from server.domain import (
 from server.services.retention import PruneResult, RetentionJob, prune
 from server.storage import run_ingest
 from server.storage.agents import create_agent
-from server.storage.db import create_engine_for_url, make_sessionmaker
+from server.storage.db import make_sessionmaker
 from server.storage.events import insert_events
 from server.storage.models import MigrationRun, RunStepRow, TaskLog, UpdateEvent
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=40)
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine_for_url(db_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def config_for(db_url: str, **overrides: object) -> ServerConfig:

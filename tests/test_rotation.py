@@ -305,3 +305,42 @@ async def test_a_credential_without_expiry_is_rotated_to_one_with_expiry(
 )
 def test_enroll_rate_limit_key_normalises_the_peer(peer: str, key: str) -> None:
     assert peer_key(peer) == key
+
+
+async def test_settle_and_forget_touch_only_their_agents_cached_credentials(
+    running_server: RunningServer,
+) -> None:
+    """The authentication cache: settling an agent's credential drops that agent's other
+    cached credentials and forgetting an agent drops its own, never another agent's (each
+    drop shows as one more database lookup at the next use)."""
+    sessions = running_server.app[app_keys.SESSIONS]
+    authenticator = agent_service.Authenticator(sessions)
+    token = await enrollment.create_token(sessions, uses=2)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.grpc_port}") as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        a = (await enroll(stub, token)).credential
+        b = (await enroll(stub, token)).credential
+    a_identity = await authenticator.identify(a)
+    await authenticator.identify(b)
+    assert authenticator.lookups == 2
+    await authenticator.identify(a)
+    await authenticator.identify(b)
+    assert authenticator.lookups == 2  # both cached
+
+    # A's credential replaced by another one of A's: the cached A entry goes, B's stays.
+    authenticator.settle(a_identity._replace(credential_id=a_identity.credential_id + 1000))
+    await authenticator.identify(b)
+    assert authenticator.lookups == 2
+    await authenticator.identify(a)
+    assert authenticator.lookups == 3
+    # Settling A's own credential keeps it.
+    authenticator.settle(a_identity)
+    await authenticator.identify(a)
+    assert authenticator.lookups == 3
+
+    authenticator.forget(b_id := (await authenticator.identify(b)).agent_id)
+    assert b_id != a_identity.agent_id
+    await authenticator.identify(a)
+    assert authenticator.lookups == 3
+    await authenticator.identify(b)
+    assert authenticator.lookups == 4

@@ -4,7 +4,6 @@ run state machine, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -20,17 +19,8 @@ from server.domain import (
 )
 from server.storage import run_ingest
 from server.storage.agents import create_agent
-from server.storage.db import create_engine_for_url, make_sessionmaker
+from server.storage.db import make_sessionmaker
 from server.storage.models import TaskLog
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine_for_url(db_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def line(run_id: str, seq: int) -> NewLogLine:

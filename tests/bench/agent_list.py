@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from server.services.fleet import encode_list_cursor
 from server.storage.agents import AgentRecord
 from server.storage.db import create_engine_for_url, make_sessionmaker
 from server.storage.models import Agent, AgentTag
-from tests.bench.ingest import REPO, cli, serve, server_env
+from tests.bench.ingest import cli, create_user, serve, server_env, shut_down
 from tests.server_testlib import WebAccount, login_http
 
 ROLES = ("web", "db", "cache", "queue")
@@ -174,28 +173,12 @@ def main() -> int:
             f"{args.agents:,} agents on {args.db} (seeded in {time.perf_counter() - started:.0f} s)"
         )
         password = secrets.token_urlsafe(12)
-        subprocess.run(
-            [sys.executable, "-m", "server", "user", "create", "bench", "--role", "viewer"],
-            env=env,
-            cwd=REPO,
-            input=password + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
-        )
+        create_user(env, "bench", password)
         server, _, web = serve(env)
         asyncio.run(measure(web, WebAccount("bench", password, "viewer"), args.agents, args.reps))
         return 0
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-                capture_output=True,
-            )
+        shut_down(server, pg_name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -20,7 +20,6 @@ import asyncio
 import secrets
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import aiohttp
 
 from server.domain import Category, EventStatus, EventType, HostFacts, NewEvent, severity_for
 from server.storage.events import COLUMNS, encode_events
-from tests.bench.ingest import REPO, cli, serve, server_env
+from tests.bench.ingest import cli, create_user, serve, server_env, shut_down
 from tests.server_testlib import WebAccount, login_http
 
 AGENTS = 50
@@ -174,15 +173,7 @@ def main() -> int:
         seconds = insert_events(db_path, args.rows)
         print(f"inserted {args.rows} events in {seconds:.1f} s ({args.rows / seconds:,.0f}/s)")
         password = secrets.token_urlsafe(12)
-        subprocess.run(
-            [sys.executable, "-m", "server", "user", "create", "bench", "--role", "viewer"],
-            env=env,
-            cwd=REPO,
-            input=password + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
-        )
+        create_user(env, "bench", password)
         server, _, web = serve(env)
         account = WebAccount("bench", password, "viewer")
         for fmt in args.formats.split(","):
@@ -196,9 +187,7 @@ def main() -> int:
             )
         return 0
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+        shut_down(server, None)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

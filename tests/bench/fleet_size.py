@@ -21,7 +21,6 @@ import asyncio
 import multiprocessing as mp
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import psutil
 
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from tests.bench.ingest import cli, make_event, serve, server_env
+from tests.bench.ingest import cli, create_user, make_event, serve, server_env, shut_down
 from tests.server_testlib import WebAccount, login_http
 
 ENROLL_IN_FLIGHT = 64
@@ -215,14 +214,7 @@ def main() -> int:
     env["FLAGPOST_CHECKIN_INTERVAL_SECONDS"] = str(int(args.interval))
     cli(env, "db", "upgrade")
     account = WebAccount("bench-viewer", "bench-password-long", "viewer")
-    subprocess.run(
-        [sys.executable, "-m", "server", "user", "create", account.name, "--role", "viewer"],
-        env=env,
-        input=account.password + "\n",
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    create_user(env, account.name, account.password)
     server, target, web = serve(env)
     proc = psutil.Process(server.pid)
     ctx = mp.get_context("spawn")
@@ -258,13 +250,7 @@ def main() -> int:
             rss_loaded = proc.memory_info().rss
             results: list[Share] = playing.get(timeout=args.interval + args.seconds + 300)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-            )
+        shut_down(server, pg_name)
     latencies = [x for r in results for x in r.latencies_ms]
     behind = [x for r in results for x in r.behind_ms]
     failures = sum(r.failures for r in results)

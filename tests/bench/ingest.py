@@ -170,6 +170,33 @@ def server_env(db: str, workdir: Path) -> tuple[dict[str, str], str | None]:
     return env, pg_name
 
 
+def shut_down(server: subprocess.Popen[str] | None, pg_name: str | None) -> None:
+    """Stop a bench's server (SIGTERM, then wait for its drain) and drop its PostgreSQL
+    database (``server_env``'s ``pg_name``; None on SQLite)."""
+    if server is not None:
+        server.terminate()
+        server.wait(timeout=60)
+    if pg_name:
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
+            check=False,
+            capture_output=True,
+        )
+
+
+def create_user(env: dict[str, str], name: str, password: str, role: str = "viewer") -> None:
+    """``flagpost-server user create`` on the bench's database, the password on stdin."""
+    subprocess.run(
+        [sys.executable, "-m", "server", "user", "create", name, "--role", role],
+        env=env,
+        cwd=REPO,
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
 def cli(env: dict[str, str], *args: str) -> str:
     return subprocess.run(
         [sys.executable, "-m", "server", *args],
@@ -239,13 +266,7 @@ def main() -> int:
         rss_mb = proc.memory_info().rss / 2**20
         metrics = scrape(web)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-            )
+        shut_down(server, pg_name)
 
     latencies = sorted(x for r in results for x in r.latencies_ms)
     checkins = sum(r.checkins for r in results)

@@ -17,7 +17,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
-from tests.bench.ingest import bench_facts, cli, enroll, scrape, serve, server_env
+from tests.bench.ingest import bench_facts, cli, enroll, scrape, serve, server_env, shut_down
 
 SOURCES = ("detector", "executor", "move_legacy_config", "rename_keys", "split_secrets")
 LEVELS = ("DEBUG", "INFO", "INFO", "INFO", "WARNING", "ERROR")
@@ -151,13 +150,7 @@ def main() -> int:
         rss_mb = proc.memory_info().rss / 2**20
         metrics = scrape(web)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-            )
+        shut_down(server, pg_name)
 
     latencies = sorted(x for r in results for x in r.latencies_ms)
     checkins = sum(r.checkins for r in results)

@@ -27,7 +27,16 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy import create_engine, text
 
-from tests.bench.ingest import REPO, WorkerResult, cli, enroll, serve, server_env, worker
+from tests.bench.ingest import (
+    REPO,
+    WorkerResult,
+    cli,
+    enroll,
+    serve,
+    server_env,
+    shut_down,
+    worker,
+)
 
 # One old event per row of a generated series (the columns the ingest writes; the backlog's
 # events are all "occurred 40 days ago", received then too).
@@ -183,13 +192,7 @@ def main() -> int:
             report(f"during prune, ratio {ratio:g}", elapsed, results)
             print(f"  {'':<22} pruned {deleted:,} events, {deleted / elapsed:,.0f} events/s")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-            )
+        shut_down(server, pg_name)
     return 0
 
 

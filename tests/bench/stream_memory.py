@@ -23,8 +23,6 @@ import os
 import pickle
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -33,7 +31,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from tests.bench.ingest import cli, enroll, serve, server_env
+from tests.bench.ingest import cli, create_user, enroll, serve, server_env, shut_down
 from tests.bench.streams import STREAM_LIMIT, Streams, load
 from tests.server_testlib import WebAccount, login_http
 
@@ -149,14 +147,7 @@ def main() -> int:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MEMTRACE), env.get("PYTHONPATH")]))
     cli(env, "db", "upgrade")
     account = WebAccount("bench-viewer", "bench-password-long", "viewer")
-    subprocess.run(
-        [sys.executable, "-m", "server", "user", "create", account.name, "--role", "viewer"],
-        env=env,
-        input=account.password + "\n",
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    create_user(env, account.name, account.password)
     server, target, web = serve(env)
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
@@ -177,15 +168,9 @@ def main() -> int:
         outlived(probe, 15)
     finally:
         stop.set()
-        server.terminate()
-        server.wait(timeout=30)
+        shut_down(server, pg_name)
         time.sleep(0.1)
         shutil.rmtree(workdir, ignore_errors=True)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-            )
     return 0
 
 

@@ -20,8 +20,6 @@ import asyncio
 import multiprocessing as mp
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,7 +32,16 @@ import psutil
 from agent.uuid7 import uuid7_str
 from flagpost.v1 import agent_pb2, agent_pb2_grpc
 from server.config import ServerConfig
-from tests.bench.ingest import bench_facts, cli, enroll, make_event, serve, server_env
+from tests.bench.ingest import (
+    bench_facts,
+    cli,
+    create_user,
+    enroll,
+    make_event,
+    serve,
+    server_env,
+    shut_down,
+)
 from tests.server_testlib import WebAccount, login_http
 
 STREAM_LIMIT = 10_000  # per session and in total, for the run
@@ -245,14 +252,7 @@ def main() -> int:
     accounts = []
     for i in range(args.logins):
         account = WebAccount(f"bench-viewer-{i}", f"bench-password-{i}-long", "viewer")
-        subprocess.run(
-            [sys.executable, "-m", "server", "user", "create", account.name, "--role", "viewer"],
-            env=env,
-            input=account.password + "\n",
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        create_user(env, account.name, account.password)
         accounts.append(account)
     server, target, web = serve(env)
     ctx = mp.get_context("spawn")
@@ -274,14 +274,8 @@ def main() -> int:
         loader.join(timeout=30)
     finally:
         stop.set()
-        server.terminate()
-        server.wait(timeout=30)
+        shut_down(server, pg_name)
         shutil.rmtree(workdir, ignore_errors=True)
-        if pg_name:
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{pg_name}"'],
-                check=False,
-            )
 
     print(
         f"db={args.db} load: {args.lanes} agents, a check-in of {args.events} events every "
