@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +78,11 @@ def cli(db_url: str, *args: str) -> str:
     return result.stdout.strip()
 
 
-def open_files_limit(limit: int) -> Callable[[], None]:
-    def preexec() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    return preexec
+def open_files_limit(limit: int | None) -> list[str]:
+    """The command prefix that starts a process with ``limit`` open files (soft = hard):
+    util-linux ``prlimit``, not a ``preexec_fn``, which forks this process (its gRPC threads
+    may be running) and runs Python in the child before exec."""
+    return ["prlimit", f"--nofile={limit}:{limit}", "--"] if limit else []
 
 
 @contextmanager
@@ -98,6 +98,7 @@ def serve(
     with log.open("w", encoding="utf-8") as stderr:
         process = subprocess.Popen(
             [
+                *open_files_limit(nofile),
                 *(sys.executable, "-m", "server", "serve", "--database-url", db_url),
                 *("--grpc-port", "0", "--web-port", "0", "--state-dir", str(tmp_path / "state")),
             ],
@@ -106,7 +107,6 @@ def serve(
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            preexec_fn=open_files_limit(nofile) if nofile else None,
         )
     try:
         assert process.stdout is not None
