@@ -36,6 +36,7 @@ from flagpost.v1 import agent_pb2, agent_pb2_grpc
 REPO = Path(__file__).resolve().parents[2]
 EACCES_MESSAGE = "[Errno 13] Permission denied: '/etc/aggregator/agent.conf'"
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+METRICS_TOKEN = "flagpost-bench-metrics"  # what scrape() presents for /metrics
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,9 @@ def server_env(db: str, workdir: Path) -> tuple[dict[str, str], str | None]:
     env["FLAGPOST_GRPC_PORT"] = "0"
     env["FLAGPOST_WEB_PORT"] = "0"
     env["FLAGPOST_ENROLL_RATE_PER_MINUTE"] = "0"  # every simulated agent enrolls from 127.0.0.1
+    token_file = workdir / "metrics.token"
+    token_file.write_text(METRICS_TOKEN)
+    env["FLAGPOST_METRICS_TOKEN_FILE"] = str(token_file)
     pg_name = None
     if db == "sqlite":
         env["FLAGPOST_DATABASE_URL"] = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
@@ -230,17 +234,65 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
     return server, target, web
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="Flagpost ingest benchmark")
-    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--agents", type=int, default=64)
-    parser.add_argument("--inflight", type=int, default=64)
-    parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--events", type=int, default=10, help="events per check-in")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--prefill", type=int, default=0, help="events stored before the run")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Figures:
+    seconds: float
+    checkins: int
+    events: int
+    errors: int
+    p50: float
+    p99: float
+    server_cpu: float  # share of one core
+    client_cpu: float
+    rss_mb: float
 
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    def line(self) -> str:
+        return (
+            f"checkins/s={self.checkins / self.seconds:,.0f} events/s={self.events_per_s:,.0f} "
+            f"p50={self.p50:.1f}ms p99={self.p99:.1f}ms errors={self.errors} "
+            f"server_cpu={self.server_cpu * 100:.0f}% server_rss={self.rss_mb:.0f}MiB "
+            f"client_cpu={self.client_cpu * 100:.0f}%"
+        )
+
+
+def load(pid: int, target: str, agents: list[tuple[str, str]], args: argparse.Namespace) -> Figures:
+    """Drive ``target`` with ``args.inflight`` lanes from ``args.procs`` client processes for
+    ``args.seconds``; the server process ``pid`` is measured for CPU and RSS."""
+    proc = psutil.Process(pid)
+    cpu_before = proc.cpu_times()
+    lanes = max(1, args.inflight // args.procs)
+    jobs = [(target, agents, lanes, args.seconds, args.events)] * args.procs
+    started = time.perf_counter()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with mp.get_context("spawn").Pool(args.procs) as pool:
+        results = pool.map(worker, jobs)
+    elapsed = time.perf_counter() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_after = proc.cpu_times()
+    latencies = sorted(x for r in results for x in r.latencies_ms)
+    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    client_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    return Figures(
+        seconds=elapsed,
+        checkins=sum(r.checkins for r in results),
+        events=sum(r.events for r in results),
+        errors=sum(r.errors for r in results),
+        p50=statistics.median(latencies) if latencies else float("nan"),
+        p99=latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan"),
+        server_cpu=cpu / elapsed,
+        client_cpu=client_cpu / elapsed,
+        rss_mb=proc.memory_info().rss / 2**20,
+    )
+
+
+def flagpost_round(args: argparse.Namespace) -> tuple[Figures, dict[str, float]]:
+    """One fresh Flagpost server (fresh database), enrolled, prefilled if asked, then loaded."""
     workdir = Path(tempfile.mkdtemp(prefix="flagpost-bench-"))
     env, pg_name = server_env(args.db, workdir)
     cli(env, "db", "upgrade")
@@ -252,42 +304,74 @@ def main() -> int:
             prefill_sqlite(env["FLAGPOST_DATABASE_URL"], agents, args.prefill)
         elif args.prefill:
             prefill(target, agents, args.prefill)
-        proc = psutil.Process(server.pid)
-        cpu_before = proc.cpu_times()
-        lanes = max(1, args.inflight // args.procs)
-        jobs = [(target, agents, lanes, args.seconds, args.events)] * args.procs
-        started = time.perf_counter()
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with mp.get_context("spawn").Pool(args.procs) as pool:
-            results = pool.map(worker, jobs)
-        elapsed = time.perf_counter() - started
-        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_after = proc.cpu_times()
-        rss_mb = proc.memory_info().rss / 2**20
+        figures = load(server.pid, target, agents, args)
         metrics = scrape(web)
     finally:
         shut_down(server, pg_name)
+    return figures, metrics
 
-    latencies = sorted(x for r in results for x in r.latencies_ms)
-    checkins = sum(r.checkins for r in results)
-    events = sum(r.events for r in results)
-    errors = sum(r.errors for r in results)
-    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-    client_cpu = (children_after.ru_utime + children_after.ru_stime) - (
-        children_before.ru_utime + children_before.ru_stime
+
+def minimal_round(args: argparse.Namespace) -> Figures:
+    """The same load against ``tests.bench.minimal_server`` on a fresh SQLite file."""
+    workdir = Path(tempfile.mkdtemp(prefix="flagpost-bench-minimal-"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.minimal_server", "--database", str(workdir / "m.db")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    p50 = statistics.median(latencies) if latencies else float("nan")
-    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
+    try:
+        assert server.stdout is not None
+        target = server.stdout.readline().removeprefix("grpc: ").strip()
+        agents = enroll(target, "minimal", args.agents)
+        return load(server.pid, target, agents, args)
+    finally:
+        shut_down(server, None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Flagpost ingest benchmark")
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--agents", type=int, default=64)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--events", type=int, default=10, help="events per check-in")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--prefill", type=int, default=0, help="events stored before the run")
+    parser.add_argument(
+        "--vs-minimal",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="alternate ROUNDS pairs of Flagpost and tests.bench.minimal_server (SQLite) "
+        "and print each pair's events/s ratio",
+    )
+    args = parser.parse_args()
     print(
         f"db={args.db} prefill={args.prefill} agents={args.agents} inflight={args.inflight} "
-        f"events/checkin={args.events} seconds={elapsed:.1f}"
+        f"events/checkin={args.events} seconds={args.seconds} "
+        f"(100% = one core; {os.cpu_count()} cores)"
     )
-    print(
-        f"checkins/s={checkins / elapsed:,.0f} events/s={events / elapsed:,.0f} "
-        f"p50={p50:.1f}ms p99={p99:.1f}ms errors={errors} "
-        f"server_cpu={cpu / elapsed * 100:.0f}% server_rss={rss_mb:.0f}MiB "
-        f"client_cpu={client_cpu / elapsed * 100:.0f}% (100% = one core; {os.cpu_count()} cores)"
-    )
+    if args.vs_minimal:
+        if args.db != "sqlite" or args.prefill:
+            sys.exit(
+                "--vs-minimal compares SQLite servers on an empty database: drop --db/--prefill"
+            )
+        ratios = []
+        for n in range(1, args.vs_minimal + 1):
+            ours, _ = flagpost_round(args)
+            theirs = minimal_round(args)
+            ratios.append(ours.events_per_s / theirs.events_per_s)
+            print(f"round {n} flagpost: {ours.line()}")
+            print(f"round {n} minimal:  {theirs.line()}")
+            print(f"round {n} ratio (flagpost / minimal events/s) = {ratios[-1]:.2f}")
+        print(
+            f"ratios: {' '.join(f'{r:.2f}' for r in ratios)}; "
+            f"median {statistics.median(ratios):.2f}"
+        )
+        return 0
+    figures, metrics = flagpost_round(args)
+    print(figures.line())
     checkins_total = metrics.get("flagpost_checkins_total", 0.0)
     batches = metrics.get("flagpost_ingest_batches_total", 0.0)
     if batches:
@@ -304,8 +388,11 @@ def scrape(web: str) -> dict[str, float]:
     import urllib.request
 
     values: dict[str, float] = {}
+    request = urllib.request.Request(
+        f"{web}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
     try:
-        with urllib.request.urlopen(f"{web}/metrics", timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10) as reply:
             text = reply.read().decode()
     except OSError:
         return values
