@@ -58,6 +58,8 @@ class ServerConfig:
     ingest_queue_max_events: int = 50_000
     ingest_batch_max_events: int = 2_000
     ingest_batch_max_wait_ms: int = 2
+    # PostgreSQL: batches committed at once, each on its own connection (SQLite has one writer).
+    ingest_writers: int = 2
     retry_after_ms: int = 2_000
     # Database health: probe every interval while idle or failing; a probe that takes
     # longer than the timeout counts as a failure. A SQLite write waits at most the busy timeout
@@ -158,6 +160,7 @@ class ServerConfig:
             "webhook_backoff_base_seconds",
             "webhook_backoff_cap_seconds",
             "webhook_max_attempts",
+            "ingest_writers",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config {name} must be greater than 0")

@@ -65,6 +65,8 @@ def test_bad_values_are_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", env={})
     with pytest.raises(ConfigError):
         load_config(write(tmp_path / "broken.toml", "grpc_port = = 1"), env={})
+    with pytest.raises(ConfigError, match="ingest_writers must be greater than 0"):
+        load_config(env={"FLAGPOST_INGEST_WRITERS": "0"})
 
 
 def test_config_is_frozen() -> None:

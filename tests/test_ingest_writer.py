@@ -93,3 +93,71 @@ async def test_listeners_hear_every_commit_with_its_highest_id(
     assert heard[0].agent_ids == frozenset({agent_id})
     assert heard[1].stored == 0 and heard[1].max_id is None
     assert ingest.duplicates == 3
+
+
+class _WatchedStore(SessionStore):
+    """The pooled-session store, holding each batch a moment before its transaction and
+    recording which agents' batches were being stored at the same time."""
+
+    def __init__(self, sessions: Any) -> None:
+        super().__init__(sessions)
+        self.active: list[frozenset[str]] = []  # the agents of each batch being stored
+        self.peak = 0
+        self.shared_agent = False
+        self.entered = asyncio.Event()
+
+    async def store(self, rows: Any, updates: Any, works: Any = ()) -> Any:
+        agents = frozenset(work.agent_id for work in works)
+        if any(agents & other for other in self.active):
+            self.shared_agent = True
+        self.active.append(agents)
+        self.peak = max(self.peak, len(self.active))
+        self.entered.set()
+        try:
+            await asyncio.sleep(0.3)  # long enough for the writer to start another batch
+            return await super().store(rows, updates, works)
+        finally:
+            self.active.remove(agents)
+
+
+async def test_postgresql_commits_batches_of_other_agents_at_once(
+    server_config: ServerConfig,
+) -> None:
+    """With ``ingest_writers = 2``, on PostgreSQL, a batch without events (here: bare
+    check-ins; in practice log lines and run updates) is stored while a batch of events still
+    is; never two batches of events at once (they would only queue on the History lock), never
+    two batches of one agent. SQLite has one writer."""
+    engine = create_engine_for_url(server_config.database_url)
+    sessions = make_sessionmaker(engine)
+    token = await enrollment.create_token(sessions, uses=3)
+    a, b, c = [
+        (await enrollment.enroll(sessions, token, HostFacts(hostname=f"h{i}")))[0] for i in range(3)
+    ]
+    store = _WatchedStore(sessions)
+    ingest = IngestWriter(server_config, sessions, store=store)
+    ingest.start()
+
+    async def beside_a_batch_of_a(*others: Any) -> int:
+        """Submit one event of ``a``, then (while it is being stored) ``others``; the most
+        batches stored at once."""
+        store.peak = 0
+        store.entered.clear()
+        first = asyncio.ensure_future(ingest.submit(a, None, [new_event(a)]))
+        await asyncio.wait_for(store.entered.wait(), 10)
+        await asyncio.gather(first, *others)
+        return store.peak
+
+    try:
+        bare = [ingest.submit(agent, HostFacts(hostname="again"), []) for agent in (b, c)]
+        assert await beside_a_batch_of_a(*bare) == (1 if server_config.is_sqlite else 2)
+        events = [ingest.submit(agent, None, [new_event(agent)]) for agent in (b, c)]
+        assert await beside_a_batch_of_a(*events) == 1
+        assert await beside_a_batch_of_a(ingest.submit(a, HostFacts(hostname="a2"), [])) == 1
+        assert not store.shared_agent
+        assert ingest.events_stored == 5 and ingest.checkins == 8
+    finally:
+        await ingest.stop()
+    async with sessions() as session:
+        stored = (await session.execute(select(func.count()).select_from(UpdateEvent))).scalar_one()
+    await engine.dispose()
+    assert stored == 5

@@ -9,7 +9,14 @@ only then resolves each check-in's future: an acknowledgement always means "dura
 
 Batching: a busy server needs no timer, the check-ins that arrive while one batch commits form
 the next. Only when the writer wakes from idle does it wait ``ingest_batch_max_wait_ms`` for
-company.
+company. On PostgreSQL up to ``ingest_writers`` batches commit at once, each in its own
+transaction on its own connection (the database does the work; this process mostly waits):
+batches in flight never share an agent (a check-in whose agent is in one waits for it, and so
+does everything queued behind it), so they touch disjoint agent, run and action rows; and at
+most one of them holds events, since those would only queue on the History lock
+(``server.storage.notify.lock_history_writes``, which keeps History ids visible in order) in
+smaller transactions. What runs beside a batch of events is log lines and run updates. SQLite
+has one writer connection: one batch at a time.
 
 Agent updates are coalesced: one UPDATE per agent per batch, and none at all when this process
 wrote the same facts for that agent less than ``LAST_SEEN_RESOLUTION`` ago (so
@@ -29,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,7 +124,7 @@ class _Checkin:
 
 
 class IngestWriter:
-    """The single writer. Counters are plain attributes (``server.metrics`` reads them)."""
+    """The group-commit writer. Counters are plain attributes (``server.metrics`` reads them)."""
 
     def __init__(
         self,
@@ -137,6 +144,11 @@ class IngestWriter:
         self._wakeup = asyncio.Event()
         self._queued_cost = 0
         self._task: asyncio.Task[None] | None = None
+        self._writers = 1 if self._dialect == "sqlite" else config.ingest_writers
+        self._in_flight: set[asyncio.Task[None]] = set()  # batches being committed
+        self._busy_agents: Counter[str] = Counter()  # check-ins per agent in those batches
+        self._slot_freed = asyncio.Event()
+        self._event_batches = 0  # of those, batches with events: at most one at a time
         self._closing = False
         self._store_closed = False
         self._written: dict[str, tuple[HostFacts | None, float]] = {}
@@ -241,28 +253,66 @@ class IngestWriter:
 
     async def _run(self) -> None:
         wait = self._config.ingest_batch_max_wait_ms / 1000
+        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 if self._closing:
-                    return
+                    break
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                if wait > 0 and not self._closing:
+                if wait > 0 and not self._closing and not self._in_flight:
                     await asyncio.sleep(wait)  # woken from idle: let a few more arrive
                 continue
-            batch = self._take()
-            try:
-                await self._commit(batch)
-            except Exception:  # never let the writer die; _commit already failed the futures
-                log.exception("ingest writer error")
-            finally:
-                self._queued_cost -= sum(item.cost for item in batch)
+            head = self._pending[0]
+            if (
+                len(self._in_flight) >= self._writers
+                or head.agent_id in self._busy_agents
+                or (head.rows and self._event_batches)
+            ):
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            batch = self._take(events=not self._event_batches)
+            for item in batch:
+                self._busy_agents[item.agent_id] += 1
+            task = loop.create_task(self._commit_in_flight(batch))
+            self._in_flight.add(task)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight)
 
-    def _take(self) -> list[_Checkin]:
+    async def _commit_in_flight(self, batch: list[_Checkin]) -> None:
+        with_events = any(item.rows for item in batch)
+        self._event_batches += with_events
+        try:
+            await self._commit(batch)
+        except Exception:  # never let the writer die; _commit already failed the futures
+            log.exception("ingest writer error")
+        finally:
+            self._event_batches -= with_events
+            self._queued_cost -= sum(item.cost for item in batch)
+            self._busy_agents.subtract(item.agent_id for item in batch)
+            for agent_id in {item.agent_id for item in batch}:
+                if self._busy_agents[agent_id] <= 0:
+                    del self._busy_agents[agent_id]
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.discard(task)  # before the wake-up: _run counts the slots
+            self._slot_freed.set()
+
+    def _take(self, *, events: bool = True) -> list[_Checkin]:
+        """The next batch: queued check-ins in order, up to the size limit, stopping at one
+        whose agent has a check-in in a batch still being committed, or (``events`` false: a
+        batch with events is being committed) at one with events."""
         limit = self._config.ingest_batch_max_events
+        busy = self._busy_agents
         batch = [self._pending.popleft()]
         size = batch[0].cost
-        while self._pending and size + self._pending[0].cost <= limit:
+        while (
+            self._pending
+            and size + self._pending[0].cost <= limit
+            and self._pending[0].agent_id not in busy
+            and (events or not self._pending[0].rows)
+        ):
             item = self._pending.popleft()
             batch.append(item)
             size += item.cost

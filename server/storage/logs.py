@@ -1,7 +1,7 @@
 """Read queries of run logs (``task_logs``): filtered pages in seq order, counts, sources.
 
 Every query is scoped to one run and served by the ``(run_id, seq)`` unique index or its
-``(run_id, level, seq)`` / ``(run_id, source, seq)`` siblings.
+``(run_id, level, seq)`` sibling (a source filter walks the run's lines in seq order).
 """
 
 from __future__ import annotations

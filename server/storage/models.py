@@ -264,11 +264,11 @@ class TaskLog(Base):
     message: Mapped[str] = mapped_column(Text)
     metadata_json: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    # The viewer filters one run by level and/or source in seq order.
+    # The viewer filters one run by level and/or source in seq order: a level filter ("errors
+    # only") through the level index, a source filter through (run_id, seq) (alembic 0014).
     __table_args__ = (
         UniqueConstraint("run_id", "seq"),
         Index(None, "run_id", "level", "seq"),
-        Index(None, "run_id", "source", "seq"),
     )
 
 

@@ -83,8 +83,16 @@ def make_event(run_id: str, i: int) -> agent_pb2.MigrationEvent:
 
 
 async def drive(
-    target: str, agents: list[tuple[str, str]], inflight: int, seconds: float, per: int
+    target: str,
+    agents: list[tuple[str, str]],
+    inflight: int,
+    seconds: float,
+    per: int,
+    first: int = 0,
+    step: int = 1,
 ) -> WorkerResult:
+    """``inflight`` lanes of back-to-back check-ins of ``per`` events; lane k is agent
+    ``first + k * step`` (modulo the agents)."""
     latencies: list[float] = []
     checkins = events = errors = 0
     deadline = time.monotonic() + seconds
@@ -93,14 +101,15 @@ async def drive(
 
         async def one_lane(lane: int) -> None:
             nonlocal checkins, events, errors
-            agent_id, credential = agents[lane % len(agents)]
+            index = (first + lane * step) % len(agents)
+            agent_id, credential = agents[index]
             metadata = (("authorization", f"Bearer {credential}"),)
             # One realistic request per lane, built once; every check-in gets fresh event ids,
             # a fresh run id and the current time, so the client spends its CPU on gRPC, not on
             # building messages (on 2 cores the load generator competes with the server).
             request = agent_pb2.CheckInRequest(
                 agent_id=agent_id,
-                facts=bench_facts(lane % len(agents)),
+                facts=bench_facts(index),
                 events=[make_event(uuid7_str(), lane + k) for k in range(per)],
             )
             while time.monotonic() < deadline:
@@ -125,7 +134,7 @@ async def drive(
     return WorkerResult(checkins, events, errors, latencies)
 
 
-def worker(args: tuple[str, list[tuple[str, str]], int, float, int]) -> WorkerResult:
+def worker(args: tuple[str, list[tuple[str, str]], int, float, int, int, int]) -> WorkerResult:
     return asyncio.run(drive(*args))
 
 
@@ -265,7 +274,10 @@ def load(pid: int, target: str, agents: list[tuple[str, str]], args: argparse.Na
     proc = psutil.Process(pid)
     cpu_before = proc.cpu_times()
     lanes = max(1, args.inflight // args.procs)
-    jobs = [(target, agents, lanes, args.seconds, args.events)] * args.procs
+    # Process i drives agents i, i + procs, ...: one agent never has two check-ins in flight.
+    jobs = [
+        (target, agents, lanes, args.seconds, args.events, i, args.procs) for i in range(args.procs)
+    ]
     started = time.perf_counter()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with mp.get_context("spawn").Pool(args.procs) as pool:

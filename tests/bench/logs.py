@@ -57,8 +57,16 @@ def _line(run_id: str, seq: int, stamp: Timestamp) -> agent_pb2.LogLine:
 
 
 async def drive(
-    target: str, agents: list[tuple[str, str]], inflight: int, seconds: float, per: int
+    target: str,
+    agents: list[tuple[str, str]],
+    inflight: int,
+    seconds: float,
+    per: int,
+    first: int,
+    step: int,
 ) -> WorkerResult:
+    """``inflight`` lanes, each one run of back-to-back check-ins of ``per`` log lines; lane k
+    is agent ``first + k * step`` (modulo the agents)."""
     latencies: list[float] = []
     checkins = lines = errors = 0
     deadline = time.monotonic() + seconds
@@ -67,7 +75,8 @@ async def drive(
 
         async def one_lane(lane: int) -> None:
             nonlocal checkins, lines, errors
-            agent_id, credential = agents[lane % len(agents)]
+            index = (first + lane * step) % len(agents)
+            agent_id, credential = agents[index]
             metadata = (("authorization", f"Bearer {credential}"),)
             run_id = uuid7_str()
             stamp = Timestamp()
@@ -83,7 +92,7 @@ async def drive(
             await stub.CheckIn(
                 agent_pb2.CheckInRequest(
                     agent_id=agent_id,
-                    facts=bench_facts(lane % len(agents)),
+                    facts=bench_facts(index),
                     run_updates=[opening],
                 ),
                 metadata=metadata,
@@ -93,7 +102,7 @@ async def drive(
             # client's CPU goes to gRPC, not to building messages (2 cores are shared).
             request = agent_pb2.CheckInRequest(
                 agent_id=agent_id,
-                facts=bench_facts(lane % len(agents)),
+                facts=bench_facts(index),
                 log_lines=[_line(run_id, s, stamp) for s in range(1, per + 1)],
             )
             seq = 0
@@ -116,7 +125,7 @@ async def drive(
     return WorkerResult(checkins, lines, errors, latencies)
 
 
-def worker(args: tuple[str, list[tuple[str, str]], int, float, int]) -> WorkerResult:
+def worker(args: tuple[str, list[tuple[str, str]], int, float, int, int, int]) -> WorkerResult:
     return asyncio.run(drive(*args))
 
 
@@ -141,7 +150,11 @@ def main() -> int:
         proc = psutil.Process(server.pid)
         cpu_before = proc.cpu_times()
         lanes = max(1, args.inflight // args.procs)
-        jobs = [(target, agents, lanes, args.seconds, args.lines)] * args.procs
+        # Process i drives agents i, i + procs, ...: one agent never has two check-ins in flight.
+        jobs = [
+            (target, agents, lanes, args.seconds, args.lines, i, args.procs)
+            for i in range(args.procs)
+        ]
         started = time.perf_counter()
         with mp.get_context("spawn").Pool(args.procs) as pool:
             results = pool.map(worker, jobs)

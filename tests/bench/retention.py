@@ -124,7 +124,7 @@ def load(
     target: str, agents: list[tuple[str, str]], procs: int, inflight: int, seconds: float
 ) -> tuple[float, list[WorkerResult]]:
     lanes = max(1, inflight // procs)
-    jobs = [(target, agents, lanes, seconds, 10)] * procs
+    jobs = [(target, agents, lanes, seconds, 10, i, procs) for i in range(procs)]
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(procs) as pool:
         results = pool.map(worker, jobs)
