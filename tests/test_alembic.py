@@ -27,6 +27,7 @@ TABLES_0007 = {"migration_specs", "agent_spec_versions"}
 TABLES_0008 = {"agent_tags"}
 TABLES_0009 = {"rollouts", "rollout_hosts", "rollout_transitions"}
 TABLES_0010 = {"webhooks", "webhook_deliveries"}
+TABLES_0015 = {"auth_changes"}
 # SQLite only: the History search's FTS5 table and its shadow tables (PostgreSQL: an index).
 TABLES_0011_SQLITE = {
     "update_events_search",
@@ -44,6 +45,7 @@ TABLES = (
     | TABLES_0008
     | TABLES_0009
     | TABLES_0010
+    | TABLES_0015
 )
 
 

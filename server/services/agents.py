@@ -1,9 +1,14 @@
 """Agents: authenticating their credentials, revoking them, deriving their health.
 
-Authentication keeps a tiny in-process cache of *successful* lookups (credential hash ->
-agent id and bound machine id) for ``AUTH_CACHE_TTL`` seconds, so a busy agent's check-ins do
-not each pay a SELECT. Consequence, by design: revoking an agent takes effect on this process
-within that TTL (``revoke`` also clears the local cache at once). Failures are never cached.
+Authentication keeps an in-process cache of *successful* lookups (credential hash -> agent
+id, bound machine id, what rotation needs) for ``AUTH_CACHE_TTL`` seconds, longer than an
+agent's check-in interval, so an agent's check-ins do not each pay a SELECT (at a 60 s interval
+a shorter cache missed on every one). What makes a cached credential wrong (the agent revoked
+or deleted, the credential revoked, a rotation requested) writes a row into ``auth_changes``
+by a trigger, whichever process or tool made it; about once every ``AUTH_CHANGES_POLL``
+seconds the authenticator reads the new rows and forgets those agents. So a revocation made
+anywhere takes effect everywhere within about a second (``revoke`` also clears this process's
+entries at once); the TTL is only the backstop. Failures are never cached.
 
 Machine binding: a credential is bound to the ``machine_id`` its agent enrolled with; every
 check-in must carry host facts with that machine id (``check_machine``), so a credential copied
@@ -27,10 +32,17 @@ from server.services.enrollment import CREDENTIAL_PREFIX, secret_hash
 from server.services.health import unavailable_on_outage
 from server.services.targets import MAX_BULK_AGENTS, Targets, resolve_in, select_in
 from server.storage import agents as agents_db
+from server.storage import auth_changes as auth_changes_db
 from server.storage import targets as targets_db
 
-AUTH_CACHE_TTL = 5.0
-AUTH_CACHE_MAX = 100_000
+AUTH_CACHE_TTL = 300.0
+AUTH_CACHE_MAX = 200_000
+AUTH_CHANGES_POLL = 1.0  # seconds between reads of auth_changes
+# A change is looked for again for this long after its id was first passed: on PostgreSQL a
+# transaction may commit a lower id after a higher one was read (ids are drawn at insert).
+AUTH_CHANGES_OVERLAP = 30.0
+AUTH_CHANGES_PAGE = 10_000
+monotonic = time.monotonic  # the authenticator's clock (tests move it)
 
 
 class AgentIdentity(NamedTuple):
@@ -105,6 +117,10 @@ class Authenticator:
         # agent id -> the digests of its cached credentials, so that settling or forgetting one
         # agent touches its own entries only (a fleet's first check-ins settle every agent)
         self._digests: dict[str, set[str]] = {}
+        self._next_poll = 0.0
+        self._polling = False
+        self._floor: int | None = None  # changes up to this id were applied (None: not read)
+        self._recent: dict[int, float] = {}  # change ids above the floor already applied
         self.lookups = 0  # database lookups (cache misses), for metrics
 
     async def authenticate(self, credential: str) -> str:
@@ -118,7 +134,9 @@ class Authenticator:
         if not credential.startswith(CREDENTIAL_PREFIX) or len(credential) > 128:
             raise Unauthenticated("invalid agent credential")
         digest = secret_hash(credential)
-        now = time.monotonic()
+        now = monotonic()
+        if now >= self._next_poll and not self._polling:
+            await self._catch_up(now)
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
             _check_expiry(hit[0].expires_at)
@@ -134,6 +152,38 @@ class Authenticator:
         self._cache[digest] = (identity, now + self._ttl)
         self._digests.setdefault(identity.agent_id, set()).add(digest)
         return identity
+
+    async def _catch_up(self, now: float) -> None:
+        """Forget the agents of the ``auth_changes`` rows not applied yet. The first read only
+        notes where the table ends (and drops anything cached before it)."""
+        self._polling = True
+        try:
+            with unavailable_on_outage("authentication"):
+                async with self._sessions() as session:
+                    if self._floor is None:
+                        self._floor = await auth_changes_db.latest_id(session)
+                        self._cache.clear()
+                        self._digests.clear()
+                        return
+                    changes = await auth_changes_db.changes_after(
+                        session, self._floor, AUTH_CHANGES_PAGE
+                    )
+            for change_id, agent_id in changes:
+                if change_id not in self._recent:
+                    self._recent[change_id] = now
+                    self.forget(agent_id)
+            if len(changes) == AUTH_CHANGES_PAGE:  # more than a page behind: start afresh
+                self._cache.clear()
+                self._digests.clear()
+                self._floor, self._recent = changes[-1][0], {}
+            # Ids applied longer ago than the overlap are not looked for again.
+            settled = [i for i, seen in self._recent.items() if now - seen > AUTH_CHANGES_OVERLAP]
+            if settled:
+                self._floor = max(self._floor, *settled)
+                self._recent = {i: t for i, t in self._recent.items() if i > self._floor}
+        finally:
+            self._polling = False
+            self._next_poll = now + AUTH_CHANGES_POLL
 
     def settle(self, identity: AgentIdentity) -> None:
         """After a credential's first use (``server.services.rotation``): remember it as

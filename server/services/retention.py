@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.config import ServerConfig
 from server.services.health import unavailable_on_outage
+from server.storage import auth_changes as auth_changes_store
 from server.storage import inputs as inputs_store
 from server.storage import retention as store
 from server.storage import users as users_store
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FIRST_RUN_DELAY_SECONDS = 60.0
 RUNS_PER_ROUND = 100
+# Far beyond server.services.agents.AUTH_CACHE_TTL: no cache still needs an older change.
+AUTH_CHANGES_KEPT = timedelta(hours=1)
 
 
 @dataclass
@@ -200,11 +203,13 @@ async def prune(
                 pace,
             )
         # Whatever retention_days says: answers that can no longer be delivered (their action
-        # expired, their agent was revoked) and expired web sessions go at every prune.
-        result.phase = "undeliverable answers and expired sessions"
+        # expired, their agent was revoked), expired web sessions and authentication changes
+        # every server process has read long ago go at every prune.
+        result.phase = "undeliverable answers, expired sessions, old authentication changes"
         async with sessions() as session, session.begin():
             result.answers += await inputs_store.delete_undeliverable(session, now)
             result.sessions += await users_store.delete_expired_sessions(session, now)
+            await auth_changes_store.delete_changes_before(session, now - AUTH_CHANGES_KEPT)
     result.phase = "done"
     if progress is not None:
         progress(result)

@@ -18,8 +18,9 @@ revoked meanwhile (another process saw the new credential's first use while this
 the old credential cached), nothing is issued and the check-in is refused UNAUTHENTICATED.
 
 Revocation of the old credential is immediate in the process that saw the first use (its
-authentication cache forgets the agent); other processes refuse it within ``AUTH_CACHE_TTL``,
-and at once for a check-in that would rotate it.
+authentication cache forgets the agent); other processes refuse it once they read the change
+from ``auth_changes`` (about a second: ``server.services.agents``), and at once for a check-in
+that would rotate it.
 """
 
 from __future__ import annotations

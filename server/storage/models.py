@@ -133,6 +133,19 @@ class AgentCredential(Base):
     last_used_at: Mapped[datetime | None]
 
 
+class AuthChange(Base):
+    """A change that may invalidate an agent's cached authentication (revoked, credential
+    revoked, rotation requested, deleted), written by database triggers (alembic 0015) so
+    that every process sees every writer's changes: ``server.services.agents.Authenticator``
+    reads the new rows about once a second. Pruned after an hour by retention."""
+
+    __tablename__ = "auth_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(String(36))  # no foreign key: deletions are changes
+    changed_at: Mapped[datetime]
+
+
 class UpdateEvent(Base):
     """The History: append-only. ``id`` is monotonic and is the keyset / stream cursor."""
 
