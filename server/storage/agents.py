@@ -95,12 +95,16 @@ async def create_agent(
     await session.flush()
 
 
+# The SET clause comes from the parameter keys (SQLAlchemy's executemany UPDATE pattern); one
+# statement object, built once, so its cache key is computed once (every check-in updates).
+_AGENTS = cast(Table, Agent.__table__)
+_CHECKIN_UPDATE = update(_AGENTS).where(_AGENTS.c.id == bindparam("agent_id"))
+
+
 def _checkin_statements(
     updates: Sequence[CheckinUpdate],
 ) -> list[tuple[Update, list[dict[str, Any]]]]:
     """Two executemany UPDATEs by primary key: with facts, and last_checkin_at only."""
-    table = cast(Table, Agent.__table__)
-    by_id = table.c.id == bindparam("agent_id")
     with_facts = [
         {"agent_id": u.agent_id, "last_checkin_at": u.at, **_fact_columns(u.facts)}
         for u in updates
@@ -109,9 +113,7 @@ def _checkin_statements(
     without_facts = [
         {"agent_id": u.agent_id, "last_checkin_at": u.at} for u in updates if u.facts is None
     ]
-    # The SET clause comes from the parameter keys (SQLAlchemy's executemany UPDATE pattern).
-    statement = update(table).where(by_id)
-    return [(statement, rows) for rows in (with_facts, without_facts) if rows]
+    return [(_CHECKIN_UPDATE, rows) for rows in (with_facts, without_facts) if rows]
 
 
 async def record_checkins(session: AsyncSession, updates: Sequence[CheckinUpdate]) -> None:

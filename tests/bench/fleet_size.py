@@ -87,6 +87,7 @@ class Share:
 
     latencies_ms: list[float] = field(default_factory=list)
     failures: int = 0
+    failed_codes: dict[str, int] = field(default_factory=dict)  # status name -> count
     events_sent: int = 0
     events_acked: int = 0
     behind_ms: list[float] = field(default_factory=list)  # how late each check-in started
@@ -138,9 +139,11 @@ async def _play(
             reply = await stubs[n % len(stubs)].CheckIn(
                 request, metadata=(("authorization", f"Bearer {credential}"),), timeout=30
             )
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             if measured:
                 share.failures += 1
+                code = exc.code().name
+                share.failed_codes[code] = share.failed_codes.get(code, 0) + 1
             return
         if measured:
             share.latencies_ms.append((time.time() - started) * 1000)
@@ -254,13 +257,18 @@ def main() -> int:
     latencies = [x for r in results for x in r.latencies_ms]
     behind = [x for r in results for x in r.behind_ms]
     failures = sum(r.failures for r in results)
+    codes: dict[str, int] = {}
+    for r in results:
+        for code, n in r.failed_codes.items():
+            codes[code] = codes.get(code, 0) + n
+    failed_as = f" ({', '.join(f'{c} {n}' for c, n in sorted(codes.items()))})" if codes else ""
     sent = sum(r.events_sent for r in results)
     acked = sum(r.events_acked for r in results)
     answered = len(latencies)
     cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     print(
         f"  check-ins answered {answered / args.seconds:,.0f}/s (of "
-        f"{args.agents / args.interval:,.0f} offered), failed {failures}; latency p50 "
+        f"{args.agents / args.interval:,.0f} offered), failed {failures}{failed_as}; latency p50 "
         f"{statistics.median(latencies) if latencies else float('nan'):.1f} ms, p99 "
         f"{percentile(latencies, 0.99):.1f} ms, max {max(latencies, default=float('nan')):.0f} ms"
     )

@@ -307,6 +307,14 @@ async def run_cases(
         await engine.dispose()
 
 
+async def pg_database_exists(name: str) -> bool:
+    conn = await asyncpg.connect(PG_BASE.replace("+asyncpg", "") + "/postgres")
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await conn.close()
+
+
 async def pg_admin(sql: str) -> None:
     conn = await asyncpg.connect(PG_BASE.replace("+asyncpg", "") + "/postgres")
     try:
@@ -402,7 +410,15 @@ def main() -> None:
         action="store_true",
         help="SQLite: each case in turn on a copy at 0012 without the agent rule, then at head",
     )
+    parser.add_argument(
+        "--keep",
+        metavar="DATABASE",
+        help="PostgreSQL: seed into DATABASE and keep it; when it exists already, reuse its "
+        "seed (upgrade to head, then the queries)",
+    )
     args = parser.parse_args()
+    if args.keep and args.db != "postgresql":
+        parser.error("--keep: PostgreSQL only (give --db postgresql)")
     if args.vs_0012:
         vs_0012(args.events, args.reps, _agent_rows(args.agents))
         return
@@ -412,19 +428,23 @@ def main() -> None:
         return
     agents = _agent_rows(args.agents)
     with tempfile.TemporaryDirectory() as tmp:
-        name = f"flagpost_bench_{uuid.uuid4().hex[:8]}"
+        name = args.keep or f"flagpost_bench_{uuid.uuid4().hex[:8]}"
+        reuse = False
         if args.db == "sqlite":
             url = f"sqlite+aiosqlite:///{tmp}/history.db"
         else:
-            asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+            reuse = bool(args.keep) and asyncio.run(pg_database_exists(name))
+            if not reuse:
+                asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
             url = f"{PG_BASE}/{name}"
         try:
             t = time.perf_counter()
-            schema.upgrade(url, "0010")
-            if args.db == "sqlite":
-                seed_sqlite(Path(tmp) / "history.db", args.events, agents)
-            else:
-                asyncio.run(seed_postgresql(url.replace("+asyncpg", ""), args.events, agents))
+            if not reuse:
+                schema.upgrade(url, "0010")
+                if args.db == "sqlite":
+                    seed_sqlite(Path(tmp) / "history.db", args.events, agents)
+                else:
+                    asyncio.run(seed_postgresql(url.replace("+asyncpg", ""), args.events, agents))
             seeded = time.perf_counter() - t
             t = time.perf_counter()
             schema.upgrade(url)
@@ -435,7 +455,7 @@ def main() -> None:
             )
             asyncio.run(run_cases(url, args.reps, args.plain_reps, agents, args.events))
         finally:
-            if args.db == "postgresql":
+            if args.db == "postgresql" and not args.keep:
                 asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
