@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -213,3 +213,34 @@ async def test_sqlite_plans_use_the_narrow_index(
     # A window's page is picked from the index alone (every index holds the rowid): only the
     # page's rows are read, not the whole window's (storage.history.page_query).
     assert (f"USING COVERING INDEX {index} " in plan) is index.endswith("occurred_at"), plan
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_postgresql_picks_a_past_window_page_in_the_index(db_url: str) -> None:
+    """A window further back than it is long: the page's ids come from an index-only scan of
+    a window index (they include the id, alembic 0016) sorted by ``id + 0``; without the rule
+    PostgreSQL walks the primary key from the newest row (storage.history.page_query)."""
+    f = EventFilter(
+        severities=(Severity.ERROR,), since=NOW - timedelta(days=20), until=NOW - timedelta(days=19)
+    )
+    assert history.is_past_window(f, NOW)
+    assert not history.is_past_window(replace(f, until=None), NOW)  # reaches the newest rows
+    assert not history.is_past_window(replace(f, agent_id="an-agent"), NOW)
+    assert not history.is_past_window(replace(f, since=NOW - timedelta(days=60)), NOW)
+    engine = create_engine_for_url(db_url)
+    try:
+        await seed(make_sessionmaker(engine))
+        where = history._conditions(f, "postgresql")
+        stmt = history.page_query("postgresql", where, 51, True, past_window=True)
+        compiled = stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+        async with engine.connect() as conn:  # as autovacuum would: the visibility map is set
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql("VACUUM ANALYZE update_events")
+        async with engine.begin() as conn:
+            # The seed is small: make the planner show which index it can answer from.
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            await conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+            plan = " | ".join(str(r[0]) for r in await conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    finally:
+        await engine.dispose()
+    assert "Index Only Scan using ix_update_events_severity_occurred_at" in plan, plan

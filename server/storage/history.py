@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -279,30 +280,60 @@ def _dialect(session: AsyncSession) -> str:
 
 
 async def _fetch(
-    session: AsyncSession, where: list[ColumnElement[bool]], limit: int, newest_first: bool
+    session: AsyncSession,
+    where: list[ColumnElement[bool]],
+    limit: int,
+    newest_first: bool,
+    *,
+    past_window: bool = False,
 ) -> list[StoredEvent]:
-    """The page: rows matching ``where`` in id order, at most ``limit``.
-
-    SQLite picks the page's ids first, then reads their rows: every index of ``update_events``
-    holds the id (the rowid), so the ids of a time window are found and sorted in the index
-    alone, and only the page's rows are read; a single query sorted the window's whole rows
-    (10M events: errors in one day 83 ms, warnings over 7 days 317 ms; BENCHMARKS.md)."""
-    result = await session.execute(page_query(_dialect(session), where, limit, newest_first))
+    """The page: rows matching ``where`` in id order, at most ``limit`` (``past_window``: see
+    :func:`page_query`)."""
+    query = page_query(_dialect(session), where, limit, newest_first, past_window=past_window)
+    result = await session.execute(query)
     return [_stored(row) for row in result]
 
 
 def page_query(
-    dialect: str, where: list[ColumnElement[bool]], limit: int, newest_first: bool
+    dialect: str,
+    where: list[ColumnElement[bool]],
+    limit: int,
+    newest_first: bool,
+    *,
+    past_window: bool = False,
 ) -> Select[*tuple[Any, ...]]:
-    """The statement :func:`_fetch` runs (also what the plan tests explain)."""
+    """The statement :func:`_fetch` runs (also what the plan tests explain).
+
+    The page's ids are picked first, then only their rows are read. SQLite: always; every
+    index of ``update_events`` holds the id (the rowid), so a time window's ids are found and
+    sorted in the index alone, where one query sorted the window's whole rows (10M events:
+    errors in one day 83 ms, warnings over 7 days 317 ms; BENCHMARKS.md). PostgreSQL, for a
+    ``past_window`` (:func:`is_past_window`): the window indexes include the id (alembic 0016)
+    and the ids are ordered by ``id + 0``, which no index provides: otherwise the planner
+    walks the primary key from the newest row, expecting the window's rows to be spread over
+    the whole History, and reads every newer row first (1.6 s for a day 20 days ago)."""
     order = UpdateEvent.id.desc() if newest_first else UpdateEvent.id.asc()
     query = _select_events()
-    if dialect == "sqlite":
-        page = select(UpdateEvent.id).where(*where).order_by(order).limit(limit)
+    if dialect == "sqlite" or past_window:
+        key = UpdateEvent.id + 0 if dialect == "postgresql" else UpdateEvent.id
+        page = (
+            select(UpdateEvent.id)
+            .where(*where)
+            .order_by(key.desc() if newest_first else key.asc())
+            .limit(limit)
+        )
         query = query.where(UpdateEvent.id.in_(page))
     else:
         query = query.where(*where).limit(limit)
     return query.order_by(order)
+
+
+def is_past_window(f: EventFilter, now: datetime) -> bool:
+    """A window with both ends that lies further back than it is long, without an agent (one
+    agent's rows are read through ``(agent_id, id)``): its rows sit below everything newer."""
+    if f.since is None or f.until is None or f.agent_id is not None:
+        return False
+    return f.until - f.since <= now - f.until
 
 
 async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEvent]:
@@ -317,14 +348,17 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     are disjoint and consecutive, so the rows and their order are those of one query.
     """
     dialect = _dialect(session)
+    if dialect == "postgresql":
+        # A prepared statement's generic plan (chosen after five runs) cannot see how
+        # selective a pattern or a time window is, and walks (severity, id) or the primary
+        # key through most of the History (10M events: errors in one day 20 days ago took
+        # 1.6 s); plan each page for its own values.
+        await session.execute(text_sql("SET LOCAL plan_cache_mode = force_custom_plan"))
     hosts = await _agents_by_hostname(session, f.text) if f.text else []
     want = f.limit + 1
     if not f.text or len(f.text) < search.MIN_INDEXED_LENGTH:
-        return await _fetch(session, _conditions(f, dialect, hosts), want, True)
-    if dialect == "postgresql":
-        # A prepared statement's generic plan cannot see how selective the pattern is (and
-        # falls back to scanning the primary key); plan each search for its own values.
-        await session.execute(text_sql("SET LOCAL plan_cache_mode = force_custom_plan"))
+        past = dialect == "postgresql" and is_past_window(f, datetime.now(UTC))
+        return await _fetch(session, _conditions(f, dialect, hosts), want, True, past_window=past)
     top = f.before_id - 1 if f.before_id is not None else await max_event_id(session)
     floor = top - PLAIN_WINDOW  # the plain scan reads floor < id <= top
     newest = await _fetch(

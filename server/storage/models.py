@@ -181,10 +181,12 @@ class UpdateEvent(Base):
         Index(None, "severity", "id"),
         Index(None, "event_type", "id"),
         Index(None, "category", "id"),
-        Index(None, "occurred_at"),
+        # The window indexes carry the id on PostgreSQL (SQLite's hold the rowid): a window's
+        # page is picked in the index alone (alembic 0016, storage.history.page_query).
+        Index(None, "occurred_at", postgresql_include=["id"]),
         # A severity or an outcome within a time window reads only the window (alembic 0013).
-        Index(None, "severity", "occurred_at"),
-        Index(None, "event_type", "status", "occurred_at"),
+        Index(None, "severity", "occurred_at", postgresql_include=["id"]),
+        Index(None, "event_type", "status", "occurred_at", postgresql_include=["id"]),
         Index(None, "run_id"),
         Index(None, "spec_id", "id"),
         # The few events answering an action (previews): found without scanning the History.
