@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -161,3 +162,25 @@ async def test_postgresql_commits_batches_of_other_agents_at_once(
         stored = (await session.execute(select(func.count()).select_from(UpdateEvent))).scalar_one()
     await engine.dispose()
     assert stored == 5
+
+
+async def test_batches_of_events_queued_together_are_stored_one_at_a_time(
+    server_config: ServerConfig,
+) -> None:
+    """Three check-ins with events arriving at once, one per batch (a limit of one event):
+    even on PostgreSQL with two writers they are stored one batch after the other."""
+    engine = create_engine_for_url(server_config.database_url)
+    sessions = make_sessionmaker(engine)
+    token = await enrollment.create_token(sessions, uses=3)
+    agents = [
+        (await enrollment.enroll(sessions, token, HostFacts(hostname=f"h{i}")))[0] for i in range(3)
+    ]
+    store = _WatchedStore(sessions)
+    ingest = IngestWriter(replace(server_config, ingest_batch_max_events=1), sessions, store=store)
+    ingest.start()
+    try:
+        await asyncio.gather(*(ingest.submit(a, None, [new_event(a)]) for a in agents))
+        assert store.peak == 1 and ingest.batches == 3
+    finally:
+        await ingest.stop()
+        await engine.dispose()

@@ -273,16 +273,17 @@ class IngestWriter:
                 await self._slot_freed.wait()
                 continue
             batch = self._take(events=not self._event_batches)
+            # Counted now, not when the task starts: the next turn of this loop comes first.
             for item in batch:
                 self._busy_agents[item.agent_id] += 1
-            task = loop.create_task(self._commit_in_flight(batch))
+            with_events = any(item.rows for item in batch)
+            self._event_batches += with_events
+            task = loop.create_task(self._commit_in_flight(batch, with_events))
             self._in_flight.add(task)
         if self._in_flight:
             await asyncio.gather(*self._in_flight)
 
-    async def _commit_in_flight(self, batch: list[_Checkin]) -> None:
-        with_events = any(item.rows for item in batch)
-        self._event_batches += with_events
+    async def _commit_in_flight(self, batch: list[_Checkin], with_events: bool) -> None:
         try:
             await self._commit(batch)
         except Exception:  # never let the writer die; _commit already failed the futures
