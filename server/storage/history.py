@@ -349,10 +349,9 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     """
     dialect = _dialect(session)
     if dialect == "postgresql":
-        # A prepared statement's generic plan (chosen after five runs) cannot see how
-        # selective a pattern or a time window is, and walks (severity, id) or the primary
-        # key through most of the History (10M events: errors in one day 20 days ago took
-        # 1.6 s); plan each page for its own values.
+        # A prepared statement's generic plan (chosen after five runs) cannot see the values:
+        # how selective a pattern (it fell back to scanning the primary key) or a window is.
+        # Plan each page for its own values (planning takes well under 2 ms).
         await session.execute(text_sql("SET LOCAL plan_cache_mode = force_custom_plan"))
     hosts = await _agents_by_hostname(session, f.text) if f.text else []
     want = f.limit + 1
