@@ -25,6 +25,7 @@ from server.domain import (
     RunState,
 )
 from server.services.retention import PruneResult, RetentionJob, prune
+from server.storage import retention as retention_store
 from server.storage import run_ingest
 from server.storage.agents import create_agent
 from server.storage.db import make_sessionmaker
@@ -159,6 +160,22 @@ async def test_prune_to_the_limits_waiting_run_survives(engine: AsyncEngine, db_
 
     again = await prune(sessions, config_for(db_url))
     assert again.total == 0
+
+
+async def test_the_agents_over_a_cap_are_found_in_one_query_per_chunk(engine: AsyncEngine) -> None:
+    """a holds 30 events and 7 runs, b 4 and 1: only a is over caps of 10 and 3, only b
+    over no cap at 0 (``> cap``), and an agent without rows is over nothing."""
+    sessions = make_sessionmaker(engine)
+    seeded = await seed(sessions)
+    a, b, nobody = seeded["a"], seeded["b"], str(uuid.uuid4())
+    assert isinstance(a, str) and isinstance(b, str)
+    async with sessions() as session:
+        assert await retention_store.agents_over_event_cap(session, [a, b, nobody], 10) == [a]
+        assert await retention_store.agents_over_event_cap(session, [b], 3) == [b]
+        assert await retention_store.agents_over_event_cap(session, [b], 4) == []
+        assert await retention_store.agents_over_run_cap(session, [a, b, nobody], 3) == [a]
+        assert await retention_store.agents_over_run_cap(session, [b], 0) == [b]
+        assert await retention_store.agents_over_run_cap(session, [b], 1) == []
 
 
 async def test_zero_disables_limits(engine: AsyncEngine, db_url: str) -> None:

@@ -29,8 +29,39 @@ _KEEP = RunState.AWAITING_INPUT.value
 
 
 async def agent_ids(session: AsyncSession) -> list[str]:
-    """Every agent id (the per-agent caps are checked one agent at a time)."""
+    """Every agent id (the per-agent caps are checked for many agents per query)."""
     return list((await session.execute(select(Agent.id).order_by(Agent.id))).scalars())
+
+
+async def agents_over_event_cap(
+    session: AsyncSession, agent_ids: Sequence[str], cap: int
+) -> list[str]:
+    """Those of ``agent_ids`` holding more than ``cap`` events, in one query (each agent's
+    check walks at most ``cap`` + 1 entries of ``(agent_id, id)``)."""
+    beyond = (
+        select(UpdateEvent.id)
+        .where(UpdateEvent.agent_id == Agent.id)
+        .order_by(UpdateEvent.id.desc())
+        .offset(cap)
+        .limit(1)
+    )
+    query = select(Agent.id).where(Agent.id.in_(list(agent_ids)), beyond.exists())
+    return list((await session.execute(query.order_by(Agent.id))).scalars())
+
+
+async def agents_over_run_cap(
+    session: AsyncSession, agent_ids: Sequence[str], cap: int
+) -> list[str]:
+    """Those of ``agent_ids`` holding more than ``cap`` runs, in one query."""
+    beyond = (
+        select(MigrationRun.id)
+        .where(MigrationRun.agent_id == Agent.id)
+        .order_by(MigrationRun.created_at.desc(), MigrationRun.id.desc())
+        .offset(cap)
+        .limit(1)
+    )
+    query = select(Agent.id).where(Agent.id.in_(list(agent_ids)), beyond.exists())
+    return list((await session.execute(query.order_by(Agent.id))).scalars())
 
 
 async def delete_events_before(session: AsyncSession, cutoff: datetime, limit: int) -> int:
