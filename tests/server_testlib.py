@@ -4,6 +4,7 @@ so nothing should be imported from a conftest by name)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import uuid
@@ -200,6 +201,19 @@ async def browser_logged_in(
     account = await create_web_user(server, role)
     await login_browser(page, server.web_url, account, next_path)
     return account
+
+
+async def save_screenshot(page: Page, path: str | Path) -> None:
+    """A full-page screenshot for the README's pictures, not an assertion. Chromium sometimes
+    answers "Unable to capture screenshot" while a page settles after a navigation: one retry
+    half a second later."""
+    from playwright.async_api import Error
+
+    try:
+        await page.screenshot(path=str(path), full_page=True)
+    except Error:
+        await asyncio.sleep(0.5)
+        await page.screenshot(path=str(path), full_page=True)
 
 
 async def login_test_client(

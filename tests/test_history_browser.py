@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from playwright.async_api import expect
-from server_testlib import browser_logged_in, make_server_config
+from server_testlib import browser_logged_in, make_server_config, save_screenshot
 from test_history_web import READONLY_ERROR, XSS_MESSAGE, Seeded, seed
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ async def test_filter_expand_and_escape_in_chromium(
     await expect(detail).to_contain_text(f"{failure.event.run_id} (no run recorded)")
     await expect(detail.get_by_role("link", name=failure.event.run_id or "")).to_have_count(0)
 
-    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    await save_screenshot(page, str(SCREENSHOT))
 
     # Back to everything: the hostile row's detail still renders as text.
     await page.goto(f"{running.web_url}/history?q=window.__pwned")

@@ -26,7 +26,7 @@ import grpc
 import pytest
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
-from server_testlib import browser_logged_in, logged_in_http, make_server_config
+from server_testlib import browser_logged_in, logged_in_http, make_server_config, save_screenshot
 from sqlalchemy import text
 from test_history_web import AGENTS, XSS_MESSAGE, _event, build_app, seed, start_client
 
@@ -706,7 +706,7 @@ async def test_new_failure_appears_in_chromium_without_reload(
             detail = new_row.locator(".event-detail")
             await expect(detail).to_contain_text("EACCES (errno 13)")
             await expect(detail).to_contain_text("move_legacy_config")
-            await page.screenshot(path=str(LIVE_SCREENSHOT), full_page=True)
+            await save_screenshot(page, str(LIVE_SCREENSHOT))
 
             # A reload shows the same rows, once each.
             await page.reload()

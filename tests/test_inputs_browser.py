@@ -15,7 +15,7 @@ import grpc
 import pytest
 from playwright.async_api import expect
 from runs_testlib import AgentClient, run_update
-from server_testlib import browser_logged_in, make_server_config
+from server_testlib import browser_logged_in, make_server_config, save_screenshot
 from test_runs_pages import XSS, start_with_settings
 
 from flagpost.v1 import agent_pb2
@@ -131,7 +131,7 @@ async def test_prompt_appears_live_and_shows_the_agents_error(
         await expect(prompt).to_be_hidden(timeout=3000)
         await agent.checkin(run_updates=[run_update(run_id, agent_pb2.RUN_STATE_SUCCEEDED)])
         await expect(page.locator(".state-badge")).to_contain_text("Succeeded", timeout=3000)
-        await page.screenshot(path="/tmp/run-input.png", full_page=True)
+        await save_screenshot(page, "/tmp/run-input.png")
     assert browser_page.problems == [] and browser_page.dialogs == []
 
 

@@ -18,7 +18,7 @@ import pytest
 from agent_tests.spec_testlib import PASSWORD, V1_INI
 from agent_tests.spec_testlib import SAMPLE_PATH as SAMPLE
 from playwright.async_api import Page, expect
-from server_testlib import browser_logged_in, make_server_config
+from server_testlib import browser_logged_in, make_server_config, save_screenshot
 from test_end_to_end import REPO, enrolled_agent
 from test_runs_pages import start_with_settings
 
@@ -115,7 +115,7 @@ async def test_admin_uploads_previews_runs_and_reverts_a_spec(
     await expect(preview.locator(".diff-hunk").first).to_be_visible()
     await expect(preview).to_contain_text("address")
     await expect(preview).not_to_contain_text(PASSWORD)
-    await page.screenshot(path=str(SHOTS / "migration-preview.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "migration-preview.png"))
     assert (agent_root / "etc" / "myapp" / "myapp.ini").read_text() == V1_INI  # nothing changed
 
     # Run it on the host: a "waiting for the agent" page, then the run page.
@@ -138,7 +138,7 @@ async def test_admin_uploads_previews_runs_and_reverts_a_spec(
     await page.goto(f"{server.web_url}/migrations/myapp")
     await reload_until(page, "#spec-agents .spec-version", "3")
     await expect(page.locator("#spec-agents .spec-version")).to_contain_text("target")
-    await page.screenshot(path=str(SHOTS / "migration.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "migration.png"))
 
     # Revert from the run page (a succeeded spec run): the files go back to v1.
     await page.goto(run_url)
@@ -154,6 +154,6 @@ async def test_admin_uploads_previews_runs_and_reverts_a_spec(
     assert ini.read_text() == V1_INI
     await page.goto(f"{server.web_url}/migrations")
     await expect(page.locator("#specs-table")).to_contain_text("myapp")
-    await page.screenshot(path=str(SHOTS / "migrations.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "migrations.png"))
     assert browser_page.dialogs == []
     assert browser_page.problems == []

@@ -17,7 +17,7 @@ from agent_tests.spec_testlib import SAMPLE
 from playwright.async_api import expect
 from rollouts_testlib import answer_until, until_state
 from runs_testlib import AgentClient
-from server_testlib import browser_logged_in, make_server_config
+from server_testlib import browser_logged_in, make_server_config, save_screenshot
 
 from flagpost.v1 import agent_pb2
 from server import app_keys
@@ -92,7 +92,7 @@ async def test_create_watch_halt_resume_and_abort(
         await expect(summary).to_have_text(
             "4 hosts in 2 waves: 1 (1 host), then all; halts when more than 5 % of a wave fails."
         )
-        await page.screenshot(path=str(SHOTS / "rollout-new.png"), full_page=True)
+        await save_screenshot(page, str(SHOTS / "rollout-new.png"))
         async with page.expect_navigation():
             await page.locator("#rollout-submit").click()
         assert "/rollouts/" in page.url and not page.url.endswith("/new"), page.url
@@ -122,7 +122,7 @@ async def test_create_watch_halt_resume_and_abort(
         await expect(page.locator("#resume-form")).to_be_visible()
         assert await page.locator("#resume-reason").evaluate("el => el.required") is True
         assert await page.evaluate("window.__pwned") is None
-        await page.screenshot(path=str(SHOTS / "rollout-halted.png"), full_page=True)
+        await save_screenshot(page, str(SHOTS / "rollout-halted.png"))
 
         # Abort, dismissed: the fixture answers "no" to the confirmation; nothing changes.
         await page.locator("#abort-button").click()
@@ -160,6 +160,6 @@ async def test_create_watch_halt_resume_and_abort(
 
         await page.goto(f"{server.web_url}/rollouts")
         await expect(page.locator(f"#rollout-{rollout_id}")).to_contain_text("ABORTED")
-        await page.screenshot(path=str(SHOTS / "rollouts.png"), full_page=True)
+        await save_screenshot(page, str(SHOTS / "rollouts.png"))
     assert browser_page.problems == []
     assert browser_page.bad_responses == []

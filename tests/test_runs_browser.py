@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from playwright.async_api import Page, expect
-from server_testlib import action_body, browser_logged_in, make_server_config
+from server_testlib import action_body, browser_logged_in, make_server_config, save_screenshot
 from test_runs_pages import XSS, RunAgent, start_with_settings, step
 
 from server.app import RunningServer
@@ -87,7 +87,7 @@ async def test_run_page_live_tail_level_filter_and_cancel(
         # A step finishing updates the progress without a reload.
         await step(agent, run)
         await expect(page.locator(".run-progress-text")).to_contain_text("2 of 4 steps")
-        await page.screenshot(path=str(SHOTS / "run.png"), full_page=True)
+        await save_screenshot(page, str(SHOTS / "run.png"))
 
         # Auto-scroll follows the tail ...
         view = page.locator("#log-view")
@@ -128,7 +128,7 @@ async def test_run_page_live_tail_level_filter_and_cancel(
         await expect(page.locator("#log-lines")).to_contain_text("a warning line")
         await expect(page.locator("#log-lines")).not_to_contain_text("an info line")
         await expect(page.locator("#log-lines > li.level-info")).to_have_count(0)
-        await page.screenshot(path=str(SHOTS / "run-filtered.png"), full_page=True)
+        await save_screenshot(page, str(SHOTS / "run-filtered.png"))
 
         # Cancel from the button, after a confirmation (dismissed first: nothing happens); the
         # agent receives it and reports CANCELLED: live.
@@ -188,7 +188,7 @@ async def test_a_bad_runs_filter_value_is_shown_at_its_field_with_the_form_kept(
     await expect(page.get_by_label("Failed", exact=True)).to_be_checked()
     await expect(rows).to_have_count(1)  # the other filter applied
     await expect(page.locator(f"#run-{failed.run_id}")).to_be_visible()
-    await page.screenshot(path=str(SHOTS / "runs-refused.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "runs-refused.png"))
 
     # Choosing a listed agent sends a good form: the error goes.
     await chooser.select_option(agent.agent_id)
@@ -216,13 +216,13 @@ async def _runs_list_and_screens(page: Page, server: RunningServer, agent: RunAg
     await page.get_by_role("link", name="Load more").click()
     await expect(rows).to_have_count(5)
     await expect(page.get_by_role("link", name="Load more")).to_have_count(0)
-    await page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "runs.png"))
 
     await page.goto(f"{server.web_url}/agents/{agent.agent_id}")
     await page.evaluate("window.confirm = () => true")  # "Run the migration on … now?"
     await page.get_by_role("button", name="Run migration now").click()
     await expect(page.locator(".notice-ok")).to_contain_text("Run requested")
-    await page.screenshot(path=str(SHOTS / "agent.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "agent.png"))
     await page.goto(f"{server.web_url}/")
     await expect(page.locator("h1")).to_have_text("Fleet overview")
-    await page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    await save_screenshot(page, str(SHOTS / "overview.png"))
