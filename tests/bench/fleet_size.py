@@ -88,6 +88,7 @@ class Share:
     latencies_ms: list[float] = field(default_factory=list)
     failures: int = 0
     failed_codes: dict[str, int] = field(default_factory=dict)  # status name -> count
+    slow_at: list[float] = field(default_factory=list)  # window second of each check-in > 1 s
     events_sent: int = 0
     events_acked: int = 0
     behind_ms: list[float] = field(default_factory=list)  # how late each check-in started
@@ -147,6 +148,8 @@ async def _play(
             return
         if measured:
             share.latencies_ms.append((time.time() - started) * 1000)
+            if time.time() - started > 1.0:
+                share.slow_at.append(started - begin)
             share.behind_ms.append(max(0.0, started - due) * 1000)
             share.events_sent += len(request.events)
             share.events_acked += len(reply.acknowledged_event_ids)
@@ -257,6 +260,8 @@ def main() -> int:
     latencies = [x for r in results for x in r.latencies_ms]
     behind = [x for r in results for x in r.behind_ms]
     failures = sum(r.failures for r in results)
+    slow = sorted(int(t) for r in results for t in r.slow_at)
+    slow_seconds = {t: slow.count(t) for t in slow}
     codes: dict[str, int] = {}
     for r in results:
         for code, n in r.failed_codes.items():
@@ -272,6 +277,11 @@ def main() -> int:
         f"{statistics.median(latencies) if latencies else float('nan'):.1f} ms, p99 "
         f"{percentile(latencies, 0.99):.1f} ms, max {max(latencies, default=float('nan')):.0f} ms"
     )
+    if slow_seconds:
+        print(
+            "  check-ins over 1 s, by second of the window: "
+            + ", ".join(f"{t}s: {n}" for t, n in slow_seconds.items())
+        )
     print(
         f"  events sent {sent:,}, acknowledged {acked:,}; clients behind schedule p99 "
         f"{percentile(behind, 0.99):.0f} ms"
