@@ -250,18 +250,45 @@ async def get_credential(session: AsyncSession, credential_id: int) -> Credentia
     return await _credential_where(session, _BY_ID, credential_id)
 
 
+_CREDENTIALS = cast(Table, AgentCredential.__table__)
+# A fleet's first check-ins each run these (a credential's first use): Core statements built
+# once, on the session's connection (the ORM's bulk UPDATE path cost more than the SQL).
+_LOCK_PG = select(_AGENTS.c.id).where(_AGENTS.c.id == bindparam("agent")).with_for_update()
+_LOCK_SQLITE = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("agent"))
+    .values(rotate_requested_at=_AGENTS.c.rotate_requested_at)
+)
+_MARK_USED = (
+    update(_CREDENTIALS)
+    .where(_CREDENTIALS.c.id == bindparam("credential"))
+    .values(last_used_at=bindparam("at", type_=_CREDENTIALS.c.last_used_at.type))
+)
+_REVOKE_OTHERS = (
+    update(_CREDENTIALS)
+    .where(
+        _CREDENTIALS.c.agent_id == bindparam("agent"),
+        _CREDENTIALS.c.id != bindparam("credential"),
+        _CREDENTIALS.c.revoked_at.is_(None),
+    )
+    .values(revoked_at=bindparam("at", type_=_CREDENTIALS.c.revoked_at.type))
+)
+_ANSWERED = (
+    update(_AGENTS)
+    .where(
+        _AGENTS.c.id == bindparam("agent"), _AGENTS.c.rotate_requested_at <= bindparam("created")
+    )
+    .values(rotate_requested_at=None)
+)
+
+
 async def lock_agent(session: AsyncSession, agent_id: str) -> None:
     """Serialize changes to one agent's credentials across processes: PostgreSQL locks the
     agent row (``FOR UPDATE``); SQLite takes the database's write lock with a no-op write.
     Call it first in its transaction; what is read after it is current until commit."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(select(Agent.id).where(Agent.id == agent_id).with_for_update())
-    else:
-        await session.execute(
-            update(Agent)
-            .where(Agent.id == agent_id)
-            .values(rotate_requested_at=Agent.rotate_requested_at)
-        )
+    conn = await session.connection()
+    postgresql = conn.dialect.name == "postgresql"
+    await conn.execute(_LOCK_PG if postgresql else _LOCK_SQLITE, {"agent": agent_id})
 
 
 async def set_rotate_requested(session: AsyncSession, agent_id: str, at: datetime) -> bool:
@@ -278,23 +305,10 @@ async def mark_credential_used(
     """First use of a credential: record it, revoke every other credential of the agent that is
     still valid (older ones, and a newer one a concurrent rotation may have issued), and clear a
     rotation request that this credential answers (one made before it was created)."""
-    await session.execute(
-        update(AgentCredential).where(AgentCredential.id == credential_id).values(last_used_at=at)
-    )
-    await session.execute(
-        update(AgentCredential)
-        .where(
-            AgentCredential.agent_id == agent_id,
-            AgentCredential.id != credential_id,
-            AgentCredential.revoked_at.is_(None),
-        )
-        .values(revoked_at=at)
-    )
-    await session.execute(
-        update(Agent)
-        .where(Agent.id == agent_id, Agent.rotate_requested_at <= created_at)
-        .values(rotate_requested_at=None)
-    )
+    conn = await session.connection()
+    await conn.execute(_MARK_USED, {"credential": credential_id, "at": at})
+    await conn.execute(_REVOKE_OTHERS, {"agent": agent_id, "credential": credential_id, "at": at})
+    await conn.execute(_ANSWERED, {"agent": agent_id, "created": created_at})
 
 
 async def revoke_unused_newer(
