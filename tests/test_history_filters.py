@@ -155,7 +155,8 @@ async def test_every_combination_returns_exactly_its_rows(engine: AsyncEngine) -
 
 def plan_of(engine: AsyncEngine, f: EventFilter) -> str:
     dialect = engine.dialect.name
-    stmt = history.page_query(dialect, history._conditions(f, dialect), 51, True)
+    where = history._conditions(f, dialect, past_window=history.is_past_window(f, NOW))
+    stmt = history.page_query(dialect, where, 51, True)
     compiled: SQLCompiler = stmt.compile(
         dialect=engine.dialect, compile_kwargs={"literal_binds": True}
     )
@@ -182,6 +183,25 @@ def plan_of(engine: AsyncEngine, f: EventFilter) -> str:
             "ix_update_events_event_type_status_occurred_at",
         ),
         (
+            # The History page's first page: bounded by the live stream's horizon.
+            EventFilter(
+                severities=(Severity.ERROR,),
+                since=NOW - timedelta(days=20),
+                until=NOW - timedelta(days=19),
+                before_id=10**9,
+            ),
+            "ix_update_events_severity_occurred_at",
+        ),
+        (
+            EventFilter(
+                event_types=(outcome_name(EventType.MIGRATION_EXECUTION, EventStatus.FAILED),),
+                since=NOW - timedelta(days=20),
+                until=NOW - timedelta(days=19),
+                before_id=10**9,
+            ),
+            "ix_update_events_event_type_status_occurred_at",
+        ),
+        (
             EventFilter(agent_id="an-agent", severities=(Severity.ERROR,)),
             "ix_update_events_agent_id_id",
         ),
@@ -194,14 +214,21 @@ def plan_of(engine: AsyncEngine, f: EventFilter) -> str:
             "ix_update_events_agent_id_id",
         ),
     ],
-    ids=["severity-in-window", "outcome-in-window", "agent-and-severity", "agent-outcome-since"],
+    ids=[
+        "severity-in-window",
+        "outcome-in-window",
+        "severity-in-window-below-a-cursor",
+        "outcome-in-window-below-a-cursor",
+        "agent-and-severity",
+        "agent-outcome-since",
+    ],
 )
 async def test_sqlite_plans_use_the_narrow_index(
     sqlite_db_url: str, f: EventFilter, index: str
 ) -> None:
-    """SQLite keeps no statistics (nothing runs ANALYZE): without 0013's indexes or the agent
-    rule in ``storage.history._conditions`` these plans walk ``(severity, id)`` or
-    ``(event_type, id)`` through most of the History."""
+    """SQLite keeps no statistics (nothing runs ANALYZE): without 0013's indexes, the agent
+    rule or the past-window cursor rule in ``storage.history._conditions`` these plans walk
+    ``(severity, id)`` or ``(event_type, id)`` through most of the History."""
     engine = create_engine_for_url(sqlite_db_url)
     try:
         await seed(make_sessionmaker(engine))

@@ -178,13 +178,16 @@ async def search_ids(
     return await every_event_id(sessions, EventFilter(text=q, severities=severities, limit=limit))
 
 
-@pytest.mark.parametrize("window", [0, 700])
+@pytest.mark.parametrize(("window", "few"), [(0, 5), (700, history.FEW_TEXT_MATCHES)])
 async def test_indexed_search_equals_substring_scan(
-    engine: AsyncEngine, window: int, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, window: int, few: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``window``: how many of the newest ids are scanned plainly before the index serves the
-    rest (0: the index alone; 700: a page often straddles the two)."""
+    rest (0: the index alone; 700: a page often straddles the two). ``few``: up to how many
+    index entries make SQLite read a text's rows from the index first (5: most of the queries
+    have more; the product's value: most have fewer)."""
     monkeypatch.setattr(history, "PLAIN_WINDOW", window)
+    monkeypatch.setattr(history, "FEW_TEXT_MATCHES", few)
     sessions = make_sessionmaker(engine)
     rows = await seed(sessions)
     ascii_only = engine.dialect.name == "sqlite"
@@ -264,6 +267,35 @@ async def test_plan_uses_the_index(engine: AsyncEngine) -> None:
             await conn.exec_driver_sql("SET enable_indexscan = off")
             plan = " | ".join(str(r[0]) for r in await conn.exec_driver_sql(f"EXPLAIN {compiled}"))
             assert search.PG_INDEX in plan, plan
+
+
+async def test_sqlite_reads_a_rare_texts_rows_from_the_index(sqlite_db_url: str) -> None:
+    """A rare text with another filter: SQLite reads the rows the search index lists; without
+    ``storage.history._few_text_matches`` it walks the severity's index below the cursor,
+    checking every error against the index's list (100 ms at 10M events)."""
+    from server.storage.db import create_engine_for_url
+
+    engine = create_engine_for_url(sqlite_db_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        await seed(sessions)
+        f = EventFilter(text="zebrafish", severities=(Severity.ERROR,))
+        async with sessions() as session:
+            assert await history._few_text_matches(session, "zebrafish", [], EVENTS)
+            assert not await history._few_text_matches(session, "zebrafish", ["an-agent"], EVENTS)
+            assert not await history._few_text_matches(session, "abc-12", [], EVENTS)
+        bound = history._unindexed(UpdateEvent.id) <= EVENTS
+        where = [*history._conditions(f, "sqlite", text_drives=True), bound]
+        compiled = history.page_query("sqlite", where, 51, True).compile(
+            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+        async with engine.connect() as conn:
+            plan = " | ".join(
+                str(r[-1]) for r in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+            )
+    finally:
+        await engine.dispose()
+    assert "severity" not in plan and f"{search.FTS_TABLE} VIRTUAL TABLE INDEX" in plan, plan
 
 
 async def test_live_stream_reads_match_the_page(

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Row,
     Select,
     and_,
@@ -125,20 +126,35 @@ async def _agents_by_hostname(session: AsyncSession, text: str) -> list[str]:
 
 
 def _conditions(
-    f: EventFilter, dialect: str, host_agents: Sequence[str] = (), indexed: bool = True
+    f: EventFilter,
+    dialect: str,
+    host_agents: Sequence[str] = (),
+    indexed: bool = True,
+    *,
+    past_window: bool = False,
+    text_drives: bool = False,
 ) -> list[ColumnElement[bool]]:
     """The WHERE clauses of ``f`` (all bound parameters); ``host_agents``: the agents whose
     hostname contains ``f.text`` (:func:`_agents_by_hostname`); ``indexed``: whether the text
-    may use the search index.
+    may use the search index; ``past_window``: :func:`is_past_window`; ``text_drives``: the
+    text's search index holds few rows below the cursor (:func:`_few_text_matches`).
 
     One agent's events are found through ``(agent_id, id)`` (an agent holds a small share of
     the History); SQLite keeps no statistics unless told to (``ANALYZE`` blocks writers for
     its whole scan), so its planner is kept off the other filters' indexes, which it would
     otherwise prefer and walk through every agent's rows (BENCHMARKS.md, "History filter
-    combinations")."""
+    combinations"). For the same reason, in a past window SQLite is kept off the cursor's id
+    range (the History page's first page has one: the live stream's horizon): it would walk
+    every newer row down to the window (a day of errors 20 days ago: 700 ms at 10M events)
+    where the window's index holds the window's ids. And when a text is rare
+    (``text_drives``), SQLite reads the rows the search index lists instead of walking another
+    filter's index through the History checking each row against that list (a rare word among
+    the errors: 100 ms at 10M events)."""
+    sqlite = dialect == "sqlite"
     col: Callable[[InstrumentedAttribute[Any]], ColumnElement[Any]] = (
-        _unindexed if dialect == "sqlite" and f.agent_id is not None else _column
+        _unindexed if sqlite and (f.agent_id is not None or text_drives) else _column
     )
+    cursor = _unindexed if sqlite and (past_window or text_drives) else _column
     where: list[ColumnElement[bool]] = []
     if f.migration_only:
         where.append(col(UpdateEvent.category) == "migration")
@@ -157,9 +173,9 @@ def _conditions(
     if f.text:
         where.append(_text_condition(f.text, dialect, host_agents, indexed))
     if f.before_id is not None:
-        where.append(UpdateEvent.id < f.before_id)
+        where.append(cursor(UpdateEvent.id) < f.before_id)
     if f.after_id is not None:
-        where.append(UpdateEvent.id > f.after_id)
+        where.append(cursor(UpdateEvent.id) > f.after_id)
     return where
 
 
@@ -356,8 +372,9 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     hosts = await _agents_by_hostname(session, f.text) if f.text else []
     want = f.limit + 1
     if not f.text or len(f.text) < search.MIN_INDEXED_LENGTH:
-        past = dialect == "postgresql" and is_past_window(f, datetime.now(UTC))
-        return await _fetch(session, _conditions(f, dialect, hosts), want, True, past_window=past)
+        past = is_past_window(f, datetime.now(UTC))
+        where = _conditions(f, dialect, hosts, past_window=past)
+        return await _fetch(session, where, want, True, past_window=past)
     top = f.before_id - 1 if f.before_id is not None else await max_event_id(session)
     floor = top - PLAIN_WINDOW  # the plain scan reads floor < id <= top
     newest = await _fetch(
@@ -368,13 +385,42 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     )
     if len(newest) >= want or (f.after_id is not None and f.after_id >= floor):
         return newest
+    drives = dialect == "sqlite" and await _few_text_matches(session, f.text, hosts, floor)
+    bound = _unindexed(UpdateEvent.id) if drives else UpdateEvent.id
     older = await _fetch(
         session,
-        [*_conditions(f, dialect, hosts), UpdateEvent.id <= floor],
+        [*_conditions(f, dialect, hosts, text_drives=drives), bound <= floor],
         want - len(newest),
         True,
     )
     return newest + older
+
+
+# A text with at most this many rows in SQLite's search index (below the cursor) is looked up
+# there first; counting stops here, so asking costs at most this many index entries.
+FEW_TEXT_MATCHES = 2_000
+
+
+async def _few_text_matches(
+    session: AsyncSession, text: str, host_agents: Sequence[str], upto_id: int
+) -> bool:
+    """Whether the search index lists at most :data:`FEW_TEXT_MATCHES` rows with ids up to
+    ``upto_id`` for ``text``, and those are all the text can match (no hostname matched it,
+    and it cannot be part of an id: those rows are not in the index)."""
+    if host_agents or search.could_be_id(text):
+        return False
+    fts = table(search.FTS_TABLE)
+    rowid = literal_column("rowid", Integer)
+    matches = (
+        select(rowid)
+        .select_from(fts)
+        .where(literal_column(search.FTS_TABLE).op("MATCH")(search.match_phrase(text)))
+        .where(rowid <= upto_id)
+        .limit(FEW_TEXT_MATCHES + 1)
+        .subquery()
+    )
+    count = (await session.execute(select(func.count()).select_from(matches))).scalar_one()
+    return int(count) <= FEW_TEXT_MATCHES
 
 
 async def query_events_after(
@@ -400,9 +446,20 @@ async def max_event_id(session: AsyncSession) -> int:
     return 0 if value is None else int(value)
 
 
-async def list_agents(session: AsyncSession) -> list[tuple[str, str]]:
-    """Every agent as ``(id, hostname)``, ordered by hostname then id (the agent filter)."""
+async def list_agents(session: AsyncSession, limit: int) -> list[tuple[str, str]]:
+    """The first ``limit`` agents as ``(id, hostname)``, ordered by hostname then id (a form's
+    agent list)."""
     result = await session.execute(
-        select(Agent.id, Agent.hostname).order_by(Agent.hostname, Agent.id)
+        select(Agent.id, Agent.hostname).order_by(Agent.hostname, Agent.id).limit(limit)
     )
     return [(row.id, row.hostname) for row in result]
+
+
+async def hostnames(session: AsyncSession, agent_ids: Sequence[str]) -> dict[str, str]:
+    """``agent id -> hostname`` for those of ``agent_ids`` that exist."""
+    if not agent_ids:
+        return {}
+    result = await session.execute(
+        select(Agent.id, Agent.hostname).where(Agent.id.in_(list(agent_ids)))
+    )
+    return {row.id: row.hostname for row in result}

@@ -4,12 +4,16 @@
     python -m tests.bench.history --db postgresql --events 1000000
     python -m tests.bench.history --db sqlite --ingest-ab 100000
     python -m tests.bench.history --vs-0012 --events 1000000
+    python -m tests.bench.history --db sqlite --events 10000000 --keep h10m.db --web
 
 Creates a fresh database migrated by alembic up to 0010, seeds ``--events`` events quickly
 (executemany on SQLite, COPY on PostgreSQL; 1,000 agents, 30 days, 80% success / 10% info /
 7% error / 3% warning, messages from a small vocabulary plus a few rare words), upgrades to
 head (so 0011's backfill / index build is timed too), then times ``--reps`` calls of each case
-through :func:`server.services.history.list_events` (what the History page and the API call).
+through :func:`server.services.history.list_events` (what the History page and the API call),
+or with ``--web`` through the History page of a real server (HTTP, a logged-in viewer).
+``--keep`` seeds into a named database (a PostgreSQL database, a SQLite file) and keeps it: a
+later run with the same ``--keep`` reuses the seed, so new code is measured on the same rows.
 Text cases are also timed with the plain scan (the query before 0011) for comparison.
 
 ``--vs-0012``: the cases side by side, each in turn on a SQLite copy at 0012 read without the
@@ -36,7 +40,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import aiohttp
 import asyncpg
 from sqlalchemy import create_engine
 
@@ -46,6 +52,9 @@ from server.storage import events as events_db
 from server.storage import history as history_store
 from server.storage import schema, search
 from server.storage.db import create_engine_for_url, make_sessionmaker
+from server.web.request import filter_params
+from tests.bench.ingest import create_user, serve, server_env, shut_down
+from tests.server_testlib import WebAccount, login_http
 
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -307,6 +316,55 @@ async def run_cases(
         await engine.dispose()
 
 
+async def web_cases(
+    url: str, reps: int, agents: list[tuple[str, str]], events: int, state_dir: Path
+) -> None:
+    """The same cases through the History page of a real ``flagpost-server serve`` on the
+    seeded database (HTTP on 127.0.0.1, a logged-in viewer, the whole page read), timed from
+    the request to the last byte; the rows are counted in the page's HTML. Retention is off
+    (the seed's 30 days end on ``NOW``, which may lie days back). ``state_dir``: the server's
+    (its signing key is registered in the database: a kept database needs the same one)."""
+    agent, host = agents[420]
+    with tempfile.TemporaryDirectory() as tmp:
+        env, _ = server_env("sqlite", Path(tmp))
+        env["FLAGPOST_DATABASE_URL"] = url
+        env["FLAGPOST_STATE_DIR"] = str(state_dir)
+        env["FLAGPOST_RETENTION_INTERVAL_MINUTES"] = "0"
+        env["FLAGPOST_LOGIN_RATE_PER_MINUTE"] = "0"
+        # a new name each run: a kept database keeps the users of earlier runs
+        account = WebAccount(f"bench-{uuid.uuid4().hex[:8]}", "bench-password-long", "viewer")
+        create_user(env, account.name, account.password)
+        server, _, base = serve(env)
+        try:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                await login_http(http, base, account)
+                for name, f, _ in cases(agent, host, events):
+                    query = urlencode(filter_params(f, 50, before_id=f.before_id))
+                    page = f"{base}/history?{query}"
+
+                    async def get(page: str = page) -> int:
+                        async with http.get(page) as reply:
+                            body = await reply.text()
+                            if reply.status != 200:
+                                raise RuntimeError(f"{page}: HTTP {reply.status}")
+                        return body.count('<li class="event ')
+
+                    times = []
+                    rows = 0
+                    for _ in range(reps):
+                        t = time.perf_counter()
+                        rows = await get()
+                        times.append((time.perf_counter() - t) * 1000)
+                    times.sort()
+                    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+                    print(
+                        f"  {name:<44} p50={statistics.median(times):9.1f}ms "
+                        f"p95={p95:9.1f}ms rows={rows}"
+                    )
+        finally:
+            shut_down(server, None)
+
+
 async def pg_database_exists(name: str) -> bool:
     conn = await asyncpg.connect(PG_BASE.replace("+asyncpg", "") + "/postgres")
     try:
@@ -413,12 +471,15 @@ def main() -> None:
     parser.add_argument(
         "--keep",
         metavar="DATABASE",
-        help="PostgreSQL: seed into DATABASE and keep it; when it exists already, reuse its "
-        "seed (upgrade to head, then the queries)",
+        help="seed into DATABASE (PostgreSQL: a database name; SQLite: a file path) and keep "
+        "it; when it exists already, reuse its seed (upgrade to head, then the queries)",
+    )
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="time the cases through the History page of a real server (HTTP, logged in)",
     )
     args = parser.parse_args()
-    if args.keep and args.db != "postgresql":
-        parser.error("--keep: PostgreSQL only (give --db postgresql)")
     if args.vs_0012:
         vs_0012(args.events, args.reps, _agent_rows(args.agents))
         return
@@ -431,7 +492,9 @@ def main() -> None:
         name = args.keep or f"flagpost_bench_{uuid.uuid4().hex[:8]}"
         reuse = False
         if args.db == "sqlite":
-            url = f"sqlite+aiosqlite:///{tmp}/history.db"
+            path = Path(args.keep).resolve() if args.keep else Path(tmp) / "history.db"
+            reuse = path.exists()
+            url = f"sqlite+aiosqlite:///{path}"
         else:
             reuse = bool(args.keep) and asyncio.run(pg_database_exists(name))
             if not reuse:
@@ -442,7 +505,7 @@ def main() -> None:
             if not reuse:
                 schema.upgrade(url, "0010")
                 if args.db == "sqlite":
-                    seed_sqlite(Path(tmp) / "history.db", args.events, agents)
+                    seed_sqlite(path, args.events, agents)
                 else:
                     asyncio.run(seed_postgresql(url.replace("+asyncpg", ""), args.events, agents))
             seeded = time.perf_counter() - t
@@ -453,7 +516,13 @@ def main() -> None:
                 f"db={args.db} events={args.events:,} agents={args.agents} reps={args.reps} "
                 f"seed={seeded:.1f}s upgrade_0011={migrated:.1f}s"
             )
-            asyncio.run(run_cases(url, args.reps, args.plain_reps, agents, args.events))
+            if args.web:
+                state = Path(f"{path}.state" if args.db == "sqlite" else f"{tmp}/state")
+                if args.db == "postgresql" and args.keep:
+                    state = Path(tempfile.gettempdir()) / f"flagpost-bench-{name}.state"
+                asyncio.run(web_cases(url, args.reps, agents, args.events, state))
+            else:
+                asyncio.run(run_cases(url, args.reps, args.plain_reps, agents, args.events))
         finally:
             if args.db == "postgresql" and not args.keep:
                 asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
