@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from sqlalchemy import text
@@ -22,6 +23,9 @@ from server.storage import history as history_store
 log = logging.getLogger(__name__)
 
 AgentChoice = tuple[str, str]  # (agent id, hostname)
+# A form lists the agents to choose from up to this many; a larger fleet gets a field for an
+# agent id instead (every agent as an option is megabytes of HTML on every load at 100,000).
+AGENT_CHOICES_MAX = 500
 
 
 def _page(rows: list[StoredEvent], f: EventFilter) -> EventPage:
@@ -93,11 +97,24 @@ async def read_new_events(
     return StreamBatch(rows, upto, False)
 
 
-async def list_agent_choices(sessions: async_sessionmaker[AsyncSession]) -> list[AgentChoice]:
-    """Every agent as ``(id, hostname)`` for the History page's agent filter."""
+async def list_agent_choices(
+    sessions: async_sessionmaker[AsyncSession],
+) -> list[AgentChoice] | None:
+    """Every agent as ``(id, hostname)``, ordered by hostname, for a form's list of agents;
+    None when there are more than :data:`AGENT_CHOICES_MAX` (the form then takes an agent id)."""
     with unavailable_on_outage("agent list"):
         async with sessions() as session, session.begin():
-            return await history_store.list_agents(session)
+            agents = await history_store.list_agents(session, AGENT_CHOICES_MAX + 1)
+    return None if len(agents) > AGENT_CHOICES_MAX else agents
+
+
+async def hostnames_of(
+    sessions: async_sessionmaker[AsyncSession], agent_ids: Sequence[str]
+) -> dict[str, str]:
+    """``agent id -> hostname`` for those of ``agent_ids`` that exist."""
+    with unavailable_on_outage("agent hostnames"):
+        async with sessions() as session, session.begin():
+            return await history_store.hostnames(session, agent_ids)
 
 
 async def database_ok(engine: AsyncEngine, timeout_seconds: float = 3.0) -> bool:

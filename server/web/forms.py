@@ -1,4 +1,4 @@
-"""Filter-form pieces shared by the History and runs pages: a choice and the agent select."""
+"""Form pieces shared by the History, runs and migration pages: a choice and the agent field."""
 
 from __future__ import annotations
 
@@ -22,3 +22,19 @@ def agent_options(agents: Iterable[tuple[str, str]], selected: str | None) -> tu
     if selected and not any(o.selected for o in options):
         options.append(Option(selected, f"unknown agent {selected}", True))
     return tuple(options)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChooser:
+    """A form's agent field: a list to choose from (``options``), or for a fleet larger than a
+    list may be (``server.services.history.list_agent_choices`` gave None) a text field for an
+    agent id, holding ``value``."""
+
+    options: tuple[Option, ...] | None
+    value: str
+
+
+def agent_chooser(agents: Iterable[tuple[str, str]] | None, selected: str | None) -> AgentChooser:
+    """The agent field for ``agents`` (None: too many to list) with ``selected`` chosen."""
+    options = None if agents is None else agent_options(agents, selected)
+    return AgentChooser(options=options, value=selected or "")

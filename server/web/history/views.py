@@ -25,7 +25,7 @@ from server.domain import (
     outcome_name,
 )
 from server.web.format import display_time, human_bytes, relative_time, transition
-from server.web.forms import Option, agent_options
+from server.web.forms import AgentChooser, Option, agent_chooser
 from server.web.refused import RefusedParam
 from server.web.request import event_export_url, filter_url, format_time, is_filtered
 from server.web.runs.styles import EVENT_ENDS
@@ -304,7 +304,7 @@ class FilterForm:
     migration_only: bool
     severities: tuple[Option, ...]
     event_types: tuple[Option, ...]
-    agents: tuple[Option, ...]
+    agent: AgentChooser
     since: str
     until: str
     q: str
@@ -331,7 +331,7 @@ class HistoryPage:
 
 
 def _filter_form(
-    f: EventFilter, agents: Iterable[tuple[str, str]], default_limit: int
+    f: EventFilter, agents: Iterable[tuple[str, str]] | None, default_limit: int
 ) -> FilterForm:
     chosen_types = set(f.event_types)
     type_choices = [
@@ -352,7 +352,7 @@ def _filter_form(
             for s in Severity
         ),
         event_types=tuple(type_choices),
-        agents=agent_options(agents, f.agent_id),
+        agent=agent_chooser(agents, f.agent_id),
         since=format_time(f.since) if f.since else "",
         until=format_time(f.until) if f.until else "",
         q=f.text or "",
@@ -363,7 +363,7 @@ def _filter_form(
 
 def history_page(
     page: EventPage,
-    agents: Iterable[tuple[str, str]],
+    agents: Iterable[tuple[str, str]] | None,
     *,
     default_limit: int,
     now: datetime,

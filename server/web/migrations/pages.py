@@ -11,6 +11,7 @@ a bad revision number in a spec page's query shows that page (400), the error ne
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -52,6 +53,7 @@ REFRESH_SECONDS = 2
 MAX_REVISION = 2**31 - 1
 MAX_PREVIEW_ACTIONS = specs_service.MAX_PREVIEW_AGENTS
 FORMATS = ("toml", "json")
+AGENT_ID_SEPARATORS = re.compile(r"[\s,]+")
 
 
 # --------------------------------------------------------------------------- /migrations
@@ -155,11 +157,14 @@ async def spec_detail(request: web.Request) -> web.StreamResponse:
         "same": f"Unchanged: the upload equals revision {detail.spec.revision}.",
     }.get(request.query.get("saved", ""), "")
     user = current_user(request)
-    # Only admins get the Preview / Run forms, which offer every agent.
+    # Only admins get the Preview / Run forms, which offer every agent (or, for a fleet too
+    # large to list, take agent ids).
     agents = await history_service.list_agent_choices(sessions) if user and user.is_admin else []
     view = SpecDetailPage(
         spec=spec_page(detail, datetime.now(UTC), diff=diff),
-        agents=tuple(Option(agent_id, host or agent_id, False) for agent_id, host in agents),
+        agents=None
+        if agents is None
+        else tuple(Option(agent_id, host or agent_id, False) for agent_id, host in agents),
         saved=saved,
         refused=refused,
     )
@@ -179,7 +184,14 @@ async def request_preview(request: web.Request) -> web.StreamResponse:
     app = request.app
     spec_id = path_id(request, "spec_id")
     form = await request.post()
-    agent_ids = [v for v in form.getall("agent", []) if isinstance(v, str) and v]
+    # checked boxes, or the ids typed into the field a large fleet gets (spaces or commas)
+    agent_ids = [
+        part
+        for value in form.getall("agent", [])
+        if isinstance(value, str)
+        for part in AGENT_ID_SEPARATORS.split(value)
+        if part
+    ]
     if not agent_ids:
         raise InvalidArgument("choose at least one agent to preview on", field="agent")
     actions = await specs_service.request_preview(
@@ -207,7 +219,7 @@ async def previews(request: web.Request) -> web.StreamResponse:
     ]
     if any(r.spec_id != spec_id for r in results):
         raise InvalidArgument(f"is not a preview of spec {spec_id}", field="action")
-    hosts = dict(await history_service.list_agent_choices(sessions))
+    hosts = await history_service.hostnames_of(sessions, [r.agent_id for r in results])
     revision = results[0].spec_revision
     detail = await specs_service.get_spec(sessions, spec_id, revision)
     built = []
@@ -268,7 +280,7 @@ async def spec_run(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther(run_url(run.id))
     revision = _revision_param(request.query, "revision")
     detail = await specs_service.get_spec(sessions, spec_id, revision)
-    hosts = dict(await history_service.list_agent_choices(sessions))
+    hosts = await history_service.hostnames_of(sessions, [agent_id] if agent_id else [])
     end = await action_notices.action_end(sessions, agent_id, action_id) if agent_id else None
     page = SpecRunWaitPage(
         spec_id=spec_id,

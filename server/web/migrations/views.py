@@ -267,7 +267,7 @@ class SpecDetailPage:
     the notice after an upload, and a refused query parameter."""
 
     spec: SpecPage
-    agents: tuple[Option, ...]
+    agents: tuple[Option, ...] | None  # None: too many to list, the forms take agent ids
     saved: str
     refused: RefusedParam | None = None  # a bad revision number: shown next to its field (400)
 

@@ -23,7 +23,7 @@ from server.services import logs as logs_service
 from server.services import runs as runs_service
 from server.services import specs as specs_service
 from server.web.auth import actor_name
-from server.web.forms import Option, agent_options
+from server.web.forms import Option, agent_chooser
 from server.web.refused import RefusedParam, parse_dropping_refused, refused_status
 from server.web.request import (
     RUNS_PAGE_SIZE,
@@ -69,7 +69,7 @@ async def runs(request: web.Request) -> web.StreamResponse:
     view = RunsPage(
         runs=tuple(run_row(r, now) for r in page.runs),
         states=tuple(Option(s.value, state_style(s).label, s in chosen) for s in RunState),
-        agents=agent_options(agents, f.agent_id),
+        agent=agent_chooser(agents, f.agent_id),
         filtered=bool(f.states or f.agent_id),
         paged=f.before is not None,
         newest_url=with_query("/runs", run_filter_params(f)),

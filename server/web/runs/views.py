@@ -19,7 +19,7 @@ from server.domain import (
     RunSummary,
 )
 from server.web.format import transition
-from server.web.forms import Option
+from server.web.forms import AgentChooser, Option
 from server.web.refused import RefusedParam
 from server.web.runs.styles import (
     LOG_LEVELS,
@@ -385,7 +385,7 @@ class RunsPage:
 
     runs: tuple[RunRow, ...]
     states: tuple[Option, ...]
-    agents: tuple[Option, ...]
+    agent: AgentChooser
     filtered: bool
     paged: bool
     newest_url: str
