@@ -551,7 +551,7 @@ async def test_empty_states(db_url: str) -> None:
         body = await (await client.get("/history", params={"severity": "error"})).text()
         assert "No events match these filters." in body
         api = await (await client.get("/api/v1/events")).json()
-        assert api == {"events": [], "next_before": None}
+        assert api == {"events": [], "next_before": None, "partial": False}
     finally:
         await client.close()
 

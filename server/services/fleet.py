@@ -274,4 +274,4 @@ async def agent_detail(
     agent = FleetAgent(
         record, agent_health(record.last_checkin_at, now, config), tags.get(agent_id, ())
     )
-    return AgentDetail(agent=agent, events=rows[:events_limit])
+    return AgentDetail(agent=agent, events=rows.rows[:events_limit])

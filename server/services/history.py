@@ -28,11 +28,14 @@ AgentChoice = tuple[str, str]  # (agent id, hostname)
 AGENT_CHOICES_MAX = 500
 
 
-def _page(rows: list[StoredEvent], f: EventFilter) -> EventPage:
-    has_older = len(rows) > f.limit
-    events = rows[: f.limit]
-    next_before = events[-1].id if has_older and events else None
-    return EventPage(events=events, next_before_id=next_before, filters=f)
+def _page(found: history_store.EventRows, f: EventFilter) -> EventPage:
+    events = found.rows[: f.limit]
+    if len(found.rows) > f.limit:
+        return EventPage(events=events, next_before_id=events[-1].id, filters=f)
+    unsearched = found.unsearched_below
+    return EventPage(
+        events=events, next_before_id=unsearched, filters=f, partial=unsearched is not None
+    )
 
 
 async def list_events(sessions: async_sessionmaker[AsyncSession], f: EventFilter) -> EventPage:

@@ -8,7 +8,7 @@ reach the database as bound parameters; the same statements run on SQLite and Po
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,14 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from server.domain import EventFilter, EventStatus, EventType, StoredEvent, outcome_name
+from server.domain import (
+    SHORT_TEXT_SCAN,
+    EventFilter,
+    EventStatus,
+    EventType,
+    StoredEvent,
+    outcome_name,
+)
 from server.storage import search
 from server.storage.models import Agent, UpdateEvent
 
@@ -352,7 +359,17 @@ def is_past_window(f: EventFilter, now: datetime) -> bool:
     return f.until - f.since <= now - f.until
 
 
-async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEvent]:
+@dataclass(frozen=True, slots=True)
+class EventRows:
+    """What :func:`query_events` read: up to ``f.limit + 1`` rows, newest first, and for a
+    short text's scan that stopped at its bound before the page filled, ``unsearched_below``:
+    the rows with a lower id were not examined (the next page's cursor)."""
+
+    rows: list[StoredEvent]
+    unsearched_below: int | None = None
+
+
+async def query_events(session: AsyncSession, f: EventFilter) -> EventRows:
     """Events matching ``f``, newest (highest id) first.
 
     Returns up to ``f.limit + 1`` rows: the extra row tells the caller an older page exists
@@ -361,7 +378,9 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
 
     A text of 3+ characters: the newest :data:`PLAIN_WINDOW` ids below the cursor are scanned
     plainly, then (page not full) the older ids through the search index; the two id ranges
-    are disjoint and consecutive, so the rows and their order are those of one query.
+    are disjoint and consecutive, so the rows and their order are those of one query. A text
+    of 1-2 characters: at most :data:`server.domain.SHORT_TEXT_SCAN` rows are examined
+    (:func:`_short_text_rows`).
     """
     dialect = _dialect(session)
     if dialect == "postgresql":
@@ -373,8 +392,10 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
     want = f.limit + 1
     if not f.text or len(f.text) < search.MIN_INDEXED_LENGTH:
         past = is_past_window(f, datetime.now(UTC))
+        if f.text:
+            return await _short_text_rows(session, f, hosts, past)
         where = _conditions(f, dialect, hosts, past_window=past)
-        return await _fetch(session, where, want, True, past_window=past)
+        return EventRows(await _fetch(session, where, want, True, past_window=past))
     top = f.before_id - 1 if f.before_id is not None else await max_event_id(session)
     floor = top - PLAIN_WINDOW  # the plain scan reads floor < id <= top
     newest = await _fetch(
@@ -384,7 +405,7 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
         True,
     )
     if len(newest) >= want or (f.after_id is not None and f.after_id >= floor):
-        return newest
+        return EventRows(newest)
     drives = dialect == "sqlite" and await _few_text_matches(session, f.text, hosts, floor)
     bound = _unindexed(UpdateEvent.id) if drives else UpdateEvent.id
     older = await _fetch(
@@ -393,7 +414,33 @@ async def query_events(session: AsyncSession, f: EventFilter) -> list[StoredEven
         want - len(newest),
         True,
     )
-    return newest + older
+    return EventRows(newest + older)
+
+
+async def _short_text_rows(
+    session: AsyncSession, f: EventFilter, host_agents: Sequence[str], past: bool
+) -> EventRows:
+    """The page of a text of 1-2 characters: the newest ``SHORT_TEXT_SCAN`` rows the other
+    filters select below the cursor are found first (in their indexes, without reading a row),
+    then only those are matched against the text. When there were that many, rows
+    below them remain unexamined: a page that did not fill says where it stopped."""
+    dialect = _dialect(session)
+    others = _conditions(replace(f, text=None), dialect, past_window=past)
+    key = UpdateEvent.id + 0 if dialect == "postgresql" and past else UpdateEvent.id
+    candidates = (
+        select(UpdateEvent.id.label("id"))
+        .where(*others)
+        .order_by(key.desc())
+        .limit(SHORT_TEXT_SCAN)
+        .subquery()
+    )
+    count, lowest = (await session.execute(select(func.count(), func.min(candidates.c.id)))).one()
+    where = _conditions(f, dialect, host_agents, past_window=past)
+    if count < SHORT_TEXT_SCAN:
+        return EventRows(await _fetch(session, where, f.limit + 1, True, past_window=past))
+    bound = _unindexed(UpdateEvent.id) if dialect == "sqlite" and past else UpdateEvent.id
+    rows = await _fetch(session, [*where, bound >= lowest], f.limit + 1, True, past_window=past)
+    return EventRows(rows, None if len(rows) > f.limit else int(lowest))
 
 
 # A text with at most this many rows in SQLite's search index (below the cursor) is looked up

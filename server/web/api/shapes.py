@@ -93,6 +93,13 @@ class Event(TypedDict):
 class EventPage(TypedDict):
     events: list[Event]
     next_before: Annotated[int | None, Doc(description="cursor of the next (older) page")]
+    partial: Annotated[
+        bool,
+        Doc(
+            description="a text of 1-2 characters was matched against the newest rows only; "
+            "older rows, from next_before down, are searched by the next page"
+        ),
+    ]
 
 
 def event_json(event: domain.StoredEvent) -> Event:
@@ -124,7 +131,11 @@ def event_json(event: domain.StoredEvent) -> Event:
 
 def event_page_json(page: domain.EventPage) -> EventPage:
     """The body of ``GET /api/v1/events``."""
-    return EventPage(events=[event_json(e) for e in page.events], next_before=page.next_before_id)
+    return EventPage(
+        events=[event_json(e) for e in page.events],
+        next_before=page.next_before_id,
+        partial=page.partial,
+    )
 
 
 # --- runs -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.domain import (
+    SHORT_TEXT_SCAN,
     Category,
     EventFilter,
     EventPage,
@@ -328,6 +329,9 @@ class HistoryPage:
     live_after: int | None  # the stream cursor: the highest id when the page was read
     export_csv_url: str = ""  # every event matching the filters, as a download
     export_jsonl_url: str = ""
+    # A short text's page stopped at its scan bound (EventPage.partial): how many rows a page
+    # examines, as shown; older_url continues the search.
+    partial_scan: str = ""
 
 
 def _filter_form(
@@ -392,6 +396,7 @@ def history_page(
         live_after=live_after if live else None,
         export_csv_url=event_export_url(f, default_limit, "csv"),
         export_jsonl_url=event_export_url(f, default_limit, "jsonl"),
+        partial_scan=f"{SHORT_TEXT_SCAN:,}" if page.partial else "",
     )
 
 
