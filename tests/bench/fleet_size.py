@@ -8,7 +8,8 @@ Starts a real ``flagpost-server serve``, enrolls ``--agents`` simulated agents o
 in once per ``--interval`` seconds at its own random phase with its host facts; one check-in in
 20 carries two events, one in 100 a run update. Agents share gRPC channels
 (``--agents-per-channel``), as many agents behind one NAT would. A viewer loads the fleet page
-(``GET /``) every 2 s meanwhile. After one interval of warm-up, for ``--seconds``: check-ins/s
+(``GET /``) every 2 s meanwhile. After ``--warmup-intervals`` intervals of warm-up (the first
+holds every credential's first use), for ``--seconds``: check-ins/s
 offered and answered, latency p50 / p99 / max, failures, events sent vs acknowledged (loss),
 how far the clients fell behind their schedule, the fleet page's p50 / max, the server's CPU per
 check-in and its RSS per enrolled agent. A figure printer, not a timed test.
@@ -112,10 +113,10 @@ async def _play(
     agents: list[tuple[int, str, str]],
     interval: float,
     per_channel: int,
-    window: tuple[float, float],
+    window: tuple[float, float, float],
 ) -> Share:
     share = Share()
-    begin, end = window
+    first, begin, end = window  # the first cycle's start (warm-up), the measured window
     channels = [
         grpc.aio.insecure_channel(target) for _ in range(max(1, -(-len(agents) // per_channel)))
     ]
@@ -157,7 +158,7 @@ async def _play(
     cycle = 0
     try:
         while True:
-            base = begin - interval + cycle * interval  # the first cycle is the warm-up
+            base = first + cycle * interval
             if base >= end:
                 break
             for phase, n in phases:
@@ -178,7 +179,7 @@ async def _play(
 
 
 def play_share(
-    args: tuple[str, list[tuple[int, str, str]], float, int, tuple[float, float]],
+    args: tuple[str, list[tuple[int, str, str]], float, int, tuple[float, float, float]],
 ) -> Share:
     return asyncio.run(_play(*args))
 
@@ -213,6 +214,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--agents-per-channel", type=int, default=100)
+    parser.add_argument("--server-log", type=Path, help="write the server's log here")
+    parser.add_argument(
+        "--warmup-intervals",
+        type=int,
+        default=1,
+        help="intervals played before the measured window (the first one holds every "
+        "credential's first use; 2 measures a fleet past its first minute)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="flagpost-bench-"))
@@ -221,7 +230,7 @@ def main() -> int:
     cli(env, "db", "upgrade")
     account = WebAccount("bench-viewer", "bench-password-long", "viewer")
     create_user(env, account.name, account.password)
-    server, target, web = serve(env)
+    server, target, web = serve(env, args.server_log)
     proc = psutil.Process(server.pid)
     ctx = mp.get_context("spawn")
     try:
@@ -238,13 +247,15 @@ def main() -> int:
         print(
             f"db={args.db} agents={args.agents:,} interval={args.interval:.0f}s "
             f"offered={args.agents / args.interval:,.0f} check-ins/s procs={args.procs} "
-            f"agents/channel={args.agents_per_channel}"
+            f"agents/channel={args.agents_per_channel} warm-up={args.warmup_intervals} interval(s)"
         )
         print(f"  enrolled {args.agents:,} in {enroll_s:.0f}s ({args.agents / enroll_s:,.0f}/s)")
-        begin = time.time() + args.interval + 5  # everyone's first check-in is the warm-up
+        # everyone's first check-in (a credential's first use) is in the first warm-up interval
+        first = time.time() + 5
+        begin = first + args.interval * args.warmup_intervals
         end = begin + args.seconds
         jobs = [
-            (target, share, args.interval, args.agents_per_channel, (begin, end))
+            (target, share, args.interval, args.agents_per_channel, (first, begin, end))
             for share in shares
         ]
         with ctx.Pool(args.procs) as pool:
@@ -254,7 +265,9 @@ def main() -> int:
             web_times = asyncio.run(watch_web(web, account, end))
             cpu_after = proc.cpu_times()
             rss_loaded = proc.memory_info().rss
-            results: list[Share] = playing.get(timeout=args.interval + args.seconds + 300)
+            results: list[Share] = playing.get(
+                timeout=args.interval * args.warmup_intervals + args.seconds + 300
+            )
     finally:
         shut_down(server, pg_name)
     latencies = [x for r in results for x in r.latencies_ms]

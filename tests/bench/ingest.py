@@ -221,17 +221,19 @@ def cli(env: dict[str, str], *args: str) -> str:
     ).stdout.strip()
 
 
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
+def serve(env: dict[str, str], log: Path | None = None) -> tuple[subprocess.Popen[str], str, str]:
     """Start ``flagpost-server serve`` with ``env``; return it, its gRPC address and web URL
-    (read from the lines it prints once both listen)."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    (read from the lines it prints once both listen). ``log``: where its log goes (else
+    nowhere)."""
+    with open(log, "w") if log is not None else open(os.devnull, "w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     target = web = ""
     assert server.stdout is not None
     for line in server.stdout:
