@@ -420,10 +420,10 @@ async def query_events(session: AsyncSession, f: EventFilter) -> EventRows:
 async def _short_text_rows(
     session: AsyncSession, f: EventFilter, host_agents: Sequence[str], past: bool
 ) -> EventRows:
-    """The page of a text of 1-2 characters: the newest ``SHORT_TEXT_SCAN`` rows the other
-    filters select below the cursor are found first (in their indexes, without reading a row),
-    then only those are matched against the text. When there were that many, rows
-    below them remain unexamined: a page that did not fill says where it stopped."""
+    """The page of a text of 1-2 characters: the ids of the newest ``SHORT_TEXT_SCAN`` rows the
+    other filters select below the cursor are found first, then only those rows are matched
+    against the text. When there were that many, the rows below them remain unexamined: a
+    page that did not fill says where it stopped."""
     dialect = _dialect(session)
     others = _conditions(replace(f, text=None), dialect, past_window=past)
     key = UpdateEvent.id + 0 if dialect == "postgresql" and past else UpdateEvent.id
