@@ -56,6 +56,8 @@ ALLOWED = {
     agent_pb2.EVENT_TYPE_MIGRATION_DETECTION: {1, 2, 3, 4},  # success failed warning not_needed
     agent_pb2.EVENT_TYPE_MIGRATION_EXECUTION: {1, 2, 3, 5},  # success failed warning partial
     agent_pb2.EVENT_TYPE_AGENT_NOTICE: {1, 2, 3},
+    agent_pb2.EVENT_TYPE_MIGRATION_REVERT: {1, 2, 3, 5},  # success failed warning partial
+    agent_pb2.EVENT_TYPE_MIGRATION_PREVIEW: {1, 2, 3, 4},  # success failed warning not_needed
 }
 LIMITS = {
     "message": 1024,
