@@ -13,7 +13,8 @@ part of an id (hex digits and dashes only, :func:`could_be_id`) also scans the i
 
 Either is only a *prefilter* (a superset of the rows containing the text): the query keeps the
 exact per-column case-insensitive substring test, so results are those of the plain scan.
-A text of fewer than 3 characters has no trigram: it is matched by the plain scan only.
+A text of fewer than 3 characters has no trigram: it is matched by the plain per-column test,
+a bounded number of rows per page (``server.storage.history._short_text_rows``).
 """
 
 from __future__ import annotations
