@@ -28,7 +28,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from server.app import RunningServer
 
@@ -71,6 +71,34 @@ async def every_event_id(sessions: async_sessionmaker[AsyncSession], f: EventFil
         if page.next_before_id is None:
             return ids
         f = replace(f, before_id=page.next_before_id)
+
+
+async def sqlite_page_plan(engine: AsyncEngine, f: EventFilter) -> str:
+    """SQLite's plan (``EXPLAIN QUERY PLAN`` details joined by " | ") of the last History page
+    statement :func:`server.storage.history.query_events` ran for ``f``: the statement itself,
+    recorded as it went to the database, with its parameters."""
+    from sqlalchemy import event
+
+    from server.storage import history
+    from server.storage.db import make_sessionmaker
+
+    ran: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        ran.append((statement, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            await history.query_events(session, f)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    pages = [(sql, params) for sql, params in ran if "JOIN agents" in sql]
+    assert pages, ran
+    sql, params = pages[-1]
+    async with engine.connect() as conn:
+        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)
+        return " | ".join(str(r[-1]) for r in rows)
 
 
 def new_event(agent_id: str, occurred_at: datetime | None = None) -> NewEvent:

@@ -17,10 +17,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from server_testlib import every_event_id
+from server_testlib import every_event_id, sqlite_page_plan
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from server.domain import EventFilter, EventStatus, EventType, Severity, outcome_name
 from server.storage import history
@@ -153,16 +152,6 @@ async def test_every_combination_returns_exactly_its_rows(engine: AsyncEngine) -
     assert checked > 40  # most combinations select something (the comparison is not vacuous)
 
 
-def plan_of(engine: AsyncEngine, f: EventFilter) -> str:
-    dialect = engine.dialect.name
-    where = history._conditions(f, dialect, past_window=history.is_past_window(f, NOW))
-    stmt = history.page_query(dialect, where, 51, True)
-    compiled: SQLCompiler = stmt.compile(
-        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
-    )
-    return f"EXPLAIN QUERY PLAN {compiled}"
-
-
 @pytest.mark.parametrize(
     ("f", "index"),
     [
@@ -232,8 +221,7 @@ async def test_sqlite_plans_use_the_narrow_index(
     engine = create_engine_for_url(sqlite_db_url)
     try:
         await seed(make_sessionmaker(engine))
-        async with engine.connect() as conn:
-            plan = " | ".join(str(r[-1]) for r in await conn.exec_driver_sql(plan_of(engine, f)))
+        plan = await sqlite_page_plan(engine, f)
     finally:
         await engine.dispose()
     assert f"INDEX {index} " in plan, plan

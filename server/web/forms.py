@@ -15,15 +15,6 @@ class Option:
     selected: bool
 
 
-def agent_options(agents: Iterable[tuple[str, str]], selected: str | None) -> tuple[Option, ...]:
-    """The agent select: ``(agent_id, hostname)`` pairs, ``selected`` chosen; an id the list
-    does not know is kept (as "unknown agent ...") so the form still shows the filter."""
-    options = [Option(agent_id, host, agent_id == selected) for agent_id, host in agents]
-    if selected and not any(o.selected for o in options):
-        options.append(Option(selected, f"unknown agent {selected}", True))
-    return tuple(options)
-
-
 @dataclass(frozen=True, slots=True)
 class AgentChooser:
     """A form's agent field: a list to choose from (``options``), or for a fleet larger than a
@@ -35,6 +26,12 @@ class AgentChooser:
 
 
 def agent_chooser(agents: Iterable[tuple[str, str]] | None, selected: str | None) -> AgentChooser:
-    """The agent field for ``agents`` (None: too many to list) with ``selected`` chosen."""
-    options = None if agents is None else agent_options(agents, selected)
-    return AgentChooser(options=options, value=selected or "")
+    """The agent field for ``(agent_id, hostname)`` pairs (None: too many to list) with
+    ``selected`` chosen; an id the list does not know is kept (as "unknown agent ...") so the
+    form still shows the filter."""
+    if agents is None:
+        return AgentChooser(options=None, value=selected or "")
+    options = [Option(agent_id, host, agent_id == selected) for agent_id, host in agents]
+    if selected and not any(o.selected for o in options):
+        options.append(Option(selected, f"unknown agent {selected}", True))
+    return AgentChooser(options=tuple(options), value=selected or "")
